@@ -1,0 +1,54 @@
+"""Exception and warning classes raised by pneumoxai.
+
+Every error a user can trigger with bad input derives from :class:`PneumoxaiError`,
+so analysis scripts can catch one type. Classes that signal a bad value also derive
+from :class:`ValueError` so generic callers keep working.
+"""
+
+__all__ = [
+    "PneumoxaiError",
+    "DataError",
+    "ConfigError",
+    "WeightsUnavailableError",
+    "UnsafeModelError",
+    "CacheError",
+    "RunFolderError",
+    "NotFittedError",
+    "SkippedFilesWarning",
+]
+
+
+class PneumoxaiError(Exception):
+    """Base class of every error pneumoxai raises on purpose."""
+
+
+class DataError(PneumoxaiError, ValueError):
+    """The dataset, an image array or a table is missing, empty or malformed."""
+
+
+class ConfigError(PneumoxaiError, ValueError):
+    """A configuration file or a parameter value is invalid."""
+
+
+class WeightsUnavailableError(PneumoxaiError, FileNotFoundError):
+    """Pretrained backbone weights could not be found or downloaded."""
+
+
+class UnsafeModelError(PneumoxaiError):
+    """A model file would need unsafe deserialization (e.g. a Lambda layer) to load."""
+
+
+class CacheError(PneumoxaiError):
+    """A cached artifact is corrupt, truncated or does not match its content hash."""
+
+
+class RunFolderError(PneumoxaiError):
+    """The run folder is locked, unwritable, or was made by an incompatible config/version."""
+
+
+class NotFittedError(PneumoxaiError, AttributeError):
+    """An estimator was used before ``fit``."""
+
+
+class SkippedFilesWarning(UserWarning):
+    """Some input files could not be read and were skipped."""

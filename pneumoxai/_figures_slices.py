@@ -1,0 +1,295 @@
+"""Figures for failure-slice discovery (:mod:`pneumoxai.slices`).
+
+Every function returns a :class:`matplotlib.figure.Figure` (built without pyplot,
+so report loops do not accumulate open figures) and, given ``path``, saves it as
+``path.png`` and ``path.pdf`` through :func:`pneumoxai._style.save_figure`.
+"""
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from ._style import ERROR_COLORS, OKABE_ITO, SEQUENTIAL_CMAP, save_figure, style
+from .errors import ConfigError, DataError
+from .slices import slice_mask
+
+__all__ = ["plot_slice_error_rates", "plot_slice_examples", "plot_feature_distributions"]
+
+DISTRIBUTION_KINDS = ("hist", "box")
+_NOT_FINDING_COLOR = "#999999"
+_GROUPS = ("correct", "false_negative", "false_positive")
+_LABEL_WIDTH = 38  # characters per line of a slice label
+
+
+def plot_slice_error_rates(slices, *, top=10, overall_rate=None, ax=None, path=None):
+    """Horizontal bars of the top slices' error rates with Wilson intervals.
+
+    Parameters
+    ----------
+    slices : DataFrame
+        Output of :func:`pneumoxai.slices.find_failure_slices` (already ranked).
+    top : int, default=10
+        Number of leading rows drawn, top to bottom.
+    overall_rate : float, optional
+        Error rate over all samples, drawn as a vertical line; defaults to
+        ``slices.attrs["overall_error_rate"]``.
+    ax : matplotlib Axes, optional
+        Axes to draw into; a new figure is made otherwise.
+    path : str or Path, optional
+        File stem to save PNG and PDF (a ``.png``/``.pdf`` suffix is dropped).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        Findings (``q < alpha``) are drawn in vermillion, other slices in grey.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from pneumoxai.slices import find_failure_slices
+    >>> from pneumoxai._figures_slices import plot_slice_error_rates
+    >>> rng = np.random.default_rng(0)
+    >>> frame = pd.DataFrame({"contrast": rng.uniform(size=200)})
+    >>> y = rng.integers(0, 2, size=200)
+    >>> wrong = (frame["contrast"].to_numpy() < 0.25) & (rng.uniform(size=200) < 0.6)
+    >>> found = find_failure_slices(frame, y, np.where(wrong, 1 - y, y) * 0.8 + 0.1)
+    >>> fig = plot_slice_error_rates(found, top=3)
+    >>> len(fig.axes[0].patches)
+    3
+    """
+    from matplotlib.patches import Patch
+
+    if len(slices) == 0:
+        raise DataError("no slices to plot (the slice table is empty)")
+    if overall_rate is None:
+        if "overall_error_rate" not in slices.attrs:
+            raise DataError("overall_rate not given and slices.attrs has no 'overall_error_rate'")
+        overall_rate = slices.attrs["overall_error_rate"]
+    rows = slices.head(top)
+    rate = rows["error_rate"].to_numpy(dtype=float)
+    low, high = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+    xerr = np.maximum(np.vstack([rate - low, high - rate]), 0.0)  # hand-made tables may carry rounding residue
+    finding = rows["finding"].to_numpy(dtype=bool)
+    labels = [
+        textwrap.fill(f"{s} (n={n})", _LABEL_WIDTH) for s, n in zip(rows["slice"], rows["size"])
+    ]
+    with style():
+        fig, ax = _figure_and_axes(ax, figsize=(7.0, 0.55 * len(rows) + 1.2))
+        y = np.arange(len(rows))
+        ax.barh(
+            y, rate, xerr=xerr, capsize=3, error_kw={"elinewidth": 1},
+            color=np.where(finding, ERROR_COLORS["false_negative"], _NOT_FINDING_COLOR),
+        )
+        line = ax.axvline(overall_rate, color=OKABE_ITO[7], linestyle="--", linewidth=1)
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.set_xlim(0, min(1.0, max(float(np.nanmax(rows["ci_high"])), overall_rate) * 1.1))
+        ax.set_xlabel("error rate (Wilson interval)")
+        ax.set_title("Slices with the largest excess error")
+        ax.legend(
+            [line, Patch(color=ERROR_COLORS["false_negative"]), Patch(color=_NOT_FINDING_COLOR)],
+            [f"overall error rate ({overall_rate:.1%})", "finding (BH q < alpha)", "not significant"],
+            loc="lower right",
+        )
+        return _finish(fig, path)
+
+
+def plot_slice_examples(
+    slices, frame, images, *, maps=None, y_true=None, y_prob=None, threshold=0.5,
+    top=4, n_examples=4, seed=0, path=None,
+):
+    """Example images from each of the top slices, misclassified ones first.
+
+    Parameters
+    ----------
+    slices : DataFrame
+        Output of :func:`pneumoxai.slices.find_failure_slices`.
+    frame : DataFrame of shape (n_samples, n_columns)
+        The frame the slices were found in.
+    images : ndarray of shape (n_samples, H, W) or (n_samples, H, W, 3)
+        Intensities in [0, 1].
+    maps : ndarray of shape (n_samples, H, W), optional
+        Saliency or attention maps overlaid semi-transparently.
+    y_true, y_prob : array-like of shape (n_samples,), optional
+        When both are given, errors are shown first and each image is titled with
+        its outcome (false negative / false positive / correct) and probability.
+    threshold : float, default=0.5
+        Decision threshold for ``y_prob``.
+    top : int, default=4
+        Number of slices (rows of the panel).
+    n_examples : int, default=4
+        Images per slice (columns of the panel).
+    seed : int, default=0
+        Seed of the random choice among a slice's errors and among its correct calls.
+    path : str or Path, optional
+        File stem to save PNG and PDF.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        ``top x n_examples`` image axes (cells beyond a slice's size are blank).
+    """
+    if len(slices) == 0:
+        raise DataError("no slices to plot (the slice table is empty)")
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images.mean(axis=-1)
+    if images.ndim != 3 or len(images) != len(frame):
+        raise DataError(
+            f"images must have shape (n_samples={len(frame)}, H, W[, 3]); got {np.shape(images)}"
+        )
+    if maps is not None and np.shape(maps) != images.shape:
+        raise DataError(f"maps must have shape {images.shape}; got {np.shape(maps)}")
+    outcome = _outcomes(y_true, y_prob, threshold, len(frame)) if y_true is not None else None
+    rng = np.random.default_rng(seed)
+    rows = slices.head(top)
+
+    with style():
+        fig = _new_figure(figsize=(1.9 * n_examples, 2.1 * len(rows)))
+        axes = np.atleast_2d(fig.subplots(len(rows), n_examples, squeeze=False))
+        for r, (label, conds) in enumerate(zip(rows["slice"], rows["conditions"])):
+            members = np.flatnonzero(slice_mask(frame, conds))
+            chosen = _choose(members, outcome, n_examples, rng)
+            for c in range(n_examples):
+                ax = axes[r, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+                if c == 0:
+                    ax.set_ylabel(textwrap.fill(label, 24), fontsize=8)
+                if c >= len(chosen):
+                    ax.axis("off")
+                    continue
+                i = chosen[c]
+                ax.imshow(images[i], cmap="gray", vmin=0.0, vmax=1.0)
+                if maps is not None:
+                    ax.imshow(maps[i], cmap=SEQUENTIAL_CMAP, alpha=0.4)
+                if outcome is not None:
+                    kind = _GROUPS[outcome[i]]
+                    ax.set_title(f"{kind.replace('_', ' ')}\np={np.asarray(y_prob)[i]:.2f}",
+                                 fontsize=8, color=ERROR_COLORS[kind])
+        fig.suptitle("Examples from the top failure slices")
+        return _finish(fig, path)
+
+
+def plot_feature_distributions(
+    frame, y_true, y_prob, *, columns=None, threshold=0.5, kind="hist", ncols=4, bins=20, path=None,
+):
+    """Small multiples: each feature's distribution for correct calls, FNs and FPs.
+
+    Parameters
+    ----------
+    frame : DataFrame of shape (n_samples, n_columns)
+        Features, e.g. :func:`pneumoxai.slices.image_features`.
+    y_true, y_prob : array-like of shape (n_samples,)
+        0/1 labels and predicted probabilities of pneumonia.
+    columns : list of str, optional
+        Columns to draw; default all numeric, non-boolean, non-constant columns.
+    threshold : float, default=0.5
+        Decision threshold for ``y_prob``.
+    kind : {"hist", "box"}, default="hist"
+        Density-normalised step histograms on shared bins, or box plots.
+    ncols : int, default=4
+        Panels per row.
+    bins : int, default=20
+        Histogram bins.
+    path : str or Path, optional
+        File stem to save PNG and PDF.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        One axes per column; NaN values are left out of each panel.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from pneumoxai._figures_slices import plot_feature_distributions
+    >>> rng = np.random.default_rng(0)
+    >>> frame = pd.DataFrame({"brightness": rng.uniform(size=50), "contrast": rng.uniform(size=50)})
+    >>> fig = plot_feature_distributions(frame, rng.integers(0, 2, 50), rng.uniform(size=50), kind="box")
+    >>> [ax.get_title() for ax in fig.axes]
+    ['brightness', 'contrast']
+    """
+    if kind not in DISTRIBUTION_KINDS:
+        raise ConfigError(f"kind must be one of {DISTRIBUTION_KINDS}; got {kind!r}")
+    outcome = _outcomes(y_true, y_prob, threshold, len(frame))
+    if columns is None:
+        columns = [
+            c for c in frame.columns
+            if frame[c].dtype.kind in "iuf" and frame[c].nunique(dropna=True) > 1
+        ]
+    if not columns:
+        raise DataError("no numeric, non-constant columns to plot")
+    nrows = -(-len(columns) // ncols)
+    with style():
+        fig = _new_figure(figsize=(3.0 * min(ncols, len(columns)), 2.4 * nrows))
+        axes = fig.subplots(nrows, min(ncols, len(columns)), squeeze=False).ravel()
+        for ax in axes[len(columns):]:
+            fig.delaxes(ax)
+        for ax, col in zip(axes, columns):
+            values = frame[col].to_numpy(dtype=float, na_value=np.nan)
+            groups = [values[(outcome == g) & np.isfinite(values)] for g in range(len(_GROUPS))]
+            colors = [ERROR_COLORS[g] for g in _GROUPS]
+            names = [f"{g.replace('_', ' ')} (n={len(v)})" for g, v in zip(_GROUPS, groups)]
+            if kind == "hist":
+                edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=bins)
+                for v, color, name in zip(groups, colors, names):
+                    if len(v):
+                        ax.hist(v, bins=edges, density=True, histtype="step", linewidth=1.5,
+                                color=color, label=name)
+                ax.set_ylabel("density")
+            else:
+                box = ax.boxplot([v for v in groups], patch_artist=True, widths=0.6)
+                for patch, color in zip(box["boxes"], colors):
+                    patch.set_facecolor(color)
+                    patch.set_alpha(0.5)
+                ax.set_xticks(range(1, len(_GROUPS) + 1), ["correct", "FN", "FP"])
+            ax.set_title(str(col))
+        handles, labels = axes[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside upper center", ncol=3)
+        return _finish(fig, path)
+
+
+def _outcomes(y_true, y_prob, threshold, n):
+    """0 = correct, 1 = false negative, 2 = false positive, per sample."""
+    if y_prob is None:
+        raise DataError("y_prob is required when y_true is given")
+    y = np.asarray(y_true).ravel()
+    p = np.asarray(y_prob, dtype=float).ravel()
+    if not len(y) == len(p) == n:
+        raise DataError(f"length mismatch: {n} rows, y_true {len(y)}, y_prob {len(p)}")
+    pred = (p >= threshold).astype(int)
+    return np.where(pred == y, 0, np.where(y == 1, 1, 2))
+
+
+def _choose(members, outcome, k, rng):
+    """Up to ``k`` members, errors first when outcomes are known; random within each group."""
+    members = rng.permutation(members)
+    if outcome is not None:
+        members = members[np.argsort(outcome[members] == 0, kind="stable")]
+    return members[:k]
+
+
+def _new_figure(figsize):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _figure_and_axes(ax, figsize):
+    if ax is not None:
+        return ax.figure, ax
+    fig = _new_figure(figsize)
+    return fig, fig.add_subplot()
+
+
+def _finish(fig, path):
+    if path is not None:
+        stem = Path(path)
+        if stem.suffix.lower() in (".png", ".pdf"):
+            stem = stem.with_suffix("")
+        save_figure(fig, stem)
+    return fig

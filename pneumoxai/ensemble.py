@@ -36,10 +36,12 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 
+from ._predict import predict_members
 from .errors import ConfigError, DataError, NotFittedError
 from .metrics import _check_groups, _check_labels
 
 __all__ = [
+    "predict_members",
     "SoftVoting",
     "HardVoting",
     "Stacking",

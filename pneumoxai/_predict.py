@@ -1,0 +1,140 @@
+"""Member predictions computed once: batched, optionally test-time augmented, cached by content hash."""
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import _io
+from .errors import CacheError, DataError
+
+TTA_ROTATIONS = (-5.0, 5.0)
+
+
+def _tta_variants(images):
+    """Yield the identity, the horizontal flip and small rotations of a batch."""
+    import cv2
+
+    yield images
+    yield images[:, :, ::-1, :]
+    height, width = images.shape[1:3]
+    for angle in TTA_ROTATIONS:
+        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+        yield np.stack([cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_CONSTANT)
+                        for image in images]).reshape(images.shape)
+
+
+def _model_key(member):
+    """(model loader, content key, input size) for a Keras model or a saved member folder.
+
+    A folder's key is the model file's hash verified against its card, so a cache hit
+    never pays for deserializing the network.
+    """
+    from . import _io, models
+
+    if isinstance(member, (str, Path)):
+        directory = Path(member)
+        if not models.is_member_dir(directory):
+            raise DataError(f"{str(directory)!r} is not a saved member (needs model.keras and card.json).")
+        card = _io.read_json(directory / models.CARD_FILE)
+        digest = _io.sha256_file(directory / models.MODEL_FILE)
+        return (lambda: models.load_member(directory)[0]), digest, int(card["input_size"])
+    digest = hashlib.sha256()
+    for weight in member.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return (lambda: member), digest.hexdigest(), int(member.input_shape[1])
+
+
+def _images_for(images, size, loaded):
+    """Images at ``size`` from an array (checked) or a dataset table (decoded once per size)."""
+    from .data import load_images, manifest_hash
+
+    if isinstance(images, pd.DataFrame):
+        if size not in loaded:
+            array, ok = load_images(images["path"], size, return_mask=True)
+            if not ok.all():
+                raise DataError(f"{int((~ok).sum())} image(s) of the table could not be read; "
+                                "drop them from the table first so predictions stay row-aligned.")
+            loaded[size] = (array, manifest_hash(images))
+        return loaded[size]
+    array = np.asarray(images, dtype=np.float32)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise DataError(f"Images must have shape (n_samples, H, W, 3); got {array.shape}.")
+    if array.shape[1] != size:
+        raise DataError(f"Images are {array.shape[1]} px but a member expects {size} px.")
+    if "array" not in loaded:
+        loaded["array"] = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return array, loaded["array"]
+
+
+def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None, progress=True):
+    """Pneumonia probabilities of every member, shape (n_samples, n_members).
+
+    Parameters
+    ----------
+    members : list of keras.Model or member folders
+        Folders are loaded with :func:`pneumoxai.models.load_member` (safe mode).
+    images : numpy.ndarray of shape (n_samples, H, W, 3) or pandas.DataFrame
+        An array from :func:`pneumoxai.data.load_images`, or a table from
+        :func:`pneumoxai.data.scan_dataset` (decoded at each member's input size).
+    batch_size : int, default=64
+    tta : bool, default=False
+        Average over test-time augmentations (identity, horizontal flip, +-5 degree rotations).
+    cache_dir : path, optional
+        Cache folder. Each member's column is stored as ``<key>.npz`` with ``key`` the
+        SHA-256 of the model file (or weights), the data manifest (or array bytes), the
+        TTA flag; a changed member or dataset gets a new key. Corrupt files are
+        reported and recomputed.
+    progress : bool, default=True
+        Show a tqdm progress bar over batches.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_samples, n_members), float64
+    """
+    from tqdm.auto import tqdm
+
+    if len(members) == 0:
+        raise DataError("predict_members needs at least one member.")
+    loaded, columns = {}, []
+    for index, member in enumerate(members):
+        load_model, model_key, size = _model_key(member)
+        array, data_key = _images_for(images, size, loaded)
+        key = hashlib.sha256(f"{model_key}|{data_key}|tta={bool(tta)}|v1".encode()).hexdigest()[:32]
+        cache_path = Path(cache_dir) / f"{key}.npz" if cache_dir is not None else None
+        cached = _read_cache(cache_path, key, len(array))
+        if cached is not None:
+            columns.append(cached)
+            continue
+        model = load_model()
+        variants = 4 if tta else 1
+        bar = tqdm(total=len(array) * variants, desc=f"predict member {index + 1}/{len(members)}",
+                   unit="img", disable=not progress, leave=False)
+        probs = np.zeros(len(array))
+        for start in range(0, len(array), batch_size):
+            batch = array[start:start + batch_size]
+            outputs = [np.asarray(model.predict_on_batch(variant)).reshape(-1) for variant in
+                       (_tta_variants(batch) if tta else (batch,))]
+            probs[start:start + batch_size] = np.mean(outputs, axis=0)
+            bar.update(len(batch) * variants)
+        bar.close()
+        if cache_path is not None:
+            _io.save_npz(cache_path, proba=probs, key=np.array(key))
+        columns.append(probs)
+    return np.column_stack(columns)
+
+
+def _read_cache(path, key, n_samples):
+    if path is None or not path.exists():
+        return None
+    try:
+        data = _io.load_npz(path)
+        if str(data.get("key")) != key or data["proba"].shape != (n_samples,) or not np.isfinite(data["proba"]).all():
+            raise CacheError(f"{path} does not match its key or shape")
+        return data["proba"]
+    except (CacheError, KeyError) as exc:
+        warnings.warn(f"Prediction cache {path.name} is corrupt ({exc}); recomputing it.", UserWarning, stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None

@@ -1,0 +1,491 @@
+"""Chest X-ray dataset tables, patient-grouped splits, image loading and input pipelines.
+
+A dataset is a row-aligned :class:`pandas.DataFrame` of paths, labels and metadata
+(patient, pneumonia subtype), in the spirit of torchxrayvision's datasets, so that
+failure slices are DataFrame filters and every array row maps back to a file.
+
+The expected layout is the Kaggle "chest-xray-pneumonia" folder (Kermany, Zhang and
+Goldbaum, "Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for
+Classification", Mendeley Data v2, doi:10.17632/rscbjbr9sj.2; Cell 172(5), 2018)::
+
+    ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg
+"""
+
+import hashlib
+import os
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, DataError, SkippedFilesWarning
+
+__all__ = [
+    "CLASS_NAMES",
+    "BALANCING_METHODS",
+    "DATA_ENV_VAR",
+    "find_data_root",
+    "scan_dataset",
+    "manifest_hash",
+    "split_by_patient",
+    "patient_folds",
+    "load_images",
+    "balance",
+    "make_dataset",
+]
+
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+BALANCING_METHODS = ("smote", "class_weight", "oversample", "none")
+DATA_ENV_VAR = "PNEUMOXAI_DATA"
+
+_GET_DATA_HELP = (
+    "Download the Kaggle dataset 'paultimothymooney/chest-xray-pneumonia' "
+    "(https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia, e.g. "
+    "`kaggle datasets download -d paultimothymooney/chest-xray-pneumonia` and unzip it), "
+    "then pass the folder that contains train/ and test/ with --data DIR or set "
+    f"{DATA_ENV_VAR}=DIR."
+)
+
+# Kaggle file names: person<id>_<bacteria|virus>_<n>.jpeg, IM-<id>-<n>.jpeg,
+# NORMAL2-IM-<id>-<n>.jpeg. NORMAL2 ids restart from 1, so they are a separate patient namespace.
+_PNEUMONIA_NAME = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
+_NORMAL_NAME = re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE)
+
+
+def find_data_root(data=None):
+    """Resolve the dataset folder from an argument, ``$PNEUMOXAI_DATA`` or nearby defaults.
+
+    Parameters
+    ----------
+    data : str or path-like, optional
+        Explicit folder. Takes precedence over the environment variable.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    DataError
+        If no folder is given and none of the defaults holds a dataset; the message says
+        how to get the Kaggle folder and where to point pneumoxai.
+    """
+    if data is not None:
+        return Path(data)
+    if os.environ.get(DATA_ENV_VAR):
+        return Path(os.environ[DATA_ENV_VAR])
+    for candidate in (Path("../shared/data/chest_xray"), Path("data/chest_xray"), Path("chest_xray")):
+        if (candidate / "train").is_dir():
+            return candidate
+    raise DataError(f"No chest X-ray dataset given or found. {_GET_DATA_HELP}")
+
+
+def _parse_name(filename, label):
+    """Return (patient_id, subtype) parsed from a Kaggle file name."""
+    stem = Path(filename).stem
+    match = _PNEUMONIA_NAME.match(stem)
+    if match:
+        return match.group(1).lower(), match.group(2).lower()
+    match = _NORMAL_NAME.match(stem)
+    if match:
+        return match.group(1).upper(), "normal"
+    # Unknown naming scheme: each file is its own patient, so no grouping is invented.
+    return stem, "normal" if label == 0 else "unknown"
+
+
+def scan_dataset(root):
+    """Scan a Kaggle-layout chest X-ray folder into a table, one row per image.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Folder holding ``train/`` and ``test/`` (``val/`` optional), each with
+        ``NORMAL/`` and ``PNEUMONIA/`` sub-folders.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``path`` (absolute), ``split`` (as found on disk), ``label``
+        (0 NORMAL, 1 PNEUMONIA), ``label_name``, ``patient_id``, ``subtype``
+        (normal / bacteria / virus), sorted by split and path. Files are not decoded
+        here; unreadable ones are reported by :func:`load_images`.
+
+    Raises
+    ------
+    DataError
+        If ``root`` does not exist, holds no split folder, a split lacks a class
+        folder, or a split holds no image.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for split, cls, name in [("train", "NORMAL", "IM-0001-0001.jpeg"),
+    ...                          ("train", "PNEUMONIA", "person7_virus_12.jpeg")]:
+    ...     (root / split / cls).mkdir(parents=True, exist_ok=True)
+    ...     _ = (root / split / cls / name).write_bytes(b"")
+    >>> scan_dataset(root)[["split", "label", "patient_id", "subtype"]]
+       split  label patient_id subtype
+    0  train      0    IM-0001  normal
+    1  train      1    person7   virus
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Dataset folder {str(root)!r} does not exist. {_GET_DATA_HELP}")
+    rows = []
+    found_splits = [split for split in SPLITS if (root / split).is_dir()]
+    if not found_splits:
+        raise DataError(
+            f"{str(root)!r} has none of the split folders {list(SPLITS)}; expected the Kaggle "
+            f"layout ROOT/train/NORMAL, ROOT/train/PNEUMONIA, ROOT/test/... {_GET_DATA_HELP}"
+        )
+    for split in found_splits:
+        n_before = len(rows)
+        for label, class_name in enumerate(CLASS_NAMES):
+            class_dir = root / split / class_name
+            if not class_dir.is_dir():
+                raise DataError(
+                    f"Split folder {str(root / split)!r} has no {class_name}/ folder; expected "
+                    f"{' and '.join(CLASS_NAMES)} sub-folders."
+                )
+            for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
+                if not entry.is_file() or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                patient_id, subtype = _parse_name(entry.name, label)
+                rows.append((str(Path(entry.path).resolve()), split, label, class_name, patient_id, subtype))
+        if len(rows) == n_before:
+            raise DataError(f"Split folder {str(root / split)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+    return pd.DataFrame(rows, columns=["path", "split", "label", "label_name", "patient_id", "subtype"])
+
+
+def manifest_hash(frame, content=True):
+    """Hash a dataset table: its paths, labels, and (by default) every file's bytes.
+
+    Used as a cache key, so cached predictions are invalidated when any image changes.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Table from :func:`scan_dataset` (or a subset of it).
+    content : bool, default=True
+        Hash file contents; when False only names, sizes and modification times.
+
+    Returns
+    -------
+    str
+        Hex SHA-256 digest.
+    """
+    digest = hashlib.sha256()
+    for path, label in zip(frame["path"], frame["label"]):
+        digest.update(f"{Path(path).name}\0{int(label)}\0".encode())
+        try:
+            if content:
+                with open(path, "rb") as fh:
+                    digest.update(hashlib.sha256(fh.read()).digest())
+            else:
+                stat = os.stat(path)
+                digest.update(f"{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        except OSError:
+            digest.update(b"<missing>")
+    return digest.hexdigest()
+
+
+def _patient_table(frame):
+    """One row per patient: image count and majority label (for stratification)."""
+    if frame.empty:
+        raise DataError("Cannot split an empty dataset table.")
+    return frame.groupby("patient_id", sort=True)["label"].agg(n="size", label=lambda s: int(s.mean() >= 0.5))
+
+
+def split_by_patient(frame, val_fraction=0.2, seed=0):
+    """Split a table into train and validation parts, grouped by patient, stratified by label.
+
+    No patient appears on both sides, unlike a random image-level split, which leaks
+    near-duplicate images of one patient into validation and inflates its scores.
+    Within each class, patients are shuffled and taken until the class's share of
+    validation images reaches ``val_fraction``.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Table with ``patient_id`` and ``label`` columns (e.g. the train rows of
+        :func:`scan_dataset`).
+    val_fraction : float, default=0.2
+        Target fraction of images in the validation part, in (0, 1).
+    seed : int, default=0
+        Seed of the local random generator.
+
+    Returns
+    -------
+    train_df, val_df : pandas.DataFrame
+        Row subsets of ``frame`` (original index kept).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"patient_id": list("aabbccddeeffgghhiijj"),
+    ...                    "label": [0] * 10 + [1] * 10})
+    >>> train, val = split_by_patient(df, val_fraction=0.2, seed=0)
+    >>> len(val), set(train.patient_id) & set(val.patient_id)
+    (4, set())
+    """
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ConfigError(f"The 'val_fraction' parameter of split_by_patient must be in (0, 1); got {val_fraction!r}.")
+    patients = _patient_table(frame)
+    rng = np.random.default_rng(seed)
+    val_patients = []
+    for _, group in patients.groupby("label", sort=True):
+        order = rng.permutation(len(group))
+        counts = group["n"].to_numpy()[order]
+        target = val_fraction * counts.sum()
+        # Take patients until the cumulative image count first reaches the target.
+        n_take = int(np.searchsorted(np.cumsum(counts), target, side="left")) + 1
+        n_take = min(max(n_take, 1), len(group) - 1) if len(group) > 1 else 0
+        val_patients.extend(group.index.to_numpy()[order[:n_take]])
+    is_val = frame["patient_id"].isin(set(val_patients)).to_numpy()
+    train_df, val_df = frame[~is_val], frame[is_val]
+    if train_df["label"].nunique() < 2 or val_df["label"].nunique() < 2:
+        warnings.warn(
+            "split_by_patient produced a part with a single class; the table has too few patients per class.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return train_df, val_df
+
+
+def patient_folds(frame, n_splits=5, seed=0):
+    """Assign each row a fold id for patient-grouped, label-stratified k-fold training.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Table with ``patient_id`` and ``label`` columns.
+    n_splits : int, default=5
+    seed : int, default=0
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_rows,)
+        Fold id in ``0 .. n_splits - 1`` for every row; rows of one patient share a fold.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if int(n_splits) < 2:
+        raise ConfigError(f"The 'n_splits' parameter of patient_folds must be an int >= 2; got {n_splits!r}.")
+    splitter = StratifiedGroupKFold(n_splits=int(n_splits), shuffle=True, random_state=seed)
+    folds = np.empty(len(frame), dtype=np.int64)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(frame)), frame["label"], frame["patient_id"])):
+        folds[held_out] = fold
+    return folds
+
+
+def _decode(path, size):
+    """Decode one radiograph to a (size, size) float32 grayscale array in [0, 1], or raise ValueError."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0:
+        raise ValueError("empty file")
+    # Grayscale decoding drops alpha and colour in the codec (2.5x faster than decoding
+    # colour and converting); ANYDEPTH keeps 16-bit PNGs at full precision.
+    image = cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        raise ValueError("not a decodable image")
+    if image.dtype == np.uint8:
+        scale = 255.0
+    elif image.dtype == np.uint16:
+        scale = 65535.0
+    elif image.dtype in (np.float32, np.float64):
+        scale = 1.0
+    else:
+        raise ValueError(f"unsupported pixel type {image.dtype}")
+    if min(image.shape[:2]) < 8:
+        raise ValueError(f"image too small ({image.shape[1]}x{image.shape[0]})")
+    # INTER_AREA averages source pixels when shrinking, which avoids aliasing.
+    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    image = cv2.resize(image.astype(np.float32), (size, size), interpolation=interpolation)
+    image = np.clip(image / scale, 0.0, 1.0)
+    if not np.isfinite(image).all():
+        raise ValueError("non-finite pixel values")
+    return image
+
+
+def load_images(paths, size=224, *, channels=3, n_jobs=None, return_mask=False):
+    """Decode radiographs into a float32 array in [0, 1].
+
+    Images are read as grayscale with OpenCV (8- and 16-bit, with or without alpha),
+    resized to ``size`` x ``size`` and replicated to ``channels`` channels. Unreadable
+    files (empty, truncated, not an image) are skipped and reported by name with the
+    reason in one :class:`~pneumoxai.errors.SkippedFilesWarning`.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like, or pandas.DataFrame with a ``path`` column
+    size : int, default=224
+    channels : {1, 3}, default=3
+    n_jobs : int, optional
+        Decoding threads (OpenCV releases the GIL); defaults to the CPU count.
+    return_mask : bool, default=False
+        Also return a boolean mask of shape (n_paths,) marking the files that loaded.
+
+    Returns
+    -------
+    images : numpy.ndarray of shape (n_loaded, size, size, channels), float32
+    mask : numpy.ndarray of shape (n_paths,), bool
+        Only when ``return_mask`` is True.
+
+    Raises
+    ------
+    DataError
+        If no file at all could be read.
+    """
+    if isinstance(paths, pd.DataFrame):
+        paths = paths["path"].tolist()
+    paths = [str(p) for p in paths]
+    if int(size) < 8:
+        raise ConfigError(f"The 'size' parameter of load_images must be an int >= 8; got {size!r}.")
+    if channels not in (1, 3):
+        raise ConfigError(f"The 'channels' parameter of load_images must be 1 or 3; got {channels!r}.")
+    # Each worker writes its image into every channel, so the large output array is
+    # filled (and its pages touched) in parallel instead of by a serial np.repeat.
+    images = np.empty((len(paths), size, size, channels), dtype=np.float32)
+    ok = np.zeros(len(paths), dtype=bool)
+    skipped = []
+
+    def work(index):
+        try:
+            images[index] = _decode(paths[index], size)[..., None]
+            ok[index] = True
+        except (ValueError, OSError, cv2.error) as exc:
+            skipped.append((paths[index], str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+
+    with ThreadPoolExecutor(max_workers=n_jobs or os.cpu_count() or 1) as pool:
+        list(pool.map(work, range(len(paths))))
+    if skipped:
+        listing = "; ".join(f"{Path(p).name}: {why}" for p, why in sorted(skipped)[:20])
+        more = f" (and {len(skipped) - 20} more)" if len(skipped) > 20 else ""
+        warnings.warn(f"Skipped {len(skipped)} unreadable file(s): {listing}{more}", SkippedFilesWarning, stacklevel=2)
+    if paths and not ok.any():
+        raise DataError(f"None of the {len(paths)} image file(s) could be read.")
+    if not ok.all():
+        images = images[ok]
+    return (images, ok) if return_mask else images
+
+
+def balance(images, labels, method="none", *, seed=0):
+    """Balance the two classes of a training set.
+
+    Parameters
+    ----------
+    images : numpy.ndarray of shape (n_samples, H, W, C)
+    labels : numpy.ndarray of shape (n_samples,)
+        0/1 labels.
+    method : {"smote", "class_weight", "oversample", "none"}
+        ``smote`` synthesises minority images with imbalanced-learn's SMOTE (Chawla
+        et al., JAIR 2002) on one channel of the flattened pixels (channels are
+        replicas), which keeps the full 224 px train split within a few GB;
+        ``oversample`` repeats minority images (RandomOverSampler); ``class_weight``
+        leaves the data and returns inverse-frequency weights for the loss.
+    seed : int, default=0
+
+    Returns
+    -------
+    images, labels : numpy.ndarray
+        Possibly enlarged arrays (SMOTE samples and repeats are appended).
+    class_weight : dict or None
+        ``{0: w0, 1: w1}`` for ``class_weight``, otherwise None.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    if method not in BALANCING_METHODS:
+        raise ConfigError(f"The 'balancing' parameter must be one of {list(BALANCING_METHODS)}; got {method!r}.")
+    counts = np.bincount(labels, minlength=2)
+    if (counts == 0).any():
+        raise DataError(f"Training data needs both classes; got {counts[0]} NORMAL and {counts[1]} PNEUMONIA images.")
+    if method == "none":
+        return images, labels, None
+    if method == "class_weight":
+        weights = len(labels) / (2.0 * counts)
+        return images, labels, {0: float(weights[0]), 1: float(weights[1])}
+    if method == "oversample":
+        from imblearn.over_sampling import RandomOverSampler
+
+        sampler = RandomOverSampler(random_state=seed)
+        index, _ = sampler.fit_resample(np.arange(len(labels))[:, None], labels)
+        index = index[:, 0]
+        return images[index], labels[index], None
+    from imblearn.over_sampling import SMOTE
+
+    k_neighbors = min(5, int(counts.min()) - 1)
+    if k_neighbors < 1:
+        raise DataError(f"SMOTE needs at least 2 images of the minority class; got {int(counts.min())}.")
+    n, height, width, n_channels = images.shape
+    flat = images[..., 0].reshape(n, -1)
+    sampler = SMOTE(k_neighbors=k_neighbors, random_state=seed)
+    flat_res, labels_res = sampler.fit_resample(flat, labels)
+    synthetic = flat_res[n:].astype(np.float32).reshape(-1, height, width, 1)
+    synthetic = np.repeat(synthetic, n_channels, axis=-1)
+    return np.concatenate([images, synthetic]), np.asarray(labels_res, dtype=np.int64), None
+
+
+def make_dataset(images, labels=None, *, batch_size=32, training=False, augment=None, seed=0):
+    """Build a ``tf.data`` pipeline over in-memory images.
+
+    Training pipelines reshuffle every epoch and apply augmentation (random rotation,
+    horizontal flip, contrast) on whole batches after batching; evaluation pipelines do
+    neither. Both prefetch so the input work overlaps the network's compute.
+
+    Parameters
+    ----------
+    images : numpy.ndarray of shape (n_samples, H, W, 3), float32 in [0, 1]
+    labels : numpy.ndarray of shape (n_samples,), optional
+    batch_size : int, default=32
+    training : bool, default=False
+    augment : dict, optional
+        ``{"rotation": fraction of a full turn, "flip": bool, "contrast": factor}``;
+        ignored unless ``training``.
+    seed : int, default=0
+
+    Returns
+    -------
+    tf.data.Dataset
+        Yields ``images`` or ``(images, labels)`` batches.
+    """
+    import tensorflow as tf
+
+    features = tf.data.Dataset.from_tensor_slices(images)
+    dataset = (
+        tf.data.Dataset.zip((features, tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.float32))))
+        if labels is not None
+        else features
+    )
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if training and augment:
+        augmenter = _augmenter(augment, seed)
+        if augmenter is not None:
+            def apply(x, *rest):
+                return (tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0), *rest)
+
+            dataset = dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _augmenter(augment, seed):
+    import keras
+
+    unknown = set(augment) - {"rotation", "flip", "contrast"}
+    if unknown:
+        raise ConfigError(f"Unknown augmentation option(s) {sorted(unknown)}; valid: ['contrast', 'flip', 'rotation'].")
+    layers = []
+    if augment.get("rotation"):
+        layers.append(keras.layers.RandomRotation(float(augment["rotation"]), fill_mode="constant", seed=seed))
+    if augment.get("flip"):
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 1))
+    if augment.get("contrast"):
+        layers.append(keras.layers.RandomContrast(float(augment["contrast"]), seed=seed + 2))
+    return keras.Sequential(layers, name="augment") if layers else None

@@ -1,0 +1,559 @@
+"""ResNet50 (and DenseNet121 / EfficientNetB0) ensemble members: build, train, save, load, predict.
+
+Members are flat Keras functional models: the backbone's layers are layers of the member
+itself (``member.get_layer("conv5_block3_out")`` works), which is what Grad-CAM tools need.
+Inputs are images in [0, 1] with 3 channels; a :class:`BackbonePreprocess` layer inside
+the model maps them to what each backbone's pretrained weights expect.
+
+Layer names: ``image`` (input), ``preprocess``, backbone layers as in
+``keras.applications``, then ``head_pool``, ``head_dense1``, ``head_bn1``,
+``head_dropout1``, ``head_dense2``, ``head_bn2``, ``head_dropout2``, ``prediction``.
+"""
+
+import importlib.metadata
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import _io
+from .config import MEMBER_SPEC
+from .errors import ConfigError, DataError, RunFolderError, UnsafeModelError, WeightsUnavailableError
+
+import keras  # noqa: E402  (after the light imports, so config errors surface before TF loads)
+
+__all__ = [
+    "BACKBONES",
+    "CARD_FORMAT",
+    "BackbonePreprocess",
+    "build_member",
+    "train_member",
+    "recalibrate_batchnorm",
+    "predict_proba",
+    "save_member",
+    "load_member",
+    "is_member_dir",
+]
+
+CARD_FORMAT = 1
+MODEL_FILE = "model.keras"
+CARD_FILE = "card.json"
+
+# backbone -> (keras.applications constructor, preprocessing mode, last conv block layer)
+BACKBONES = {
+    "resnet50": ("ResNet50", "caffe", "conv5_block3_out"),
+    "densenet121": ("DenseNet121", "torch", "relu"),
+    "efficientnetb0": ("EfficientNetB0", "raw255", "top_activation"),
+}
+_WEIGHT_FILES = {
+    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "densenet121": "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "efficientnetb0": "efficientnetb0_notop.h5",
+}
+
+
+@keras.saving.register_keras_serializable(package="pneumoxai")
+class BackbonePreprocess(keras.layers.Layer):
+    """Map [0, 1] RGB images to a backbone's expected input.
+
+    Parameters
+    ----------
+    mode : {"caffe", "torch", "raw255"}
+        ``caffe``: RGB->BGR, x255, minus the ImageNet channel means (ResNet50);
+        ``torch``: ImageNet mean/std standardisation (DenseNet121);
+        ``raw255``: x255, the model normalises itself (EfficientNet).
+    """
+
+    _MEANS = {"caffe": (103.939, 116.779, 123.68), "torch": (0.485, 0.456, 0.406)}
+    _STDS = (0.229, 0.224, 0.225)
+
+    def __init__(self, mode="caffe", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "torch", "raw255"):
+            raise ConfigError(f"The 'mode' parameter of BackbonePreprocess must be 'caffe', 'torch' or 'raw255'; got {mode!r}.")
+        self.mode = mode
+
+    def call(self, inputs):
+        ops = keras.ops
+        if self.mode == "raw255":
+            return inputs * 255.0
+        if self.mode == "caffe":
+            bgr = ops.flip(inputs, axis=-1) * 255.0
+            return bgr - ops.convert_to_tensor(self._MEANS["caffe"], dtype=inputs.dtype)
+        mean = ops.convert_to_tensor(self._MEANS["torch"], dtype=inputs.dtype)
+        std = ops.convert_to_tensor(self._STDS, dtype=inputs.dtype)
+        return (inputs - mean) / std
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _keras_cache_dir():
+    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(base) / "models"
+
+
+def _resolve_weights(backbone, weights):
+    """Return what keras.applications should receive, or raise a clear error."""
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"Backbone weights file {str(path)!r} does not exist. Pass weights='imagenet' to use Keras' "
+            f"cache/download, weights=None to train from scratch, or the path of a '{_WEIGHT_FILES[backbone]}' "
+            f"file. Received: weights={weights!r}"
+        )
+    return str(path)
+
+
+def _reinitialize(model, seed):
+    """Re-draw every initialised weight from seeded copies of its initializer.
+
+    keras.applications offers no initializer seeds, and seeding the global RNG would
+    change the caller's random state; so randomly initialised members get their
+    weights re-drawn here, layer by layer, from a seed derived from ``seed`` and the layer.
+    """
+    for index, layer in enumerate(model.layers):
+        for attr in ("kernel", "depthwise_kernel"):
+            variable = getattr(layer, attr, None)
+            initializer = getattr(layer, f"{attr}_initializer", None)
+            if variable is None or initializer is None:
+                continue
+            config = initializer.get_config()
+            if "seed" not in config:
+                continue
+            config["seed"] = int((seed * 1_000_003 + index * 7919) % (2**31 - 1))
+            seeded = initializer.__class__.from_config(config)
+            variable.assign(seeded(variable.shape, dtype=variable.dtype))
+
+
+def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", seed=0,
+                 dense_units=(512, 128), dropout=0.5, l2=1e-4, bn_momentum=None, name="member"):
+    """Build an ensemble member: backbone, global average pooling, and the origin's dense head.
+
+    Head: for each width in ``dense_units``: Dense(ReLU, L2) -> BatchNorm -> Dropout;
+    then Dense(1, sigmoid) named ``prediction``.
+
+    Parameters
+    ----------
+    input_size : int, default=224
+        Side of the square (input_size, input_size, 3) input, pixels in [0, 1].
+    weights : {"imagenet", None} or path, default="imagenet"
+        Backbone weights: Keras' ImageNet weights (from its cache, downloaded if
+        missing), random initialisation, or a ``*_notop.h5`` file.
+    backbone : {"resnet50", "densenet121", "efficientnetb0"}, default="resnet50"
+    seed : int, default=0
+        Seeds the head's initializers and dropout, and (with ``weights=None``) the backbone.
+    dense_units : sequence of int, default=(512, 128)
+    dropout : float, default=0.5
+    l2 : float, default=1e-4
+        L2 penalty on the dense kernels.
+    bn_momentum : float, optional
+        Momentum of every batch-norm layer's moving statistics. Keras' 0.99 lags
+        behind fast-changing weights when training from scratch (inference-mode
+        predictions collapse to one class); 0.9 tracks them.
+    name : str, default="member"
+
+    Returns
+    -------
+    keras.Model
+        Maps (n, input_size, input_size, 3) images to (n, 1) pneumonia probabilities.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        ImageNet weights cannot be found in Keras' cache nor downloaded, or the file
+        does not exist.
+
+    Examples
+    --------
+    >>> model = build_member(32, weights=None, dense_units=(8,))
+    >>> model.output_shape, model.get_layer("conv5_block3_out").output.shape[1:]
+    ((None, 1), (1, 1, 2048))
+    """
+    if backbone not in BACKBONES:
+        raise ConfigError(f"The 'backbone' parameter of build_member must be one of {list(BACKBONES)}; got {backbone!r}.")
+    if not isinstance(input_size, int) or input_size < 32:
+        raise ConfigError(f"The 'input_size' parameter of build_member must be an int >= 32; got {input_size!r}.")
+    constructor, mode, _ = BACKBONES[backbone]
+    resolved = _resolve_weights(backbone, weights)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = BackbonePreprocess(mode, name="preprocess")(inputs)
+    application = getattr(keras.applications, constructor)
+    try:
+        base = application(include_top=False, weights=resolved, input_tensor=x)
+    except WeightsUnavailableError:
+        raise
+    except Exception as exc:  # keras.utils.get_file raises a bare Exception when offline
+        if resolved != "imagenet":
+            raise
+        raise WeightsUnavailableError(
+            f"Could not load ImageNet weights for {constructor}: {exc}. Keras looks for "
+            f"'{_WEIGHT_FILES[backbone]}' in {_keras_cache_dir()} (set KERAS_HOME to change it) and downloads it "
+            "when missing. Offline, copy that file there, pass its path as weights=PATH, or use weights=None "
+            f"to train from scratch. Received: weights={weights!r}"
+        ) from exc
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    for depth, units in enumerate(dense_units, start=1):
+        x = keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer,
+                               kernel_initializer=keras.initializers.HeNormal(seed=seed + depth),
+                               name=f"head_dense{depth}")(x)
+        x = keras.layers.BatchNormalization(name=f"head_bn{depth}")(x)
+        x = keras.layers.Dropout(dropout, seed=seed + 100 + depth, name=f"head_dropout{depth}")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=regularizer,
+                                 kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+                                 name="prediction")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    if resolved is None:
+        _reinitialize(model, seed)
+    if bn_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
+    return model
+
+
+def _backbone_layers(model):
+    return [layer for layer in model.layers
+            if not layer.name.startswith("head_") and layer.name not in ("image", "preprocess", "prediction")]
+
+
+def _set_trainable(model, finetune_from):
+    """Freeze the backbone up to ``finetune_from`` ('all' unfreezes it entirely).
+
+    Batch-norm layers of a pretrained backbone stay frozen (inference mode) during
+    fine-tuning, as Keras' transfer-learning guide recommends, so small batches do not
+    wreck their ImageNet statistics.
+    """
+    layers = _backbone_layers(model)
+    names = [layer.name for layer in layers]
+    if finetune_from != "all" and finetune_from not in names:
+        raise ConfigError(f"The 'finetune_from' option names no backbone layer; got {finetune_from!r} "
+                          f"(e.g. 'conv5_block1_1_conv' or 'all').")
+    start = 0 if finetune_from == "all" else names.index(finetune_from)
+    for position, layer in enumerate(layers):
+        layer.trainable = position >= start and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def _freeze_backbone(model, frozen):
+    for layer in _backbone_layers(model):
+        layer.trainable = not frozen
+
+
+class _AtomicCheckpoint(keras.callbacks.Callback):
+    """Save the model whenever val_loss improves, via temp file + rename."""
+
+    def __init__(self, path, best=np.inf):
+        super().__init__()
+        self.path = Path(path)
+        self.best = best
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and np.isfinite(loss) and loss < self.best:
+            self.best = float(loss)
+            with _io.atomic_path(self.path, suffix=".keras") as tmp:
+                self.model.save(tmp)
+
+
+class _NonFiniteLoss(keras.callbacks.Callback):
+    """Stop at the first NaN/inf loss with a clear error instead of training on garbage."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.model.stop_training = True
+            self.nonfinite = True
+
+
+def recalibrate_batchnorm(model, images, *, batch_size=64, max_batches=None):
+    """Recompute every batch-norm layer's moving statistics from ``images``.
+
+    The moving averages kept during training mix statistics of older weights; after
+    training from scratch they can be far from the final weights' statistics, so
+    inference-mode outputs collapse to one class. This pass sets them to the exact
+    average of per-batch statistics under the final weights (cumulative averaging, as
+    in "precise BN", Wu & Johnson 2021), with dropout off.
+
+    Parameters
+    ----------
+    model : keras.Model
+    images : numpy.ndarray of shape (n_samples, H, W, 3)
+        Training images without augmentation.
+    batch_size : int, default=64
+    max_batches : int, optional
+    """
+    bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    saved = [(layer, layer.momentum, layer.trainable) for layer in bn_layers]
+    saved_rates = [(layer, layer.rate) for layer in dropouts]
+    try:
+        for layer in dropouts:
+            layer.rate = 0.0
+        for layer in bn_layers:
+            layer.trainable = True
+        starts = range(0, len(images), batch_size)
+        if max_batches is not None:
+            starts = list(starts)[:max_batches]
+        for count, start in enumerate(starts, start=1):
+            for layer in bn_layers:
+                # new = old * m + batch * (1 - m) with m = (k-1)/k is the running mean of batch stats.
+                layer.momentum = (count - 1) / count
+            model(images[start:start + batch_size], training=True)
+    finally:
+        for layer, momentum, trainable in saved:
+            layer.momentum, layer.trainable = momentum, trainable
+        for layer, rate in saved_rates:
+            layer.rate = rate
+
+
+def predict_proba(model, images, *, batch_size=64):
+    """Pneumonia probabilities of one model, shape (n_samples,), batched.
+
+    Parameters
+    ----------
+    model : keras.Model
+    images : numpy.ndarray of shape (n_samples, H, W, 3)
+    batch_size : int, default=64
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_samples,), float64
+    """
+    images = _check_images(images, model)
+    if len(images) == 0:
+        return np.empty(0)
+    out = []
+    for start in range(0, len(images), batch_size):
+        # predict_on_batch reuses one compiled function: no per-call tf.data setup as in
+        # model.predict, and no eager layer-by-layer dispatch as in model(x).
+        out.append(np.asarray(model.predict_on_batch(images[start:start + batch_size])).reshape(-1))
+    return np.concatenate(out).astype(np.float64)
+
+
+def _check_images(images, model=None):
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"Images must have shape (n_samples, H, W, 3); got {images.shape}.")
+    if model is not None and tuple(images.shape[1:3]) != tuple(model.input_shape[1:3]):
+        raise DataError(
+            f"Images are {images.shape[1]}x{images.shape[2]} but the model expects "
+            f"{model.input_shape[1]}x{model.input_shape[2]}; load them with load_images(..., size={model.input_shape[1]})."
+        )
+    if images.dtype != np.float32:
+        images = images.astype(np.float32)
+    if not np.isfinite(images).all():
+        raise DataError("Images contain NaN or infinite values.")
+    return images
+
+
+def train_member(model, train_images, train_labels, val_images, val_labels, config, *,
+                 checkpoint_path=None, class_weight=None, verbose="auto"):
+    """Train a member with the origin's two-phase recipe.
+
+    Phase 1 trains the head with the backbone frozen (``epochs_frozen``), phase 2
+    fine-tunes the backbone from ``finetune_from`` on (``epochs_finetune``, lower
+    learning rate, pretrained batch-norm layers kept in inference mode). Both phases
+    use Adam, binary cross-entropy, early stopping on val loss (best weights
+    restored), learning-rate reduction on plateau and a checkpoint at the lowest val
+    loss. With ``weights=None`` nothing is pretrained, so the backbone is trained from
+    the start (batch norm included) and only the first phase runs, for
+    ``epochs_frozen + epochs_finetune`` epochs.
+
+    Parameters
+    ----------
+    model : keras.Model
+        From :func:`build_member`.
+    train_images, val_images : numpy.ndarray of shape (n, H, W, 3)
+    train_labels, val_labels : numpy.ndarray of shape (n,)
+    config : dict
+        A member config (see :data:`pneumoxai.config.MEMBER_SPEC`).
+    checkpoint_path : path, optional
+        Where the best model is written (atomically) during training.
+    class_weight : dict, optional
+        From :func:`pneumoxai.data.balance` with ``balancing="class_weight"``.
+    verbose : "auto", 0, 1 or 2
+        Keras progress display.
+
+    Returns
+    -------
+    dict
+        ``history`` (per-epoch metrics of each phase), ``seconds_per_epoch``,
+        ``epochs_run``, ``best_val_loss``.
+    """
+    from .data import make_dataset
+
+    unknown = set(config) - set(MEMBER_SPEC)
+    if unknown:
+        raise ConfigError(f"Unknown member option(s) {sorted(unknown)}; valid: {sorted(MEMBER_SPEC)}.")
+    train_images = _check_images(train_images, model)
+    val_images = _check_images(val_images, model)
+    for name, labels, images in (("train", train_labels, train_images), ("val", val_labels, val_images)):
+        labels = np.asarray(labels)
+        if len(labels) != len(images):
+            raise DataError(f"{name} has {len(images)} images but {len(labels)} labels.")
+        if len(np.unique(labels)) < 2:
+            raise DataError(f"The {name} data holds a single class; both NORMAL and PNEUMONIA are needed.")
+    seed = int(config["seed"])
+    train_ds = make_dataset(train_images, train_labels, batch_size=config["batch_size"], training=True,
+                            augment=config["augment"], seed=seed)
+    val_ds = make_dataset(val_images, val_labels, batch_size=max(64, config["batch_size"]))
+    pretrained = config["weights"] is not None
+    phases = []
+    if pretrained:
+        phases.append(("frozen", config["epochs_frozen"], config["learning_rate"]))
+        phases.append(("finetune", config["epochs_finetune"], config["finetune_learning_rate"]))
+    else:
+        phases.append(("full", config["epochs_frozen"] + config["epochs_finetune"], config["learning_rate"]))
+
+    history, timings, best = {}, [], np.inf
+    checkpoint = _AtomicCheckpoint(checkpoint_path) if checkpoint_path else None
+    for phase, epochs, learning_rate in phases:
+        if epochs == 0:
+            continue
+        if phase == "frozen":
+            _freeze_backbone(model, True)
+        elif phase == "finetune":
+            _set_trainable(model, config["finetune_from"])
+        else:
+            _freeze_backbone(model, False)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss="binary_crossentropy",
+            metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        )
+        guard = _NonFiniteLoss()
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["early_stopping_patience"],
+                                          restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config["reduce_lr_factor"],
+                                              patience=config["reduce_lr_patience"],
+                                              min_lr=config["min_learning_rate"]),
+            guard,
+        ]
+        if checkpoint is not None:
+            callbacks.append(checkpoint)
+        started = time.perf_counter()
+        # shuffle=False: the tf.data pipeline already reshuffles every epoch with its own seed.
+        fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
+        elapsed = time.perf_counter() - started
+        if getattr(guard, "nonfinite", False):
+            raise DataError("Training loss became NaN or infinite; lower the learning rate or check the images.")
+        n_epochs = len(fit.history.get("loss", []))
+        timings.append((elapsed, n_epochs))
+        history[phase] = {key: [float(v) for v in values] for key, values in fit.history.items()}
+        if fit.history.get("val_loss"):
+            best = min(best, float(np.nanmin(fit.history["val_loss"])))
+    if config["recalibrate_bn"]:
+        recalibrate_batchnorm(model, train_images)
+    total_time = sum(t for t, _ in timings)
+    total_epochs = sum(n for _, n in timings)
+    return {
+        "history": history,
+        "epochs_run": total_epochs,
+        "seconds_per_epoch": total_time / total_epochs if total_epochs else float("nan"),
+        "train_seconds": total_time,
+        "best_val_loss": best,
+    }
+
+
+def _versions():
+    versions = {"python": platform.python_version()}
+    for package in ("pneumoxai", "tensorflow", "keras", "numpy", "scikit-learn"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def is_member_dir(path):
+    """True when ``path`` holds a complete saved member (its card is written last)."""
+    path = Path(path)
+    return (path / MODEL_FILE).is_file() and (path / CARD_FILE).is_file()
+
+
+def save_member(directory, model, metadata=None):
+    """Save a member as ``model.keras`` plus a JSON card, each written atomically.
+
+    The card is written last and records the model file's SHA-256, so a directory with a
+    card always holds a complete, verifiable model.
+
+    Parameters
+    ----------
+    directory : path
+    model : keras.Model
+    metadata : dict, optional
+        Config, data manifest hash, seed, sizes, history, validation metrics...
+
+    Returns
+    -------
+    dict
+        The card as written.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / MODEL_FILE
+    with _io.atomic_path(model_path, suffix=".keras") as tmp:
+        model.save(tmp)
+    card = dict(metadata or {})
+    card.update({
+        "format": CARD_FORMAT,
+        "model_file": MODEL_FILE,
+        "model_sha256": _io.sha256_file(model_path),
+        "input_size": int(model.input_shape[1]),
+        "versions": _versions(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    _io.write_json(directory / CARD_FILE, card)
+    return card
+
+
+def load_member(directory, *, verify=True):
+    """Load a saved member with Keras safe mode; return ``(model, card)``.
+
+    Parameters
+    ----------
+    directory : path
+    verify : bool, default=True
+        Check the model file against the SHA-256 recorded in the card.
+
+    Raises
+    ------
+    RunFolderError
+        Missing files, a card from another card format, or a model file that does not
+        match its recorded hash (corrupt or replaced).
+    UnsafeModelError
+        The model needs unsafe deserialization (a Lambda layer, arbitrary code).
+    """
+    directory = Path(directory)
+    if not is_member_dir(directory):
+        raise RunFolderError(f"{str(directory)!r} is not a saved member (needs {MODEL_FILE} and {CARD_FILE}).")
+    card = _io.read_json(directory / CARD_FILE)
+    if card.get("format") != CARD_FORMAT:
+        raise RunFolderError(
+            f"Member {str(directory)!r} was saved with card format {card.get('format')!r} by pneumoxai "
+            f"{(card.get('versions') or {}).get('pneumoxai')}; this version reads format {CARD_FORMAT}. Retrain it."
+        )
+    model_path = directory / MODEL_FILE
+    if verify and _io.sha256_file(model_path) != card.get("model_sha256"):
+        raise RunFolderError(f"{str(model_path)!r} does not match the hash in its card: it is corrupt or was replaced.")
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            raise UnsafeModelError(
+                f"Refusing to load {str(model_path)!r}: it contains a Lambda layer or other code that only loads "
+                "with safe_mode=False, which would run arbitrary code from the file. Rebuild the model without "
+                "Lambda layers (pneumoxai members never need them)."
+            ) from exc
+        raise
+    return model, card
+

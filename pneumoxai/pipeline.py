@@ -1,0 +1,504 @@
+"""Run-folder stages: prepare, train, evaluate, explain, slices, report.
+
+Everything a run produces lives in one folder, so any stage can be re-run alone::
+
+    RUN_DIR/
+      run.json                  data root, data config and manifest hashes, versions
+      config.json               the resolved config of the last invocation
+      tables/dataset.csv        every image with its role (train / val / test)
+      members/<name>/           model.keras, card.json, train_paths.json
+      cache/predictions/        member probabilities keyed by model hash + data hash
+      tables/*.csv, *.md        results, diversity, failure slices, zone attention
+      figures/*.png, *.pdf
+      maps/*.npz                explanation maps
+      report.html
+
+Each stage skips work whose inputs have not changed (member config hash, model file
+hash, data manifest hash), and writes every artifact atomically.
+"""
+
+import contextlib
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import _io
+from .config import config_hash
+from .errors import ConfigError, DataError, RunFolderError
+
+__all__ = [
+    "RunFolder",
+    "prepare",
+    "train_members",
+    "train_stage",
+]
+
+RUN_FORMAT = 1
+
+
+class RunFolder:
+    """Paths and guarded access to one run folder.
+
+    Parameters
+    ----------
+    root : path
+        The run folder; created when missing.
+    """
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def path(self, *parts):
+        """A path inside the run folder; refuses names that would escape it."""
+        target = self.root.joinpath(*parts).resolve()
+        root = self.root.resolve()
+        if target != root and root not in target.parents:
+            raise RunFolderError(f"Path {'/'.join(map(str, parts))!r} would leave the run folder {str(self.root)!r}.")
+        return target
+
+    @property
+    def members_dir(self):
+        return self.path("members")
+
+    def member_dir(self, name):
+        return self.path("members", name)
+
+    def table(self, name):
+        return self.path("tables", name)
+
+    def figure_stem(self, name):
+        return self.path("figures", name)
+
+    def check_writable(self):
+        """Fail before any work when the folder cannot be created or written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise RunFolderError(f"Run folder {str(self.root)!r} is not writable: {exc.strerror or exc}.") from exc
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold ``.lock`` for the duration; a second process gets a clear error."""
+        self.check_writable()
+        lock_path = self.root / ".lock"
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            owner = lock_path.read_text(errors="replace").strip() or "unknown"
+            pid = int(owner) if owner.isdigit() else None
+            if pid is not None and not _pid_alive(pid):
+                # The holder died (e.g. kill -9): take the lock over rather than block forever.
+                lock_path.unlink(missing_ok=True)
+                fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            else:
+                raise RunFolderError(
+                    f"Run folder {str(self.root)!r} is in use by process {owner} ({lock_path} exists). "
+                    "Wait for it to finish, or delete the lock file if that process is gone."
+                ) from None
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            yield self
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _log(message):
+    print(f"[pneumoxai] {message}", file=sys.stderr, flush=True)
+
+
+def prepare(run, data_root, config):
+    """Scan the data, carve the patient-grouped validation split, record it in the run folder.
+
+    A run folder is bound to one data config: re-using it with another split (other
+    seed, fraction, subset) raises instead of mixing results.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``tables/dataset.csv``: the scan table plus ``role`` (train / val / test).
+    """
+    from .data import manifest_hash, scan_dataset, split_by_patient
+
+    data_cfg = config["data"]
+    frame = scan_dataset(data_root)
+    train_pool = frame[frame["split"] == "train"]
+    test = frame[frame["split"] == data_cfg["test_split"]]
+    if test.empty:
+        raise DataError(f"{str(data_root)!r} has no '{data_cfg['test_split']}' split to evaluate on.")
+    if data_cfg["max_per_class"]:
+        train_pool = _subset(train_pool, data_cfg["max_per_class"], data_cfg["subset_seed"])
+        test = _subset(test, data_cfg["max_per_class"], data_cfg["subset_seed"])
+    train_pool, test = _readable(train_pool), _readable(test)
+    train, val = split_by_patient(train_pool, data_cfg["val_fraction"], seed=data_cfg["split_seed"])
+    table = pd.concat([train.assign(role="train"), val.assign(role="val"), test.assign(role="test")],
+                      ignore_index=True)
+    record = {
+        "format": RUN_FORMAT,
+        "data_root": str(Path(data_root).resolve()),
+        "data_config_hash": config_hash(data_cfg),
+        "manifest_hash": manifest_hash(table),
+    }
+    run_json = run.path("run.json")
+    if run_json.exists():
+        previous = _io.read_json(run_json)
+        if previous.get("format") != RUN_FORMAT:
+            raise RunFolderError(f"{str(run.root)!r} was written by another pneumoxai run format; use a new --out.")
+        for key, what in (("data_config_hash", "data config"), ("manifest_hash", "dataset contents")):
+            if previous.get(key) != record[key]:
+                raise RunFolderError(
+                    f"Run folder {str(run.root)!r} was made with a different {what}; its members and results "
+                    "would be mixed with this run's. Use a new --out folder (or delete this one)."
+                )
+    _io.write_json(run_json, record)
+    _io.write_csv(run.table("dataset.csv"), table, index=False)
+    _report_leakage(table)
+    return table
+
+
+def _readable(frame):
+    """Drop (and report) files that cannot be decoded, so every later array stays row-aligned."""
+    from .data import load_images
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, ok = load_images(frame["path"], 8, channels=1, return_mask=True)
+    for warning in caught:
+        _log(str(warning.message))
+    return frame[ok]
+
+
+def _subset(frame, per_class, seed):
+    parts = [group.sample(n=min(per_class, len(group)), random_state=seed) for _, group in frame.groupby("label")]
+    return pd.concat(parts).sort_index()
+
+
+def _report_leakage(table):
+    """Warn when one patient id sits in both the training data and the test split."""
+    train_ids = set(table.loc[table["role"] != "test", "patient_id"])
+    shared = sorted(train_ids & set(table.loc[table["role"] == "test", "patient_id"]))
+    if shared:
+        warnings.warn(
+            f"{len(shared)} patient id(s) appear in both the training data and the test split "
+            f"(e.g. {', '.join(shared[:5])}); the official split is not patient-disjoint, so test scores "
+            "may be optimistic.", UserWarning, stacklevel=3)
+
+
+def load_table(run):
+    path = run.table("dataset.csv")
+    if not path.exists():
+        raise RunFolderError(f"{str(run.root)!r} has no tables/dataset.csv; run `pneumoxai train` or `run` first.")
+    return pd.read_csv(path)
+
+
+class _ImageCache:
+    """Decoded images per (role, size), loaded once per process."""
+
+    def __init__(self, table):
+        self.table = table
+        self._arrays = {}
+
+    def get(self, role, size):
+        from .data import load_images
+
+        key = (role, size)
+        if key not in self._arrays:
+            rows = self.table[self.table["role"] == role]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                images, ok = load_images(rows["path"], size, return_mask=True)
+            for warning in caught:
+                _log(str(warning.message))
+            self._arrays[key] = (images, rows[ok].reset_index(drop=True))
+        return self._arrays[key]
+
+
+def _member_data(config, images, frame):
+    """Apply a member's diversity options (subset, bootstrap) to its training rows."""
+    rng = np.random.default_rng(config["seed"])
+    index = np.arange(len(frame))
+    if config["max_train_images"] and config["max_train_images"] < len(index):
+        index = np.sort(rng.choice(index, size=config["max_train_images"], replace=False))
+    if config["bootstrap"]:
+        index = rng.choice(index, size=len(index), replace=True)
+    return images[index], frame["label"].to_numpy()[index], frame["path"].to_numpy()[index]
+
+
+def train_members(run, config, names=None, *, table=None, verbose="auto"):
+    """Train every member of ``config`` (or those in ``names``) into ``members/<name>/``.
+
+    A member whose card records the same member config and data manifest is skipped;
+    one whose config changed is retrained.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per member: name, status (trained / skipped), val AUC, seconds per epoch.
+    """
+    from . import data as data_mod
+    from . import models
+
+    table = load_table(run) if table is None else table
+    run_record = _io.read_json(run.path("run.json"))
+    members = config["members"]
+    if names:
+        unknown = sorted(set(names) - {m["name"] for m in members})
+        if unknown:
+            raise ConfigError(f"Unknown member name(s) {unknown}; the config has {[m['name'] for m in members]}.")
+        members = [m for m in members if m["name"] in names]
+    cache = _ImageCache(table)
+    rows = []
+    for member in members:
+        member_dir = run.member_dir(member["name"])
+        wanted = config_hash(member)
+        if models.is_member_dir(member_dir):
+            card = _io.read_json(member_dir / models.CARD_FILE)
+            if card.get("config_hash") == wanted and card.get("manifest_hash") == run_record["manifest_hash"]:
+                rows.append({"member": member["name"], "status": "skipped (up to date)",
+                             "val_auc": card.get("val_metrics", {}).get("roc_auc"),
+                             "seconds_per_epoch": card.get("seconds_per_epoch")})
+                continue
+            _log(f"member {member['name']}: config changed since it was trained; retraining.")
+        _log(f"member {member['name']}: training ({member['backbone']}, {member['image_size']} px, "
+             f"weights={member['weights']}, balancing={member['balancing']}, seed={member['seed']})")
+        size = member["image_size"]
+        train_images, train_frame = cache.get("train", size)
+        val_images, val_frame = cache.get("val", size)
+        x, y, paths = _member_data(member, train_images, train_frame)
+        x, y, class_weight = data_mod.balance(x, y, member["balancing"], seed=member["seed"])
+        model = models.build_member(size, member["weights"], backbone=member["backbone"], seed=member["seed"],
+                                    dense_units=tuple(member["dense_units"]), dropout=member["dropout"],
+                                    l2=member["l2"], bn_momentum=member["bn_momentum"], name=member["name"])
+        started = time.perf_counter()
+        info = models.train_member(model, x, y, val_images, val_frame["label"].to_numpy(), member,
+                                   checkpoint_path=member_dir / "checkpoint.keras", class_weight=class_weight,
+                                   verbose=verbose)
+        val_prob = models.predict_proba(model, val_images)
+        val_metrics = _quick_metrics(val_frame["label"].to_numpy(), val_prob)
+        _io.write_json(member_dir / "train_paths.json", sorted(set(map(str, paths))))
+        models.save_member(member_dir, model, {
+            "name": member["name"],
+            "config": member,
+            "config_hash": wanted,
+            "manifest_hash": run_record["manifest_hash"],
+            "seed": member["seed"],
+            "n_train": int(len(x)),
+            "n_train_unique": int(len(set(paths))),
+            "n_val": int(len(val_frame)),
+            "history": info["history"],
+            "epochs_run": info["epochs_run"],
+            "seconds_per_epoch": info["seconds_per_epoch"],
+            "train_seconds": time.perf_counter() - started,
+            "val_metrics": val_metrics,
+            "reproducibility": "same seed and config reproduce predictions on CPU to within 1e-5 "
+                               "(multi-threaded float reductions are not bit-exact)",
+        })
+        (member_dir / "checkpoint.keras").unlink(missing_ok=True)
+        _log(f"member {member['name']}: val AUC {val_metrics['roc_auc']:.4f}, "
+             f"{info['seconds_per_epoch']:.1f} s/epoch, {info['epochs_run']} epochs")
+        rows.append({"member": member["name"], "status": "trained", "val_auc": val_metrics["roc_auc"],
+                     "seconds_per_epoch": info["seconds_per_epoch"]})
+    return pd.DataFrame(rows)
+
+
+def _quick_metrics(y_true, y_prob):
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    return {"roc_auc": float(roc_auc_score(y_true, y_prob)),
+            "accuracy": float(accuracy_score(y_true, y_prob >= 0.5))}
+
+
+def train_stage(run, config, data_root, *, names=None, verbose="auto"):
+    """Record the config, prepare the split (first time) and train the members."""
+    _io.write_json(run.path("config.json"), _raw_config(config))
+    table = prepare(run, data_root, config)
+    return train_members(run, config, names, table=table, verbose=verbose)
+
+
+def _raw_config(config):
+    """The resolved config in the shape parse_config accepts (members fully spelled out)."""
+    return {key: value for key, value in config.items()}
+
+
+PRIMARY = "soft voting"
+
+
+def _member_dirs(run, config):
+    from . import models
+
+    dirs = []
+    for member in config["members"]:
+        directory = run.member_dir(member["name"])
+        if not models.is_member_dir(directory):
+            raise RunFolderError(f"Member {member['name']!r} is not trained in {str(run.root)!r}; "
+                                 "run `pneumoxai train` (or `pneumoxai run`) first.")
+        dirs.append(directory)
+    return dirs
+
+
+def member_predictions(run, config, role, *, table=None, progress=True):
+    """Member probabilities for one role (val / test), from the run's content-hash cache.
+
+    Returns
+    -------
+    P : pandas.DataFrame of shape (n_samples, n_members)
+        Columns are member names.
+    rows : pandas.DataFrame
+        The dataset rows, aligned with ``P``.
+    """
+    from .ensemble import predict_members
+
+    table = load_table(run) if table is None else table
+    rows = table[table["role"] == role].reset_index(drop=True)
+    P = predict_members(_member_dirs(run, config), rows, batch_size=config["evaluate"]["batch_size"],
+                        tta=config["evaluate"]["tta"], cache_dir=run.path("cache", "predictions"), progress=progress)
+    return pd.DataFrame(P, columns=[m["name"] for m in config["members"]]), rows
+
+
+def _trained_on(run, config, rows):
+    """(n_rows, n_members) bool: was the row in that member's training data."""
+    columns = []
+    for member in config["members"]:
+        paths = set(_io.read_json(run.member_dir(member["name"]) / "train_paths.json"))
+        columns.append(rows["path"].isin(paths).to_numpy())
+    return np.column_stack(columns)
+
+
+def _threshold(y_val, p_val, evaluate_cfg):
+    from .metrics import choose_threshold
+
+    method = evaluate_cfg["threshold"]
+    if not isinstance(method, str):
+        return float(method)
+    target = evaluate_cfg["target_sensitivity"] if method == "sensitivity" else None
+    return float(choose_threshold(y_val, p_val, method=method, target=target))
+
+
+def evaluate_stage(run, config, *, verbose="auto"):
+    """Member predictions on val and test, combiners fitted on val, results on test.
+
+    Combiners that learn (optimized soft voting, stacking) are fitted on the
+    patient-grouped validation split, which no member was trained on (checked against
+    each member's recorded training files). Each model's threshold is chosen on
+    validation data (``evaluate.threshold``) and applied unchanged to the test split.
+
+    Writes ``tables/results.csv``, ``tables/results.md``, ``tables/predictions_{val,test}.csv``,
+    ``tables/comparisons.csv``, ``tables/diversity.csv``, ``tables/ensemble_size.csv``,
+    ``tables/ensemble.json`` and the evaluation figures.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The results table.
+    """
+    from . import _figures_eval as fig
+    from .ensemble import HardVoting, SoftVoting, Stacking, diversity, ensemble_size_curve
+    from .metrics import TemperatureScaling, compare, results_table, table_to_markdown
+
+    started = time.perf_counter()
+    evaluate_cfg = config["evaluate"]
+    table = load_table(run)
+    progress = verbose != 0
+    P_val, val_rows = member_predictions(run, config, "val", table=table, progress=progress)
+    P_test, test_rows = member_predictions(run, config, "test", table=table, progress=progress)
+    y_val, y_test = val_rows["label"].to_numpy(), test_rows["label"].to_numpy()
+    names = list(P_val.columns)
+
+    combiners = {PRIMARY: SoftVoting(), "soft voting (optimized)": SoftVoting(weights="optimize"),
+                 "hard voting": HardVoting()}
+    if len(names) > 1:
+        combiners["stacking"] = Stacking(cv=evaluate_cfg["stacking_cv"], features="logit")
+    val_probs = {name: P_val[name].to_numpy() for name in names}
+    test_probs = {name: P_test[name].to_numpy() for name in names}
+    fitted = {}
+    for label, combiner in combiners.items():
+        if isinstance(combiner, Stacking):
+            combiner.fit(P_val, y_val, trained_on=_trained_on(run, config, val_rows), groups=val_rows["patient_id"])
+            val_probs[label] = combiner.oof_proba_  # honest val scores for threshold choice
+        else:
+            combiner.fit(P_val, y_val)
+            val_probs[label] = combiner.predict_proba(P_val)
+        test_probs[label] = combiner.predict_proba(P_test)
+        fitted[label] = combiner
+    thresholds = {name: _threshold(y_val, val_probs[name], evaluate_cfg) for name in test_probs}
+    results = results_table(y_test, test_probs, threshold=thresholds, n_boot=evaluate_cfg["n_boot"],
+                            ci=evaluate_cfg["ci"], seed=0, groups=test_rows["patient_id"].to_numpy())
+    # The origin reported metrics at a 0.5 threshold; give the primary ensemble at 0.5 too, for a like-for-like row.
+    at_half = results_table(y_test, {f"{PRIMARY} @0.5": test_probs[PRIMARY]}, threshold=0.5,
+                            n_boot=evaluate_cfg["n_boot"], ci=evaluate_cfg["ci"], seed=0,
+                            groups=test_rows["patient_id"].to_numpy(), reference=False)
+    results = pd.concat([results.iloc[:-1], at_half, results.iloc[-1:]])
+    _io.write_csv(run.table("results.csv"), results)
+    _io.write_text(run.table("results.md"), table_to_markdown(results) + "\n")
+
+    best_member = max(names, key=lambda n: results.loc[n, "roc_auc"])
+    pairs = [(best_member, PRIMARY)] + ([(PRIMARY, "stacking")] if "stacking" in test_probs else [])
+    comparisons = pd.DataFrame([
+        {"model_a": a, "model_b": b, **{k: v for k, v in compare(y_test, test_probs[a], test_probs[b],
+                                                               threshold=(thresholds[a], thresholds[b])).items()
+                                        if np.isscalar(v)}}
+        for a, b in pairs])
+    _io.write_csv(run.table("comparisons.csv"), comparisons, index=False)
+
+    frames = {"val": (val_rows, val_probs), "test": (test_rows, test_probs)}
+    for role, (rows, probs) in frames.items():
+        out = rows[["path", "label", "patient_id", "subtype"]].copy()
+        for name, values in probs.items():
+            out[f"p[{name}]"] = values
+        _io.write_csv(run.table(f"predictions_{role}.csv"), out, index=False)
+
+    if len(names) > 1:
+        _io.write_csv(run.table("diversity.csv"), diversity(P_test, y_test, threshold=0.5), index=False)
+        size_curve = ensemble_size_curve(P_val, y_val, combiner="soft", metric="roc_auc")
+        _io.write_csv(run.table("ensemble_size.csv"), size_curve, index=False)
+    calibrator = TemperatureScaling().fit(val_probs[PRIMARY], y_val)
+    _io.write_json(run.table("ensemble.json"), {
+        "primary": PRIMARY,
+        "members": names,
+        "thresholds": thresholds,
+        "optimized_weights": dict(zip(names, map(float, fitted["soft voting (optimized)"].weights_))),
+        "temperature": float(calibrator.temperature_),
+        "best_member": best_member,
+    })
+
+    stem = run.figure_stem
+    models_only = {k: v for k, v in test_probs.items()}
+    fig.plot_roc(y_test, models_only, path=stem("roc"))
+    fig.plot_pr(y_test, models_only, path=stem("pr"))
+    fig.plot_confusion_matrices(y_test, {k: test_probs[k] for k in [best_member, *combiners]},
+                                threshold=0.5, path=stem("confusion"))
+    fig.plot_reliability(y_test, {PRIMARY: test_probs[PRIMARY],
+                                  f"{PRIMARY} (temperature-scaled)": calibrator.predict_proba(test_probs[PRIMARY]),
+                                  best_member: test_probs[best_member]}, path=stem("reliability"))
+    fig.plot_threshold_analysis(y_test, test_probs[PRIMARY], threshold=thresholds[PRIMARY],
+                                path=stem("threshold"))
+    if len(names) > 1:
+        fig.plot_diversity(pd.read_csv(run.table("diversity.csv")), path=stem("diversity"))
+        fig.plot_ensemble_size(size_curve, ylabel="val ROC AUC", path=stem("ensemble_size"))
+    _close_figures()
+    _log(f"evaluate: {time.perf_counter() - started:.1f} s")
+    return results
+
+
+def _close_figures():
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

@@ -1,0 +1,56 @@
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray"
+
+
+@pytest.fixture(scope="session")
+def real_data_root():
+    """The read-only Kermany copy beside the repo (skips when absent)."""
+    if not (REAL_DATA / "train").is_dir():
+        pytest.skip(f"real data not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+def write_image(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise RuntimeError(f"could not write {path}")
+    return path
+
+
+@pytest.fixture
+def make_kaggle_tree(tmp_path):
+    """Build a small Kaggle-layout tree of generated radiograph-like images.
+
+    Pneumonia images carry a bright blob in the left half, normal ones do not, so a
+    tiny network can learn the task in an epoch or two.
+    """
+
+    def make(n_per_class=12, size=48, splits=("train", "test"), seed=0, patients_per_class=None):
+        rng = np.random.default_rng(seed)
+        root = tmp_path / "chest_xray"
+        for split in splits:
+            for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
+                for i in range(n_per_class):
+                    base = rng.normal(90, 20, (size, size)).clip(0, 255)
+                    if label:
+                        y, x = rng.integers(size // 4, 3 * size // 4), rng.integers(size // 6, size // 2)
+                        cv2.circle(base, (int(x), int(y)), size // 6, 230, -1)
+                    patient = i if patients_per_class is None else i % patients_per_class
+                    name = (f"person{patient + 1000 * (split == 'test')}_bacteria_{i}.jpeg" if label
+                            else f"IM-{patient + 1000 * (split == 'test'):04d}-{i:04d}.jpeg")
+                    write_image(root / split / cls / name, base.astype(np.uint8))
+        return root
+
+    return make

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,7 @@ def load_npz(path):
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (ValueError, OSError, EOFError, KeyError) as exc:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise CacheError(f"{path} is corrupt or truncated ({exc}); delete it to rebuild.") from exc
 
 

@@ -138,3 +138,40 @@ def _read_cache(path, key, n_samples):
         warnings.warn(f"Prediction cache {path.name} is corrupt ({exc}); recomputing it.", UserWarning, stacklevel=3)
         path.unlink(missing_ok=True)
         return None
+
+
+def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, cache_dir=None):
+    """Concatenated penultimate-layer activations of every member, shape (n_samples, sum of widths).
+
+    Parameters are as in :func:`predict_members`; ``layer`` names the layer whose output
+    is taken from each member (the head's last dense layer by default).
+    """
+    import keras
+
+    loaded, blocks = {}, []
+    for member in members:
+        load_model, model_key, size = _model_key(member)
+        array, data_key = _images_for(images, size, loaded)
+        key = hashlib.sha256(f"{model_key}|{data_key}|layer={layer}|v1".encode()).hexdigest()[:32]
+        cache_path = Path(cache_dir) / f"emb-{key}.npz" if cache_dir is not None else None
+        if cache_path is not None and cache_path.exists():
+            try:
+                data = _io.load_npz(cache_path)
+                if str(data["key"]) == key and len(data["embeddings"]) == len(array):
+                    blocks.append(data["embeddings"])
+                    continue
+            except (CacheError, KeyError):
+                pass
+            warnings.warn(f"Embedding cache {cache_path.name} is corrupt; recomputing it.", UserWarning, stacklevel=2)
+        model = load_model()
+        try:
+            output = model.get_layer(layer).output
+        except ValueError as exc:
+            raise DataError(f"Member has no layer named {layer!r}.") from exc
+        extractor = keras.Model(model.inputs, output)
+        embeddings = np.concatenate([np.asarray(extractor.predict_on_batch(array[start:start + batch_size]))
+                                     for start in range(0, len(array), batch_size)]).astype(np.float32)
+        if cache_path is not None:
+            _io.save_npz(cache_path, embeddings=embeddings, key=np.array(key))
+        blocks.append(embeddings)
+    return np.concatenate(blocks, axis=1)

@@ -36,6 +36,12 @@ __all__ = [
     "prepare",
     "train_members",
     "train_stage",
+    "member_predictions",
+    "evaluate_stage",
+    "explain_stage",
+    "slices_stage",
+    "report_stage",
+    "run_all",
 ]
 
 RUN_FORMAT = 1
@@ -502,3 +508,317 @@ def _close_figures():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def _evaluation(run):
+    """Test-split predictions and the ensemble record written by :func:`evaluate_stage`."""
+    path = run.table("predictions_test.csv")
+    if not path.exists():
+        raise RunFolderError(f"{str(run.root)!r} has no evaluation yet; run `pneumoxai evaluate --run {run.root}`.")
+    return pd.read_csv(path), _io.read_json(run.table("ensemble.json"))
+
+
+def slices_stage(run, config):
+    """Failure slices of the primary ensemble and of each member on the test split.
+
+    Slice columns: image characteristics (at 224 px, with lung masks), subtype,
+    patient image count, member disagreement, confidence bin, k-means clusters of the
+    members' penultimate-layer embeddings, and off-lung attention when the explain
+    stage has produced it. Writes ``tables/failure_slices.csv``,
+    ``tables/member_failure_slices.csv``, ``tables/slice_features.csv`` and figures.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The failure slices, findings first.
+    """
+    from . import _figures_slices as fig
+    from ._lungs import lung_mask
+    from ._predict import predict_embeddings
+    from .data import load_images
+    from .slices import find_failure_slices, member_failure_slices, slice_frame
+
+    started = time.perf_counter()
+    slices_cfg = config["slices"]
+    predictions, record = _evaluation(run)
+    names = record["members"]
+    y = predictions["label"].to_numpy()
+    P = predictions[[f"p[{name}]" for name in names]].to_numpy()
+    p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
+    threshold = record["thresholds"][record["primary"]]
+    images = load_images(predictions["path"], 224)
+    masks = lung_mask(images)
+    table = load_table(run)
+    test_rows = table[table["role"] == "test"].set_index("path").loc[predictions["path"]].reset_index()
+    embeddings = predict_embeddings(_member_dirs(run, config), test_rows, cache_dir=run.path("cache", "embeddings"))
+    zone_scores = None
+    zone_path = run.table("zone_attention_all.csv")
+    if zone_path.exists():
+        zones = pd.read_csv(zone_path).set_index("path")
+        if set(predictions["path"]) <= set(zones.index):
+            zone_scores = {"off_lung_attention": zones.loc[predictions["path"], "off_lung_attention"].to_numpy()}
+    frame = slice_frame(test_rows[["path", "split", "label", "label_name", "patient_id", "subtype"]],
+                        images=images, masks=masks, member_probs=P, ensemble_prob=p_ens, embeddings=embeddings,
+                        zone_scores=zone_scores, n_clusters=slices_cfg["n_clusters"], seed=0)
+    _io.write_csv(run.table("slice_features.csv"), frame.assign(path=predictions["path"]), index=False)
+    options = dict(threshold=threshold, min_size=slices_cfg["min_size"], max_order=slices_cfg["max_order"],
+                   alpha=slices_cfg["alpha"])
+    found = find_failure_slices(frame, y, p_ens, **options)
+    _io.write_csv(run.table("failure_slices.csv"), found.drop(columns=["conditions"], errors="ignore"), index=False)
+    per_member = member_failure_slices(frame, y, P, p_ens, names, **options)
+    _io.write_csv(run.table("member_failure_slices.csv"),
+                  per_member.drop(columns=["conditions"], errors="ignore"), index=False)
+    errors = (p_ens >= threshold).astype(int) != y
+    if len(found):
+        fig.plot_slice_error_rates(found, top=10, overall_rate=float(errors.mean()), path=run.figure_stem("slices_top"))
+        maps = _load_all_test_maps(run, predictions["path"])
+        fig.plot_slice_examples(found, frame, images, maps=maps, y_true=y, y_prob=p_ens, threshold=threshold,
+                                top=4, n_examples=4, path=run.figure_stem("slices_examples"))
+    fig.plot_feature_distributions(frame, y, p_ens, threshold=threshold, path=run.figure_stem("slices_features"))
+    _close_figures()
+    _log(f"slices: {len(found)} slices tested-and-kept, {int(found['finding'].sum()) if len(found) else 0} "
+         f"significant after BH correction, {time.perf_counter() - started:.1f} s")
+    return found
+
+
+def _load_all_test_maps(run, paths):
+    """Grad-CAM maps of the whole test split from the explain stage, at 224 px, or None."""
+    import cv2
+
+    path = run.path("maps", "gradcam_test.npz")
+    if not path.exists():
+        return None
+    data = _io.load_npz(path)
+    index = {p: i for i, p in enumerate(data["paths"].astype(str))}
+    if not set(paths) <= set(index):
+        return None
+    maps = data["maps"][[index[p] for p in paths]]
+    return np.stack([cv2.resize(m, (224, 224), interpolation=cv2.INTER_LINEAR) for m in maps])
+
+
+def _stage_key(run, config, stage):
+    """Hash of everything a stage's output depends on: config sections and upstream artifacts."""
+    sections = {"evaluate": ("evaluate",), "explain": ("evaluate", "explain"), "slices": ("evaluate", "slices")}
+    parts = {name: config[name] for name in sections[stage]}
+    parts["members"] = [_io.read_json(run.member_dir(m["name"]) / "card.json")["model_sha256"]
+                        for m in config["members"]]
+    parts["run"] = _io.read_json(run.path("run.json"))["manifest_hash"]
+    if stage == "slices":
+        zone = run.table("zone_attention_all.csv")
+        parts["zones"] = _io.sha256_file(zone) if zone.exists() else None
+    return config_hash(parts)
+
+
+def _run_stage(run, config, stage, function, **kwargs):
+    """Run ``function`` unless its recorded input key is unchanged; record the key after success."""
+    marker = run.path("cache", "stages", f"{stage}.json")
+    key = _stage_key(run, config, stage)
+    if marker.exists() and _io.read_json(marker).get("key") == key:
+        _log(f"{stage}: inputs unchanged, skipped")
+        return False
+    function(run, config, **kwargs)
+    _io.write_json(marker, {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return True
+
+
+def run_all(run, config, data_root, *, skip=(), verbose="auto"):
+    """``pneumoxai run``: train, evaluate, explain, slices and report, each resumable.
+
+    Returns
+    -------
+    str
+        The terminal summary (results table and top findings), also printed.
+    """
+    from .report import summary_text
+
+    started = time.perf_counter()
+    train_stage(run, config, data_root, verbose=verbose)
+    _run_stage(run, config, "evaluate", evaluate_stage, verbose=verbose)
+    if "explain" not in skip:
+        _run_stage(run, config, "explain", explain_stage)
+    if "slices" not in skip:
+        _run_stage(run, config, "slices", slices_stage)
+    report_stage(run, config)
+    _log(f"run finished in {time.perf_counter() - started:.0f} s; report: {run.path('report.html')}")
+    summary = summary_text(run.root)
+    print(summary)
+    return summary
+
+
+def report_stage(run, config):
+    """Write ``report.html`` from the run folder's tables and figures."""
+    from .report import write_report
+
+    path = write_report(run.root)
+    _log(f"report: {path}")
+    return path
+
+
+_DISPLAY_SIZE = 224
+
+
+def _resize_maps(maps, size):
+    import cv2
+
+    if maps.shape[1] == size:
+        return maps.astype(np.float32)
+    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in maps]).astype(np.float32)
+
+
+def _ensemble_maps(member_models, images_by_size, method, target, weights):
+    """Weighted mean and spread of member maps at display size (members may differ in input size)."""
+    from .explain import ensemble_gradcam, gradcam
+
+    sizes = {int(m.input_shape[1]) for m in member_models}
+    if len(sizes) == 1:
+        size = sizes.pop()
+        combined, spread = ensemble_gradcam(member_models, images_by_size(size), weights=weights, method=method,
+                                            target=target)
+        return _resize_maps(combined, _DISPLAY_SIZE), _resize_maps(spread, _DISPLAY_SIZE)
+    maps = np.stack([_resize_maps(gradcam(m, images_by_size(int(m.input_shape[1])), method=method, target=target),
+                                  _DISPLAY_SIZE) for m in member_models])
+    w = np.asarray(weights, float) / np.sum(weights)
+    combined = np.tensordot(w, maps, axes=1)
+    return combined.astype(np.float32), np.sqrt(np.tensordot(w, (maps - combined) ** 2, axes=1)).astype(np.float32)
+
+
+def _select_for_gallery(y, predicted, max_images, seed=0):
+    """Indices of false negatives, false positives and a matched sample of correct calls.
+
+    Errors take two thirds of the budget (split between FN and FP); correct calls are
+    drawn with the same class mix as the chosen errors, so maps compare like with like.
+    """
+    rng = np.random.default_rng(seed)
+    fn = np.flatnonzero((y == 1) & (predicted == 0))
+    fp = np.flatnonzero((y == 0) & (predicted == 1))
+    per_error = max(1, max_images // 3)
+    chosen_fn = rng.permutation(fn)[:per_error]
+    chosen_fp = rng.permutation(fp)[:per_error]
+    n_correct = max(1, max_images - len(chosen_fn) - len(chosen_fp))
+    correct_pos = rng.permutation(np.flatnonzero((y == 1) & (predicted == 1)))
+    correct_neg = rng.permutation(np.flatnonzero((y == 0) & (predicted == 0)))
+    share_pos = len(chosen_fn) / max(1, len(chosen_fn) + len(chosen_fp)) if len(chosen_fn) + len(chosen_fp) else 0.5
+    k_pos = int(round(n_correct * share_pos))
+    chosen_correct = np.concatenate([correct_pos[:k_pos], correct_neg[:n_correct - k_pos]])
+    return np.concatenate([chosen_fn, chosen_fp, chosen_correct]).astype(int)
+
+
+def explain_stage(run, config, *, methods=None, max_images=None):
+    """Grad-CAM / Grad-CAM++ / SHAP maps of the primary ensemble's errors on the test split.
+
+    - Every test image gets the ensemble's Grad-CAM of its predicted class (the class
+      that drove the call) and its lung-zone attention shares
+      (``tables/zone_attention_all.csv``, ``maps/gradcam_test.npz``): the slices stage
+      uses the off-lung share as a slicing column.
+    - False negatives, false positives and a class-matched sample of correct calls
+      (``explain.max_images`` in all) get every configured method (ensemble maps are
+      member maps averaged with the soft-voting weights; the SHAP map of the ensemble is
+      the mean of the members' logit SHAP maps, an approximation since SHAP values of
+      an averaged probability are not the average of logit attributions), saved to
+      ``maps/explain.npz`` with ``tables/zone_attention.csv``.
+    - Faithfulness for the best member: deletion AUC of its Grad-CAM against random maps
+      (``tables/explain_summary.csv``).
+    """
+    from . import _figures_explain as fig
+    from ._lungs import lung_mask
+    from .data import load_images
+    from .explain import (background_sample, deletion_auc, random_map_baseline, shap_maps, zone_attention,
+                          gradcam)
+    from .models import load_member
+
+    started = time.perf_counter()
+    explain_cfg = config["explain"]
+    methods = methods or explain_cfg["methods"]
+    max_images = max_images or explain_cfg["max_images"]
+    predictions, record = _evaluation(run)
+    y = predictions["label"].to_numpy()
+    p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
+    threshold = record["thresholds"][record["primary"]]
+    predicted = (p_ens >= threshold).astype(int)
+    member_models = [load_member(d)[0] for d in _member_dirs(run, config)]
+    weights = np.ones(len(member_models))
+    paths = predictions["path"].tolist()
+    cache = {}
+
+    def images_by_size(size, index=None):
+        if size not in cache:
+            cache[size] = load_images(paths, size)
+        return cache[size] if index is None else cache[size][index]
+
+    display = images_by_size(_DISPLAY_SIZE)
+    masks = lung_mask(display)
+    all_maps, _ = _ensemble_maps(member_models, images_by_size, "gradcam", predicted.astype(bool), weights)
+    zones_all = zone_attention(all_maps, masks)
+    zones_all.insert(0, "path", paths)
+    _io.write_csv(run.table("zone_attention_all.csv"), zones_all, index=False)
+    _io.save_npz(run.path("maps", "gradcam_test.npz"), maps=all_maps.astype(np.float16),
+                 paths=np.array(paths, dtype=str))
+
+    chosen = _select_for_gallery(y, predicted, max_images, seed=explain_cfg["seed"])
+    group = np.where(y[chosen] == predicted[chosen], "correct", np.where(y[chosen] == 1, "false_negative",
+                                                                          "false_positive"))
+    target = predicted[chosen].astype(bool)
+    subset_maps = {}
+    labels_of = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
+                 "saliency": "Saliency", "shap": "SHAP"}
+    for method in methods:
+        if method in ("gradcam", "gradcam++", "scorecam"):
+            subset_maps[labels_of[method]] = _ensemble_maps(
+                member_models, lambda s: images_by_size(s, chosen), method, target, weights)[0]
+        elif method == "shap":
+            table = load_table(run)
+            train_rows = table[table["role"] == "train"]
+            per_member = []
+            for model in member_models:
+                size = int(model.input_shape[1])
+                pool = train_rows.sample(n=min(len(train_rows), 20 * explain_cfg["shap_background"]),
+                                         random_state=explain_cfg["seed"])
+                background = background_sample(load_images(pool["path"], size), pool["label"].to_numpy(),
+                                               n=explain_cfg["shap_background"], seed=explain_cfg["seed"])
+                per_member.append(_resize_maps(shap_maps(model, images_by_size(size, chosen), background,
+                                                         n_samples=explain_cfg["shap_samples"], target=target,
+                                                         seed=explain_cfg["seed"]), _DISPLAY_SIZE))
+            subset_maps["SHAP"] = np.mean(per_member, axis=0).astype(np.float32)
+        elif method == "saliency":
+            from .explain import saliency
+
+            subset_maps["Saliency"] = np.mean([_resize_maps(saliency(m, images_by_size(int(m.input_shape[1]), chosen),
+                                                                     target=target), _DISPLAY_SIZE)
+                                               for m in member_models], axis=0)
+    arrays = {f"map_{i}": maps for i, maps in enumerate(subset_maps.values())}
+    _io.save_npz(run.path("maps", "explain.npz"), paths=np.array([paths[i] for i in chosen], dtype=str),
+                 group=group.astype(str), methods=np.array(list(subset_maps), dtype=str), **arrays)
+    zone_rows = []
+    for label, maps in subset_maps.items():
+        shares = zone_attention(np.clip(maps, 0, None), masks[chosen])
+        shares.insert(0, "method", label)
+        shares.insert(0, "group", group)
+        shares.insert(0, "path", [paths[i] for i in chosen])
+        zone_rows.append(shares)
+    _io.write_csv(run.table("zone_attention.csv"), pd.concat(zone_rows, ignore_index=True), index=False)
+
+    best = record["members"].index(record["best_member"])
+    best_model = member_models[best]
+    size = int(best_model.input_shape[1])
+    x = images_by_size(size, chosen)
+    best_maps = gradcam(best_model, x, target=target)
+    deletion = deletion_auc(best_model, x, best_maps, target=target)
+    random_deletion = random_map_baseline(best_model, x, metric="deletion", target=target)
+    errors = predicted != y
+    summary = pd.DataFrame([
+        {"measure": "off_lung_attention (Grad-CAM, ensemble), errors", "value": zones_all.loc[errors, "off_lung_attention"].mean(), "n": int(errors.sum())},
+        {"measure": "off_lung_attention (Grad-CAM, ensemble), correct", "value": zones_all.loc[~errors, "off_lung_attention"].mean(), "n": int((~errors).sum())},
+        {"measure": f"deletion AUC, Grad-CAM of {record['best_member']} (lower = more faithful)", "value": float(np.mean(deletion)), "n": len(chosen)},
+        {"measure": f"deletion AUC, random maps, {record['best_member']}", "value": float(np.mean(random_deletion)), "n": len(chosen)},
+        {"measure": "lung mask area fraction (test mean)", "value": float(masks.mean()), "n": len(masks)},
+    ])
+    _io.write_csv(run.table("explain_summary.csv"), summary, index=False)
+
+    fig.plot_explanation_gallery(display[chosen], subset_maps, y[chosen], p_ens[chosen], threshold=threshold,
+                                 n_per_group=3, path=run.figure_stem("gallery"))
+    fig.plot_mean_maps(all_maps, y, p_ens, images=display, threshold=threshold, path=run.figure_stem("mean_maps"))
+    fig.plot_zone_attention(zones_all.drop(columns=["path"]), y, p_ens, threshold=threshold,
+                            path=run.figure_stem("zone_attention"))
+    _close_figures()
+    _log(f"explain: {len(chosen)} images x {len(subset_maps)} methods, all {len(paths)} test images with "
+         f"Grad-CAM, {time.perf_counter() - started:.1f} s")

@@ -1,0 +1,91 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pneumoxai import cli
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("setup, match", [
+    (lambda tmp: ["--data", str(tmp / "nowhere"), "--config", str(SMOKE)], "does not exist"),
+    (lambda tmp: ["--data", str(tmp), "--config", str(write(tmp / "bad.yaml", "members: [ {name: a"))],
+     "is not valid YAML"),
+    (lambda tmp: ["--data", str(tmp), "--config", str(write(tmp / "k.yaml", "members:\n  - {name: a, epochz: 1}\n"))],
+     r"Unknown config key\(s\) \['epochz'\].*valid keys"),
+    (lambda tmp: ["--data", str(tmp), "--config", str(SMOKE), "--set", "defaults.epochs_frozen=-1"],
+     "'epochs_frozen' option .* must be an int >= 0; got -1"),
+    (lambda tmp: ["--data", str(tmp), "--config", str(SMOKE), "--set", "defaults.dropout=1.5"],
+     r"'dropout' option .* must be a number in \[0, 1\); got 1.5"),
+    (lambda tmp: ["--data", str(tmp), "--config", str(tmp / "missing.yaml")], "does not exist"),
+])
+def test_train_bad_input_one_line_nonzero_exit(tmp_path, capsys, setup, match):
+    code, out, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), *setup(tmp_path))
+    assert code == cli.EXIT_ERROR
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("pneumoxai: error: ")
+    assert pytest.importorskip("re").search(match, lines[0])
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from pneumoxai.errors import DataError
+
+    with pytest.raises(DataError):
+        cli.main(["train", "--debug", "--data", str(tmp_path / "nowhere"), "--config", str(SMOKE),
+                  "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("command", ["evaluate", "explain", "slices", "report"])
+def test_analysis_commands_on_an_empty_folder(tmp_path, capsys, command):
+    code, _, err = run_cli(capsys, command, "--run", str(tmp_path))
+    assert code == cli.EXIT_ERROR and "has no config.json" in err
+
+
+def test_second_process_is_refused_by_the_lock(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"members": [{"name": "a"}]}))
+    (run / ".lock").write_text(str(os.getppid()))  # a live process holds it
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(run))
+    assert code == cli.EXIT_ERROR and "is in use by process" in err
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"members": [{"name": "a"}]}))
+    (run / ".lock").write_text("999999999")
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(run))
+    assert "is in use" not in err and "has no tables/dataset.csv" in err and code == cli.EXIT_ERROR
+    assert not (run / ".lock").exists()
+
+
+def test_unwritable_output_is_reported_before_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "train", "--data", str(tmp_path), "--config", str(SMOKE),
+                           "--out", str(blocker / "run"))
+    assert code == cli.EXIT_ERROR and "is not writable" in err
+
+
+def test_version_and_help(capsys):
+    from pneumoxai import __version__
+
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"pneumoxai {__version__}"
+    code, out, _ = run_cli(capsys)
+    assert code == cli.EXIT_USAGE and "run" in out and "evaluate" in out

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+import keras
+
+from pneumoxai import data, models
+from pneumoxai.ensemble import predict_members
+from pneumoxai.errors import DataError
+
+
+def mean_model(size=16, scale=4.0, seed=0):
+    """Probability = sigmoid(scale * (mean of the left image half - 0.5)): flips change it."""
+    inputs = keras.Input((size, size, 3), name="image")
+    left = keras.layers.Cropping2D(((0, 0), (0, size // 2)))(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(left)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="prediction",
+                                 kernel_initializer=keras.initializers.Constant(scale / 3),
+                                 bias_initializer=keras.initializers.Constant(-scale / 2))(pooled)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return rng.random((10, 16, 16, 3)).astype(np.float32)
+
+
+def expected(images, scale=4.0):
+    return 1 / (1 + np.exp(-scale * (images[:, :, :8].mean(axis=(1, 2, 3)) - 0.5)))
+
+
+def test_probabilities_match_a_direct_computation(images):
+    P = predict_members([mean_model(), mean_model(scale=8.0)], images, batch_size=3, progress=False)
+    assert P.shape == (10, 2)
+    np.testing.assert_allclose(P[:, 0], expected(images), rtol=1e-5)
+    np.testing.assert_allclose(P[:, 1], expected(images, 8.0), rtol=1e-5)
+
+
+def test_tta_averages_flips_and_rotations(images):
+    P = predict_members([mean_model()], images, tta=True, progress=False)[:, 0]
+    flipped = expected(images[:, :, ::-1])
+    plain = expected(images)
+    assert not np.allclose(P, plain)
+    # Two of the four views are the identity and the flip; the rotations stay close to the identity.
+    assert np.all(np.abs(P - (plain + flipped) / 2) < np.abs(plain - flipped) / 2 + 0.05)
+
+
+def test_cache_hit_and_invalidation(tmp_path, images, monkeypatch):
+    model = mean_model()
+    member_dir = tmp_path / "m"
+    models.save_member(member_dir, model)
+    cache = tmp_path / "cache"
+    first = predict_members([member_dir], images, cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npz"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the network ran although the cache should have answered")
+
+    monkeypatch.setattr(models, "load_member", fail)
+    np.testing.assert_array_equal(predict_members([member_dir], images, cache_dir=cache, progress=False), first)
+    monkeypatch.undo()
+
+    changed = images.copy()
+    changed[0] = 1.0
+    second = predict_members([member_dir], changed, cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npz"))) == 2 and second[0, 0] != first[0, 0]
+
+    models.save_member(member_dir, mean_model(scale=8.0))
+    third = predict_members([member_dir], images, cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npz"))) == 3
+    np.testing.assert_allclose(third[:, 0], expected(images, 8.0), rtol=1e-5)
+
+
+def test_corrupt_cache_is_reported_and_rebuilt(tmp_path, images):
+    cache = tmp_path / "cache"
+    model = mean_model()
+    first = predict_members([model], images, cache_dir=cache, progress=False)
+    (path,) = cache.glob("*.npz")
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = predict_members([model], images, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(again, first)
+    assert len(path.read_bytes()) > 50
+
+
+def test_dataframe_input_is_loaded_at_member_size(make_kaggle_tree):
+    frame = data.scan_dataset(make_kaggle_tree(n_per_class=3, size=40))
+    P = predict_members([mean_model(16)], frame, progress=False)
+    np.testing.assert_allclose(P[:, 0], expected(data.load_images(frame, 16)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("members, array, match", [
+    ([], np.zeros((2, 16, 16, 3), np.float32), "at least one member"),
+    ([mean_model()], np.zeros((2, 16, 16), np.float32), r"shape \(n_samples, H, W, 3\)"),
+    ([mean_model()], np.zeros((2, 32, 32, 3), np.float32), "expects 16 px"),
+    (["/nonexistent/member"], np.zeros((2, 16, 16, 3), np.float32), "not a saved member"),
+])
+def test_bad_inputs(members, array, match):
+    with pytest.raises(DataError, match=match):
+        predict_members(members, array, progress=False)

@@ -1,0 +1,54 @@
+"""Figures of a pneumoxai run, in three families.
+
+Evaluation
+    :func:`plot_roc`, :func:`plot_pr`, :func:`plot_confusion_matrices`,
+    :func:`plot_reliability` (calibration), :func:`plot_threshold_analysis` (metrics
+    against the decision threshold), :func:`plot_diversity` (pairwise member
+    diversity) and :func:`plot_ensemble_size` (score as members are added).
+Failure slices
+    :func:`plot_slice_error_rates` (error rate of the top slices with intervals),
+    :func:`plot_slice_examples` (images drawn from each slice) and
+    :func:`plot_feature_distributions` (image features of errors against correct calls).
+Explanations
+    :func:`plot_explanation_gallery` (Grad-CAM / SHAP overlays of false negatives,
+    false positives and correct calls), :func:`plot_mean_maps` (mean map per outcome)
+    and :func:`plot_zone_attention` (share of attention per lung zone and off-lung).
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so
+it works under any backend and is not kept alive by pyplot's figure registry; given
+``path`` it also saves the figure atomically as PNG and PDF. :func:`style` applies the
+shared style (colour-blind-safe :data:`OKABE_ITO` palette) and :func:`save_figure`
+saves any figure the same way.
+"""
+
+from ._figures_eval import (
+    plot_confusion_matrices,
+    plot_diversity,
+    plot_ensemble_size,
+    plot_pr,
+    plot_reliability,
+    plot_roc,
+    plot_threshold_analysis,
+)
+from ._figures_explain import plot_explanation_gallery, plot_mean_maps, plot_zone_attention
+from ._figures_slices import plot_feature_distributions, plot_slice_error_rates, plot_slice_examples
+from ._style import OKABE_ITO, save_figure, style
+
+__all__ = [
+    "plot_roc",
+    "plot_pr",
+    "plot_confusion_matrices",
+    "plot_reliability",
+    "plot_threshold_analysis",
+    "plot_diversity",
+    "plot_ensemble_size",
+    "plot_slice_error_rates",
+    "plot_slice_examples",
+    "plot_feature_distributions",
+    "plot_explanation_gallery",
+    "plot_mean_maps",
+    "plot_zone_attention",
+    "style",
+    "save_figure",
+    "OKABE_ITO",
+]

@@ -1,0 +1,718 @@
+"""The run report: one self-contained HTML file, and the terminal summary of ``pneumoxai run``.
+
+:func:`write_report` reads only what the stages left in the run folder
+(``run.json``, ``config.json``, ``tables/``, ``members/*/card.json``,
+``figures/*.png``) and writes ``RUN_DIR/report.html``: figures are embedded as base64
+PNG data URIs and the CSS is inline, so the file can be mailed or archived alone.
+A stage that has not run yet (explanations, failure slices) gives a "not run" note
+naming the command that produces it instead of an error.
+
+The "Where misdiagnoses occur" summary is written only from slices whose
+Benjamini-Hochberg q-value is below ``slices.alpha`` (``finding`` in
+``tables/failure_slices.csv``); when there are none it says so.
+
+Every string taken from the data (file names, slice labels, member names) is
+HTML-escaped: markup is built with :func:`_tag`, which escapes anything that is not
+already :class:`_Html`.
+"""
+
+import base64
+import datetime
+import html
+import math
+import shlex
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from . import _io
+from ._lungs import ZONE_NAMES
+from .errors import CacheError, RunFolderError
+
+__all__ = ["write_report", "summary_text"]
+
+REPORT_FILE = "report.html"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ROLES = ("train", "val", "test")
+_DEFAULT_PRIMARY = "soft voting"
+_ORIGIN_ROW = "origin (reported)"
+_FINDINGS_SHOWN = 5  # distinct findings in the summary; the full list is in the slices section
+_SLICES_SHOWN = 15
+_ZONE_COLUMNS = (*ZONE_NAMES, "off_lung_attention")
+_VOID = frozenset({"meta", "img", "br", "hr"})
+
+# (column, header) of the results table; metric columns get "[low, high]" from <metric>_low/_high.
+_RESULT_METRICS = (
+    ("accuracy", "Accuracy"), ("recall", "Sensitivity"), ("specificity", "Specificity"),
+    ("precision", "Precision"), ("f1", "F1"), ("roc_auc", "ROC AUC"), ("average_precision", "AP"),
+    ("mcc", "MCC"), ("brier", "Brier"), ("ece", "ECE"),
+)
+_SUMMARY_METRICS = (("accuracy", "accuracy"), ("recall", "sensitivity"), ("specificity", "specificity"),
+                    ("roc_auc", "ROC AUC"))
+
+_CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1b1b1b;
+ max-width:1100px;margin:0 auto;padding:0 1.2em 3em}
+h1{font-size:1.6em;margin:.8em 0 .2em}h2{font-size:1.25em;border-bottom:2px solid #0072B2;
+ padding-bottom:.15em;margin-top:2em}h3{font-size:1.05em;margin:1.2em 0 .3em}
+.meta{color:#555;font-size:.9em}code{background:#f3f3f3;padding:0 .25em;border-radius:3px}
+nav ol{columns:3;font-size:.9em;padding-left:1.2em}a{color:#0072B2}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:.2em .45em;text-align:left;vertical-align:top}
+th{background:#eef3f8}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.reported td{background:#fff4e0;font-style:italic}tr.primary td{font-weight:600}
+caption{caption-side:bottom;text-align:left;color:#555;font-size:.9em;padding-top:.3em}
+figure{margin:1em 0;break-inside:avoid}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#444;font-size:.9em}.notrun{background:#f6f6f6;border-left:4px solid #999;padding:.4em .8em}
+.warn{background:#fff4e0;border-left:4px solid #E69F00;padding:.4em .8em}
+.finding{border-left:4px solid #D55E00;padding-left:.8em}
+@media print{nav{display:none}body{max-width:none;font-size:11pt}h2{break-after:avoid}
+ section{break-inside:auto}a{color:inherit;text-decoration:none}}
+"""
+
+
+# --------------------------------------------------------------------------- markup
+
+
+class _Html(str):
+    """Markup that is already safe; every other string is escaped when emitted."""
+
+
+def _esc(value):
+    if isinstance(value, _Html):
+        return value
+    if isinstance(value, (list, tuple)):
+        return _Html("".join(_esc(v) for v in value))
+    return _Html(html.escape("" if value is None else str(value), quote=True))
+
+
+def _tag(tag, /, *children, **attrs):
+    """``<tag attrs>children</tag>``; ``class_`` gives ``class``; None attributes are left out."""
+    text = "".join(f' {key.rstrip("_")}="{html.escape(str(value), quote=True)}"'
+                   for key, value in attrs.items() if value is not None)
+    if tag in _VOID:
+        return _Html(f"<{tag}{text}>")
+    return _Html(f"<{tag}{text}>{_esc(list(children))}</{tag}>")
+
+
+def _table(headers, rows, *, caption=None, row_classes=None, numeric=()):
+    """An HTML table; ``numeric`` holds the column indices that are right-aligned."""
+    head = _tag("thead", _tag("tr", [_tag("th", h) for h in headers]))
+    body = []
+    for i, row in enumerate(rows):
+        cells = [_tag("td", c, class_="num" if j in numeric else None) for j, c in enumerate(row)]
+        body.append(_tag("tr", cells, class_=row_classes[i] if row_classes else None))
+    parts = [_tag("caption", caption)] if caption else []
+    return _tag("div", _tag("table", parts, head, _tag("tbody", body)), class_="scroll")
+
+
+def _note_not_run(what, command):
+    return _tag("p", "Not run: ", what, " is missing. Produce it with ", _tag("code", command), ".",
+                class_="notrun")
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _missing(value):
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _num(value, digits=3):
+    return "—" if _missing(value) else f"{float(value):.{digits}f}"
+
+
+def _with_ci(row, metric):
+    """``"0.912 [0.89, 0.93]"``; the bare value when the row has no interval."""
+    text = _num(row.get(metric))
+    low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
+    if text != "—" and not _missing(low) and not _missing(high):
+        text += f" [{low:.2f}, {high:.2f}]"
+    return text
+
+
+def _p(value):
+    if _missing(value):
+        return "—"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def _count(value):
+    return "—" if _missing(value) else str(int(value))
+
+
+def _rate_of(k, n):
+    """``"0.74 (14/19)"``, or a dash when the slice has no such images."""
+    return "—" if _missing(n) or int(n) == 0 else f"{k / n:.2f} ({int(k)}/{int(n)})"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Run:
+    """Everything the report reads from one run folder; optional parts are None when absent."""
+
+    def __init__(self, run_dir):
+        self.root = Path(run_dir)
+        results_path = self.root / "tables" / "results.csv"
+        if not results_path.is_file():
+            raise RunFolderError(
+                f"{str(self.root)!r} has no results yet (tables/results.csv is missing); run "
+                f"`pneumoxai evaluate --run {shlex.quote(str(self.root))}` (or `pneumoxai run`) first.")
+        self.results = pd.read_csv(results_path, index_col="model")
+        self.run_record = self._json("run.json") or {}
+        self.config = self._json("config.json") or {}
+        self.ensemble = self._json("tables", "ensemble.json") or {}
+        self.dataset = self._csv("dataset.csv")
+        self.comparisons = self._csv("comparisons.csv")
+        self.diversity = self._csv("diversity.csv")
+        self.ensemble_size = self._csv("ensemble_size.csv")
+        self.slices = self._csv("failure_slices.csv")
+        self.member_slices = self._csv("member_failure_slices.csv")
+        self.explain_summary = self._csv("explain_summary.csv")
+        self.zones = self._csv("zone_attention.csv")
+        for frame in (self.slices, self.member_slices):
+            if frame is not None and "finding" in frame:
+                # Hand-written or re-saved CSVs may hold "True"/"False" as text.
+                frame["finding"] = frame["finding"].astype(str).str.strip().str.lower().isin(("true", "1"))
+        primary = self.ensemble.get("primary", _DEFAULT_PRIMARY)
+        measured = self.results.index[self.results["source"] == "measured"]
+        self.primary = primary if primary in self.results.index else (measured[0] if len(measured) else None)
+        self.members = [m["name"] for m in self.config.get("members", [])] or list(self.ensemble.get("members", []))
+        self.alpha = self.config.get("slices", {}).get("alpha", 0.05)
+
+    def _json(self, *parts):
+        path = self.root.joinpath(*parts)
+        return _io.read_json(path) if path.is_file() else None
+
+    def _csv(self, name):
+        path = self.root / "tables" / name
+        return pd.read_csv(path) if path.is_file() else None
+
+    def command(self, stage):
+        return f"pneumoxai {stage} --run {shlex.quote(str(self.root))}"
+
+    def figure(self, stem):
+        path = self.root / "figures" / f"{stem}.png"
+        return path if path.is_file() else None
+
+    def card(self, name):
+        try:
+            return self._json("members", name, "card.json")
+        except CacheError:
+            return None
+
+    def overall(self):
+        """Error, miss and false-alarm rates of the primary model over the whole test split."""
+        row = self.results.loc[self.primary]
+        tn, fp, fn, tp = (float(row[k]) for k in ("tn", "fp", "fn", "tp"))
+        return {"error_rate": (fp + fn) / (tn + fp + fn + tp),
+                "fnr": fn / (fn + tp) if fn + tp else math.nan,
+                "fpr": fp / (fp + tn) if fp + tn else math.nan}
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def _findings(run):
+    """Significant slices, grouped when several labels have identical counts (often the same images).
+
+    Returns
+    -------
+    list of dict
+        ``kind`` (missed pneumonia / false alarms / errors of both kinds), ``labels``
+        and the first label's row, in the ranking of ``failure_slices.csv``.
+    """
+    if run.slices is None or not len(run.slices):
+        return []
+    groups = {}
+    keys = ("size", "n_errors", "n_fn", "n_fp", "q_value")
+    for _, row in run.slices[run.slices["finding"]].iterrows():
+        key = tuple(row[k] for k in keys)
+        if key in groups:
+            groups[key]["labels"].append(str(row["slice"]))
+            continue
+        kind = ("missed pneumonia" if row["n_fn"] > row["n_fp"] else
+                "false alarms" if row["n_fp"] > row["n_fn"] else "errors of both kinds")
+        groups[key] = {"kind": kind, "labels": [str(row["slice"])], "row": row}
+    return list(groups.values())
+
+
+def _finding_text(finding, overall):
+    """One plain-text sentence for a finding; only numbers from the table, no interpretation."""
+    row = finding["row"]
+    parts = [f"{int(row['n_errors'])} of {int(row['size'])} images misclassified "
+             f"(error rate {row['error_rate']:.2f} vs {overall['error_rate']:.2f} overall, q = {_p(row['q_value'])})"]
+    if row["n_fn"] > 0:
+        parts.append(f"{int(row['n_fn'])} of {int(row['n_pos'])} pneumonia images missed "
+                     f"(FNR {row['fnr']:.2f} vs {overall['fnr']:.2f} overall)")
+    if row["n_fp"] > 0:
+        parts.append(f"{int(row['n_fp'])} of {int(row['n_neg'])} normal images flagged "
+                     f"(FPR {row['fpr']:.2f} vs {overall['fpr']:.2f} overall)")
+    text = "; ".join(parts) + "."
+    # The slice test is on the error rate, which a slice can exceed through its class mix alone.
+    if finding["kind"] == "missed pneumonia" and not row["fnr"] > overall["fnr"]:
+        text += (" Within the slice the miss rate is not above the overall miss rate: the excess error "
+                 "comes from its share of pneumonia images, not from worse detection.")
+    elif finding["kind"] == "false alarms" and not row["fpr"] > overall["fpr"]:
+        text += (" Within the slice the false-alarm rate is not above the overall rate: the excess error "
+                 "comes from its share of normal images.")
+    if len(finding["labels"]) > 1:
+        text += f" Same counts: {'; '.join(finding['labels'][1:])}."
+    return text
+
+
+def _no_findings_text(run):
+    return (f"No slice survived the Benjamini-Hochberg correction at alpha = {run.alpha} "
+            f"({len(run.slices)} slices tested), so this run supports no claim about where "
+            "misdiagnoses concentrate.")
+
+
+# The slice test is on the error rate, so the headings claim error concentration and name the error kind.
+_KIND_HEADINGS = {"missed pneumonia": "Errors concentrate in these slices, mostly as missed pneumonia:",
+                  "false alarms": "Errors concentrate in these slices, mostly as false alarms:",
+                  "errors of both kinds": "Errors concentrate in these slices, as missed pneumonia and false "
+                                          "alarms alike:"}
+
+
+def _origin_text(run):
+    """How far the primary ensemble is from the origin's reported numbers, and why they differ."""
+    reported = run.results.loc[_ORIGIN_ROW] if _ORIGIN_ROW in run.results.index else None
+    if reported is None or run.primary is None:
+        return None
+    primary = run.results.loc[run.primary]
+    at_half_name = f"{run.primary} @0.5"
+    at_half = run.results.loc[at_half_name] if at_half_name in run.results.index else None
+    acc_row, where = (at_half, "at the origin's 0.5 threshold") if at_half is not None else (
+        primary, f"at its validation-chosen threshold {primary['threshold']:.3f}")
+    acc_diff = (acc_row["accuracy"] - reported["accuracy"]) * 100
+    auc_diff = primary["roc_auc"] - reported["roc_auc"]
+    text = (f"Against the origin's reported test figures (accuracy {reported['accuracy']:.3f}, ROC AUC "
+            f"{reported['roc_auc']:.3f}), the primary ensemble ({run.primary}) reaches accuracy "
+            f"{_with_ci(acc_row, 'accuracy')} {where}, {abs(acc_diff):.1f} percentage points "
+            f"{_above_below(acc_diff)}, and ROC AUC {_with_ci(primary, 'roc_auc')}, {abs(auc_diff):.3f} "
+            f"{_above_below(auc_diff)}. The numbers are not like-for-like: the origin started from ImageNet weights "
+            "and chose its model on a random validation split that puts images of one patient on both sides "
+            "(patient leakage, which flatters validation), while this run validates on a patient-grouped split")
+    weights = sorted({str(m.get("weights") or "none (random initialisation)") for m in run.config.get("members", [])})
+    if weights:
+        text += f" and its members used weights = {', '.join(weights)}"
+    max_per_class = run.config.get("data", {}).get("max_per_class")
+    if max_per_class:
+        text += (f"; it is also scored on a subset of the test split (n = {int(primary['n'])}, "
+                 f"data.max_per_class = {max_per_class}), hence the wide intervals")
+    return text + "."
+
+
+def _above_below(difference):
+    return "above" if difference >= 0 else "below"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _figure(run, stem, caption, stage):
+    path = run.figure(stem)
+    if path is None:
+        return _note_not_run(f"figures/{stem}.png", run.command(stage))
+    data = path.read_bytes()
+    if not data.startswith(_PNG_SIGNATURE):
+        return _tag("p", f"figures/{stem}.png is not a PNG file; re-run ", _tag("code", run.command(stage)), ".",
+                    class_="warn")
+    src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return _tag("figure", _tag("img", src=src, alt=caption), _tag("figcaption", caption))
+
+
+def _section(anchor, title, *body):
+    return _tag("section", _tag("h2", title), *body, id=anchor)
+
+
+def _summary_section(run):
+    body = []
+    if run.primary is not None:
+        row = run.results.loc[run.primary]
+        metrics = ", ".join(f"{label} {_with_ci(row, m)}" for m, label in _SUMMARY_METRICS)
+        body.append(_tag("p", "Primary ensemble ", _tag("strong", run.primary), f" on {int(row['n'])} test images "
+                          f"(threshold {row['threshold']:.3f}): {metrics}."))
+    findings = _findings(run)
+    if run.slices is None:
+        body.append(_note_not_run("the failure-slice analysis (tables/failure_slices.csv)", run.command("slices")))
+    elif not findings:
+        body.append(_tag("p", _no_findings_text(run)))
+    else:
+        overall = run.overall()
+        shown = findings[:_FINDINGS_SHOWN]
+        for kind, heading in _KIND_HEADINGS.items():
+            items = [_tag("li", _tag("code", f["labels"][0]), ": ", _finding_text(f, overall))
+                     for f in shown if f["kind"] == kind]
+            if items:
+                body.append(_tag("div", _tag("p", _tag("strong", heading)), _tag("ul", items), class_="finding"))
+        n_sig = int(run.slices["finding"].sum())
+        body.append(_tag("p", f"{n_sig} of {len(run.slices)} tested slices are significant after "
+                              f"Benjamini-Hochberg correction at alpha = {run.alpha}; {len(shown)} distinct "
+                              "ones are shown above. Nested slices often describe the same images; see ",
+                         _tag("a", "Failure slices", href="#slices"), "."))
+    origin = _origin_text(run)
+    if origin:
+        body.append(_tag("p", origin))
+    return _section("summary", "Where misdiagnoses occur", *body)
+
+
+def _dataset_section(run):
+    table = run.dataset
+    if table is None:
+        return _section("dataset", "Dataset", _note_not_run(
+            "tables/dataset.csv", f"pneumoxai train --out {shlex.quote(str(run.root))}"))
+    roles = [r for r in _ROLES if r in set(table["role"])]
+    classes = sorted(table["label_name"].astype(str).unique())
+    rows = []
+    for role in roles:
+        part = table[table["role"] == role]
+        counts = part["label_name"].astype(str).value_counts()
+        rows.append([role, *[str(counts.get(c, 0)) for c in classes], str(len(part)),
+                     str(part["patient_id"].nunique())])
+    body = [_table(["Role", *classes, "Images", "Patients"], rows, numeric=range(1, len(classes) + 3))]
+    subtypes = pd.crosstab(table["role"], table["subtype"].astype(str)).reindex(roles)
+    body.append(_table(["Role", *subtypes.columns], [[r, *map(str, subtypes.loc[r])] for r in roles],
+                       caption="Images per subtype (from the file names).",
+                       numeric=range(1, len(subtypes.columns) + 1)))
+    ids = {role: set(table.loc[table["role"] == role, "patient_id"].astype(str)) for role in roles}
+    leaked = sorted((ids.get("train", set()) | ids.get("val", set())) & ids.get("test", set()))
+    if leaked:
+        body.append(_tag("p", f"Leakage: {len(leaked)} patient id(s) appear in both the training data (train + val) "
+                              f"and the test split (e.g. {', '.join(leaked[:5])}). The official split is not "
+                              "patient-disjoint, so test scores may be optimistic.", class_="warn"))
+    else:
+        body.append(_tag("p", "No patient id appears in both the training data (train + val) and the test split."))
+    if ids.get("train", set()) & ids.get("val", set()):
+        body.append(_tag("p", "Patients are shared between train and val: validation scores are optimistic.",
+                         class_="warn"))
+    root = run.run_record.get("data_root")
+    if root:
+        body.append(_tag("p", "Data root: ", _tag("code", root), class_="meta"))
+    return _section("dataset", "Dataset", *body)
+
+
+def _members_section(run):
+    if not run.members:
+        return _section("members", "Ensemble members", _tag("p", "config.json lists no members."))
+    weights = run.ensemble.get("optimized_weights", {})
+    rows = []
+    for name in run.members:
+        card = run.card(name)
+        if card is None:
+            rows.append([name, "not trained (no readable card.json)", *["—"] * 6])
+            continue
+        cfg = card.get("config", {})
+        setup = (f"{cfg.get('backbone')} @ {cfg.get('image_size')} px, weights {cfg.get('weights') or 'none'}, "
+                 f"{cfg.get('balancing')}, seed {cfg.get('seed')}{', bootstrap' if cfg.get('bootstrap') else ''}; "
+                 f"lr {cfg.get('learning_rate')}, dense {cfg.get('dense_units')}, dropout {cfg.get('dropout')}")
+        planned = (cfg.get("epochs_frozen") or 0) + (cfg.get("epochs_finetune") or 0)
+        val = card.get("val_metrics", {})
+        rows.append([name, setup, f"{card.get('epochs_run', '—')} / {planned}",
+                     _num(card.get("seconds_per_epoch"), 1), _count(card.get("n_train")), _num(val.get("roc_auc")),
+                     _num(val.get("accuracy")), _num(weights.get(name))])
+    headers = ["Member", "Configuration", "Epochs run / planned", "s / epoch", "Train images", "Val AUC",
+               "Val accuracy", "Weight (optimized voting)"]
+    body = [_table(headers, rows, numeric=range(2, 8))]
+    extra = []
+    if "best_member" in run.ensemble:
+        extra.append(f"best member on test ROC AUC: {run.ensemble['best_member']}")
+    if "temperature" in run.ensemble:
+        extra.append(f"temperature of the primary ensemble fitted on val: {run.ensemble['temperature']:.3f}")
+    if extra:
+        text = "; ".join(extra)
+        body.append(_tag("p", text[0].upper() + text[1:] + "."))
+    return _section("members", "Ensemble members", *body)
+
+
+def _results_section(run):
+    results, evaluate = run.results, run.config.get("evaluate", {})
+    rows, classes = [], []
+    for name, row in results.iterrows():
+        reported = row["source"] == "reported"
+        label = name + (" (primary)" if name == run.primary else "")
+        cells = [label, "reported, not measured" if reported else row["source"], _num(row.get("threshold"))]
+        cells += [_with_ci(row, m) for m, _ in _RESULT_METRICS]
+        cells.append("—" if reported else " / ".join(_count(row[k]) for k in ("tn", "fp", "fn", "tp")))
+        rows.append(cells)
+        classes.append("reported" if reported else "primary" if name == run.primary else None)
+    n = results.loc[results["source"] == "measured", "n"]
+    caption = (f"Test split, n = {int(n.iloc[0]) if len(n) else '?'} images. Point value "
+               f"[{evaluate.get('ci', 0.95):.0%} percentile bootstrap interval, {evaluate.get('n_boot', '?')} "
+               "resamples of patients within class]. Thresholds chosen on the validation split "
+               f"({evaluate.get('threshold', '?')})")
+    if any(str(name).endswith(" @0.5") for name in results.index):
+        caption += "; the '@0.5' row uses 0.5 like the origin"
+    caption += (". The origin row quotes the original project's published figures; it was not re-measured here.")
+    headers = ["Model", "Source", "Threshold", *[h for _, h in _RESULT_METRICS], "TN / FP / FN / TP"]
+    body = [_table(headers, rows, caption=caption, row_classes=classes, numeric=range(2, len(headers)))]
+    return _section("results", "Results", *body)
+
+
+def _curves_sections(run):
+    evaluate = "evaluate"
+    return [
+        _section("curves", "ROC and precision-recall curves",
+                 _figure(run, "roc", "ROC curves of members and combiners on the test split.", evaluate),
+                 _figure(run, "pr", "Precision-recall curves on the test split.", evaluate)),
+        _section("confusion", "Confusion matrices",
+                 _figure(run, "confusion", "Confusion matrices at threshold 0.5 (best member and combiners).",
+                         evaluate)),
+        _section("calibration", "Calibration",
+                 _figure(run, "reliability", "Reliability diagram: predicted probability against observed "
+                                             "frequency, with expected calibration error.", evaluate)),
+        _section("threshold", "Threshold analysis",
+                 _figure(run, "threshold", "Sensitivity, specificity and related metrics of the primary ensemble "
+                                           "against the decision threshold; the marker is the validation-chosen "
+                                           "threshold.", evaluate)),
+    ]
+
+
+def _comparisons_section(run):
+    frame = run.comparisons
+    if frame is None:
+        return _section("comparisons", "Model comparisons",
+                        _note_not_run("tables/comparisons.csv", run.command("evaluate")))
+    rows = [[r["model_a"], r["model_b"], _num(r["auc_a"]), _num(r["auc_b"]), _num(r["auc_diff"]), _p(r["auc_p"]),
+             _count(r["n_only_a_wrong"]), _count(r["n_only_b_wrong"]), _p(r["mcnemar_p"]),
+             "exact" if str(r.get("mcnemar_exact")).lower() == "true" else "chi-square"]
+            for _, r in frame.iterrows()]
+    headers = ["Model A", "Model B", "AUC A", "AUC B", "AUC A − B", "DeLong p", "Only A wrong", "Only B wrong",
+               "McNemar p", "McNemar test"]
+    caption = ("DeLong's test compares paired ROC AUCs; McNemar's test compares the paired errors at each "
+               "model's threshold. p-values are per comparison, not corrected for multiplicity.")
+    return _section("comparisons", "Model comparisons", _table(headers, rows, caption=caption, numeric=range(2, 9)))
+
+
+def _ensemble_section(run):
+    body = []
+    single = len(run.members) < 2
+    for frame, stem, title in ((run.diversity, "diversity", "Member diversity"),
+                               (run.ensemble_size, "ensemble_size", "Ensemble size")):
+        body.append(_tag("h3", title))
+        if frame is None and single:
+            body.append(_tag("p", "Needs at least two members."))
+            continue
+        if frame is None:
+            body.append(_note_not_run(f"tables/{stem}.csv", run.command("evaluate")))
+            continue
+        if stem == "diversity":
+            rows = [[f"{r['member_a']} / {r['member_b']}", _num(r["disagreement"]), _num(r["yules_q"]),
+                     _num(r["error_correlation"]), _num(r["double_fault"])] for _, r in frame.iterrows()]
+            body.append(_table(["Pair", "Disagreement", "Yule's Q", "Error correlation", "Double fault"], rows,
+                               caption="On the test split at threshold 0.5; lower Q and error correlation mean "
+                                       "more complementary members.", numeric=range(1, 5)))
+            body.append(_figure(run, stem, "Pairwise diversity of the members.", "evaluate"))
+        else:
+            rows = [[_count(r["n_members"]), r["added"], _num(r["score"])] for _, r in frame.iterrows()]
+            body.append(_table(["Members", "Added", "Score"], rows,
+                               caption="Greedy forward selection on the validation split (soft voting, ROC AUC).",
+                               numeric=(0, 2)))
+            body.append(_figure(run, stem, "Validation score as members are added.", "evaluate"))
+    return _section("ensemble", "Diversity and ensemble size", *body)
+
+
+def _slices_section(run):
+    frame = run.slices
+    if frame is None:
+        return _section("slices", "Failure slices",
+                        _note_not_run("tables/failure_slices.csv", run.command("slices")))
+    significant = frame[frame["finding"]]
+    shown = significant.head(_SLICES_SHOWN) if len(significant) else frame.head(5)
+    rows = [[r["slice"], _count(r["size"]), _count(r["n_errors"]),
+             f"{_num(r['error_rate'], 2)} [{_num(r['ci_low'], 2)}, {_num(r['ci_high'], 2)}]",
+             _rate_of(r["n_fn"], r["n_pos"]), _rate_of(r["n_fp"], r["n_neg"]), _num(r["lift"], 2),
+             _p(r["p_value"]), _p(r["q_value"]), "yes" if r["finding"] else "no"] for _, r in shown.iterrows()]
+    headers = ["Slice", "Images", "Errors", "Error rate [CI]", "FNR (FN / pos)", "FPR (FP / neg)", "Lift",
+               "p", "q (BH)", "Significant"]
+    if len(significant):
+        caption = (f"{len(significant)} of {len(frame)} tested slices are significant (q < {run.alpha}); "
+                   f"the first {len(shown)} are shown, ranked by (lift − 1)·√size. One-sided Fisher exact test "
+                   "of the slice's error rate against the rest; Wilson intervals.")
+    else:
+        caption = (f"None of the {len(frame)} tested slices is significant at q < {run.alpha}; the five strongest "
+                   "are shown for transparency only and support no claim.")
+    body = [_table(headers, rows, caption=caption, numeric=range(1, 9))]
+    body.append(_figure(run, "slices_top", "Error rate of the top slices, with the overall error rate.", "slices"))
+    body.append(_figure(run, "slices_examples", "Example images from the top slices.", "slices"))
+    body.append(_figure(run, "slices_features", "Image features of errors against correct calls.", "slices"))
+    body.append(_tag("h3", "Per-member failure slices"))
+    members = run.member_slices
+    if members is None:
+        body.append(_note_not_run("tables/member_failure_slices.csv", run.command("slices")))
+    elif not members["finding"].any():
+        body.append(_tag("p", "No member has a failure slice that survives the correction."))
+    else:
+        rows = [[r["member"], r["slice"], _count(r["size"]), _num(r["error_rate"], 2), _p(r["q_value"]),
+                 _num(r["ensemble_error_rate"], 2),
+                 "yes" if str(r["ensemble_fixes"]).lower() == "true" else "no"]
+                for _, r in members[members["finding"]].head(_SLICES_SHOWN).iterrows()]
+        body.append(_table(["Member", "Slice", "Images", "Member error rate", "q (BH)", "Ensemble error rate",
+                            "Ensemble repairs it"], rows, numeric=range(2, 6)))
+    return _section("slices", "Failure slices", *body)
+
+
+def _explain_section(run):
+    figures = run.root / "figures"
+    galleries = sorted(figures.glob("gallery*.png"))
+    mean_maps = sorted(figures.glob("mean_maps*.png"))
+    if not galleries and not mean_maps and run.explain_summary is None:
+        return _section("explanations", "Explanations of errors",
+                        _note_not_run("the explanation stage (figures/gallery*.png)", run.command("explain")))
+    body = []
+    for path in galleries:
+        method = path.stem.removeprefix("gallery").strip("_").replace("_", " ")
+        body.append(_figure(run, path.stem, f"{method + ': ' if method else ''}maps of false negatives, false "
+                                            "positives and correct calls (one column per method).", "explain"))
+    for path in mean_maps:
+        body.append(_figure(run, path.stem, "Mean map per outcome group (false negative, false positive, correct).",
+                            "explain"))
+    if run.explain_summary is not None:
+        frame = run.explain_summary
+        rows = [[_num(v) if isinstance(v, float) else v for v in r] for r in frame.itertuples(index=False)]
+        body.append(_table(list(frame.columns), rows, caption="Summary of the explanation stage "
+                                                               "(tables/explain_summary.csv)."))
+    return _section("explanations", "Explanations of errors", *body)
+
+
+def _zones_section(run):
+    if run.zones is None and run.figure("zone_attention") is None:
+        return _section("zones", "Zone attention",
+                        _note_not_run("tables/zone_attention.csv", run.command("explain")))
+    body = []
+    frame = run.zones
+    if frame is not None:
+        shares = [c for c in _ZONE_COLUMNS if c in frame.columns]
+        keys = [c for c in ("method", "group") if c in frame.columns]
+        parts = frame.groupby(keys, sort=False) if keys else [(("all images",), frame)]
+        keys = keys or ["images"]
+        rows = [[*name, str(len(part)), *[_num(part[c].mean()) for c in shares]] for name, part in parts]
+        body.append(_table([*keys, "n", *[c.replace("_", " ") for c in shares]], rows,
+                           caption="Mean share of each map's positive mass per lung zone and outside the lungs "
+                                   "(off-lung attention).", numeric=range(len(keys), len(keys) + len(shares) + 1)))
+    body.append(_figure(run, "zone_attention", "Share of attention per lung zone, by outcome.", "explain"))
+    return _section("zones", "Zone attention", *body)
+
+
+_CONTENTS = (("summary", "Where misdiagnoses occur"), ("dataset", "Dataset"), ("members", "Ensemble members"),
+             ("results", "Results"), ("curves", "ROC and PR curves"), ("confusion", "Confusion matrices"),
+             ("calibration", "Calibration"), ("threshold", "Threshold analysis"),
+             ("comparisons", "Model comparisons"), ("ensemble", "Diversity and ensemble size"),
+             ("slices", "Failure slices"), ("explanations", "Explanations of errors"), ("zones", "Zone attention"))
+
+
+def _document(run):
+    from . import __version__
+
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"pneumoxai report: {run.root.resolve().name}"
+    header = _tag("header", _tag("h1", title),
+                  _tag("p", "Run folder ", _tag("code", str(run.root.resolve())),
+                       f" · generated {generated} by pneumoxai {__version__}", class_="meta"),
+                  _tag("nav", _tag("ol", [_tag("li", _tag("a", text, href=f"#{anchor}"))
+                                          for anchor, text in _CONTENTS])))
+    sections = [_summary_section(run), _dataset_section(run), _members_section(run), _results_section(run),
+                *_curves_sections(run), _comparisons_section(run), _ensemble_section(run), _slices_section(run),
+                _explain_section(run), _zones_section(run)]
+    head = _tag("head", _tag("meta", charset="utf-8"),
+                _tag("meta", name="viewport", content="width=device-width, initial-scale=1"),
+                _tag("title", title), _tag("style", _Html(_CSS)))
+    return "<!DOCTYPE html>\n" + _tag("html", head, _tag("body", header, _tag("main", sections)), lang="en") + "\n"
+
+
+# --------------------------------------------------------------------------- public
+
+
+def write_report(run_dir):
+    """Write ``RUN_DIR/report.html``: one self-contained HTML file describing the run.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run folder that has at least been evaluated (``tables/results.csv``).
+
+    Returns
+    -------
+    Path
+        The report file, written atomically.
+
+    Raises
+    ------
+    RunFolderError
+        When the run folder has no results yet; the message names the command to run.
+
+    Notes
+    -----
+    Sections: where misdiagnoses occur (from significant failure slices only) with a
+    comparison to the origin's reported figures, dataset, members, results with
+    intervals, ROC/PR curves, confusion matrices, calibration, threshold analysis,
+    DeLong/McNemar comparisons, diversity and ensemble size, failure slices,
+    explanation galleries and zone attention. Figures are embedded as base64 PNG data
+    URIs and the CSS is inline, so the file needs nothing beside it.
+
+    Examples
+    --------
+    >>> from pneumoxai.report import write_report
+    >>> write_report("runs/full")  # doctest: +SKIP
+    PosixPath('runs/full/report.html')
+    """
+    run = _Run(run_dir)
+    path = run.root / REPORT_FILE
+    _io.write_text(path, _document(run))
+    return path
+
+
+def summary_text(run_dir):
+    """A compact plain-text summary of a run for the terminal.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run folder that has at least been evaluated (``tables/results.csv``).
+
+    Returns
+    -------
+    str
+        The results of members and combiners with intervals (the origin's row marked
+        as reported), then the significant failure slices (or a line saying none
+        survived the correction), then the report path when it exists.
+
+    Raises
+    ------
+    RunFolderError
+        When the run folder has no results yet.
+    """
+    run = _Run(run_dir)
+    evaluate = run.config.get("evaluate", {})
+    headers = ["model", "threshold", *[label for _, label in _SUMMARY_METRICS]]
+    rows = []
+    for name, row in run.results.iterrows():
+        if row["source"] == "reported":
+            rows.append([name, "-", *[f"{_num(row.get(m))} (reported)" if not _missing(row.get(m)) else "-"
+                                      for m, _ in _SUMMARY_METRICS]])
+        else:
+            rows.append([name + (" *" if name == run.primary else ""), _num(row["threshold"]),
+                         *[_with_ci(row, m) for m, _ in _SUMMARY_METRICS]])
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    n = run.results.loc[run.results["source"] == "measured", "n"]
+    lines = [f"Results on the test split (n = {int(n.iloc[0]) if len(n) else '?'}; "
+             f"{evaluate.get('ci', 0.95):.0%} patient-bootstrap intervals; * = primary ensemble):"]
+    lines += ["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+    lines.append("")
+    findings = _findings(run)
+    if run.slices is None:
+        lines.append(f"Failure slices: not run ({run.command('slices')}).")
+    elif not findings:
+        lines.append(textwrap.fill(_no_findings_text(run), width=100))
+    else:
+        overall = run.overall()
+        lines.append(f"Where misdiagnoses occur (significant after Benjamini-Hochberg at alpha = {run.alpha}):")
+        for finding in findings[:_FINDINGS_SHOWN]:
+            lines.append(textwrap.fill(f"{finding['labels'][0]} ({finding['kind']}): {_finding_text(finding, overall)}",
+                                       width=100, initial_indent="  - ", subsequent_indent="    "))
+    report = run.root / REPORT_FILE
+    if report.is_file():
+        lines += ["", f"Report: {report}"]
+    return "\n".join(lines)

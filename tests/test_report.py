@@ -1,0 +1,310 @@
+"""The HTML report and terminal summary: self-contained, faithful to the tables, findings only, escaped."""
+
+import base64
+import html
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumoxai import _figures_eval, _figures_explain, _figures_slices, _style, figures
+from pneumoxai.errors import RunFolderError
+from pneumoxai.metrics import results_table
+from pneumoxai.report import summary_text, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SAMPLE_RUN = Path("/tmp/report_sample")
+VOID = {"meta", "img", "br", "hr", "link", "input"}
+EVAL_FIGURES = ("roc", "pr", "confusion", "reliability", "threshold", "diversity", "ensemble_size")
+SLICE_FIGURES = ("slices_top", "slices_examples", "slices_features")
+EXPLAIN_FIGURES = ("gallery", "mean_maps", "zone_attention")
+
+
+class _Collector(HTMLParser):
+    """Checks nesting and collects tags, ids, links and text."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.tags, self.ids, self.links, self.imgs, self.text = [], [], set(), [], [], []
+        self.errors = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "img":
+            self.imgs.append(attrs.get("src", ""))
+        for key in ("href", "src"):
+            if key in attrs and tag != "img":
+                self.links.append(attrs[key])
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:]}")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(text):
+    parser = _Collector()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def _png(path, value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(".png", np.full((4, 6), value, np.uint8))
+    path.write_bytes(data.tobytes())
+
+
+def _slice_row(label, *, size, n_fn, n_pos, n_fp, n_neg, q, finding, overall_error=0.3):
+    n_errors = n_fn + n_fp
+    rate = n_errors / size
+    return {"slice": label, "order": 1, "size": size, "n_errors": n_errors, "error_rate": rate,
+            "ci_low": rate / 2, "ci_high": min(1.0, rate * 1.5), "n_pos": n_pos, "n_fn": n_fn,
+            "fnr": n_fn / n_pos if n_pos else np.nan, "n_neg": n_neg, "n_fp": n_fp,
+            "fpr": n_fp / n_neg if n_neg else np.nan, "lift": rate / overall_error, "p_value": q / 10,
+            "q_value": q, "finding": finding, "score": 1.0}
+
+
+def _write_slices(run, rows):
+    pd.DataFrame(rows).to_csv(run / "tables" / "failure_slices.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def results():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    probs = {"m1": np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 40), 0, 1),
+             "m2": np.clip(0.35 + 0.3 * y + rng.normal(0, 0.2, 40), 0, 1)}
+    probs["soft voting"] = (probs["m1"] + probs["m2"]) / 2
+    return results_table(y, probs, threshold={"m1": 0.5, "m2": 0.55, "soft voting": 0.5}, n_boot=20)
+
+
+@pytest.fixture
+def run(tmp_path, results):
+    """A small but complete run folder, as the pipeline stages write it."""
+    root = tmp_path / "run"
+    tables = root / "tables"
+    tables.mkdir(parents=True)
+    results.to_csv(tables / "results.csv")
+    members = [{"name": name, "backbone": "resnet50", "image_size": 224, "weights": "imagenet",
+                "balancing": "class_weight", "seed": i, "bootstrap": False, "learning_rate": 1e-3,
+                "dense_units": [32], "dropout": 0.5, "epochs_frozen": 3, "epochs_finetune": 2}
+               for i, name in enumerate(("m1", "m2"))]
+    config = {"data": {"max_per_class": None}, "members": members,
+              "evaluate": {"ci": 0.95, "n_boot": 20, "threshold": "youden"}, "slices": {"alpha": 0.05}}
+    (root / "config.json").write_text(json.dumps(config))
+    (root / "run.json").write_text(json.dumps({"data_root": "/data/chest_xray", "format": 1}))
+    (tables / "ensemble.json").write_text(json.dumps({
+        "primary": "soft voting", "members": ["m1", "m2"], "best_member": "m1", "temperature": 1.1,
+        "thresholds": {"m1": 0.5, "m2": 0.55, "soft voting": 0.5}, "optimized_weights": {"m1": 0.7, "m2": 0.3}}))
+    for i, member in enumerate(members):
+        (root / "members" / member["name"]).mkdir(parents=True)
+        (root / "members" / member["name"] / "card.json").write_text(json.dumps({
+            "config": member, "epochs_run": 4, "seconds_per_epoch": 12.5 + i, "n_train": 80,
+            "val_metrics": {"roc_auc": 0.81 + i / 100, "accuracy": 0.75}}))
+    roles = ["train"] * 8 + ["val"] * 4 + ["test"] * 6
+    pd.DataFrame({"path": [f"/d/{i}.jpeg" for i in range(18)], "split": ["train"] * 12 + ["test"] * 6,
+                  "label": [0, 1] * 9, "label_name": ["NORMAL", "PNEUMONIA"] * 9,
+                  "patient_id": [f"p{i}" for i in range(18)], "subtype": ["normal", "virus"] * 9,
+                  "role": roles}).to_csv(tables / "dataset.csv", index=False)
+    pd.DataFrame([{"model_a": "m1", "model_b": "soft voting", "auc_a": 0.8, "auc_b": 0.82, "auc_diff": -0.02,
+                   "auc_p": 0.41, "n_only_a_wrong": 3, "n_only_b_wrong": 1, "mcnemar_p": 0.625,
+                   "mcnemar_exact": True}]).to_csv(tables / "comparisons.csv", index=False)
+    pd.DataFrame([{"member_a": "m1", "member_b": "m2", "disagreement": 0.2, "yules_q": 0.5,
+                   "error_correlation": 0.3, "double_fault": 0.1}]).to_csv(tables / "diversity.csv", index=False)
+    pd.DataFrame({"n_members": [1, 2], "added": ["m1", "m2"], "members": ["m1", "m1, m2"],
+                  "score": [0.8, 0.83]}).to_csv(tables / "ensemble_size.csv", index=False)
+    # Overall for "soft voting": read from results.csv by the report.
+    _write_slices(root, [
+        _slice_row("subtype == virus", size=10, n_fn=9, n_pos=10, n_fp=0, n_neg=0, q=0.004, finding=True),
+        _slice_row("brightness <= 0.2", size=8, n_fn=1, n_pos=2, n_fp=5, n_neg=6, q=0.2, finding=False),
+    ])
+    pd.DataFrame([{"member": "m2", **_slice_row("subtype == virus", size=10, n_fn=10, n_pos=10, n_fp=0, n_neg=0,
+                                                q=0.01, finding=True),
+                   "ensemble_error_rate": 0.9, "ensemble_fixes": False}]).to_csv(
+        tables / "member_failure_slices.csv", index=False)
+    pd.DataFrame({"path": ["a", "b", "c", "a"],
+                  "group": ["false_negative", "false_negative", "correct", "false_negative"],
+                  "method": ["Grad-CAM"] * 3 + ["SHAP"], "right_upper": [0.1, 0.3, 0.2, 0.9],
+                  "off_lung_attention": [0.5, 0.3, 0.1, 0.0]}).to_csv(tables / "zone_attention.csv", index=False)
+    pd.DataFrame({"measure": ["off_lung_attention, errors"], "value": [0.25], "n": [7]}).to_csv(
+        tables / "explain_summary.csv", index=False)
+    for stem in EVAL_FIGURES + SLICE_FIGURES + EXPLAIN_FIGURES:
+        _png(root / "figures" / f"{stem}.png")
+    return root
+
+
+def _section(text, anchor):
+    start = text.index(f'<section id="{anchor}">')
+    return text[start:text.index("</section>", start)]
+
+
+def test_report_is_self_contained_html(run):
+    path = write_report(run)
+    assert path == run / "report.html"
+    text = path.read_text(encoding="utf-8")
+    parsed = _parse(text)
+    assert parsed.errors == [] and parsed.stack == []
+    assert {"html", "head", "body", "table", "img"} <= set(parsed.tags)
+    assert not {"script", "link", "iframe"} & set(parsed.tags)
+    assert len(parsed.imgs) == len(EVAL_FIGURES + SLICE_FIGURES + EXPLAIN_FIGURES)
+    for src in parsed.imgs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    for link in parsed.links:
+        if link.startswith("#"):
+            assert link[1:] in parsed.ids
+        else:
+            assert "://" not in link and (run / link).exists()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".report.html")]  # atomic: no temp left
+
+
+def test_results_table_matches_csv(run, results):
+    text = write_report(run).read_text(encoding="utf-8")
+    section = _section(text, "results")
+    row = results.loc["m1"]
+    expected = f"{row['roc_auc']:.3f} [{row['roc_auc_low']:.2f}, {row['roc_auc_high']:.2f}]"
+    assert expected in section
+    primary = results.loc["soft voting"]
+    assert f"{primary['accuracy']:.3f} [{primary['accuracy_low']:.2f}, {primary['accuracy_high']:.2f}]" in section
+    reported_row = section[section.index('<tr class="reported">'):]
+    assert "origin (reported)" in reported_row and "reported, not measured" in reported_row
+    assert "0.902" in reported_row and "0.960" in reported_row
+
+
+def test_summary_uses_findings_only(run, results):
+    text = write_report(run).read_text(encoding="utf-8")
+    summary = _section(text, "summary")
+    assert "subtype == virus" in summary and "brightness" not in summary
+    assert "mostly as missed pneumonia" in summary
+    primary = results.loc["soft voting"]
+    overall_fnr = primary["fn"] / (primary["fn"] + primary["tp"])
+    assert f"(FNR 0.90 vs {overall_fnr:.2f} overall)" in summary and "q = 0.004" in summary
+    terminal = summary_text(run)
+    assert "subtype == virus" in terminal and "brightness" not in terminal
+
+
+def test_no_findings_says_none_survived(run):
+    _write_slices(run, [_slice_row("subtype == virus", size=10, n_fn=4, n_pos=10, n_fp=0, n_neg=0, q=0.3,
+                                   finding=False)])
+    summary = _section(write_report(run).read_text(encoding="utf-8"), "summary")
+    assert "No slice survived the Benjamini-Hochberg correction at alpha = 0.05 (1 slices tested)" in summary
+    assert "subtype == virus" not in summary
+    assert "No slice survived" in summary_text(run)
+
+
+def test_class_mix_caveat_when_miss_rate_is_not_higher(run, results):
+    table = results.copy()
+    table.loc["soft voting", ["tn", "fp", "fn", "tp"]] = [20, 0, 10, 10]  # error rate 0.25, FNR 0.50
+    table.to_csv(run / "tables" / "results.csv")
+    _write_slices(run, [_slice_row("subtype == bacteria", size=10, n_fn=4, n_pos=10, n_fp=0, n_neg=0,
+                                   q=0.01, finding=True)])
+    summary = _section(write_report(run).read_text(encoding="utf-8"), "summary")
+    assert "error rate 0.40 vs 0.25 overall" in summary and "FNR 0.40 vs 0.50 overall" in summary
+    assert "miss rate is not above the overall miss rate" in summary
+
+
+def test_data_strings_are_escaped(run):
+    evil = "<script>alert(1)</script>"
+    _write_slices(run, [_slice_row(f"name == {evil}", size=10, n_fn=9, n_pos=10, n_fp=0, n_neg=0, q=0.001,
+                                   finding=True)])
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "<script" not in text.lower()
+    assert "name == &lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "script" not in _parse(text).tags
+
+
+def test_missing_optional_parts_give_not_run_notes(run):
+    for path in (run / "figures").glob("gallery*"):
+        path.unlink()
+    for name in ("mean_maps.png", "zone_attention.png", "roc.png"):
+        (run / "figures" / name).unlink()
+    for name in ("failure_slices.csv", "member_failure_slices.csv", "zone_attention.csv", "diversity.csv",
+                 "explain_summary.csv"):
+        (run / "tables" / name).unlink()
+    text = write_report(run).read_text(encoding="utf-8")
+    assert _parse(text).errors == []
+    for anchor, stage in (("slices", "slices"), ("explanations", "explain"), ("zones", "explain"),
+                          ("curves", "evaluate"), ("ensemble", "evaluate")):
+        section = _section(text, anchor)
+        assert "Not run" in section and f"pneumoxai {stage} --run" in section, anchor
+    assert "pneumoxai slices --run" in _section(text, "summary")
+    assert "not run (pneumoxai slices --run" in summary_text(run)
+
+
+def test_explanations_and_zone_attention_when_present(run):
+    text = write_report(run).read_text(encoding="utf-8")
+    explanations = _section(text, "explanations")
+    assert "maps of false negatives, false positives and correct calls" in explanations
+    assert "<td>off_lung_attention, errors</td><td>0.250</td><td>7</td>" in explanations
+    zones = _section(text, "zones")
+    # Grad-CAM false negatives: right_upper (0.1 + 0.3) / 2, off-lung (0.5 + 0.3) / 2; SHAP kept apart.
+    assert ("<td>Grad-CAM</td><td>false_negative</td><td class=\"num\">2</td><td class=\"num\">0.200</td>"
+            "<td class=\"num\">0.400</td>") in zones
+    assert "<td>SHAP</td><td>false_negative</td><td class=\"num\">1</td><td class=\"num\">0.900</td>" in zones
+
+
+def test_members_and_leakage(run):
+    table = pd.read_csv(run / "tables" / "dataset.csv")
+    table.loc[table["role"] == "test", "patient_id"] = "p0"  # p0 is also a training patient
+    table.to_csv(run / "tables" / "dataset.csv", index=False)
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "Leakage: 1 patient id(s)" in _section(text, "dataset")
+    members = _section(text, "members")
+    assert "<td>m2</td>" in members and "0.820" in members and "13.5" in members and "4 / 5" in members
+
+
+def test_summary_text_lists_models_with_intervals(run, results):
+    text = summary_text(run)
+    row = results.loc["soft voting"]
+    line = next(line for line in text.splitlines() if line.strip().startswith("soft voting *"))
+    assert f"{row['roc_auc']:.3f} [{row['roc_auc_low']:.2f}, {row['roc_auc_high']:.2f}]" in line
+    assert "0.902 (reported)" in text and "Report:" not in text
+    write_report(run)
+    assert f"Report: {run / 'report.html'}" in summary_text(run)
+
+
+def test_run_without_results_raises(tmp_path):
+    with pytest.raises(RunFolderError, match="pneumoxai evaluate --run"):
+        write_report(tmp_path)
+    with pytest.raises(RunFolderError, match="no results yet"):
+        summary_text(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not (SAMPLE_RUN / "tables" / "results.csv").exists(), reason="sample run folder not present")
+def test_sample_run_report(tmp_path):
+    run = Path(shutil.copytree(SAMPLE_RUN, tmp_path / "run", ignore=shutil.ignore_patterns("cache", "*.pdf")))
+    text = write_report(run).read_text(encoding="utf-8")
+    parsed = _parse(text)
+    assert parsed.errors == [] and parsed.stack == []
+    assert len(parsed.imgs) == len(list((run / "figures").glob("*.png")))
+    assert all(base64.b64decode(s.split(",", 1)[1]).startswith(PNG_MAGIC) for s in parsed.imgs)
+    results = pd.read_csv(run / "tables" / "results.csv", index_col="model")
+    assert f"{results.loc['smoke_a', 'accuracy']:.3f}" in _section(text, "results")
+    findings = pd.read_csv(run / "tables" / "failure_slices.csv")
+    summary = _section(text, "summary")
+    assert html.escape(findings.loc[findings["finding"], "slice"].iloc[0]) in summary
+    assert not any(html.escape(label) in summary for label in findings.loc[~findings["finding"], "slice"].head(3))
+
+
+def test_figures_module_reexports():
+    assert set(figures.__all__) == (set(_figures_eval.__all__) | set(_figures_slices.__all__)
+                                    | {"plot_explanation_gallery", "plot_mean_maps", "plot_zone_attention",
+                                       "style", "save_figure", "OKABE_ITO"})
+    assert figures.plot_roc is _figures_eval.plot_roc
+    assert figures.plot_zone_attention is _figures_explain.plot_zone_attention
+    assert figures.OKABE_ITO is _style.OKABE_ITO

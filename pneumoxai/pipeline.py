@@ -278,6 +278,7 @@ def train_members(run, config, names=None, *, table=None, verbose="auto"):
         if models.is_member_dir(member_dir):
             card = _io.read_json(member_dir / models.CARD_FILE)
             if card.get("config_hash") == wanted and card.get("manifest_hash") == run_record["manifest_hash"]:
+                _log(f"member {member['name']}: up to date, skipped")
                 rows.append({"member": member["name"], "status": "skipped (up to date)",
                              "val_auc": card.get("val_metrics", {}).get("roc_auc"),
                              "seconds_per_epoch": card.get("seconds_per_epoch")})

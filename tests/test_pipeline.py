@@ -1,0 +1,128 @@
+"""End to end: `pneumoxai run` on a small real subset with tiny members (smoke config)."""
+
+import html.parser
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pneumoxai import cli, models
+from pneumoxai.errors import RunFolderError
+
+pytestmark = pytest.mark.slow
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
+TABLES = ("dataset.csv", "results.csv", "results.md", "predictions_val.csv", "predictions_test.csv",
+          "comparisons.csv", "diversity.csv", "ensemble_size.csv", "ensemble.json", "zone_attention.csv",
+          "zone_attention_all.csv", "explain_summary.csv", "failure_slices.csv", "member_failure_slices.csv",
+          "slice_features.csv")
+FIGURES = ("roc", "pr", "confusion", "reliability", "threshold", "diversity", "ensemble_size", "gallery",
+           "mean_maps", "zone_attention", "slices_features")
+
+
+def _wait_for(path, process, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() or process.poll() is not None:
+            return path.exists()
+        time.sleep(0.5)
+    return False
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, real_data_root):
+    """A run interrupted by SIGKILL after its first member, then resumed to completion."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    argv = ["run", "--data", str(real_data_root), "--config", str(SMOKE), "--out", str(out), "--quiet"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen([sys.executable, "-m", "pneumoxai.cli", *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_card = out / "members" / "smoke_a" / "card.json"
+    reached = _wait_for(first_card, process, timeout=400)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert reached, "the first member was never saved"
+    interrupted_card = first_card.read_text()
+    assert not (out / "members" / "smoke_b" / "card.json").exists()
+    assert cli.main(argv) == 0
+    return out, argv, interrupted_card
+
+
+def test_run_writes_every_table_and_figure(smoke_run):
+    out, _, _ = smoke_run
+    for name in TABLES:
+        assert (out / "tables" / name).is_file(), name
+    for stem in FIGURES:
+        assert (out / "figures" / f"{stem}.png").is_file() and (out / "figures" / f"{stem}.pdf").is_file(), stem
+    results = pd.read_csv(out / "tables" / "results.csv", index_col="model")
+    assert {"smoke_a", "smoke_b", "soft voting", "stacking", "origin (reported)"} <= set(results.index)
+    assert results.loc["origin (reported)", "accuracy"] == pytest.approx(0.902)
+    dataset = pd.read_csv(out / "tables" / "dataset.csv")
+    assert dataset.groupby(["role", "label"]).size().loc["test"].tolist() == [30, 30]
+    assert not set(dataset[dataset.role == "train"].patient_id) & set(dataset[dataset.role == "val"].patient_id)
+    assert not list(out.rglob(".*.tmp")) and not (out / ".lock").exists()
+
+
+def test_interrupted_run_resumed_without_retraining_the_finished_member(smoke_run):
+    out, _, interrupted_card = smoke_run
+    assert (out / "members" / "smoke_a" / "card.json").read_text() == interrupted_card
+    assert models.is_member_dir(out / "members" / "smoke_b")
+
+
+class _Collector(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources, self.links, self.stack = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.sources.append(attrs.get("src", ""))
+        if tag == "a" and attrs.get("href"):
+            self.links.append(attrs["href"])
+
+
+def test_report_is_html_and_references_only_existing_files(smoke_run):
+    out, _, _ = smoke_run
+    text = (out / "report.html").read_text()
+    parser = _Collector()
+    parser.feed(text)
+    assert text.lstrip().lower().startswith("<!doctype html")
+    assert parser.sources and all(src.startswith("data:image/png;base64,") for src in parser.sources)
+    for link in parser.links:
+        if not link.startswith(("#", "http", "data:")):
+            assert (out / link).exists(), link
+    assert "origin" in text.lower()
+
+
+def test_rerun_does_no_training_and_no_prediction(smoke_run, monkeypatch, capsys):
+    out, argv, _ = smoke_run
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work was redone although its inputs did not change")
+
+    monkeypatch.setattr(models, "train_member", forbidden)
+    monkeypatch.setattr(models, "load_member", forbidden)
+    before = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")}
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    for line in ("member smoke_a: up to date, skipped", "member smoke_b: up to date, skipped",
+                 "evaluate: inputs unchanged, skipped", "explain: inputs unchanged, skipped",
+                 "slices: inputs unchanged, skipped"):
+        assert line in err
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+
+
+def test_run_folder_from_another_config_is_not_mixed(smoke_run, capsys):
+    out, argv, _ = smoke_run
+    code = cli.main([*argv, "--set", "data.split_seed=1"])
+    assert code == cli.EXIT_ERROR
+    assert "different data config" in capsys.readouterr().err
+    with pytest.raises(RunFolderError):
+        cli.main([*argv, "--set", "data.split_seed=1", "--debug"])

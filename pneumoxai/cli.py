@@ -5,6 +5,7 @@ shows the full traceback instead.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -30,6 +31,12 @@ def _add_common(parser, *, data=False, config=False, out=False, run=False):
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress display")
 
 
+def _add_strategy(parser):
+    parser.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
+                        help="tf.distribute strategy for training: one device, all GPUs of this machine, "
+                             "or several machines configured by TF_CONFIG")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="pneumoxai",
@@ -42,11 +49,13 @@ def build_parser():
     _add_common(run, data=True, config=True, out=True)
     run.add_argument("--skip", action="append", default=[], choices=["explain", "slices"],
                      help="leave out an analysis stage")
+    _add_strategy(run)
 
     train = sub.add_parser("train", help="train the config's members into RUN_DIR/members/")
     _add_common(train, data=True, config=True, out=True)
     train.add_argument("--member", action="append", default=[], metavar="NAME",
                        help="train only this member (repeatable); lets a scheduler train members in parallel")
+    _add_strategy(train)
 
     evaluate = sub.add_parser("evaluate", help="member predictions, combiners, results table with CIs")
     _add_common(evaluate, run=True)
@@ -94,12 +103,15 @@ def _dispatch(args):
         config = load_config(args.config, args.overrides)
         data_root = find_data_root(args.data)
         run = pipeline.RunFolder(args.out)
-        with run.lock():
+        # Jobs that each train named members share the folder; members carry their own locks.
+        with contextlib.nullcontext() if args.command == "train" and args.member else run.lock():
             if args.command == "train":
-                summary = pipeline.train_stage(run, config, data_root, names=args.member or None, verbose=verbose)
+                summary = pipeline.train_stage(run, config, data_root, names=args.member or None, verbose=verbose,
+                                               strategy=args.strategy)
                 print(summary.to_string(index=False))
             else:
-                pipeline.run_all(run, config, data_root, skip=set(args.skip), verbose=verbose)
+                pipeline.run_all(run, config, data_root, skip=set(args.skip), verbose=verbose,
+                                 strategy=args.strategy)
         return 0
     run = pipeline.RunFolder(args.run)
     config = _load_run_config(args.run, args)

@@ -107,6 +107,9 @@ MEMBER_SPEC = {
     "min_learning_rate": (1e-7, _float_range(0, 1)),
     "recalibrate_bn": (False, _bool()),
     "max_train_images": (None, _optional(_int_range(4))),
+    "precision": ("float32", _one_of("float32", "mixed_bfloat16", "mixed_float16")),
+    "jit_compile": ("auto", ((lambda v: v == "auto" or isinstance(v, bool)), "'auto', true or false")),
+    "cache_features": (False, _bool()),
 }
 
 DATA_SPEC = {

@@ -19,6 +19,7 @@ hash, data manifest hash), and writes every artifact atomically.
 
 import contextlib
 import os
+import socket
 import sys
 import time
 import warnings
@@ -99,7 +100,8 @@ class RunFolder:
             fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             owner = lock_path.read_text(errors="replace").strip() or "unknown"
-            pid = int(owner) if owner.isdigit() else None
+            pid_text, _, host = owner.partition("@")
+            pid = int(pid_text) if pid_text.isdigit() and host in ("", socket.gethostname()) else None
             if pid is not None and not _pid_alive(pid):
                 # The holder died (e.g. kill -9): take the lock over rather than block forever.
                 lock_path.unlink(missing_ok=True)
@@ -110,7 +112,8 @@ class RunFolder:
                     "Wait for it to finish, or delete the lock file if that process is gone."
                 ) from None
         try:
-            os.write(fd, str(os.getpid()).encode())
+            # The host name matters when jobs on several machines share one run folder.
+            os.write(fd, f"{os.getpid()}@{socket.gethostname()}".encode())
             os.close(fd)
             yield self
         finally:
@@ -248,18 +251,21 @@ def _member_data(config, images, frame):
     return images[index], frame["label"].to_numpy()[index], frame["path"].to_numpy()[index]
 
 
-def train_members(run, config, names=None, *, table=None, verbose="auto"):
+def train_members(run, config, names=None, *, table=None, verbose="auto", strategy="default"):
     """Train every member of ``config`` (or those in ``names``) into ``members/<name>/``.
 
     A member whose card records the same member config and data manifest is skipped;
-    one whose config changed is retrained.
+    one whose config changed is retrained. Each member is trained under its own lock
+    (``members/<name>/.lock``), so several processes (one member each, e.g. a Slurm
+    array) can train into one run folder. ``strategy`` names a
+    :func:`pneumoxai.models.get_strategy` strategy; under ``multiworker`` only the chief
+    writes the member.
 
     Returns
     -------
     pandas.DataFrame
         One row per member: name, status (trained / skipped), val AUC, seconds per epoch.
     """
-    from . import data as data_mod
     from . import models
 
     table = load_table(run) if table is None else table
@@ -271,59 +277,85 @@ def train_members(run, config, names=None, *, table=None, verbose="auto"):
             raise ConfigError(f"Unknown member name(s) {unknown}; the config has {[m['name'] for m in members]}.")
         members = [m for m in members if m["name"] in names]
     cache = _ImageCache(table)
+    distribution = models.get_strategy(strategy)
+    chief = models.is_chief(distribution)
     rows = []
     for member in members:
         member_dir = run.member_dir(member["name"])
-        wanted = config_hash(member)
-        if models.is_member_dir(member_dir):
-            card = _io.read_json(member_dir / models.CARD_FILE)
-            if card.get("config_hash") == wanted and card.get("manifest_hash") == run_record["manifest_hash"]:
-                _log(f"member {member['name']}: up to date, skipped")
-                rows.append({"member": member["name"], "status": "skipped (up to date)",
-                             "val_auc": card.get("val_metrics", {}).get("roc_auc"),
-                             "seconds_per_epoch": card.get("seconds_per_epoch")})
-                continue
-            _log(f"member {member['name']}: config changed since it was trained; retraining.")
-        _log(f"member {member['name']}: training ({member['backbone']}, {member['image_size']} px, "
-             f"weights={member['weights']}, balancing={member['balancing']}, seed={member['seed']})")
-        size = member["image_size"]
-        train_images, train_frame = cache.get("train", size)
-        val_images, val_frame = cache.get("val", size)
-        x, y, paths = _member_data(member, train_images, train_frame)
-        x, y, class_weight = data_mod.balance(x, y, member["balancing"], seed=member["seed"])
+        # The lock is taken before the up-to-date check, so two jobs given the same member
+        # cannot both train it.
+        with RunFolder(member_dir).lock() if chief else contextlib.nullcontext():
+            wanted = config_hash(member)
+            skipped = _up_to_date(member, member_dir, wanted, run_record["manifest_hash"])
+            rows.append(skipped or _train_one(run, member, wanted, run_record, cache, distribution, chief, verbose))
+    return pd.DataFrame(rows)
+
+
+def _up_to_date(member, member_dir, wanted, manifest):
+    """The summary row of a member already trained with this config and data, else None."""
+    from . import models
+
+    if not models.is_member_dir(member_dir):
+        return None
+    card = _io.read_json(member_dir / models.CARD_FILE)
+    if card.get("config_hash") != wanted or card.get("manifest_hash") != manifest:
+        _log(f"member {member['name']}: config changed since it was trained; retraining.")
+        return None
+    _log(f"member {member['name']}: up to date, skipped")
+    return {"member": member["name"], "status": "skipped (up to date)",
+            "val_auc": card.get("val_metrics", {}).get("roc_auc"), "seconds_per_epoch": card.get("seconds_per_epoch")}
+
+
+def _train_one(run, member, wanted, run_record, cache, distribution, chief, verbose):
+    from . import data as data_mod
+    from . import models
+
+    member_dir = run.member_dir(member["name"])
+    _log(f"member {member['name']}: training ({member['backbone']}, {member['image_size']} px, "
+         f"weights={member['weights']}, balancing={member['balancing']}, seed={member['seed']}, "
+         f"{distribution.num_replicas_in_sync} replica(s))")
+    size = member["image_size"]
+    train_images, train_frame = cache.get("train", size)
+    val_images, val_frame = cache.get("val", size)
+    x, y, paths = _member_data(member, train_images, train_frame)
+    x, y, class_weight = data_mod.balance(x, y, member["balancing"], seed=member["seed"])
+    started = time.perf_counter()
+    with distribution.scope():
         model = models.build_member(size, member["weights"], backbone=member["backbone"], seed=member["seed"],
                                     dense_units=tuple(member["dense_units"]), dropout=member["dropout"],
-                                    l2=member["l2"], bn_momentum=member["bn_momentum"], name=member["name"])
-        started = time.perf_counter()
+                                    l2=member["l2"], bn_momentum=member["bn_momentum"],
+                                    precision=member["precision"], name=member["name"])
         info = models.train_member(model, x, y, val_images, val_frame["label"].to_numpy(), member,
-                                   checkpoint_path=member_dir / "checkpoint.keras", class_weight=class_weight,
-                                   verbose=verbose)
-        val_prob = models.predict_proba(model, val_images)
-        val_metrics = _quick_metrics(val_frame["label"].to_numpy(), val_prob)
-        _io.write_json(member_dir / "train_paths.json", sorted(set(map(str, paths))))
-        models.save_member(member_dir, model, {
-            "name": member["name"],
-            "config": member,
-            "config_hash": wanted,
-            "manifest_hash": run_record["manifest_hash"],
-            "seed": member["seed"],
-            "n_train": int(len(x)),
-            "n_train_unique": int(len(set(paths))),
-            "n_val": int(len(val_frame)),
-            "history": info["history"],
-            "epochs_run": info["epochs_run"],
-            "seconds_per_epoch": info["seconds_per_epoch"],
-            "train_seconds": time.perf_counter() - started,
-            "val_metrics": val_metrics,
-            "reproducibility": "same seed and config reproduce predictions on CPU to within 1e-5 "
-                               "(multi-threaded float reductions are not bit-exact)",
-        })
-        (member_dir / "checkpoint.keras").unlink(missing_ok=True)
-        _log(f"member {member['name']}: val AUC {val_metrics['roc_auc']:.4f}, "
-             f"{info['seconds_per_epoch']:.1f} s/epoch, {info['epochs_run']} epochs")
-        rows.append({"member": member["name"], "status": "trained", "val_auc": val_metrics["roc_auc"],
-                     "seconds_per_epoch": info["seconds_per_epoch"]})
-    return pd.DataFrame(rows)
+                                   checkpoint_path=member_dir / "checkpoint.keras" if chief else None,
+                                   class_weight=class_weight, verbose=verbose)
+    val_prob = models.predict_proba(model, val_images)
+    val_metrics = _quick_metrics(val_frame["label"].to_numpy(), val_prob)
+    row = {"member": member["name"], "status": "trained", "val_auc": val_metrics["roc_auc"],
+           "seconds_per_epoch": info["seconds_per_epoch"]}
+    if not chief:
+        return row
+    _io.write_json(member_dir / "train_paths.json", sorted(set(map(str, paths))))
+    models.save_member(member_dir, model, {
+        "name": member["name"],
+        "config": member,
+        "config_hash": wanted,
+        "manifest_hash": run_record["manifest_hash"],
+        "seed": member["seed"],
+        "n_train": int(len(x)),
+        "n_train_unique": int(len(set(paths))),
+        "n_val": int(len(val_frame)),
+        "history": info["history"],
+        "epochs_run": info["epochs_run"],
+        "seconds_per_epoch": info["seconds_per_epoch"],
+        "train_seconds": time.perf_counter() - started,
+        "val_metrics": val_metrics,
+        "reproducibility": "same seed and config reproduce predictions on CPU to within 1e-5 "
+                           "(multi-threaded float reductions are not bit-exact)",
+    })
+    (member_dir / "checkpoint.keras").unlink(missing_ok=True)
+    _log(f"member {member['name']}: val AUC {val_metrics['roc_auc']:.4f}, "
+         f"{info['seconds_per_epoch']:.1f} s/epoch, {info['epochs_run']} epochs")
+    return row
 
 
 def _quick_metrics(y_true, y_prob):
@@ -333,11 +365,11 @@ def _quick_metrics(y_true, y_prob):
             "accuracy": float(accuracy_score(y_true, y_prob >= 0.5))}
 
 
-def train_stage(run, config, data_root, *, names=None, verbose="auto"):
+def train_stage(run, config, data_root, *, names=None, verbose="auto", strategy="default"):
     """Record the config, prepare the split (first time) and train the members."""
     _io.write_json(run.path("config.json"), _raw_config(config))
     table = prepare(run, data_root, config)
-    return train_members(run, config, names, table=table, verbose=verbose)
+    return train_members(run, config, names, table=table, verbose=verbose, strategy=strategy)
 
 
 def _raw_config(config):
@@ -622,7 +654,7 @@ def _run_stage(run, config, stage, function, **kwargs):
     return True
 
 
-def run_all(run, config, data_root, *, skip=(), verbose="auto"):
+def run_all(run, config, data_root, *, skip=(), verbose="auto", strategy="default"):
     """``pneumoxai run``: train, evaluate, explain, slices and report, each resumable.
 
     Returns
@@ -633,7 +665,7 @@ def run_all(run, config, data_root, *, skip=(), verbose="auto"):
     from .report import summary_text
 
     started = time.perf_counter()
-    train_stage(run, config, data_root, verbose=verbose)
+    train_stage(run, config, data_root, verbose=verbose, strategy=strategy)
     _run_stage(run, config, "evaluate", evaluate_stage, verbose=verbose)
     if "explain" not in skip:
         _run_stage(run, config, "explain", explain_stage)

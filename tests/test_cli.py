@@ -89,3 +89,52 @@ def test_version_and_help(capsys):
     assert code == 0 and out.strip() == f"pneumoxai {__version__}"
     code, out, _ = run_cli(capsys)
     assert code == cli.EXIT_USAGE and "run" in out and "evaluate" in out
+
+
+def _tiny_tree_config(make_kaggle_tree, tmp_path):
+    root = make_kaggle_tree(n_per_class=6, size=32)
+    config = write(tmp_path / "tiny.yaml", "defaults: {weights: null, image_size: 32, dense_units: [8], "
+                   "epochs_frozen: 1, epochs_finetune: 0, balancing: none, batch_size: 8}\n"
+                   "members:\n  - {name: a}\n  - {name: b, seed: 1}\n")
+    return root, config
+
+
+def test_member_jobs_share_the_folder_but_not_a_member(make_kaggle_tree, tmp_path, capsys):
+    # `train --member` takes no folder lock (scheduler jobs train side by side), only the
+    # member's own: a second job for a member in training is refused.
+    root, config = _tiny_tree_config(make_kaggle_tree, tmp_path)
+    run = tmp_path / "run"
+    (run / "members" / "a").mkdir(parents=True)
+    (run / ".lock").write_text(str(os.getppid()))  # e.g. another job's `pneumoxai run`
+    (run / "members" / "a" / ".lock").write_text(f"{os.getppid()}@{os.uname().nodename}")
+    code, _, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
+                           "--member", "a", "--quiet")
+    assert code == cli.EXIT_ERROR and "members/a' is in use by process" in err
+    code, out, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
+                             "--member", "b", "--quiet")
+    assert code == 0, err
+    assert (run / "members" / "b" / "card.json").exists() and not (run / "members" / "a" / "card.json").exists()
+    assert not (run / "members" / "b" / ".lock").exists()
+
+
+def test_lock_of_another_host_is_never_taken_over(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"members": [{"name": "a"}]}))
+    (run / ".lock").write_text("999999999@some-other-node")  # its pid cannot be checked from here
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(run))
+    assert code == cli.EXIT_ERROR and "999999999@some-other-node" in err
+
+
+def test_strategy_flag_reaches_training(monkeypatch, tmp_path, capsys, make_kaggle_tree):
+    from pneumoxai import pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "train_members", lambda *a, **k: seen.update(k) or pipeline.pd.DataFrame())
+    root, config = _tiny_tree_config(make_kaggle_tree, tmp_path)
+    code, _, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config),
+                           "--out", str(tmp_path / "run"), "--strategy", "mirrored")
+    assert code == 0, err
+    assert seen["strategy"] == "mirrored"
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--data", str(root), "--out", str(tmp_path / "r2"), "--strategy", "horovod"])

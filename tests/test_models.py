@@ -175,3 +175,120 @@ def test_real_images_tiny_member_trains_one_epoch(real_data_root):
     info = models.train_member(model, x, y, x_val, val.label.to_numpy(), tiny_config(balancing="class_weight"),
                                class_weight=class_weight, verbose=0)
     assert info["epochs_run"] == 1 and np.isfinite(info["history"]["full"]["val_loss"][0])
+
+
+def _weights_file(tmp_path, size=32):
+    """A ResNet50 weights file standing in for ImageNet's (random weights, no download)."""
+    path = tmp_path / "resnet50_notop.weights.h5"
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3)).save_weights(path)
+    return str(path)
+
+
+def test_phase1_on_cached_features_trains_the_same_head(generated_images, tmp_path):
+    # Without augmentation and dropout, phase 1 on cached backbone features is the same
+    # computation as phase 1 through the frozen backbone: same batches, same gradients.
+    images, labels = generated_images
+    weights = _weights_file(tmp_path)
+    config = tiny_config(weights=weights, epochs_frozen=2, epochs_finetune=0, dropout=0.0, augment={})
+    heads = []
+    for cached in (False, True):
+        model = models.build_member(32, weights=weights, seed=0, dense_units=(16,), dropout=0.0)
+        info = models.train_member(model, images[:36], labels[:36], images[36:], labels[36:],
+                                   {**config, "cache_features": cached}, verbose=0)
+        assert info["phase1_cached_features"] is cached and info["epochs_run"] == 2
+        heads.append([model.get_layer(n).get_weights() for n in ("head_dense1", "head_bn1", "prediction")])
+    # Adam turns float noise in near-zero gradients into steps of up to the learning rate
+    # (1e-3) on a few weights; a wrong feature path would move them by far more.
+    for ours, reference in zip(heads[1], heads[0]):
+        for a, b in zip(ours, reference):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4)
+    untouched = models.build_member(32, weights=weights, seed=0, dense_units=(16,), dropout=0.0)
+    assert not np.allclose(untouched.get_layer("prediction").kernel.numpy(), heads[1][2][0])
+
+
+def test_cached_features_need_pretrained_weights(generated_images):
+    images, labels = generated_images
+    model = models.build_member(32, weights=None, dense_units=(8,))
+    with pytest.raises(ConfigError, match="cache_features needs pretrained backbone weights"):
+        models.train_member(model, images, labels, images, labels, tiny_config(cache_features=True), verbose=0)
+
+
+def test_mixed_precision_member_keeps_a_float32_output_and_restores_the_policy(generated_images):
+    images, labels = generated_images
+    with pytest.warns(UserWarning, match="emulated") if not models._cpu_has_native_bf16() else _no_warning():
+        model = models.build_member(32, weights=None, dense_units=(8,), precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"
+    assert model.get_layer("conv1_conv").compute_dtype == "bfloat16"
+    assert model.get_layer("conv1_conv").kernel.dtype == "float32"  # variables stay float32
+    assert model.get_layer("prediction").compute_dtype == "float32"
+    probs = models.predict_proba(model, images[:4])
+    assert probs.dtype == np.float64 and np.all((probs > 0) & (probs < 1))
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("kwargs, env, match", [
+    ({"name": "horovod"}, {}, "'strategy' parameter must be one of"),
+    ({"name": "multiworker"}, {"TF_CONFIG": ""}, "needs the TF_CONFIG environment variable"),
+])
+def test_get_strategy_errors(monkeypatch, kwargs, env, match):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=match):
+        models.get_strategy(**kwargs)
+
+
+def test_default_strategy_is_one_replica_and_chief():
+    strategy = models.get_strategy()
+    assert strategy.num_replicas_in_sync == 1 and models.is_chief(strategy)
+
+
+MIRRORED_SCRIPT = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from sklearn.metrics import roc_auc_score
+from pneumoxai import models
+from pneumoxai.config import parse_config
+
+rng = np.random.default_rng(0)
+x = rng.normal(0.35, 0.05, (96, 32, 32, 3)).clip(0, 1).astype(np.float32)
+y = np.arange(96) % 2
+x[y == 1, 8:24, 4:16, :] = 0.9
+config = parse_config({"members": [{"name": "m", "weights": None, "image_size": 32, "dense_units": [16],
+                                    "batch_size": 16, "epochs_frozen": 4, "epochs_finetune": 0,
+                                    "learning_rate": 1e-3, "bn_momentum": 0.9, "recalibrate_bn": True,
+                                    "balancing": "none", "augment": {}}]})["members"][0]
+strategy = models.get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = models.build_member(32, weights=None, dense_units=(16,), bn_momentum=0.9)
+    info = models.train_member(model, x[:64], y[:64], x[64:], y[64:], config, verbose=0)
+    kind = type(model.get_layer("conv1_conv").kernel.value).__name__
+auc = roc_auc_score(y[64:], models.predict_proba(model, x[64:]))
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "variable": kind, "auc": auc,
+                  "epochs": info["epochs_run"], "chief": models.is_chief(strategy)}))
+"""
+
+
+def test_mirrored_strategy_over_two_cpu_devices_learns_the_planted_signal(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    # Logical devices must be configured before TensorFlow starts, hence a fresh process.
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2 and report["chief"] and report["epochs"] >= 1
+    assert "Mirrored" in report["variable"]
+    assert report["auc"] >= 0.9

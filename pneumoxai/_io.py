@@ -18,6 +18,17 @@ import numpy as np
 from .errors import CacheError
 
 
+def _file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# mkstemp creates files readable by their owner only; artifacts get the usual
+# permissions instead, so a run folder shared by a team (or cluster jobs) stays readable.
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
@@ -29,6 +40,7 @@ def atomic_path(path, suffix=None):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -36,11 +48,17 @@ def atomic_path(path, suffix=None):
 
 
 def write_bytes(path, data):
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # Name the artifact: "No space left on device" alone does not say what was lost.
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def write_text(path, text):

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 
 __all__ = ["main", "build_parser"]
 
@@ -74,9 +75,15 @@ def build_parser():
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None):
+    return f"pneumoxai: warning: {message}\n"
+
+
 def _configure_runtime():
     # TensorFlow's C++ start-up chatter buries the progress lines users need.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # A warning is one readable line, like an error, not a file:line dump.
+    warnings.formatwarning = _warning_line
     import matplotlib
 
     matplotlib.use("Agg")

@@ -31,6 +31,8 @@ __all__ = [
     "find_data_root",
     "scan_dataset",
     "manifest_hash",
+    "file_hashes",
+    "find_duplicates",
     "split_by_patient",
     "patient_folds",
     "load_images",
@@ -174,7 +176,8 @@ def manifest_hash(frame, content=True):
     frame : pandas.DataFrame
         Table from :func:`scan_dataset` (or a subset of it).
     content : bool, default=True
-        Hash file contents; when False only names, sizes and modification times.
+        Hash file contents (from a ``sha256`` column when the table has one, see
+        :func:`file_hashes`); when False only names, sizes and modification times.
 
     Returns
     -------
@@ -182,18 +185,79 @@ def manifest_hash(frame, content=True):
         Hex SHA-256 digest.
     """
     digest = hashlib.sha256()
-    for path, label in zip(frame["path"], frame["label"]):
+    hashes = (frame["sha256"].to_numpy() if "sha256" in frame.columns else file_hashes(frame)) if content else None
+    for row, (path, label) in enumerate(zip(frame["path"], frame["label"])):
         digest.update(f"{Path(path).name}\0{int(label)}\0".encode())
+        if content:
+            digest.update(b"<missing>" if hashes[row] == "<missing>" else bytes.fromhex(hashes[row]))
+            continue
         try:
-            if content:
-                with open(path, "rb") as fh:
-                    digest.update(hashlib.sha256(fh.read()).digest())
-            else:
-                stat = os.stat(path)
-                digest.update(f"{stat.st_size}\0{stat.st_mtime_ns}".encode())
+            stat = os.stat(path)
+            digest.update(f"{stat.st_size}\0{stat.st_mtime_ns}".encode())
         except OSError:
             digest.update(b"<missing>")
     return digest.hexdigest()
+
+
+def file_hashes(frame):
+    """SHA-256 of every file's bytes (``"<missing>"`` for unreadable ones), row-aligned with ``frame``.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame with a ``path`` column
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_rows,), str
+    """
+
+    def digest(path):
+        try:
+            with open(path, "rb") as fh:
+                return hashlib.sha256(fh.read()).hexdigest()
+        except OSError:
+            return "<missing>"
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return np.array(list(pool.map(digest, frame["path"])), dtype=object).astype(str)
+
+
+def find_duplicates(frame, *, by="split"):
+    """Byte-identical files that sit in more than one group (split or role): leakage.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Table with ``path`` and the ``by`` column; a ``sha256`` column is used when
+        present (else the files are hashed).
+    by : str, default="split"
+        Column whose groups must not share an image, e.g. ``"role"`` (train/val/test).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per file involved: ``sha256``, ``path``, ``by`` value, ``label``,
+        sorted by hash. Empty when no image is shared across groups.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, pandas as pd
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for name, text in [("a.png", "x"), ("b.png", "x"), ("c.png", "y")]:
+    ...     _ = (folder / name).write_text(text)
+    >>> table = pd.DataFrame({"path": [str(folder / n) for n in ("a.png", "b.png", "c.png")],
+    ...                       "split": ["train", "test", "test"], "label": [1, 1, 0]})
+    >>> sorted(find_duplicates(table)["split"])
+    ['test', 'train']
+    """
+    if by not in frame.columns:
+        raise ConfigError(f"The 'by' parameter of find_duplicates must name a column; got {by!r}.")
+    hashes = frame["sha256"].to_numpy() if "sha256" in frame.columns else file_hashes(frame)
+    table = frame.assign(sha256=hashes)
+    table = table[table["sha256"] != "<missing>"]
+    spread = table.groupby("sha256")[by].nunique()
+    shared = table[table["sha256"].isin(spread.index[spread > 1])]
+    return shared[["sha256", "path", by, "label"]].sort_values(["sha256", by]).reset_index(drop=True)
 
 
 def _patient_table(frame):

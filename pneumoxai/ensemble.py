@@ -490,10 +490,10 @@ class Stacking(_Combiner):
                 )
         groups = _check_groups(groups, y.size)
         minority = int(min(y.sum(), y.size - y.sum()))
+        if minority < self.cv:
+            raise DataError(f"Stacking: cv={self.cv} folds need {self.cv} samples of each class; "
+                            f"the smaller class has {minority}.")
         if groups is None:
-            if minority < self.cv:
-                raise DataError(f"Stacking: cv={self.cv} folds need {self.cv} samples of each class; "
-                                f"the smaller class has {minority}.")
             splitter = StratifiedKFold(self.cv, shuffle=True, random_state=self.seed)
         else:
             n_groups = np.unique(groups).size

@@ -655,6 +655,10 @@ def save_member(directory, model, metadata=None):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model_path = directory / MODEL_FILE
+    if getattr(model, "optimizer", None) is not None:
+        # A .keras file keeps a compiled model's optimizer state (Adam: twice the weights);
+        # members are only ever loaded for inference, so save an uncompiled copy.
+        model = _uncompiled_copy(model)
     with _io.atomic_path(model_path, suffix=".keras") as tmp:
         model.save(tmp)
     card = dict(metadata or {})
@@ -668,6 +672,12 @@ def save_member(directory, model, metadata=None):
     })
     _io.write_json(directory / CARD_FILE, card)
     return card
+
+
+def _uncompiled_copy(model):
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def load_member(directory, *, verify=True):

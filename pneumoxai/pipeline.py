@@ -43,6 +43,7 @@ __all__ = [
     "slices_stage",
     "report_stage",
     "run_all",
+    "stage_timings",
 ]
 
 RUN_FORMAT = 1
@@ -145,7 +146,7 @@ def prepare(run, data_root, config):
     pandas.DataFrame
         ``tables/dataset.csv``: the scan table plus ``role`` (train / val / test).
     """
-    from .data import manifest_hash, scan_dataset, split_by_patient
+    from .data import file_hashes, find_duplicates, manifest_hash, scan_dataset, split_by_patient
 
     data_cfg = config["data"]
     frame = scan_dataset(data_root)
@@ -160,6 +161,12 @@ def prepare(run, data_root, config):
     train, val = split_by_patient(train_pool, data_cfg["val_fraction"], seed=data_cfg["split_seed"])
     table = pd.concat([train.assign(role="train"), val.assign(role="val"), test.assign(role="test")],
                       ignore_index=True)
+    for role, rows in table.groupby("role"):
+        counts = np.bincount(rows["label"], minlength=2)
+        if (counts == 0).any():
+            raise DataError(f"The {role} data holds {counts[0]} NORMAL and {counts[1]} PNEUMONIA images; "
+                            "training, validation and testing each need both classes.")
+    table["sha256"] = file_hashes(table)
     record = {
         "format": RUN_FORMAT,
         "data_root": str(Path(data_root).resolve()),
@@ -180,6 +187,14 @@ def prepare(run, data_root, config):
     _io.write_json(run_json, record)
     _io.write_csv(run.table("dataset.csv"), table, index=False)
     _report_leakage(table)
+    duplicates = find_duplicates(table, by="role")
+    _io.write_csv(run.table("duplicates.csv"), duplicates, index=False)
+    if len(duplicates):
+        roles = duplicates.groupby("sha256")["role"].agg(lambda r: "/".join(sorted(set(r))))
+        warnings.warn(
+            f"{roles.size} image(s) are byte-identical copies across {', '.join(sorted(set(roles)))} "
+            f"(e.g. {Path(duplicates['path'].iloc[0]).name}): leakage between training and evaluation data; "
+            "see tables/duplicates.csv.", UserWarning, stacklevel=2)
     return table
 
 
@@ -463,8 +478,13 @@ def evaluate_stage(run, config, *, verbose="auto"):
 
     combiners = {PRIMARY: SoftVoting(), "soft voting (optimized)": SoftVoting(weights="optimize"),
                  "hard voting": HardVoting()}
-    if len(names) > 1:
+    smaller_class = int(min(y_val.sum(), len(y_val) - y_val.sum()))
+    if len(names) > 1 and smaller_class >= evaluate_cfg["stacking_cv"]:
         combiners["stacking"] = Stacking(cv=evaluate_cfg["stacking_cv"], features="logit")
+    elif len(names) > 1:
+        warnings.warn(f"Stacking left out: its {evaluate_cfg['stacking_cv']} cross-validation folds need as many "
+                      f"validation images of each class, and the smaller class has {smaller_class} "
+                      "(lower evaluate.stacking_cv or enlarge the validation split).", UserWarning, stacklevel=2)
     val_probs = {name: P_val[name].to_numpy() for name in names}
     test_probs = {name: P_test[name].to_numpy() for name in names}
     fitted = {}
@@ -649,9 +669,37 @@ def _run_stage(run, config, stage, function, **kwargs):
     if marker.exists() and _io.read_json(marker).get("key") == key:
         _log(f"{stage}: inputs unchanged, skipped")
         return False
+    started = time.perf_counter()
     function(run, config, **kwargs)
-    _io.write_json(marker, {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    _io.write_json(marker, {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "seconds": time.perf_counter() - started, "peak_rss_mb": _peak_rss_mb()})
     return True
+
+
+def _peak_rss_mb():
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def stage_timings(run):
+    """Seconds and peak memory of the stages that ran in ``run`` (``tables/timings.csv``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per stage: ``stage``, ``seconds``, ``peak_rss_mb`` (the process's peak
+        resident memory when the stage finished), ``finished``.
+    """
+    rows = []
+    for stage in ("train", "evaluate", "explain", "slices"):
+        marker = run.path("cache", "stages", f"{stage}.json")
+        if marker.exists():
+            record = _io.read_json(marker)
+            rows.append({"stage": stage, **{k: record.get(k) for k in ("seconds", "peak_rss_mb", "finished")}})
+    return pd.DataFrame(rows, columns=["stage", "seconds", "peak_rss_mb", "finished"])
 
 
 def run_all(run, config, data_root, *, skip=(), verbose="auto", strategy="default"):
@@ -665,12 +713,17 @@ def run_all(run, config, data_root, *, skip=(), verbose="auto", strategy="defaul
     from .report import summary_text
 
     started = time.perf_counter()
-    train_stage(run, config, data_root, verbose=verbose, strategy=strategy)
+    summary = train_stage(run, config, data_root, verbose=verbose, strategy=strategy)
+    if (summary["status"] == "trained").any():
+        _io.write_json(run.path("cache", "stages", "train.json"), {
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.perf_counter() - started,
+            "peak_rss_mb": _peak_rss_mb()})
     _run_stage(run, config, "evaluate", evaluate_stage, verbose=verbose)
     if "explain" not in skip:
         _run_stage(run, config, "explain", explain_stage)
     if "slices" not in skip:
         _run_stage(run, config, "slices", slices_stage)
+    _io.write_csv(run.table("timings.csv"), stage_timings(run), index=False)
     report_stage(run, config)
     _log(f"run finished in {time.perf_counter() - started:.0f} s; report: {run.path('report.html')}")
     summary = summary_text(run.root)

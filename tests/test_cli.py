@@ -138,3 +138,10 @@ def test_strategy_flag_reaches_training(monkeypatch, tmp_path, capsys, make_kagg
     assert seen["strategy"] == "mirrored"
     with pytest.raises(SystemExit):
         cli.main(["train", "--data", str(root), "--out", str(tmp_path / "r2"), "--strategy", "horovod"])
+
+
+def test_warnings_print_as_one_line():
+    cli._configure_runtime()
+    import warnings
+
+    assert warnings.formatwarning("leak found", UserWarning, "x.py", 3) == "pneumoxai: warning: leak found\n"

@@ -138,6 +138,8 @@ def test_stacking_needs_enough_samples_or_patients_per_fold():
     y = np.r_[np.ones(37, int), np.zeros(3, int)]
     with pytest.raises(DataError, match="the smaller class has 3"):
         Stacking(cv=5).fit(P, y)
+    with pytest.raises(DataError, match="the smaller class has 3"):  # patient folds too, not scikit-learn's error
+        Stacking(cv=5).fit(P, y, groups=np.arange(40))
     with pytest.raises(DataError, match="groups has 4"):
         Stacking(cv=5).fit(P, np.tile([0, 1], 20), groups=np.arange(40) % 4)
 

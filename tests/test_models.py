@@ -136,6 +136,10 @@ def test_save_load_round_trip_identical_predictions(trained_member, generated_im
     np.testing.assert_array_equal(models.predict_proba(model, images), models.predict_proba(loaded, images))
     assert loaded_card["model_sha256"] == card["model_sha256"] and loaded_card["versions"]["keras"]
     assert not list((tmp_path / "m").glob(".*"))
+    # No optimizer state (Adam would add two copies of the weights): inference needs none.
+    weight_bytes = sum(w.nbytes for w in model.get_weights())
+    assert (tmp_path / "m" / "model.keras").stat().st_size < 1.2 * weight_bytes
+    assert oct((tmp_path / "m" / "card.json").stat().st_mode & 0o777) != oct(0o600)
 
 
 def test_load_member_refuses_corrupt_foreign_and_lambda(trained_member, tmp_path):

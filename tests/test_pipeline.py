@@ -21,7 +21,7 @@ SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke
 TABLES = ("dataset.csv", "results.csv", "results.md", "predictions_val.csv", "predictions_test.csv",
           "comparisons.csv", "diversity.csv", "ensemble_size.csv", "ensemble.json", "zone_attention.csv",
           "zone_attention_all.csv", "explain_summary.csv", "failure_slices.csv", "member_failure_slices.csv",
-          "slice_features.csv")
+          "slice_features.csv", "timings.csv")
 FIGURES = ("roc", "pr", "confusion", "reliability", "threshold", "diversity", "ensemble_size", "gallery",
            "mean_maps", "zone_attention", "slices_features")
 
@@ -67,6 +67,9 @@ def test_run_writes_every_table_and_figure(smoke_run):
     assert dataset.groupby(["role", "label"]).size().loc["test"].tolist() == [30, 30]
     assert not set(dataset[dataset.role == "train"].patient_id) & set(dataset[dataset.role == "val"].patient_id)
     assert not list(out.rglob(".*.tmp")) and not (out / ".lock").exists()
+    timings = pd.read_csv(out / "tables" / "timings.csv", index_col="stage")
+    assert list(timings.index) == ["train", "evaluate", "explain", "slices"]
+    assert (timings["seconds"] > 0).all() and (timings["peak_rss_mb"] > 100).all()
 
 
 def test_interrupted_run_resumed_without_retraining_the_finished_member(smoke_run):

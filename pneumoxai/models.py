@@ -675,7 +675,8 @@ def save_member(directory, model, metadata=None):
 
 
 def _uncompiled_copy(model):
-    copy = keras.models.clone_model(model)
+    # Not keras.models.clone_model: it compiles the clone like the original.
+    copy = model.__class__.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
 

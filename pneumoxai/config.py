@@ -206,7 +206,7 @@ def parse_config(raw):
     >>> parse_config({"members": [{"name": "m0", "epochs": 3}]})
     Traceback (most recent call last):
     ...
-    pneumoxai.errors.ConfigError: Unknown config key(s) ['epochs'] in 'members[0]'; valid keys: [...]
+    pneumoxai.errors.ConfigError: Unknown config key(s) ['epochs'] in 'members[0]'; valid keys: [...].
     """
     if raw is None:
         raw = {}

@@ -535,7 +535,9 @@ def make_dataset(images, labels=None, *, batch_size=32, training=False, augment=
             def apply(x, *rest):
                 return (tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0), *rest)
 
-            dataset = dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+            # Sequential on purpose: the layers draw from one seed-generator state, and
+            # parallel calls would race for it, so a seed would not reproduce a run.
+            dataset = dataset.map(apply)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

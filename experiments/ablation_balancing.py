@@ -4,7 +4,8 @@ Every arm is the CPU-profile member (ResNet50 from scratch, 64 px) with the same
 split and epochs; only ``balancing`` differs. Each arm is scored on the patient-grouped
 validation split and on the official test split (threshold chosen on validation).
 
-    python experiments/ablation_balancing.py --data ../shared/data/chest_xray --out runs/ablation
+    python experiments/ablation_balancing.py --data ../shared/data/chest_xray --out runs/ablation \
+        [--epochs 4] [--max-train-images 1500]
 
 Writes ``figures/ablation_balancing/`` (results.csv, results.md, auc.png/pdf).
 """
@@ -31,11 +32,14 @@ def main(argv=None):
     parser.add_argument("--data", default="../shared/data/chest_xray")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--max-train-images", type=int, default=None,
+                        help="train every arm on the same random subset of the train split (the 2-core budget)")
     parser.add_argument("--figures", default=str(HERE.parent / "figures" / "ablation_balancing"))
     args = parser.parse_args(argv)
 
     raw = yaml.safe_load((HERE / "configs" / "cpu.yaml").read_text())
     raw["defaults"]["epochs_frozen"] = args.epochs
+    raw["defaults"]["max_train_images"] = args.max_train_images
     raw["members"] = [{"name": f"bal_{method}", "seed": 0, "balancing": method} for method in METHODS]
     config = cfg.parse_config(raw)
     run = pipeline.RunFolder(args.out)
@@ -73,7 +77,8 @@ def main(argv=None):
                         fmt="o", color=color, capsize=3, label=f"{split} split")
         ax.set_xticks(range(len(METHODS)), METHODS)
         ax.set_ylabel("ROC AUC (95% CI, patient bootstrap)")
-        ax.set_title("Class balancing ablation (ResNet50 from scratch, 64 px, seed 0)")
+        subset = f", {args.max_train_images} train images" if args.max_train_images else ""
+        ax.set_title(f"Class balancing ablation (ResNet50 from scratch, 64 px, {args.epochs} epochs{subset})")
         ax.legend()
         save_figure(fig, out / "auc")
         plt.close(fig)

@@ -36,7 +36,8 @@ def pooled_predictions(run_dirs):
         config = parse_config(json.loads(run.path("config.json").read_text()))
         for role in pools:
             P, frame = pipeline.member_predictions(run, config, role, progress=False)
-            pools[role].append(P)
+            # Runs reuse member names (r50_s0 in every CPU run); the folder tells them apart.
+            pools[role].append(P.add_prefix(f"{Path(run_dir).name}/") if len(run_dirs) > 1 else P)
             rows[role] = frame
     if len(manifests) != 1:
         raise SystemExit("The runs were made on different splits; their members cannot be pooled.")

@@ -279,7 +279,7 @@ x = rng.normal(0.35, 0.05, (96, 32, 32, 3)).clip(0, 1).astype(np.float32)
 y = np.arange(96) % 2
 x[y == 1, 8:24, 4:16, :] = 0.9
 config = parse_config({"members": [{"name": "m", "weights": None, "image_size": 32, "dense_units": [16],
-                                    "batch_size": 16, "epochs_frozen": 4, "epochs_finetune": 0,
+                                    "batch_size": 16, "epochs_frozen": 2, "epochs_finetune": 0,
                                     "learning_rate": 1e-3, "bn_momentum": 0.9, "recalibrate_bn": True,
                                     "balancing": "none", "augment": {}}]})["members"][0]
 strategy = models.get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])

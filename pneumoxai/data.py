@@ -359,23 +359,23 @@ def _decode(path, size):
     image = cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise ValueError("not a decodable image")
-    if image.dtype == np.uint8:
-        scale = 255.0
-    elif image.dtype == np.uint16:
-        scale = 65535.0
-    elif image.dtype in (np.float32, np.float64):
-        scale = 1.0
-    else:
+    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         raise ValueError(f"unsupported pixel type {image.dtype}")
     if min(image.shape[:2]) < 8:
         raise ValueError(f"image too small ({image.shape[1]}x{image.shape[0]})")
-    # INTER_AREA averages source pixels when shrinking, which avoids aliasing.
-    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
-    image = cv2.resize(image.astype(np.float32), (size, size), interpolation=interpolation)
-    image = np.clip(image / scale, 0.0, 1.0)
+    integer_max = np.iinfo(image.dtype).max if image.dtype.kind == "u" else None
+    image = image.astype(np.float32)
+    if image.shape[:2] != (size, size):
+        # INTER_AREA averages source pixels when shrinking, which avoids aliasing.
+        interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+        image = cv2.resize(image, (size, size), interpolation=interpolation)
+    if integer_max is not None:
+        # Integer pixels are finite and in range: one in-place scaling, no clip or NaN check.
+        image *= np.float32(1.0 / integer_max)
+        return image
     if not np.isfinite(image).all():
         raise ValueError("non-finite pixel values")
-    return image
+    return np.clip(image, 0.0, 1.0)
 
 
 def load_images(paths, size=224, *, channels=3, n_jobs=None, return_mask=False):

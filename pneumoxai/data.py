@@ -370,9 +370,10 @@ def _decode(path, size):
         interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
         image = cv2.resize(image, (size, size), interpolation=interpolation)
     if integer_max is not None:
-        # Integer pixels are finite and in range: one in-place scaling, no clip or NaN check.
-        image *= np.float32(1.0 / integer_max)
-        return image
+        # Integer pixels are finite: scale and clip in place (interpolation can overshoot
+        # by a rounding error), no NaN scan.
+        image /= np.float32(integer_max)
+        return np.clip(image, 0.0, 1.0, out=image)
     if not np.isfinite(image).all():
         raise ValueError("non-finite pixel values")
     return np.clip(image, 0.0, 1.0)

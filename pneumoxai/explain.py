@@ -154,7 +154,7 @@ def _check_images(images, model=None, *, name="images"):
         raise DataError(f"{name} contain NaN or infinite values ({int((~finite).sum())} entries)")
     if arr.min() < 0 or arr.max() > 1:
         raise DataError(
-            f"{name} must be scaled to [0, 1]; got values in [{arr.min():.3g}, {arr.max():.3g}] "
+            f"{name} must be scaled to [0, 1]; got values in [{arr.min():.9g}, {arr.max():.9g}] "
             "(divide uint8 images by 255)"
         )
     if model is not None:

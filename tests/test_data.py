@@ -115,6 +115,18 @@ def test_load_images_matches_direct_opencv(tmp_path):
     np.testing.assert_array_equal(out[0, ..., 0], out[0, ..., 2])
 
 
+@pytest.mark.parametrize("size", [16, 24, 40])  # shrink, enlarge, keep
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_load_images_white_is_exactly_one_and_nothing_exceeds_it(tmp_path, size, dtype):
+    top = np.iinfo(dtype).max
+    gray = np.full((40, 40), top, dtype=dtype)
+    gray[:, :16] = np.random.default_rng(0).integers(0, top, (40, 16), dtype=dtype)  # right side stays white
+    out = data.load_images([write_image(tmp_path / "w.png", gray)], size=size)
+    assert out.max() == 1.0 and out.min() >= 0.0
+    if size == 40:
+        np.testing.assert_array_equal(out[0, ..., 1], gray / np.float32(top))
+
+
 def test_load_images_handles_16bit_and_alpha(tmp_path):
     sixteen = np.full((32, 32), 65535 // 2, dtype=np.uint16)
     rgba = np.zeros((32, 32, 4), dtype=np.uint8)

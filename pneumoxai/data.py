@@ -185,7 +185,7 @@ def manifest_hash(frame, content=True):
         Hex SHA-256 digest.
     """
     digest = hashlib.sha256()
-    hashes = (frame["sha256"].to_numpy() if "sha256" in frame.columns else file_hashes(frame)) if content else None
+    hashes = _known_hashes(frame) if content else None
     for row, (path, label) in enumerate(zip(frame["path"], frame["label"])):
         digest.update(f"{Path(path).name}\0{int(label)}\0".encode())
         if content:
@@ -222,6 +222,11 @@ def file_hashes(frame):
         return np.array(list(pool.map(digest, frame["path"])), dtype=object).astype(str)
 
 
+def _known_hashes(frame):
+    """The table's ``sha256`` column when it has one (run tables do), else the files' hashes."""
+    return frame["sha256"].to_numpy() if "sha256" in frame.columns else file_hashes(frame)
+
+
 def find_duplicates(frame, *, by="split"):
     """Byte-identical files that sit in more than one group (split or role): leakage.
 
@@ -252,7 +257,7 @@ def find_duplicates(frame, *, by="split"):
     """
     if by not in frame.columns:
         raise ConfigError(f"The 'by' parameter of find_duplicates must name a column; got {by!r}.")
-    hashes = frame["sha256"].to_numpy() if "sha256" in frame.columns else file_hashes(frame)
+    hashes = _known_hashes(frame)
     table = frame.assign(sha256=hashes)
     table = table[table["sha256"] != "<missing>"]
     spread = table.groupby("sha256")[by].nunique()

@@ -173,9 +173,9 @@ def plot_confusion_matrices(y_true, probs, *, threshold=0.5, path=None, formats=
         missing = sorted(set(models) - set(threshold))
         if missing:
             raise ConfigError(f"threshold dict has no entry for models {missing}.")
-        thresholds = {name: _check_threshold(threshold[name]) for name in models}
+        thresholds = {name: _check_threshold("plot_confusion_matrices", threshold[name]) for name in models}
     else:
-        thresholds = dict.fromkeys(models, _check_threshold(threshold))
+        thresholds = dict.fromkeys(models, _check_threshold("plot_confusion_matrices", threshold))
     with style():
         fig = Figure(figsize=(1.2 + 3.0 * len(models), 3.4), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(models), sharey=True))
@@ -223,7 +223,7 @@ def plot_reliability(y_true, probs, *, n_bins=10, path=None, formats=("png", "pd
     (2, 2)
     """
     y, models = _as_models(y_true, probs)
-    _check_n_bins(n_bins)
+    _check_n_bins("plot_reliability", n_bins)
     with style():
         fig = Figure(figsize=(4.8, 5.4))
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -278,7 +278,7 @@ def plot_threshold_analysis(y_true, y_prob, *, threshold=None, method="youden", 
         threshold = choose_threshold(y, p, method=method, target=target)
         how = method
     else:
-        threshold = _check_threshold(threshold)
+        threshold = _check_threshold("plot_threshold_analysis", threshold)
         how = "given"
     grid = np.linspace(0, 1, 201)
     # Count predictions >= t for every grid threshold at once.
@@ -323,7 +323,8 @@ def plot_diversity(table, *, measure="disagreement", path=None, formats=("png", 
     2
     """
     if measure not in _DIVERSITY_MEASURES:
-        raise ConfigError(f"measure must be one of {_DIVERSITY_MEASURES}; got {measure!r}.")
+        raise ConfigError(f"The 'measure' parameter of plot_diversity must be one of {_DIVERSITY_MEASURES}; "
+                          f"got {measure!r}.")
     missing = {"member_a", "member_b", measure} - set(table.columns)
     if missing:
         raise DataError(f"table lacks columns {sorted(missing)}; pass the output of ensemble.diversity.")

@@ -213,7 +213,8 @@ def plot_feature_distributions(
     ['brightness', 'contrast']
     """
     if kind not in DISTRIBUTION_KINDS:
-        raise ConfigError(f"kind must be one of {DISTRIBUTION_KINDS}; got {kind!r}")
+        raise ConfigError(f"The 'kind' parameter of plot_feature_distributions must be one of "
+                          f"{DISTRIBUTION_KINDS}; got {kind!r}.")
     outcome = _outcomes(y_true, y_prob, threshold, len(frame))
     if columns is None:
         columns = [

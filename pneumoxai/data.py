@@ -477,7 +477,7 @@ def balance(images, labels, method="none", *, seed=0):
     """
     labels = np.asarray(labels).astype(np.int64)
     if method not in BALANCING_METHODS:
-        raise ConfigError(f"The 'balancing' parameter must be one of {list(BALANCING_METHODS)}; got {method!r}.")
+        raise ConfigError(f"The 'method' parameter of balance must be one of {list(BALANCING_METHODS)}; got {method!r}.")
     counts = np.bincount(labels, minlength=2)
     if (counts == 0).any():
         raise DataError(f"Training data needs both classes; got {counts[0]} NORMAL and {counts[1]} PNEUMONIA images.")

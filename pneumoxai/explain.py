@@ -55,8 +55,7 @@ with warnings.catch_warnings():
     from tf_keras_vis.utils.model_modifiers import ModelModifier, ReplaceToLinear
     from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
-from ._lungs import ZONE_NAMES
-from ._lungs import zones as _lung_zones
+from ._lungs import ZONE_NAMES, lung_mask, zones
 from .errors import ConfigError, DataError
 
 __all__ = [
@@ -66,6 +65,7 @@ __all__ = [
     "FAITHFULNESS_METRICS",
     "RANDOMIZATION_METHODS",
     "ZONE_COLUMNS",
+    "ZONE_NAMES",
     "MapExplainer",
     "GradCAM",
     "GradCAMPlusPlus",
@@ -78,6 +78,8 @@ __all__ = [
     "saliency",
     "shap_maps",
     "background_sample",
+    "lung_mask",
+    "zones",
     "zone_attention",
     "deletion_auc",
     "insertion_auc",
@@ -102,15 +104,19 @@ _PERTURBATION_MAX_BYTES = 2**28  # cap on the perturbed copies of deletion/inser
 # --------------------------------------------------------------------------- checks
 
 
-def _choice(name, value, allowed):
+def _param_error(owner, name, description, value):
+    return ConfigError(f"The {name!r} parameter of {owner} must be {description}; got {value!r}.")
+
+
+def _choice(owner, name, value, allowed):
     if not isinstance(value, str) or value not in allowed:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}")
+        raise _param_error(owner, name, "one of " + ", ".join(map(repr, allowed)), value)
     return value
 
 
-def _positive_int(name, value, minimum=1):
+def _positive_int(owner, name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        raise _param_error(owner, name, f"an int >= {minimum}", value)
     return int(value)
 
 
@@ -196,19 +202,19 @@ def _predict_proba(model, x, batch_size):
     return model.predict(x, batch_size=batch_size, verbose=0)[:, 0].astype(np.float64)
 
 
-def _target_is_pneumonia(target, model, x, batch_size):
+def _target_is_pneumonia(owner, target, model, x, batch_size):
     """Resolve ``target`` to a bool (n,) array: True explains PNEUMONIA, False NORMAL."""
     n = len(x)
     if isinstance(target, str):
-        _choice("target", target, TARGETS)
+        _choice(owner, "target", target, TARGETS)
         if target == "predicted":
             return _predict_proba(model, x, batch_size) >= _THRESHOLD
         return np.full(n, target == "pneumonia")
     arr = np.asarray(target)
     if arr.shape != (n,) or not (arr.dtype == bool or np.isin(arr, (0, 1)).all()):
         raise ConfigError(
-            f"target must be one of {TARGETS} or a length-{n} array of booleans/0-1 "
-            f"(True = PNEUMONIA); got shape {arr.shape}"
+            f"The 'target' parameter of {owner} must be one of {TARGETS} or a length-{n} array of "
+            f"booleans/0-1 (True = PNEUMONIA); got an array of shape {arr.shape}."
         )
     return arr.astype(bool)
 
@@ -315,7 +321,7 @@ class MapExplainer:
     def __init__(self, model, *, batch_size=16):
         self._output_name = _check_model(model)
         self.model = model
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.batch_size = _positive_int(type(self).__name__, "batch_size", batch_size)
 
     def __call__(self, images, *, target="pneumonia"):
         """Explain ``images``.
@@ -334,7 +340,7 @@ class MapExplainer:
             One map per image at input resolution; in [0, 1] unless ``signed``.
         """
         x = _check_images(images, self.model)
-        is_pneumonia = _target_is_pneumonia(target, self.model, x, self.batch_size)
+        is_pneumonia = _target_is_pneumonia(type(self).__name__, target, self.model, x, self.batch_size)
         out = np.empty(x.shape[:3], np.float32)
         step = self._images_per_call(x.shape)
         for start in range(0, len(x), step):
@@ -407,7 +413,7 @@ class ScoreCAM(MapExplainer):
         super().__init__(model, batch_size=batch_size)
         self.layer = _feature_layer(model, layer)
         self.channels = int(model.get_layer(self.layer).output.shape[-1])
-        self.max_n = min(_positive_int("max_n", max_n), self.channels)
+        self.max_n = min(_positive_int("ScoreCAM", "max_n", max_n), self.channels)
         self._vis = Scorecam(model, model_modifier=[ReplaceToLinear(), _TwoClassLogits()], clone=True)
 
     def _images_per_call(self, shape):
@@ -450,9 +456,9 @@ class SaliencyMap(MapExplainer):
 
     def __init__(self, model, *, smooth_samples=0, noise=0.2, seed=0, batch_size=16):
         super().__init__(model, batch_size=batch_size)
-        self.smooth_samples = _positive_int("smooth_samples", smooth_samples, minimum=0)
+        self.smooth_samples = _positive_int("SaliencyMap", "smooth_samples", smooth_samples, minimum=0)
         if not np.isfinite(noise) or noise <= 0:
-            raise ConfigError(f"noise must be a positive number; got {noise!r}")
+            raise _param_error("SaliencyMap", "noise", "a positive number", noise)
         self.noise = float(noise)
         self._rng = np.random.default_rng(seed)
         self._vis = Saliency(model, model_modifier=ReplaceToLinear(), clone=True)
@@ -500,7 +506,7 @@ class GradientSHAP(MapExplainer):
         super().__init__(model, batch_size=batch_size)
         shap = _import_shap()
         background = _check_images(background, model, name="background")
-        self.n_samples = _positive_int("n_samples", n_samples)
+        self.n_samples = _positive_int("GradientSHAP", "n_samples", n_samples)
         self.seed = int(seed)
         self._explainer = shap.GradientExplainer(
             _logit_model(model, self._output_name), background, batch_size=self.batch_size
@@ -537,8 +543,8 @@ class PartitionSHAP(MapExplainer):
 
     def __init__(self, model, *, max_evals=256, blur=None, seed=0, batch_size=16):
         super().__init__(model, batch_size=batch_size)
-        self.max_evals = _positive_int("max_evals", max_evals, minimum=8)
-        self.blur = None if blur is None else _positive_int("blur", blur)
+        self.max_evals = _positive_int("PartitionSHAP", "max_evals", max_evals, minimum=8)
+        self.blur = None if blur is None else _positive_int("PartitionSHAP", "blur", blur)
         self.seed = int(seed)
         self._logit = _logit_model(model, self._output_name)
 
@@ -560,8 +566,8 @@ class PartitionSHAP(MapExplainer):
 _CAM_CLASSES = dict(zip(CAM_METHODS, (GradCAM, GradCAMPlusPlus, ScoreCAM)))
 
 
-def _cam_explainer(model, method, layer, batch_size, max_n):
-    cls = _CAM_CLASSES[_choice("method", method, CAM_METHODS)]
+def _cam_explainer(owner, model, method, layer, batch_size, max_n):
+    cls = _CAM_CLASSES[_choice(owner, "method", method, CAM_METHODS)]
     options = {"max_n": max_n} if cls is ScoreCAM else {}
     return cls(model, layer=layer, batch_size=batch_size, **options)
 
@@ -612,7 +618,7 @@ def gradcam(model, images, *, method="gradcam", layer=None, target="pneumonia", 
     >>> maps.shape, maps.dtype, bool(0 <= maps.min() and maps.max() <= 1)
     ((2, 8, 8), dtype('float32'), True)
     """
-    return _cam_explainer(model, method, layer, batch_size, max_n)(images, target=target)
+    return _cam_explainer("gradcam", model, method, layer, batch_size, max_n)(images, target=target)
 
 
 def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=None,
@@ -640,21 +646,20 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
     """
     models = list(models)
     if not models:
-        raise ConfigError("models is empty")
+        raise _param_error("ensemble_gradcam", "models", "a non-empty list of models", models)
     w = np.full(len(models), 1.0) if weights is None else np.asarray(weights, np.float64)
     if w.shape != (len(models),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ConfigError(
-            f"weights must be {len(models)} finite non-negative numbers with a positive sum; got {weights!r}"
-        )
+        raise _param_error("ensemble_gradcam", "weights",
+                           f"{len(models)} finite non-negative numbers with a positive sum", weights)
     w = w / w.sum()
     for model in models:
         _check_model(model)
     x = _check_images(images, models[0])
-    if isinstance(target, str) and _choice("target", target, TARGETS) == "predicted":
+    if isinstance(target, str) and _choice("ensemble_gradcam", "target", target, TARGETS) == "predicted":
         proba = sum(wi * _predict_proba(m, x, batch_size) for wi, m in zip(w, models))
         target = proba >= _THRESHOLD
     maps = np.stack([
-        _cam_explainer(m, method, layer, batch_size, max_n)(x, target=target) for m in models
+        _cam_explainer("ensemble_gradcam", m, method, layer, batch_size, max_n)(x, target=target) for m in models
     ])
     combined = np.tensordot(w, maps, axes=1)
     spread = np.sqrt(np.tensordot(w, (maps - combined) ** 2, axes=1))
@@ -704,10 +709,11 @@ def shap_maps(model, images, background=None, *, method="gradient", target="pneu
     ndarray of float32, shape (n, H, W)
         Attributions summed over channels, in log-odds units.
     """
-    _choice("method", method, SHAP_METHODS)
+    _choice("shap_maps", "method", method, SHAP_METHODS)
     if method == "gradient":
         if background is None:
-            raise ConfigError("method='gradient' needs a background (see background_sample)")
+            raise ConfigError("The 'background' parameter of shap_maps is required with method='gradient' "
+                              "(see background_sample); got None.")
         explainer = GradientSHAP(model, background, n_samples=n_samples, seed=seed, batch_size=batch_size)
     else:
         if background is not None:
@@ -737,7 +743,7 @@ def background_sample(images, labels, *, n=32, seed=0):
     y = np.asarray(labels)
     if y.shape != (len(x),) or not np.isin(y, (0, 1)).all():
         raise DataError(f"labels must be {len(x)} values in {{0, 1}}; got shape {y.shape}")
-    n = min(_positive_int("n", n), len(x))
+    n = min(_positive_int("background_sample", "n", n), len(x))
     pools = [np.flatnonzero(y == c) for c in (0, 1)]
     take_pos = min(n // 2 + n % 2, len(pools[1]))
     take_neg = min(n - take_pos, len(pools[0]))
@@ -756,7 +762,7 @@ def zone_attention(maps, masks_or_zones):
     maps : array_like, shape (n, H, W)
         Attention or attribution maps; negative values are ignored.
     masks_or_zones : array_like, shape (n, H, W)
-        Bool lung masks (split with :func:`pneumoxai._lungs.zones`) or integer zone
+        Bool lung masks (split with :func:`zones`) or integer zone
         ids 0..6 (0 = outside the lungs).
 
     Returns
@@ -775,7 +781,7 @@ def zone_attention(maps, masks_or_zones):
     if not np.isfinite(m).all():
         raise DataError("maps contain NaN or infinite values")
     if z.dtype == bool:
-        z = _lung_zones(z)
+        z = zones(z)
     elif not np.issubdtype(z.dtype, np.integer) or z.min() < 0 or z.max() > len(ZONE_NAMES):
         raise DataError(f"zone ids must be integers in 0..{len(ZONE_NAMES)}, or pass bool masks")
     n, k = len(m), len(ZONE_NAMES) + 1
@@ -793,26 +799,26 @@ def zone_attention(maps, masks_or_zones):
 # --------------------------------------------------------------------------- faithfulness
 
 
-def _baseline_images(x, baseline):
+def _baseline_images(owner, x, baseline):
     if isinstance(baseline, str):
         if baseline != "blur":
-            raise ConfigError(f"baseline must be a number in [0, 1] or 'blur'; got {baseline!r}")
+            raise _param_error(owner, "baseline", "a number in [0, 1] or 'blur'", baseline)
         sigma = max(1.0, x.shape[1] / 20)  # ~11 px at 224, as RISE's insertion blur
         return scipy.ndimage.gaussian_filter(x, sigma=(0, sigma, sigma, 0))
     if not np.isscalar(baseline) or not 0 <= baseline <= 1:
-        raise ConfigError(f"baseline must be a number in [0, 1] or 'blur'; got {baseline!r}")
+        raise _param_error(owner, "baseline", "a number in [0, 1] or 'blur'", baseline)
     return np.full_like(x, baseline)
 
 
-def _perturbation_auc(model, images, maps, *, insert, steps, baseline, target, batch_size):
+def _perturbation_auc(owner, model, images, maps, *, insert, steps, baseline, target, batch_size):
     """AUC of the target-class probability while pixels are deleted/inserted by saliency."""
     _check_model(model)
     x = _check_images(images, model)
     m = _check_maps(maps, x)
-    steps = _positive_int("steps", steps)
-    batch_size = _positive_int("batch_size", batch_size)
-    is_pneumonia = _target_is_pneumonia(target, model, x, batch_size)
-    base = _baseline_images(x, baseline)
+    steps = _positive_int(owner, "steps", steps)
+    batch_size = _positive_int(owner, "batch_size", batch_size)
+    is_pneumonia = _target_is_pneumonia(owner, target, model, x, batch_size)
+    base = _baseline_images(owner, x, baseline)
     n, height, width = m.shape
     # rank[i, p] = position of pixel p in image i's saliency order (0 = most salient).
     order = np.argsort(-m.reshape(n, -1), axis=1, kind="stable")
@@ -858,7 +864,7 @@ def deletion_auc(model, images, maps, *, steps=20, baseline=0.0, target="pneumon
     ndarray of float64, shape (n,)
         Per-image area under the probability curve, in [0, 1].
     """
-    return _perturbation_auc(model, images, maps, insert=False, steps=steps, baseline=baseline,
+    return _perturbation_auc("deletion_auc", model, images, maps, insert=False, steps=steps, baseline=baseline,
                              target=target, batch_size=batch_size)
 
 
@@ -868,7 +874,7 @@ def insertion_auc(model, images, maps, *, steps=20, baseline="blur", target="pne
     Starting from ``baseline`` (a blurred image by default, as in RISE), the most
     salient pixels are restored first. Parameters and return as in :func:`deletion_auc`.
     """
-    return _perturbation_auc(model, images, maps, insert=True, steps=steps, baseline=baseline,
+    return _perturbation_auc("insertion_auc", model, images, maps, insert=True, steps=steps, baseline=baseline,
                              target=target, batch_size=batch_size)
 
 
@@ -892,17 +898,17 @@ def random_map_baseline(model, images, *, metric="deletion", n_maps=3, steps=20,
     ndarray of float64, shape (n,)
         Mean AUC over the random maps.
     """
-    _choice("metric", metric, FAITHFULNESS_METRICS)
-    n_maps = _positive_int("n_maps", n_maps)
+    _choice("random_map_baseline", "metric", metric, FAITHFULNESS_METRICS)
+    n_maps = _positive_int("random_map_baseline", "n_maps", n_maps)
     x = _check_images(images)
     if baseline is None:
         baseline = 0.0 if metric == "deletion" else "blur"
     if not isinstance(target, str):  # per-image targets follow the repeated images
         target = np.tile(np.asarray(target), n_maps)
     maps = np.random.default_rng(seed).random((n_maps,) + x.shape[:3], dtype=np.float32)
-    auc = _perturbation_auc(model, np.tile(x, (n_maps, 1, 1, 1)), maps.reshape((-1,) + x.shape[1:3]),
-                            insert=metric == "insertion", steps=steps, baseline=baseline,
-                            target=target, batch_size=batch_size)
+    auc = _perturbation_auc("random_map_baseline", model, np.tile(x, (n_maps, 1, 1, 1)),
+                            maps.reshape((-1,) + x.shape[1:3]), insert=metric == "insertion", steps=steps,
+                            baseline=baseline, target=target, batch_size=batch_size)
     return auc.reshape(n_maps, len(x)).mean(axis=0)
 
 
@@ -977,16 +983,17 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
         Per-image Spearman correlation; NaN where a map is constant (e.g. an all-zero
         ReLU-clipped CAM), which carries no ranking.
     """
-    _choice("method", method, RANDOMIZATION_METHODS)
+    _choice("randomization_check", "method", method, RANDOMIZATION_METHODS)
     _check_model(model)
-    n_layers = _positive_int("n_layers", n_layers)
+    n_layers = _positive_int("randomization_check", "n_layers", n_layers)
     x = _check_images(images, model)
-    target = _target_is_pneumonia(target, model, x, _positive_int("batch_size", batch_size))
+    batch_size = _positive_int("randomization_check", "batch_size", batch_size)
+    target = _target_is_pneumonia("randomization_check", target, model, x, batch_size)
     randomized = _randomized_copy(model, n_layers, seed)
 
     def explain(m):
         if method == "saliency":
             return SaliencyMap(m, batch_size=batch_size)(x, target=target)
-        return _cam_explainer(m, method, layer, batch_size, max_n)(x, target=target)
+        return _cam_explainer("randomization_check", m, method, layer, batch_size, max_n)(x, target=target)
 
     return _spearman_rows(explain(model), explain(randomized))

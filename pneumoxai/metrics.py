@@ -124,22 +124,34 @@ def _is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _check_threshold(threshold, name="threshold"):
+def _param_error(owner, name, description, value):
+    return ConfigError(f"The {name!r} parameter of {owner} must be {description}; got {value!r}.")
+
+
+def _is_int(value, minimum):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_threshold(owner, threshold):
     if not _is_number(threshold) or not 0 <= threshold <= 1:
-        raise ConfigError(f"{name} must be a number in [0, 1]; got {threshold!r}.")
+        raise _param_error(owner, "threshold", "a number in [0, 1]", threshold)
     return float(threshold)
 
 
-def _check_bootstrap(n_boot, ci):
-    if not isinstance(n_boot, numbers.Integral) or isinstance(n_boot, bool) or n_boot < 0:
-        raise ConfigError(f"n_boot must be a non-negative integer; got {n_boot!r}.")
+def _check_ci(owner, ci):
     if not _is_number(ci) or not 0 < ci < 1:
-        raise ConfigError(f"ci must be a number strictly between 0 and 1; got {ci!r}.")
+        raise _param_error(owner, "ci", "a number strictly between 0 and 1", ci)
 
 
-def _check_n_bins(n_bins):
-    if not isinstance(n_bins, numbers.Integral) or isinstance(n_bins, bool) or n_bins < 1:
-        raise ConfigError(f"n_bins must be a positive integer; got {n_bins!r}.")
+def _check_bootstrap(owner, n_boot, ci):
+    if not _is_int(n_boot, 0):
+        raise _param_error(owner, "n_boot", "an int >= 0", n_boot)
+    _check_ci(owner, ci)
+
+
+def _check_n_bins(owner, n_bins):
+    if not _is_int(n_bins, 1):
+        raise _param_error(owner, "n_bins", "an int >= 1", n_bins)
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -176,7 +188,7 @@ def reliability_bins(y_true, y_prob, n_bins=10):
     [[2.0, 0.0], [2.0, 1.0]]
     """
     y, p = _check_binary(y_true, y_prob)
-    _check_n_bins(n_bins)
+    _check_n_bins("reliability_bins", n_bins)
     idx = _bin_index(p, n_bins)
     count = np.bincount(idx, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -218,7 +230,7 @@ def expected_calibration_error(y_true, y_prob, n_bins=10):
     0.175
     """
     y, p = _check_binary(y_true, y_prob)
-    _check_n_bins(n_bins)
+    _check_n_bins("expected_calibration_error", n_bins)
     gap = np.bincount(_bin_index(p, n_bins), weights=p - y, minlength=n_bins)
     return float(np.abs(gap).sum() / p.size)
 
@@ -575,8 +587,8 @@ def evaluate(y_true, y_prob, threshold=0.5, n_boot=1000, ci=0.95, seed=0, groups
     True
     """
     y, p = _check_binary(y_true, y_prob)
-    threshold = _check_threshold(threshold)
-    _check_bootstrap(n_boot, ci)
+    threshold = _check_threshold("evaluate", threshold)
+    _check_bootstrap("evaluate", n_boot, ci)
     groups = _check_groups(groups, y.size)
     values, cm = _point_metrics(y, p, threshold)
     intervals = {}
@@ -620,12 +632,15 @@ def choose_threshold(y_true, y_prob, method="youden", target=None):
     """
     y, p = _check_binary(y_true, y_prob)
     if method not in _THRESHOLD_METHODS:
-        raise ConfigError(f"method must be one of {_THRESHOLD_METHODS}; got {method!r}.")
+        raise _param_error("choose_threshold", "method", "one of " + ", ".join(map(repr, _THRESHOLD_METHODS)),
+                           method)
     if method == "sensitivity":
         if not _is_number(target) or not 0 < target <= 1:
-            raise ConfigError(f"method='sensitivity' needs target in (0, 1]; got {target!r}.")
+            raise _param_error("choose_threshold", "target", "a number in (0, 1] with method='sensitivity'",
+                               target)
     elif target is not None:
-        raise ConfigError(f"target is only used with method='sensitivity'; got method={method!r}.")
+        raise _param_error("choose_threshold", "target", f"None with method={method!r} (it is only used "
+                           "with method='sensitivity')", target)
     candidates = np.unique(p)[::-1]
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
@@ -712,12 +727,11 @@ def compare(y_true, p_a, p_b, threshold=0.5, ci=0.95):
     _, pb = _check_binary(y, p_b, "p_b")
     if isinstance(threshold, (tuple, list)):
         if len(threshold) != 2:
-            raise ConfigError(f"threshold must be a number or a pair of numbers; got {threshold!r}.")
-        t_a, t_b = (_check_threshold(t) for t in threshold)
+            raise _param_error("compare", "threshold", "a number or a pair of numbers", threshold)
+        t_a, t_b = (_check_threshold("compare", t) for t in threshold)
     else:
-        t_a = t_b = _check_threshold(threshold)
-    if not _is_number(ci) or not 0 < ci < 1:
-        raise ConfigError(f"ci must be a number strictly between 0 and 1; got {ci!r}.")
+        t_a = t_b = _check_threshold("compare", threshold)
+    _check_ci("compare", ci)
 
     aucs, cov = _delong(y, np.vstack([pa, pb]))
     diff = float(aucs[0] - aucs[1])
@@ -812,9 +826,8 @@ def results_table(y_true, probs, threshold=0.5, n_boot=1000, ci=0.95, seed=0, gr
         missing = sorted(set(probs) - set(threshold))
         unknown = sorted(set(threshold) - set(probs))
         if missing or unknown:
-            raise ConfigError(
-                f"threshold dict must name exactly the models; missing {missing}, unknown {unknown}."
-            )
+            raise ConfigError(f"The 'threshold' parameter of results_table must be a number or a dict naming "
+                              f"exactly the models; missing {missing}, unknown {unknown}.")
         thresholds = dict(threshold)
     else:
         thresholds = dict.fromkeys(probs, threshold)

@@ -300,7 +300,7 @@ def get_strategy(name="default", *, devices=None):
     import tensorflow as tf
 
     if name not in STRATEGIES:
-        raise ConfigError(f"The 'strategy' parameter must be one of {list(STRATEGIES)}; got {name!r}.")
+        raise ConfigError(f"The 'strategy' parameter of get_strategy must be one of {list(STRATEGIES)}; got {name!r}.")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 __all__ = [
     "Condition",
@@ -56,7 +56,6 @@ CORNER_FRACTION = 0.125  # each corner patch is H/8 x W/8
 CANNY_THRESHOLDS = (50, 150)  # hysteresis thresholds on uint8 intensities
 CONFIDENCE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # bins of max(p, 1 - p)
 _CHUNK = 64  # images per vectorised block: bounds float64 temporaries to ~25 MB at 224 px
-_IMMERKAER_1D = np.array([1.0, -2.0, 1.0])
 
 FEATURE_COLUMNS = (
     "brightness", "contrast_std", "contrast_p5_p95", "dynamic_range", "sharpness",
@@ -134,7 +133,7 @@ def image_features(images, *, masks=None):
     1       0.375         0.667               0.375
     """
     gray = _as_gray(images)
-    n, h, w = gray.shape
+    n = len(gray)
     if masks is None:
         lung_fraction = _lung_fraction_from_model(images, n)
     else:
@@ -355,7 +354,8 @@ def slice_frame(
             raise DataError(f"embeddings must have shape (n_samples, n_features); got {emb.shape}")
         _check_length(emb, n, "embeddings")
         if not 1 <= n_clusters <= n:
-            raise DataError(f"n_clusters must be in [1, n_samples={n}]; got {n_clusters}")
+            raise ConfigError(
+                f"The 'n_clusters' parameter of slice_frame must be in [1, n_samples={n}]; got {n_clusters!r}.")
         km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=10).fit(emb)
         frame["cluster"] = pd.Categorical(km.labels_)
     return frame
@@ -504,7 +504,8 @@ def find_failure_slices(
     1  contrast <= 0.288 and view == AP    30        16
     2  contrast <= 0.288 and view == PA    20        11
     """
-    y_true, y_prob = _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, n_bins)
+    y_true, y_prob = _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, n_bins,
+                                   owner="find_failure_slices")
     errors = (y_prob >= threshold).astype(int) != y_true
     n = len(frame)
     if n < 2 * min_size:
@@ -585,7 +586,8 @@ def member_failure_slices(
     names = [f"member_{j}" for j in range(probs.shape[1])] if names is None else list(names)
     if len(names) != probs.shape[1]:
         raise DataError(f"names has {len(names)} entries but member_probs has {probs.shape[1]} columns")
-    y_true, ens = _check_inputs(frame, y_true, ensemble_prob, threshold, min_size, max_order, alpha, n_bins)
+    y_true, ens = _check_inputs(frame, y_true, ensemble_prob, threshold, min_size, max_order, alpha, n_bins,
+                                owner="member_failure_slices")
     n = len(frame)
     ens_errors = (ens >= threshold).astype(int) != y_true
     if n < 2 * min_size:
@@ -624,7 +626,15 @@ def member_failure_slices(
     return out
 
 
-def _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, n_bins):
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, n_bins, *, owner):
     if not isinstance(frame, pd.DataFrame):
         raise DataError(f"frame must be a pandas DataFrame; got {type(frame).__name__}")
     if len(frame) == 0 or frame.shape[1] == 0:
@@ -632,16 +642,15 @@ def _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, 
     if frame.columns.duplicated().any():
         dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise DataError(f"frame has duplicated column names: {dup}")
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
-        raise DataError(f"min_size must be an integer >= 1; got {min_size!r}")
-    if max_order not in MAX_ORDERS:
-        raise DataError(f"max_order must be one of {MAX_ORDERS}; got {max_order!r}")
-    if not isinstance(n_bins, (int, np.integer)) or n_bins < MIN_BINS:
-        raise DataError(f"n_bins must be an integer >= {MIN_BINS}; got {n_bins!r}")
-    if not 0.0 < alpha < 1.0:
-        raise DataError(f"alpha must be in (0, 1); got {alpha!r}")
-    if not 0.0 <= threshold <= 1.0:
-        raise DataError(f"threshold must be in [0, 1]; got {threshold!r}")
+    for name, value, ok, description in (
+        ("min_size", min_size, _is_int(min_size) and min_size >= 1, "an int >= 1"),
+        ("max_order", max_order, max_order in MAX_ORDERS, f"one of {MAX_ORDERS}"),
+        ("n_bins", n_bins, _is_int(n_bins) and n_bins >= MIN_BINS, f"an int >= {MIN_BINS}"),
+        ("alpha", alpha, _is_number(alpha) and 0.0 < alpha < 1.0, "in (0, 1)"),
+        ("threshold", threshold, _is_number(threshold) and 0.0 <= threshold <= 1.0, "in [0, 1]"),
+    ):
+        if not ok:
+            raise ConfigError(f"The {name!r} parameter of {owner} must be {description}; got {value!r}.")
     y_true = np.asarray(y_true).ravel()
     y_prob = np.asarray(y_prob, dtype=float).ravel()
     if not len(y_true) == len(y_prob) == len(frame):

@@ -189,7 +189,7 @@ def test_balance_methods(method):
 @pytest.mark.parametrize("labels, method, error, match", [
     ([1, 1, 1, 1], "none", DataError, "needs both classes"),
     ([0, 1, 1, 1], "smote", DataError, "at least 2 images"),
-    ([0, 0, 1, 1], "adasyn", ConfigError, "'balancing' parameter"),
+    ([0, 0, 1, 1], "adasyn", ConfigError, "'method' parameter of balance must be one of .*; got 'adasyn'"),
 ])
 def test_balance_errors(labels, method, error, match):
     with pytest.raises(error, match=match):

@@ -93,7 +93,7 @@ def test_diversity_heatmap_is_symmetric_with_colorbar(data, tmp_path):
     np.testing.assert_allclose(matrix, matrix.T)
     assert matrix[0, 1] == pytest.approx(table.loc[0, "yules_q"])
     assert _is_png(tmp_path / "div.png")
-    with pytest.raises(ConfigError, match="measure must be one of"):
+    with pytest.raises(ConfigError, match="'measure' parameter of plot_diversity must be one of"):
         plot_diversity(table, measure="kappa")
 
 

@@ -82,7 +82,8 @@ def test_feature_distributions_small_multiples(planted, tmp_path):
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda f, y, p, i, s: plot_feature_distributions(f, y, p, kind="violin"), ConfigError, "kind"),
+        (lambda f, y, p, i, s: plot_feature_distributions(f, y, p, kind="violin"), ConfigError,
+         "'kind' parameter of plot_feature_distributions .* got 'violin'"),
         (lambda f, y, p, i, s: plot_slice_error_rates(s.iloc[:0]), DataError, "empty"),
         (lambda f, y, p, i, s: plot_slice_examples(s, f, i[:5]), DataError, "images must have shape"),
         (lambda f, y, p, i, s: plot_feature_distributions(f, y[:5], p), DataError, "length mismatch"),

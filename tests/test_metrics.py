@@ -176,10 +176,11 @@ def test_choose_threshold_sensitivity_is_highest_reaching_target(target):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"method": "sensitivity"}, "needs target"),
-        ({"method": "sensitivity", "target": 0.0}, "needs target"),
-        ({"method": "youden", "target": 0.9}, "only used with"),
-        ({"method": "precision"}, "method must be one of"),
+        ({"method": "sensitivity"},
+         r"The 'target' parameter of choose_threshold must be a number in \(0, 1\] .*; got None\."),
+        ({"method": "sensitivity", "target": 0.0}, "'target' parameter .* got 0.0"),
+        ({"method": "youden", "target": 0.9}, "only used with method='sensitivity'.*; got 0.9"),
+        ({"method": "precision"}, "'method' parameter of choose_threshold must be one of 'youden', .*; got 'precision'"),
     ],
 )
 def test_choose_threshold_rejects_bad_options(kwargs, match):
@@ -384,10 +385,10 @@ def test_evaluate_rejects_bad_data(y_true, y_prob, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"threshold": 1.5}, r"threshold must be a number in \[0, 1\]"),
-        ({"n_boot": -1}, "n_boot must be a non-negative integer"),
-        ({"n_boot": 10.5}, "n_boot must be a non-negative integer"),
-        ({"ci": 1.0}, "ci must be a number strictly between 0 and 1"),
+        ({"threshold": 1.5}, r"The 'threshold' parameter of evaluate must be a number in \[0, 1\]; got 1.5\."),
+        ({"n_boot": -1}, "'n_boot' parameter of evaluate must be an int >= 0; got -1"),
+        ({"n_boot": 10.5}, "'n_boot' parameter of evaluate must be an int >= 0; got 10.5"),
+        ({"ci": 1.0}, "'ci' parameter of evaluate must be a number strictly between 0 and 1; got 1.0"),
     ],
 )
 def test_evaluate_rejects_bad_options(kwargs, match):

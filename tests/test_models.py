@@ -1,7 +1,7 @@
+import keras
 import numpy as np
 import pytest
-
-import keras
+from sklearn.metrics import roc_auc_score
 
 from pneumoxai import data, models
 from pneumoxai.config import parse_config
@@ -99,10 +99,12 @@ def test_imagenet_offline_gives_actionable_error(monkeypatch, tmp_path):
 def test_training_learns_planted_signal(trained_member, generated_images):
     model, info = trained_member
     images, labels = generated_images
-    assert info["epochs_run"] == 1 and info["seconds_per_epoch"] > 0
-    assert set(info["history"]) == {"full"}
+    assert info["epochs_run"] == 1 and set(info["history"]) == {"full"}
     probs = models.predict_proba(model, images)
     assert probs.shape == (48,) and np.all((probs >= 0) & (probs <= 1))
+    # Held-out images (36-47, never trained on): the planted patch ranks every positive first.
+    held_out = slice(36, None)
+    assert roc_auc_score(labels[held_out], probs[held_out]) == 1.0
 
 
 def test_same_seed_and_config_reproduce_the_predictions(trained_member, generated_images):
@@ -249,7 +251,7 @@ def _no_warning():
 
 
 @pytest.mark.parametrize("kwargs, env, match", [
-    ({"name": "horovod"}, {}, "'strategy' parameter must be one of"),
+    ({"name": "horovod"}, {}, "'strategy' parameter of get_strategy must be one of .*; got 'horovod'"),
     ({"name": "multiworker"}, {"TF_CONFIG": ""}, "needs the TF_CONFIG environment variable"),
 ])
 def test_get_strategy_errors(monkeypatch, kwargs, env, match):

@@ -16,7 +16,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from pneumoxai import slices
-from pneumoxai.errors import DataError
+from pneumoxai.errors import ConfigError, DataError
 from pneumoxai.slices import (
     MEMBER_SLICE_COLUMNS,
     SLICE_COLUMNS,
@@ -196,25 +196,28 @@ _F, _Y, _P = _planted(n=60)
 
 
 @pytest.mark.parametrize(
-    "frame, y_true, y_prob, kwargs, match",
+    "frame, y_true, y_prob, kwargs, error, match",
     [
-        (_F, _Y[:-1], _P, {}, "length mismatch"),
-        (_F, _Y, np.where(np.arange(60) == 3, np.nan, _P), {}, "NaN"),
-        (_F, np.where(np.arange(60) == 0, 2, _Y), _P, {}, "only 0 and 1"),
-        (_F, _Y, _P * 2, {}, r"probabilities in \[0, 1\]"),
-        (_F.iloc[:0], _Y[:0], _P[:0], {}, "empty"),
-        (_F, _Y, _P, {"min_size": 0}, "min_size must be an integer >= 1"),
-        (_F, _Y, _P, {"max_order": 3}, r"max_order must be one of \(1, 2\)"),
-        (_F, _Y, _P, {"n_bins": 1}, "n_bins"),
-        (_F, _Y, _P, {"alpha": 1.5}, "alpha"),
-        (_F.to_numpy(), _Y, _P, {}, "pandas DataFrame"),
-        (pd.concat([_F, _F[["noise"]]], axis=1), _Y, _P, {}, r"duplicated column names: \['noise'\]"),
+        (_F, _Y[:-1], _P, {}, DataError, "length mismatch"),
+        (_F, _Y, np.where(np.arange(60) == 3, np.nan, _P), {}, DataError, "NaN"),
+        (_F, np.where(np.arange(60) == 0, 2, _Y), _P, {}, DataError, "only 0 and 1"),
+        (_F, _Y, _P * 2, {}, DataError, r"probabilities in \[0, 1\]"),
+        (_F.iloc[:0], _Y[:0], _P[:0], {}, DataError, "empty"),
+        (_F, _Y, _P, {"min_size": 0}, ConfigError,
+         r"The 'min_size' parameter of find_failure_slices must be an int >= 1; got 0\."),
+        (_F, _Y, _P, {"min_size": True}, ConfigError, "'min_size' .* got True"),
+        (_F, _Y, _P, {"max_order": 3}, ConfigError, r"'max_order' .* must be one of \(1, 2\); got 3"),
+        (_F, _Y, _P, {"n_bins": 1}, ConfigError, "'n_bins' .* must be an int >= 2; got 1"),
+        (_F, _Y, _P, {"alpha": 1.5}, ConfigError, r"'alpha' .* must be in \(0, 1\); got 1.5"),
+        (_F, _Y, _P, {"threshold": "0.5"}, ConfigError, r"'threshold' .* must be in \[0, 1\]; got '0.5'"),
+        (_F.to_numpy(), _Y, _P, {}, DataError, "pandas DataFrame"),
+        (pd.concat([_F, _F[["noise"]]], axis=1), _Y, _P, {}, DataError, r"duplicated column names: \['noise'\]"),
     ],
-    ids=["length", "nan-prob", "y-not-binary", "prob-range", "empty", "min-size", "max-order",
-         "n-bins", "alpha", "not-frame", "duplicate-column"],
+    ids=["length", "nan-prob", "y-not-binary", "prob-range", "empty", "min-size", "min-size-bool", "max-order",
+         "n-bins", "alpha", "threshold-str", "not-frame", "duplicate-column"],
 )
-def test_find_failure_slices_rejects_bad_input(frame, y_true, y_prob, kwargs, match):
-    with pytest.raises(DataError, match=match):
+def test_find_failure_slices_rejects_bad_input(frame, y_true, y_prob, kwargs, error, match):
+    with pytest.raises(error, match=match):
         find_failure_slices(frame, y_true, y_prob, **kwargs)
 
 
@@ -422,17 +425,18 @@ def test_slice_frame_builds_all_column_kinds():
 
 
 @pytest.mark.parametrize(
-    "meta, kwargs, match",
+    "meta, kwargs, error, match",
     [
-        (_meta().drop(columns="subtype"), {}, "subtype"),
-        (_meta().iloc[:0], {}, "empty"),
-        (_meta(), {"member_probs": np.zeros((39, 2))}, "member_probs has 39 rows"),
-        (_meta(), {"embeddings": np.zeros((40, 2)), "n_clusters": 41}, "n_clusters"),
+        (_meta().drop(columns="subtype"), {}, DataError, "subtype"),
+        (_meta().iloc[:0], {}, DataError, "empty"),
+        (_meta(), {"member_probs": np.zeros((39, 2))}, DataError, "member_probs has 39 rows"),
+        (_meta(), {"embeddings": np.zeros((40, 2)), "n_clusters": 41}, ConfigError,
+         r"The 'n_clusters' parameter of slice_frame must be in \[1, n_samples=40\]; got 41\."),
     ],
     ids=["missing-column", "empty", "length", "clusters"],
 )
-def test_slice_frame_rejects_bad_input(meta, kwargs, match):
-    with pytest.raises(DataError, match=match):
+def test_slice_frame_rejects_bad_input(meta, kwargs, error, match):
+    with pytest.raises(error, match=match):
         slice_frame(meta, **kwargs)
 
 

@@ -308,7 +308,7 @@ def bench_memory(table, root, run_dir):
                              text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         n, seconds, before, peak = out.stdout.split()[-4:]
         results[variant] = (int(n), float(seconds), float(before), float(peak))
-    (n, ours_s, before, ours_peak), (_, base_s, base_before, base_peak) = results["ours"], results["baseline"]
+    (n, ours_s, before, ours_peak), (_, base_s, _, base_peak) = results["ours"], results["baseline"]
     table.add("memory", f"SMOTE on the full train split at 224 px ({n} images after): peak RSS", ours_peak / 1024,
               base_peak / 1024, "GiB", note=f"images alone {before / 1024:.2f} GiB; SMOTE {ours_s:.1f} s vs {base_s:.1f} s")
     timings = Path(run_dir) / "tables" / "timings.csv" if run_dir else None

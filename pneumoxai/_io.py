@@ -41,19 +41,25 @@ def atomic_path(path, suffix=None):
     try:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
+        _fsync(tmp)  # the rename must not reach the disk before the data (power loss)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes(path, data):
     try:
         with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            Path(tmp).write_bytes(data)
     except OSError as exc:
         if exc.filename is not None:
             raise
@@ -118,7 +124,3 @@ def sha256_file(path, chunk_size=1 << 20):
         for chunk in iter(lambda: fh.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def sha256_text(text):
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()

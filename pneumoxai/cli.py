@@ -89,7 +89,7 @@ def _configure_runtime():
     matplotlib.use("Agg")
 
 
-def _load_run_config(run_dir, args):
+def _load_run_config(run_dir):
     from . import _io
     from .config import parse_config
     from .errors import RunFolderError
@@ -121,16 +121,17 @@ def _dispatch(args):
                                  strategy=args.strategy)
         return 0
     run = pipeline.RunFolder(args.run)
-    config = _load_run_config(args.run, args)
+    config = _load_run_config(args.run)
     with run.lock():
         if args.command == "evaluate":
             pipeline.evaluate_stage(run, config, verbose=verbose)
+            print(run.table("results.md").read_text(), end="")
         elif args.command == "explain":
             pipeline.explain_stage(run, config, methods=args.method, max_images=args.max_images)
         elif args.command == "slices":
             pipeline.slices_stage(run, config)
         elif args.command == "report":
-            pipeline.report_stage(run, config)
+            pipeline.report_stage(run)
     return 0
 
 

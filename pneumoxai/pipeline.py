@@ -69,10 +69,6 @@ class RunFolder:
             raise RunFolderError(f"Path {'/'.join(map(str, parts))!r} would leave the run folder {str(self.root)!r}.")
         return target
 
-    @property
-    def members_dir(self):
-        return self.path("members")
-
     def member_dir(self, name):
         return self.path("members", name)
 
@@ -199,14 +195,11 @@ def prepare(run, data_root, config):
 
 
 def _readable(frame):
-    """Drop (and report) files that cannot be decoded, so every later array stays row-aligned."""
+    """Drop files that cannot be decoded (load_images warns with their names), so every
+    later array stays row-aligned."""
     from .data import load_images
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        _, ok = load_images(frame["path"], 8, channels=1, return_mask=True)
-    for warning in caught:
-        _log(str(warning.message))
+    _, ok = load_images(frame["path"], 8, channels=1, return_mask=True)
     return frame[ok]
 
 
@@ -226,7 +219,7 @@ def _report_leakage(table):
             "may be optimistic.", UserWarning, stacklevel=3)
 
 
-def load_table(run):
+def _load_table(run):
     path = run.table("dataset.csv")
     if not path.exists():
         raise RunFolderError(f"{str(run.root)!r} has no tables/dataset.csv; run `pneumoxai train` or `run` first.")
@@ -246,11 +239,7 @@ class _ImageCache:
         key = (role, size)
         if key not in self._arrays:
             rows = self.table[self.table["role"] == role]
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                images, ok = load_images(rows["path"], size, return_mask=True)
-            for warning in caught:
-                _log(str(warning.message))
+            images, ok = load_images(rows["path"], size, return_mask=True)
             self._arrays[key] = (images, rows[ok].reset_index(drop=True))
         return self._arrays[key]
 
@@ -283,7 +272,7 @@ def train_members(run, config, names=None, *, table=None, verbose="auto", strate
     """
     from . import models
 
-    table = load_table(run) if table is None else table
+    table = _load_table(run) if table is None else table
     run_record = _io.read_json(run.path("run.json"))
     members = config["members"]
     if names:
@@ -420,7 +409,7 @@ def member_predictions(run, config, role, *, table=None, progress=True):
     """
     from .ensemble import predict_members
 
-    table = load_table(run) if table is None else table
+    table = _load_table(run) if table is None else table
     rows = table[table["role"] == role].reset_index(drop=True)
     P = predict_members(_member_dirs(run, config), rows, batch_size=config["evaluate"]["batch_size"],
                         tta=config["evaluate"]["tta"], cache_dir=run.path("cache", "predictions"), progress=progress)
@@ -469,7 +458,7 @@ def evaluate_stage(run, config, *, verbose="auto"):
 
     started = time.perf_counter()
     evaluate_cfg = config["evaluate"]
-    table = load_table(run)
+    table = _load_table(run)
     progress = verbose != 0
     P_val, val_rows = member_predictions(run, config, "val", table=table, progress=progress)
     P_test, test_rows = member_predictions(run, config, "test", table=table, progress=progress)
@@ -601,7 +590,7 @@ def slices_stage(run, config):
     threshold = record["thresholds"][record["primary"]]
     images = load_images(predictions["path"], 224)
     masks = lung_mask(images)
-    table = load_table(run)
+    table = _load_table(run)
     test_rows = table[table["role"] == "test"].set_index("path").loc[predictions["path"]].reset_index()
     embeddings = predict_embeddings(_member_dirs(run, config), test_rows, cache_dir=run.path("cache", "embeddings"))
     zone_scores = None
@@ -724,14 +713,14 @@ def run_all(run, config, data_root, *, skip=(), verbose="auto", strategy="defaul
     if "slices" not in skip:
         _run_stage(run, config, "slices", slices_stage)
     _io.write_csv(run.table("timings.csv"), stage_timings(run), index=False)
-    report_stage(run, config)
+    report_stage(run)
     _log(f"run finished in {time.perf_counter() - started:.0f} s; report: {run.path('report.html')}")
     summary = summary_text(run.root)
     print(summary)
     return summary
 
 
-def report_stage(run, config):
+def report_stage(run):
     """Write ``report.html`` from the run folder's tables and figures."""
     from .report import write_report
 
@@ -852,7 +841,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
             subset_maps[labels_of[method]] = _ensemble_maps(
                 member_models, lambda s: images_by_size(s, chosen), method, target, weights)[0]
         elif method == "shap":
-            table = load_table(run)
+            table = _load_table(run)
             train_rows = table[table["role"] == "train"]
             per_member = []
             for model in member_models:

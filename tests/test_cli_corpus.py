@@ -106,11 +106,11 @@ def test_awkward_files_are_loaded_or_skipped_by_name_and_leakage_is_reported(mes
     code, out, err = run_cli(capsys, "train", "--data", root, "--config", config, "--out", run, "--quiet")
     assert code == 0, err
     assert "Traceback" not in err
-    skipped = next(line for line in err.splitlines() if "Skipped 3 unreadable file(s)" in line)
+    messages = [str(w.message) for w in recwarn]  # the CLI prints these as "pneumoxai: warning: ..." lines
+    skipped = next(m for m in messages if "Skipped 3 unreadable file(s)" in m)
     for name, why in [("IM-0900-0001.jpeg", "empty file"), ("person901_virus_1.jpeg", "not a decodable image"),
                       ("person900_bacteria_1.jpeg", "")]:
         assert f"{name}: {why}" in skipped
-    messages = [str(w.message) for w in recwarn]  # the CLI prints these as "pneumoxai: warning: ..." lines
     assert any(re.search(r"1 image\(s\) are byte-identical copies across test/(train|val)", m) for m in messages)
     dataset = pd.read_csv(run / "tables" / "dataset.csv")
     names = set(dataset["path"].map(os.path.basename))

@@ -1,7 +1,6 @@
 """End to end: `pneumoxai run` on a small real subset with tiny members (smoke config)."""
 
 import html.parser
-import json
 import os
 import signal
 import subprocess
@@ -26,13 +25,13 @@ FIGURES = ("roc", "pr", "confusion", "reliability", "threshold", "diversity", "e
            "mean_maps", "zone_attention", "slices_features")
 
 
-def _wait_for(path, process, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() or process.poll() is not None:
+def _wait_for(path, process):
+    """True once ``path`` exists; False if ``process`` exits first."""
+    while not path.exists():
+        if process.poll() is not None:
             return path.exists()
         time.sleep(0.5)
-    return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def smoke_run(tmp_path_factory, real_data_root):
     process = subprocess.Popen([sys.executable, "-m", "pneumoxai.cli", *argv], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_card = out / "members" / "smoke_a" / "card.json"
-    reached = _wait_for(first_card, process, timeout=400)
+    reached = _wait_for(first_card, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert reached, "the first member was never saved"
@@ -119,6 +118,13 @@ def test_rerun_does_no_training_and_no_prediction(smoke_run, monkeypatch, capsys
                  "evaluate: inputs unchanged, skipped", "explain: inputs unchanged, skipped",
                  "slices: inputs unchanged, skipped"):
         assert line in err
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+
+    # `pneumoxai evaluate` alone re-uses the cached predictions and prints the results table.
+    assert cli.main(["evaluate", "--run", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    results = pd.read_csv(out / "tables" / "results.csv", index_col="model")
+    assert f"{results.loc['soft voting', 'roc_auc']:.3f}" in printed and "origin (reported)" in printed
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
 
 

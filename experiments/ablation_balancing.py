@@ -7,21 +7,30 @@ validation split and on the official test split (threshold chosen on validation)
     python experiments/ablation_balancing.py --data ../shared/data/chest_xray --out runs/ablation \
         [--epochs 4] [--max-train-images 1500]
 
-Writes ``figures/ablation_balancing/`` (results.csv, results.md, auc.png/pdf).
+Writes ``figures/ablation_balancing/``: results.csv/.md, comparisons.csv (paired DeLong
+and McNemar tests on the test split, each arm against ``none`` and against ``class_weight``,
+Holm-adjusted), auc.png/pdf and provenance.json (command, machine, training time per arm).
+Re-running with the same arguments trains nothing: members and predictions are cached in
+``--out``.
 """
 
 import argparse
 import json
+import os
+import platform
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from statsmodels.stats.multitest import multipletests
 
+from pneumoxai import __version__
 from pneumoxai import config as cfg
 from pneumoxai import pipeline
 from pneumoxai.figures import OKABE_ITO, save_figure, style
-from pneumoxai.metrics import choose_threshold, evaluate
+from pneumoxai.metrics import choose_threshold, compare, evaluate
 
 METHODS = ("class_weight", "smote", "oversample", "none")
 HERE = Path(__file__).resolve().parent
@@ -49,10 +58,11 @@ def main(argv=None):
         P_val, val_rows = pipeline.member_predictions(run, config, "val")
         P_test, test_rows = pipeline.member_predictions(run, config, "test")
     rows = []
+    thresholds, cards = {}, {}
     for method in METHODS:
         name = f"bal_{method}"
-        threshold = choose_threshold(val_rows["label"], P_val[name], method="youden")
-        card = json.loads((run.member_dir(name) / "card.json").read_text())
+        threshold = thresholds[method] = choose_threshold(val_rows["label"], P_val[name], method="youden")
+        card = cards[method] = json.loads((run.member_dir(name) / "card.json").read_text())
         for split, P, frame in (("val", P_val, val_rows), ("test", P_test, test_rows)):
             result = evaluate(frame["label"], P[name], threshold=threshold, n_boot=1000,
                               groups=frame["patient_id"].to_numpy())
@@ -61,10 +71,22 @@ def main(argv=None):
                          **{m: result[m] for m in ("roc_auc", "accuracy", "recall", "specificity", "f1")},
                          "roc_auc_low": result["ci"]["roc_auc"][0], "roc_auc_high": result["ci"]["roc_auc"][1]})
     table = pd.DataFrame(rows)
+    # Every balancing arm against none, and the alternatives against the CPU profile's choice.
+    pairs = [(a, "none") for a in METHODS if a != "none"] + [(a, "class_weight") for a in ("smote", "oversample")]
+    tests = []
+    for a, b in pairs:
+        result = compare(test_rows["label"], P_test[f"bal_{a}"], P_test[f"bal_{b}"],
+                         threshold=(thresholds[a], thresholds[b]))
+        tests.append({"arm": a, "against": b, **{k: result[k] for k in (
+            "auc_a", "auc_b", "auc_diff", "auc_diff_ci", "auc_p", "n_only_a_wrong", "n_only_b_wrong", "mcnemar_p")}})
+    comparisons = pd.DataFrame(tests)
+    comparisons["auc_diff_ci"] = comparisons["auc_diff_ci"].map(lambda ci: f"[{ci[0]:.4f}, {ci[1]:.4f}]")
+    comparisons["auc_p_holm"] = multipletests(comparisons["auc_p"], method="holm")[1]
     out = Path(args.figures)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(table.round(4).to_string(index=False) + "\n")
+    comparisons.to_csv(out / "comparisons.csv", index=False)
     with style():
         import matplotlib.pyplot as plt
 
@@ -82,8 +104,22 @@ def main(argv=None):
         ax.legend()
         save_figure(fig, out / "auc")
         plt.close(fig)
+    elapsed = time.perf_counter() - started
+    provenance = {
+        "command": "python experiments/ablation_balancing.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": "experiments/configs/cpu.yaml with epochs_frozen, max_train_images and members replaced",
+        "pneumoxai": __version__,
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "seconds_this_invocation": round(elapsed, 1),
+        "arms": {method: {"n_train": card["n_train"], "train_seconds": round(card["train_seconds"], 1),
+                          "epochs_run": card["epochs_run"], "seconds_per_epoch": round(card["seconds_per_epoch"], 1)}
+                 for method, card in cards.items()},
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(table.round(4).to_string(index=False))
-    print(f"ablation finished in {time.perf_counter() - started:.0f} s; training summary:\n{summary}")
+    print(comparisons.round(4).to_string(index=False))
+    print(f"ablation finished in {elapsed:.0f} s; training summary:\n{summary}")
 
 
 if __name__ == "__main__":

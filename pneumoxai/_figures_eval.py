@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 from ._style import OKABE_ITO, SEQUENTIAL_CMAP, save_figure, style
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, param_error
 from .metrics import (
     _check_binary,
     _check_n_bins,
@@ -323,8 +323,7 @@ def plot_diversity(table, *, measure="disagreement", path=None, formats=("png", 
     2
     """
     if measure not in _DIVERSITY_MEASURES:
-        raise ConfigError(f"The 'measure' parameter of plot_diversity must be one of {_DIVERSITY_MEASURES}; "
-                          f"got {measure!r}.")
+        raise param_error("plot_diversity", "measure", f"one of {_DIVERSITY_MEASURES}", measure)
     missing = {"member_a", "member_b", measure} - set(table.columns)
     if missing:
         raise DataError(f"table lacks columns {sorted(missing)}; pass the output of ensemble.diversity.")

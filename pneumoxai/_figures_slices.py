@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ._style import ERROR_COLORS, OKABE_ITO, SEQUENTIAL_CMAP, save_figure, style
-from .errors import ConfigError, DataError
+from .errors import DataError, param_error
 from .slices import slice_mask
 
 __all__ = ["plot_slice_error_rates", "plot_slice_examples", "plot_feature_distributions"]
@@ -213,8 +213,7 @@ def plot_feature_distributions(
     ['brightness', 'contrast']
     """
     if kind not in DISTRIBUTION_KINDS:
-        raise ConfigError(f"The 'kind' parameter of plot_feature_distributions must be one of "
-                          f"{DISTRIBUTION_KINDS}; got {kind!r}.")
+        raise param_error("plot_feature_distributions", "kind", f"one of {DISTRIBUTION_KINDS}", kind)
     outcome = _outcomes(y_true, y_prob, threshold, len(frame))
     if columns is None:
         columns = [

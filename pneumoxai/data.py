@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError, SkippedFilesWarning
+from .errors import ConfigError, DataError, SkippedFilesWarning, param_error
 
 __all__ = [
     "CLASS_NAMES",
@@ -477,7 +477,7 @@ def balance(images, labels, method="none", *, seed=0):
     """
     labels = np.asarray(labels).astype(np.int64)
     if method not in BALANCING_METHODS:
-        raise ConfigError(f"The 'method' parameter of balance must be one of {list(BALANCING_METHODS)}; got {method!r}.")
+        raise param_error("balance", "method", f"one of {list(BALANCING_METHODS)}", method)
     counts = np.bincount(labels, minlength=2)
     if (counts == 0).any():
         raise DataError(f"Training data needs both classes; got {counts[0]} NORMAL and {counts[1]} PNEUMONIA images.")

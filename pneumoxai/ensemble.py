@@ -37,7 +37,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 
 from ._predict import predict_members
-from .errors import ConfigError, DataError, NotFittedError
+from .errors import DataError, NotFittedError, param_error
 from .metrics import _check_groups, _check_labels
 
 __all__ = [
@@ -133,8 +133,7 @@ _CONSTRAINTS = {
 
 
 def _param_error(owner, name, value):
-    description = _CONSTRAINTS[owner][name][1]
-    return ConfigError(f"The {name!r} parameter of {owner} must be {description}; got {value!r}.")
+    return param_error(owner, name, _CONSTRAINTS[owner][name][1], value)
 
 
 def _check_params(owner, **params):

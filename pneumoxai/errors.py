@@ -52,3 +52,9 @@ class NotFittedError(PneumoxaiError, AttributeError):
 
 class SkippedFilesWarning(UserWarning):
     """Some input files could not be read and were skipped."""
+
+
+def param_error(owner, name, expected, value):
+    """The one wording of a bad parameter value, e.g. ``param_error("SoftVoting", "weights", ...)``:
+    "The 'weights' parameter of SoftVoting must be ...; got ...". Returned, for ``raise``."""
+    return ConfigError(f"The {name!r} parameter of {owner} must be {expected}; got {value!r}.")

@@ -56,7 +56,7 @@ with warnings.catch_warnings():
     from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
 from ._lungs import ZONE_NAMES, lung_mask, zones
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, param_error
 
 __all__ = [
     "CAM_METHODS",
@@ -104,19 +104,15 @@ _PERTURBATION_MAX_BYTES = 2**28  # cap on the perturbed copies of deletion/inser
 # --------------------------------------------------------------------------- checks
 
 
-def _param_error(owner, name, description, value):
-    return ConfigError(f"The {name!r} parameter of {owner} must be {description}; got {value!r}.")
-
-
 def _choice(owner, name, value, allowed):
     if not isinstance(value, str) or value not in allowed:
-        raise _param_error(owner, name, "one of " + ", ".join(map(repr, allowed)), value)
+        raise param_error(owner, name, "one of " + ", ".join(map(repr, allowed)), value)
     return value
 
 
 def _positive_int(owner, name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise _param_error(owner, name, f"an int >= {minimum}", value)
+        raise param_error(owner, name, f"an int >= {minimum}", value)
     return int(value)
 
 
@@ -458,7 +454,7 @@ class SaliencyMap(MapExplainer):
         super().__init__(model, batch_size=batch_size)
         self.smooth_samples = _positive_int("SaliencyMap", "smooth_samples", smooth_samples, minimum=0)
         if not np.isfinite(noise) or noise <= 0:
-            raise _param_error("SaliencyMap", "noise", "a positive number", noise)
+            raise param_error("SaliencyMap", "noise", "a positive number", noise)
         self.noise = float(noise)
         self._rng = np.random.default_rng(seed)
         self._vis = Saliency(model, model_modifier=ReplaceToLinear(), clone=True)
@@ -646,10 +642,10 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
     """
     models = list(models)
     if not models:
-        raise _param_error("ensemble_gradcam", "models", "a non-empty list of models", models)
+        raise param_error("ensemble_gradcam", "models", "a non-empty list of models", models)
     w = np.full(len(models), 1.0) if weights is None else np.asarray(weights, np.float64)
     if w.shape != (len(models),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise _param_error("ensemble_gradcam", "weights",
+        raise param_error("ensemble_gradcam", "weights",
                            f"{len(models)} finite non-negative numbers with a positive sum", weights)
     w = w / w.sum()
     for model in models:
@@ -802,11 +798,11 @@ def zone_attention(maps, masks_or_zones):
 def _baseline_images(owner, x, baseline):
     if isinstance(baseline, str):
         if baseline != "blur":
-            raise _param_error(owner, "baseline", "a number in [0, 1] or 'blur'", baseline)
+            raise param_error(owner, "baseline", "a number in [0, 1] or 'blur'", baseline)
         sigma = max(1.0, x.shape[1] / 20)  # ~11 px at 224, as RISE's insertion blur
         return scipy.ndimage.gaussian_filter(x, sigma=(0, sigma, sigma, 0))
     if not np.isscalar(baseline) or not 0 <= baseline <= 1:
-        raise _param_error(owner, "baseline", "a number in [0, 1] or 'blur'", baseline)
+        raise param_error(owner, "baseline", "a number in [0, 1] or 'blur'", baseline)
     return np.full_like(x, baseline)
 
 

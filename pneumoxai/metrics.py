@@ -29,7 +29,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from .errors import ConfigError, DataError, NotFittedError
+from .errors import ConfigError, DataError, NotFittedError, param_error
 
 __all__ = [
     "METRICS",
@@ -124,34 +124,30 @@ def _is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _param_error(owner, name, description, value):
-    return ConfigError(f"The {name!r} parameter of {owner} must be {description}; got {value!r}.")
-
-
 def _is_int(value, minimum):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
 def _check_threshold(owner, threshold):
     if not _is_number(threshold) or not 0 <= threshold <= 1:
-        raise _param_error(owner, "threshold", "a number in [0, 1]", threshold)
+        raise param_error(owner, "threshold", "a number in [0, 1]", threshold)
     return float(threshold)
 
 
 def _check_ci(owner, ci):
     if not _is_number(ci) or not 0 < ci < 1:
-        raise _param_error(owner, "ci", "a number strictly between 0 and 1", ci)
+        raise param_error(owner, "ci", "a number strictly between 0 and 1", ci)
 
 
 def _check_bootstrap(owner, n_boot, ci):
     if not _is_int(n_boot, 0):
-        raise _param_error(owner, "n_boot", "an int >= 0", n_boot)
+        raise param_error(owner, "n_boot", "an int >= 0", n_boot)
     _check_ci(owner, ci)
 
 
 def _check_n_bins(owner, n_bins):
     if not _is_int(n_bins, 1):
-        raise _param_error(owner, "n_bins", "an int >= 1", n_bins)
+        raise param_error(owner, "n_bins", "an int >= 1", n_bins)
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -632,14 +628,14 @@ def choose_threshold(y_true, y_prob, method="youden", target=None):
     """
     y, p = _check_binary(y_true, y_prob)
     if method not in _THRESHOLD_METHODS:
-        raise _param_error("choose_threshold", "method", "one of " + ", ".join(map(repr, _THRESHOLD_METHODS)),
+        raise param_error("choose_threshold", "method", "one of " + ", ".join(map(repr, _THRESHOLD_METHODS)),
                            method)
     if method == "sensitivity":
         if not _is_number(target) or not 0 < target <= 1:
-            raise _param_error("choose_threshold", "target", "a number in (0, 1] with method='sensitivity'",
+            raise param_error("choose_threshold", "target", "a number in (0, 1] with method='sensitivity'",
                                target)
     elif target is not None:
-        raise _param_error("choose_threshold", "target", f"None with method={method!r} (it is only used "
+        raise param_error("choose_threshold", "target", f"None with method={method!r} (it is only used "
                            "with method='sensitivity')", target)
     candidates = np.unique(p)[::-1]
     n_pos = int(y.sum())
@@ -727,7 +723,7 @@ def compare(y_true, p_a, p_b, threshold=0.5, ci=0.95):
     _, pb = _check_binary(y, p_b, "p_b")
     if isinstance(threshold, (tuple, list)):
         if len(threshold) != 2:
-            raise _param_error("compare", "threshold", "a number or a pair of numbers", threshold)
+            raise param_error("compare", "threshold", "a number or a pair of numbers", threshold)
         t_a, t_b = (_check_threshold("compare", t) for t in threshold)
     else:
         t_a = t_b = _check_threshold("compare", threshold)

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _io
 from .config import MEMBER_SPEC
-from .errors import ConfigError, DataError, RunFolderError, UnsafeModelError, WeightsUnavailableError
+from .errors import ConfigError, DataError, RunFolderError, UnsafeModelError, WeightsUnavailableError, param_error
 
 import keras  # noqa: E402  (after the light imports, so config errors surface before TF loads)
 
@@ -300,7 +300,7 @@ def get_strategy(name="default", *, devices=None):
     import tensorflow as tf
 
     if name not in STRATEGIES:
-        raise ConfigError(f"The 'strategy' parameter of get_strategy must be one of {list(STRATEGIES)}; got {name!r}.")
+        raise param_error("get_strategy", "strategy", f"one of {list(STRATEGIES)}", name)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError
+from .errors import DataError, param_error
 
 __all__ = [
     "Condition",
@@ -354,8 +354,7 @@ def slice_frame(
             raise DataError(f"embeddings must have shape (n_samples, n_features); got {emb.shape}")
         _check_length(emb, n, "embeddings")
         if not 1 <= n_clusters <= n:
-            raise ConfigError(
-                f"The 'n_clusters' parameter of slice_frame must be in [1, n_samples={n}]; got {n_clusters!r}.")
+            raise param_error("slice_frame", "n_clusters", f"in [1, n_samples={n}]", n_clusters)
         km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=10).fit(emb)
         frame["cluster"] = pd.Categorical(km.labels_)
     return frame
@@ -650,7 +649,7 @@ def _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, 
         ("threshold", threshold, _is_number(threshold) and 0.0 <= threshold <= 1.0, "in [0, 1]"),
     ):
         if not ok:
-            raise ConfigError(f"The {name!r} parameter of {owner} must be {description}; got {value!r}.")
+            raise param_error(owner, name, description, value)
     y_true = np.asarray(y_true).ravel()
     y_prob = np.asarray(y_prob, dtype=float).ravel()
     if not len(y_true) == len(y_prob) == len(frame):

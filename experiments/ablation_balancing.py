@@ -16,8 +16,6 @@ Re-running with the same arguments trains nothing: members and predictions are c
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,8 @@ from pneumoxai import config as cfg
 from pneumoxai import pipeline
 from pneumoxai.figures import OKABE_ITO, save_figure, style
 from pneumoxai.metrics import choose_threshold, compare, evaluate
+
+from _provenance import machine  # experiments/, on sys.path when run as a script
 
 METHODS = ("class_weight", "smote", "oversample", "none")
 HERE = Path(__file__).resolve().parent
@@ -109,8 +109,7 @@ def main(argv=None):
         "command": "python experiments/ablation_balancing.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "config": "experiments/configs/cpu.yaml with epochs_frozen, max_train_images and members replaced",
         "pneumoxai": __version__,
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "seconds_this_invocation": round(elapsed, 1),
         "arms": {method: {"n_train": card["n_train"], "train_seconds": round(card["train_seconds"], 1),
                           "epochs_run": card["epochs_run"], "seconds_per_epoch": round(card["seconds_per_epoch"], 1)}

@@ -31,7 +31,6 @@ same as for trained ones. Explanations use a trained member of ``--run`` when gi
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -44,6 +43,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pneumoxai import data, models  # noqa: E402
+
+from _provenance import machine  # noqa: E402 (experiments/, on sys.path when run as a script)
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("load", "train", "predict", "explain", "slices", "memory")
@@ -384,8 +385,7 @@ def main(argv=None):
         results = pd.concat([kept[~kept["stage"].isin(stages)], results], ignore_index=True)
     results.to_csv(out / "bench.csv", index=False)
     meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-            "seconds": round(time.perf_counter() - started, 1), "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "tensorflow": tf.__version__,
+            "seconds": round(time.perf_counter() - started, 1), **machine(), "tensorflow": tf.__version__,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "load_average_before_and_after": [load_before, os.getloadavg()]}
     runs = [meta]

@@ -10,13 +10,14 @@ with the runtime and hardware that produced them in ``figures/cpu_ensemble/prove
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
 from pneumoxai import __version__, pipeline
 from pneumoxai.config import load_config
+
+from _provenance import machine  # experiments/, on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 TABLES = ("results.csv", "results.md", "comparisons.csv", "diversity.csv", "ensemble_size.csv", "ensemble.json",
@@ -50,8 +51,7 @@ def main(argv=None):
         "command": f"python experiments/cpu_ensemble.py --data {args.data} --out {args.out}",
         "config": os.path.relpath(args.config, HERE.parent),
         "pneumoxai": __version__,
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "seconds_this_invocation": round(elapsed, 1),
         "members": {name: {"train_seconds": round(card["train_seconds"], 1), "epochs_run": card["epochs_run"],
                            "seconds_per_epoch": round(card["seconds_per_epoch"], 1),

@@ -1,9 +1,11 @@
-"""Exception and warning classes raised by pneumoxai.
+"""Exception and warning classes raised by pneumoxai, and the checks and wording of bad parameters.
 
 Every error a user can trigger with bad input derives from :class:`PneumoxaiError`,
 so analysis scripts can catch one type. Classes that signal a bad value also derive
 from :class:`ValueError` so generic callers keep working.
 """
+
+import numbers
 
 __all__ = [
     "PneumoxaiError",
@@ -52,6 +54,16 @@ class NotFittedError(PneumoxaiError, AttributeError):
 
 class SkippedFilesWarning(UserWarning):
     """Some input files could not be read and were skipped."""
+
+
+def is_number(value):
+    """A real number (NumPy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_int(value, minimum):
+    """An integer >= ``minimum`` (NumPy integers included), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
 def param_error(owner, name, expected, value):

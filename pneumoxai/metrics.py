@@ -9,7 +9,6 @@ number of NORMAL and PNEUMONIA units fixed, and when patient ids are given the u
 patient, so images of one patient never count as independent evidence.
 """
 
-import numbers
 import warnings
 
 import numpy as np
@@ -29,7 +28,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from .errors import ConfigError, DataError, NotFittedError, param_error
+from .errors import ConfigError, DataError, NotFittedError, is_int, is_number, param_error
 
 __all__ = [
     "METRICS",
@@ -120,33 +119,25 @@ def _check_groups(groups, n_samples):
     return g
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value, minimum):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
-
-
 def _check_threshold(owner, threshold):
-    if not _is_number(threshold) or not 0 <= threshold <= 1:
+    if not is_number(threshold) or not 0 <= threshold <= 1:
         raise param_error(owner, "threshold", "a number in [0, 1]", threshold)
     return float(threshold)
 
 
 def _check_ci(owner, ci):
-    if not _is_number(ci) or not 0 < ci < 1:
+    if not is_number(ci) or not 0 < ci < 1:
         raise param_error(owner, "ci", "a number strictly between 0 and 1", ci)
 
 
 def _check_bootstrap(owner, n_boot, ci):
-    if not _is_int(n_boot, 0):
+    if not is_int(n_boot, 0):
         raise param_error(owner, "n_boot", "an int >= 0", n_boot)
     _check_ci(owner, ci)
 
 
 def _check_n_bins(owner, n_bins):
-    if not _is_int(n_bins, 1):
+    if not is_int(n_bins, 1):
         raise param_error(owner, "n_bins", "an int >= 1", n_bins)
 
 
@@ -631,7 +622,7 @@ def choose_threshold(y_true, y_prob, method="youden", target=None):
         raise param_error("choose_threshold", "method", "one of " + ", ".join(map(repr, _THRESHOLD_METHODS)),
                            method)
     if method == "sensitivity":
-        if not _is_number(target) or not 0 < target <= 1:
+        if not is_number(target) or not 0 < target <= 1:
             raise param_error("choose_threshold", "target", "a number in (0, 1] with method='sensitivity'",
                                target)
     elif target is not None:

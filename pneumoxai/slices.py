@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, param_error
+from .errors import DataError, is_int, is_number, param_error
 
 __all__ = [
     "Condition",
@@ -625,14 +625,6 @@ def member_failure_slices(
     return out
 
 
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, n_bins, *, owner):
     if not isinstance(frame, pd.DataFrame):
         raise DataError(f"frame must be a pandas DataFrame; got {type(frame).__name__}")
@@ -642,11 +634,11 @@ def _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, 
         dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise DataError(f"frame has duplicated column names: {dup}")
     for name, value, ok, description in (
-        ("min_size", min_size, _is_int(min_size) and min_size >= 1, "an int >= 1"),
+        ("min_size", min_size, is_int(min_size, 1), "an int >= 1"),
         ("max_order", max_order, max_order in MAX_ORDERS, f"one of {MAX_ORDERS}"),
-        ("n_bins", n_bins, _is_int(n_bins) and n_bins >= MIN_BINS, f"an int >= {MIN_BINS}"),
-        ("alpha", alpha, _is_number(alpha) and 0.0 < alpha < 1.0, "in (0, 1)"),
-        ("threshold", threshold, _is_number(threshold) and 0.0 <= threshold <= 1.0, "in [0, 1]"),
+        ("n_bins", n_bins, is_int(n_bins, MIN_BINS), f"an int >= {MIN_BINS}"),
+        ("alpha", alpha, is_number(alpha) and 0.0 < alpha < 1.0, "in (0, 1)"),
+        ("threshold", threshold, is_number(threshold) and 0.0 <= threshold <= 1.0, "in [0, 1]"),
     ):
         if not ok:
             raise param_error(owner, name, description, value)

@@ -3,16 +3,14 @@ member diversity and ensemble size.
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so it
 works under any backend (including ``Agg``), never opens a window and is not kept alive
-by pyplot's figure registry. When ``path`` is given the figure is also saved atomically.
+by pyplot's figure registry. When ``path`` is given the figure is also saved, as
+:func:`pneumoxai.figures.save_figure` describes.
 """
 
-from pathlib import Path
-
 import numpy as np
-from matplotlib.figure import Figure
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from ._style import OKABE_ITO, SEQUENTIAL_CMAP, save_figure, style
+from ._style import OKABE_ITO, SEQUENTIAL_CMAP, finish_figure, new_figure, style
 from .errors import ConfigError, DataError, param_error
 from .metrics import (
     _check_binary,
@@ -34,7 +32,6 @@ __all__ = [
 ]
 
 _DIVERSITY_MEASURES = ("disagreement", "yules_q", "error_correlation", "double_fault")
-_SUFFIX_FORMATS = {".png", ".pdf", ".svg"}
 
 
 def _as_models(y_true, probs):
@@ -49,17 +46,6 @@ def _as_models(y_true, probs):
     return y, {name: p for name, (_, p) in checked.items()}
 
 
-def _finish(fig, path, formats):
-    """Save ``fig`` when ``path`` is given; a path ending in .png/.pdf/.svg fixes the format."""
-    if path is not None:
-        path = Path(path)
-        if path.suffix.lower() in _SUFFIX_FORMATS:
-            path, formats = path.with_suffix(""), (path.suffix.lower()[1:],)
-        with style():
-            save_figure(fig, path, formats=formats)
-    return fig
-
-
 def plot_roc(y_true, probs, *, title="ROC curve", path=None, formats=("png", "pdf")):
     """ROC curves of one or more models, with the AUC of each in the legend.
 
@@ -69,11 +55,13 @@ def plot_roc(y_true, probs, *, title="ROC curve", path=None, formats=("png", "pd
         0/1 labels, 1 = PNEUMONIA.
     probs : dict of str -> array-like of shape (n_samples,), or array-like
         Probability of PNEUMONIA per model.
-    title : str
-    path : str or Path, optional
-        Save to ``path.<fmt>`` for each of ``formats`` (or to ``path`` itself when it ends
-        in .png, .pdf or .svg).
-    formats : tuple of str, default ("png", "pdf")
+    title : str, default="ROC curve"
+    path : str or path-like, default=None
+        Where to save the figure: a file name such as ``"roc.png"`` (that one format) or a
+        stem such as ``"roc"`` (each of ``formats``); see
+        :func:`pneumoxai.figures.save_figure`. Nothing is saved when None.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -88,7 +76,7 @@ def plot_roc(y_true, probs, *, title="ROC curve", path=None, formats=("png", "pd
     """
     y, models = _as_models(y_true, probs)
     with style():
-        fig = Figure(figsize=(4.8, 4.4))
+        fig = new_figure(figsize=(4.8, 4.4))
         ax = fig.subplots()
         for name, p in models.items():
             fpr, tpr, _ = roc_curve(y, p)
@@ -97,7 +85,7 @@ def plot_roc(y_true, probs, *, title="ROC curve", path=None, formats=("png", "pd
         ax.set(xlabel="False positive rate (1 - specificity)", ylabel="True positive rate (sensitivity)",
                xlim=(0, 1), ylim=(0, 1.01), title=title, aspect="equal")
         ax.legend(loc="lower right")
-        return _finish(fig, path, formats)
+        return finish_figure(fig, path, formats, "plot_roc")
 
 
 def plot_pr(y_true, probs, *, title="Precision-recall curve", path=None, formats=("png", "pdf")):
@@ -109,10 +97,11 @@ def plot_pr(y_true, probs, *, title="Precision-recall curve", path=None, formats
         0/1 labels, 1 = PNEUMONIA.
     probs : dict of str -> array-like of shape (n_samples,), or array-like
         Probability of PNEUMONIA per model.
-    title : str
-    path : str or Path, optional
-        See :func:`plot_roc`.
-    formats : tuple of str, default ("png", "pdf")
+    title : str, default="Precision-recall curve"
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_roc`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -127,7 +116,7 @@ def plot_pr(y_true, probs, *, title="Precision-recall curve", path=None, formats
     """
     y, models = _as_models(y_true, probs)
     with style():
-        fig = Figure(figsize=(4.8, 4.4))
+        fig = new_figure(figsize=(4.8, 4.4))
         ax = fig.subplots()
         for name, p in models.items():
             precision, recall, _ = precision_recall_curve(y, p)
@@ -139,7 +128,7 @@ def plot_pr(y_true, probs, *, title="Precision-recall curve", path=None, formats
         ax.set(xlabel="Recall (sensitivity)", ylabel="Precision (PPV)", xlim=(0, 1), ylim=(0, 1.01),
                title=title)
         ax.legend(loc="lower left")
-        return _finish(fig, path, formats)
+        return finish_figure(fig, path, formats, "plot_pr")
 
 
 def plot_confusion_matrices(y_true, probs, *, threshold=0.5, path=None, formats=("png", "pdf")):
@@ -151,11 +140,12 @@ def plot_confusion_matrices(y_true, probs, *, threshold=0.5, path=None, formats=
         0/1 labels, 1 = PNEUMONIA.
     probs : dict of str -> array-like of shape (n_samples,), or array-like
         Probability of PNEUMONIA per model.
-    threshold : float or dict of str -> float, default 0.5
+    threshold : float or dict of str -> float, default=0.5
         Decision threshold, shared or per model.
-    path : str or Path, optional
-        See :func:`plot_roc`.
-    formats : tuple of str, default ("png", "pdf")
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_roc`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -177,7 +167,7 @@ def plot_confusion_matrices(y_true, probs, *, threshold=0.5, path=None, formats=
     else:
         thresholds = dict.fromkeys(models, _check_threshold("plot_confusion_matrices", threshold))
     with style():
-        fig = Figure(figsize=(1.2 + 3.0 * len(models), 3.4), layout="constrained")
+        fig = new_figure(figsize=(1.2 + 3.0 * len(models), 3.4))
         axes = np.atleast_1d(fig.subplots(1, len(models), sharey=True))
         for k, (ax, (name, p)) in enumerate(zip(axes, models.items())):
             pred = (p >= thresholds[name]).astype(int)
@@ -192,7 +182,7 @@ def plot_confusion_matrices(y_true, probs, *, threshold=0.5, path=None, formats=
                    yticklabels=["NORMAL", "PNEUMONIA"], xlabel="Predicted",
                    ylabel="True" if k == 0 else "", title=f"{name} (t = {thresholds[name]:.2f})")
             ax.grid(False)
-        return _finish(fig, path, formats)
+        return finish_figure(fig, path, formats, "plot_confusion_matrices")
 
 
 def plot_reliability(y_true, probs, *, n_bins=10, path=None, formats=("png", "pdf")):
@@ -204,11 +194,12 @@ def plot_reliability(y_true, probs, *, n_bins=10, path=None, formats=("png", "pd
         0/1 labels, 1 = PNEUMONIA.
     probs : dict of str -> array-like of shape (n_samples,), or array-like
         Probability of PNEUMONIA per model.
-    n_bins : int, default 10
+    n_bins : int, default=10
         Equal-width bins, as in :func:`pneumoxai.metrics.reliability_bins`.
-    path : str or Path, optional
-        See :func:`plot_roc`.
-    formats : tuple of str, default ("png", "pdf")
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_roc`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -225,7 +216,7 @@ def plot_reliability(y_true, probs, *, n_bins=10, path=None, formats=("png", "pd
     y, models = _as_models(y_true, probs)
     _check_n_bins("plot_reliability", n_bins)
     with style():
-        fig = Figure(figsize=(4.8, 5.4))
+        fig = new_figure(figsize=(4.8, 5.4))
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
         top.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect calibration")
         width = 1.0 / n_bins / (len(models) + 1)
@@ -240,7 +231,7 @@ def plot_reliability(y_true, probs, *, n_bins=10, path=None, formats=("png", "pd
         top.set(ylabel="Observed PNEUMONIA frequency", xlim=(0, 1), ylim=(0, 1), title="Reliability diagram")
         top.legend(loc="upper left")
         bottom.set(xlabel="Mean predicted probability", ylabel="Images")
-        return _finish(fig, path, formats)
+        return finish_figure(fig, path, formats, "plot_reliability")
 
 
 def plot_threshold_analysis(y_true, y_prob, *, threshold=None, method="youden", target=None,
@@ -253,14 +244,17 @@ def plot_threshold_analysis(y_true, y_prob, *, threshold=None, method="youden", 
         0/1 labels, 1 = PNEUMONIA.
     y_prob : array-like of shape (n_samples,)
         Probability of PNEUMONIA of one model.
-    threshold : float, optional
+    threshold : float, default=None
         Threshold to mark; by default chosen by
         :func:`pneumoxai.metrics.choose_threshold` with ``method`` and ``target``.
-    method, target
+    method : {"youden", "sensitivity", "f1"}, default="youden"
         Passed to :func:`pneumoxai.metrics.choose_threshold` when ``threshold`` is None.
-    path : str or Path, optional
-        See :func:`plot_roc`.
-    formats : tuple of str, default ("png", "pdf")
+    target : float, default=None
+        Required sensitivity for ``method="sensitivity"``, passed on likewise.
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_roc`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -286,7 +280,7 @@ def plot_threshold_analysis(y_true, y_prob, *, threshold=None, method="youden", 
     fp = np.sum(y == 0) - np.searchsorted(np.sort(p[y == 0]), grid, side="left")
     n_pos, n_neg = np.sum(y == 1), np.sum(y == 0)
     with style():
-        fig = Figure(figsize=(5.6, 4.0))
+        fig = new_figure(figsize=(5.6, 4.0))
         ax = fig.subplots()
         ax.plot(grid, tp / n_pos, color=OKABE_ITO[3], label="sensitivity")
         ax.plot(grid, 1 - fp / n_neg, color=OKABE_ITO[0], label="specificity")
@@ -295,7 +289,7 @@ def plot_threshold_analysis(y_true, y_prob, *, threshold=None, method="youden", 
         ax.set(xlabel="Decision threshold", ylabel="Value", xlim=(0, 1), ylim=(0, 1.01),
                title="Threshold analysis")
         ax.legend(loc="lower left")
-        return _finish(fig, path, formats)
+        return finish_figure(fig, path, formats, "plot_threshold_analysis")
 
 
 def plot_diversity(table, *, measure="disagreement", path=None, formats=("png", "pdf")):
@@ -305,10 +299,11 @@ def plot_diversity(table, *, measure="disagreement", path=None, formats=("png", 
     ----------
     table : pandas.DataFrame
         Output of :func:`pneumoxai.ensemble.diversity`.
-    measure : {"disagreement", "yules_q", "error_correlation", "double_fault"}
-    path : str or Path, optional
-        See :func:`plot_roc`.
-    formats : tuple of str, default ("png", "pdf")
+    measure : {"disagreement", "yules_q", "error_correlation", "double_fault"}, default="disagreement"
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_roc`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -336,7 +331,7 @@ def plot_diversity(table, *, measure="disagreement", path=None, formats=("png", 
     vmin = -1.0 if measure in ("yules_q", "error_correlation") else 0.0
     size = 1.2 + 0.6 * len(names)
     with style():
-        fig = Figure(figsize=(size + 1.2, size))
+        fig = new_figure(figsize=(size + 1.2, size))
         ax = fig.subplots()
         image = ax.imshow(matrix, cmap=SEQUENTIAL_CMAP, vmin=vmin, vmax=1.0)
         for i in range(len(names)):
@@ -349,7 +344,7 @@ def plot_diversity(table, *, measure="disagreement", path=None, formats=("png", 
         ax.set_yticklabels(names)
         ax.grid(False)
         fig.colorbar(image, ax=ax, shrink=0.8)
-        return _finish(fig, path, formats)
+        return finish_figure(fig, path, formats, "plot_diversity")
 
 
 def plot_ensemble_size(curve, *, ylabel="Score", path=None, formats=("png", "pdf")):
@@ -359,11 +354,12 @@ def plot_ensemble_size(curve, *, ylabel="Score", path=None, formats=("png", "pdf
     ----------
     curve : pandas.DataFrame
         Output of :func:`pneumoxai.ensemble.ensemble_size_curve`.
-    ylabel : str, default "Score"
+    ylabel : str, default="Score"
         Name of the metric the curve was built with.
-    path : str or Path, optional
-        See :func:`plot_roc`.
-    formats : tuple of str, default ("png", "pdf")
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_roc`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -381,7 +377,7 @@ def plot_ensemble_size(curve, *, ylabel="Score", path=None, formats=("png", "pdf
     if missing:
         raise DataError(f"curve lacks columns {sorted(missing)}; pass the output of ensemble_size_curve.")
     with style():
-        fig = Figure(figsize=(5.6, 3.8))
+        fig = new_figure(figsize=(5.6, 3.8))
         ax = fig.subplots()
         ax.plot(curve["n_members"], curve["score"], marker="o")
         for n, score, added in zip(curve["n_members"], curve["score"], curve["added"]):
@@ -389,4 +385,4 @@ def plot_ensemble_size(curve, *, ylabel="Score", path=None, formats=("png", "pdf
                         ha="center", fontsize=8)
         ax.set(xlabel="Members (greedy forward selection)", ylabel=ylabel,
                xticks=list(curve["n_members"]), title="Ensemble size")
-        return _finish(fig, path, formats)
+        return finish_figure(fig, path, formats, "plot_ensemble_size")

@@ -1,71 +1,30 @@
 """Figures for explanations (:mod:`pneumoxai.explain`): where do errors look?
 
-Every function returns a :class:`matplotlib.figure.Figure` (built without pyplot, so
-report loops do not accumulate open figures) and, given ``path``, saves it as
-``path.png`` and ``path.pdf`` through :func:`pneumoxai._style.save_figure`. No
-TensorFlow is imported here: the functions take maps and tables already computed.
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so
+report loops do not accumulate open figures; given ``path`` it also saves it, as
+:func:`pneumoxai.figures.save_figure` describes. Outcomes (false negative, false
+positive, correct) come from :func:`pneumoxai.outcomes.outcome_groups`. No TensorFlow is
+imported here: the functions take maps and tables already computed.
 """
-
-from pathlib import Path
 
 import numpy as np
 
-from ._style import DIVERGING_CMAP, ERROR_COLORS, SEQUENTIAL_CMAP, save_figure, style
+from ._style import (
+    DIVERGING_CMAP, ERROR_COLORS, OUTCOME_SHORT, SEQUENTIAL_CMAP, finish_figure, new_figure, style,
+)
 from .errors import DataError
+from .metrics import _check_threshold
+from .outcomes import OUTCOMES, outcome_groups
 
-__all__ = [
-    "ERROR_GROUPS", "error_groups", "plot_explanation_gallery", "plot_mean_maps", "plot_zone_attention",
-]
+__all__ = ["plot_explanation_gallery", "plot_mean_maps", "plot_zone_attention"]
 
-#: Outcome groups, in the order rows and bars are drawn.
-ERROR_GROUPS = ("false_negative", "false_positive", "correct")
-_SHORT = {"false_negative": "FN", "false_positive": "FP", "correct": "correct"}
 _OVERLAY_ALPHA = 0.45
 
 
-def _finish(fig, path):
-    if path is not None:
-        path = Path(path)
-        if path.suffix.lower() in (".png", ".pdf"):
-            path = path.with_suffix("")
-        save_figure(fig, path)
-    return fig
-
-
-def _new_figure(figsize):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize, layout="constrained")
-
-
-def error_groups(y_true, y_prob, *, threshold=0.5):
-    """Indices of false negatives, false positives and correct calls.
-
-    Parameters
-    ----------
-    y_true : array_like of {0, 1}, shape (n,)
-        1 = PNEUMONIA.
-    y_prob : array_like of float, shape (n,)
-        P(PNEUMONIA).
-    threshold : float, default 0.5
-
-    Returns
-    -------
-    dict
-        :data:`ERROR_GROUPS` name -> int ndarray of indices.
-    """
-    y = np.asarray(y_true)
-    p = np.asarray(y_prob, dtype=float)
-    if y.ndim != 1 or p.shape != y.shape or not np.isin(y, (0, 1)).all() or not np.isfinite(p).all():
-        raise DataError(
-            f"y_true must be 0/1 and y_prob finite, both of shape (n,); got {y.shape} and {p.shape}"
-        )
-    called = p >= threshold
-    return {
-        "false_negative": np.flatnonzero((y == 1) & ~called),
-        "false_positive": np.flatnonzero((y == 0) & called),
-        "correct": np.flatnonzero((y == 1) == called),
-    }
+def _indices_by_outcome(owner, y_true, y_prob, threshold):
+    """:data:`~pneumoxai.outcomes.OUTCOMES` name -> int ndarray of the samples with that outcome."""
+    outcome = outcome_groups(y_true, y_prob, threshold=_check_threshold(owner, threshold))
+    return {name: np.flatnonzero(outcome == name) for name in OUTCOMES}
 
 
 def _gray(images, n):
@@ -101,7 +60,7 @@ def _bare(ax):
 
 
 def plot_explanation_gallery(images, maps, y_true, y_prob, *, threshold=0.5, n_per_group=2, seed=0,
-                             path=None):
+                             path=None, formats=("png", "pdf")):
     """Overlay gallery: rows are FNs, FPs and correct calls; columns the image and each map.
 
     False negatives are the most confident misses (lowest probability first), false
@@ -109,21 +68,28 @@ def plot_explanation_gallery(images, maps, y_true, y_prob, *, threshold=0.5, n_p
 
     Parameters
     ----------
-    images : array_like, shape (n, H, W) or (n, H, W, 3)
+    images : array-like of shape (n_samples, H, W) or (n_samples, H, W, 3)
         Intensities in [0, 1].
-    maps : dict of str -> array_like, shape (n, H, W)
+    maps : dict of str -> array-like of shape (n_samples, H, W)
         Column title -> maps, e.g. ``{"Grad-CAM": ..., "Grad-CAM++": ..., "SHAP": ...}``.
         Maps with negative values (SHAP) are drawn on a symmetric diverging scale,
         red toward PNEUMONIA.
-    y_true, y_prob : array_like, shape (n,)
-        0/1 labels (1 = PNEUMONIA) and P(PNEUMONIA).
-    threshold : float, default 0.5
-    n_per_group : int, default 2
+    y_true : array-like of shape (n_samples,)
+        0/1 labels, 1 = PNEUMONIA.
+    y_prob : array-like of shape (n_samples,)
+        Predicted probability of PNEUMONIA.
+    threshold : float, default=0.5
+        Decision threshold for ``y_prob``.
+    n_per_group : int, default=2
         Rows per outcome group (fewer when a group is smaller).
-    seed : int, default 0
+    seed : int, default=0
         Seeds the sample of correct calls.
-    path : str or Path, optional
-        File stem to save PNG and PDF.
+    path : str or path-like, default=None
+        Where to save the figure: a file name such as ``"gallery.png"`` (that one format)
+        or a stem such as ``"gallery"`` (each of ``formats``); see
+        :func:`pneumoxai.figures.save_figure`. Nothing is saved when None.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -140,7 +106,7 @@ def plot_explanation_gallery(images, maps, y_true, y_prob, *, threshold=0.5, n_p
     >>> len(fig.axes), fig.axes[0].get_title()
     (8, 'FN  label 1  p=0.20')
     """
-    groups = error_groups(y_true, y_prob, threshold=threshold)
+    groups = _indices_by_outcome("plot_explanation_gallery", y_true, y_prob, threshold)
     p = np.asarray(y_prob, dtype=float)
     gray = _gray(images, len(p))
     if not maps:
@@ -153,17 +119,17 @@ def plot_explanation_gallery(images, maps, y_true, y_prob, *, threshold=0.5, n_p
         "false_positive": groups["false_positive"][np.argsort(-p[groups["false_positive"]], kind="stable")],
         "correct": rng.permutation(groups["correct"]),
     }
-    rows = [(g, i) for g in ERROR_GROUPS for i in chosen[g][:n_per_group]]
+    rows = [(g, i) for g in OUTCOMES for i in chosen[g][:n_per_group]]
     if not rows:
         raise DataError("no images to show")
     y = np.asarray(y_true)
     with style():
-        fig = _new_figure(figsize=(1.9 * (1 + len(maps)), 2.0 * len(rows)))
+        fig = new_figure(figsize=(1.9 * (1 + len(maps)), 2.0 * len(rows)))
         axes = fig.subplots(len(rows), 1 + len(maps), squeeze=False)
         for r, (group, i) in enumerate(rows):
             _bare(axes[r, 0])
             axes[r, 0].imshow(gray[i], cmap="gray", vmin=0.0, vmax=1.0)
-            axes[r, 0].set_title(f"{_SHORT[group]}  label {y[i]}  p={p[i]:.2f}", fontsize=8,
+            axes[r, 0].set_title(f"{OUTCOME_SHORT[group]}  label {y[i]}  p={p[i]:.2f}", fontsize=8,
                                  color=ERROR_COLORS[group])
             for c, (name, m) in enumerate(maps.items(), start=1):
                 _bare(axes[r, c])
@@ -171,28 +137,43 @@ def plot_explanation_gallery(images, maps, y_true, y_prob, *, threshold=0.5, n_p
                 if r == 0:
                     axes[r, c].set_title(name + (" (signed)" if signed[name] else ""), fontsize=9)
         fig.suptitle("Explanations of errors and correct calls")
-        return _finish(fig, path)
+        return finish_figure(fig, path, formats, "plot_explanation_gallery")
 
 
-def plot_mean_maps(maps, y_true, y_prob, *, images=None, threshold=0.5, path=None):
+def plot_mean_maps(maps, y_true, y_prob, *, images=None, threshold=0.5, path=None, formats=("png", "pdf")):
     """Mean map of each outcome group (FN, FP, correct), optionally over the mean image.
 
     Parameters
     ----------
-    maps : array_like, shape (n, H, W)
-    y_true, y_prob : array_like, shape (n,)
-    images : array_like, shape (n, H, W) or (n, H, W, 3), optional
+    maps : array-like of shape (n_samples, H, W)
+        One explanation map per image.
+    y_true : array-like of shape (n_samples,)
+        0/1 labels, 1 = PNEUMONIA.
+    y_prob : array-like of shape (n_samples,)
+        Predicted probability of PNEUMONIA.
+    images : array-like of shape (n_samples, H, W) or (n_samples, H, W, 3), default=None
         When given, each group's mean image is drawn underneath.
-    threshold : float, default 0.5
-    path : str or Path, optional
-        File stem to save PNG and PDF.
+    threshold : float, default=0.5
+        Decision threshold for ``y_prob``.
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_explanation_gallery`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
     matplotlib.figure.Figure
         One axes per group, titled with its size; an empty group is left blank.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> maps = np.random.default_rng(0).random((4, 8, 8))
+    >>> fig = plot_mean_maps(maps, [1, 1, 0, 0], [0.2, 0.9, 0.7, 0.1])
+    >>> [ax.get_title() for ax in fig.axes]
+    ['false negative (n=1)', 'false positive (n=1)', 'correct (n=2)']
     """
-    groups = error_groups(y_true, y_prob, threshold=threshold)
+    groups = _indices_by_outcome("plot_mean_maps", y_true, y_prob, threshold)
     n = len(np.asarray(y_prob))
     m = np.asarray(maps, dtype=float)
     if m.ndim != 3 or len(m) != n:
@@ -200,8 +181,8 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, threshold=0.5, path=Non
     gray = None if images is None else _gray(images, n)
     signed = bool((m < 0).any())
     with style():
-        fig = _new_figure(figsize=(3.0 * len(ERROR_GROUPS), 3.2))
-        for ax, group in zip(fig.subplots(1, len(ERROR_GROUPS)), ERROR_GROUPS):
+        fig = new_figure(figsize=(3.0 * len(OUTCOMES), 3.2))
+        for ax, group in zip(fig.subplots(1, len(OUTCOMES)), OUTCOMES):
             _bare(ax)
             idx = groups[group]
             ax.set_title(f"{group.replace('_', ' ')} (n={len(idx)})", color=ERROR_COLORS[group])
@@ -211,39 +192,53 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, threshold=0.5, path=Non
             background = gray[idx].mean(axis=0) if gray is not None else np.zeros(m.shape[1:])
             _show_map(ax, background, m[idx].mean(axis=0), signed)
         fig.suptitle("Mean explanation map per outcome")
-        return _finish(fig, path)
+        return finish_figure(fig, path, formats, "plot_mean_maps")
 
 
-def plot_zone_attention(table, y_true, y_prob, *, threshold=0.5, path=None):
+def plot_zone_attention(table, y_true, y_prob, *, threshold=0.5, path=None, formats=("png", "pdf")):
     """Grouped bars: mean share of attention per lung zone (and off-lung), per outcome.
 
     Parameters
     ----------
-    table : pandas.DataFrame, shape (n, k)
+    table : pandas.DataFrame of shape (n_samples, n_zones)
         Output of :func:`pneumoxai.explain.zone_attention` (rows aligned with ``y_true``);
         rows with NaN shares (maps without positive mass) are left out.
-    y_true, y_prob : array_like, shape (n,)
-    threshold : float, default 0.5
-    path : str or Path, optional
-        File stem to save PNG and PDF.
+    y_true : array-like of shape (n_samples,)
+        0/1 labels, 1 = PNEUMONIA.
+    y_prob : array-like of shape (n_samples,)
+        Predicted probability of PNEUMONIA.
+    threshold : float, default=0.5
+        Decision threshold for ``y_prob``.
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_explanation_gallery`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
     matplotlib.figure.Figure
         One bar per (zone, non-empty group), with 95% normal-approximation error bars.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"lungs": [0.2, 0.9, 0.8, 0.6], "off_lung": [0.8, 0.1, 0.2, 0.4]})
+    >>> fig = plot_zone_attention(table, [1, 1, 0, 0], [0.2, 0.9, 0.7, 0.1])
+    >>> len(fig.axes[0].patches)
+    6
     """
-    groups = error_groups(y_true, y_prob, threshold=threshold)
+    groups = _indices_by_outcome("plot_zone_attention", y_true, y_prob, threshold)
     if len(table) != len(np.asarray(y_prob)):
         raise DataError(f"table has {len(table)} rows but y_prob has {len(np.asarray(y_prob))}")
     values = table.to_numpy(dtype=float)
     columns = [str(c).replace("_", " ") for c in table.columns]
-    present = [g for g in ERROR_GROUPS if np.isfinite(values[groups[g]]).all(axis=1).any()]
+    present = [g for g in OUTCOMES if np.isfinite(values[groups[g]]).all(axis=1).any()]
     if not present:
         raise DataError("no finite rows in the zone-attention table")
     width = 0.8 / len(present)
     x = np.arange(len(columns))
     with style():
-        fig = _new_figure(figsize=(max(6.0, 1.0 * len(columns) + 2), 3.6))
+        fig = new_figure(figsize=(max(6.0, 1.0 * len(columns) + 2), 3.6))
         ax = fig.subplots()
         for k, group in enumerate(present):
             rows = values[groups[group]]
@@ -257,4 +252,4 @@ def plot_zone_attention(table, y_true, y_prob, *, threshold=0.5, path=None):
         ax.set_ylim(0, 1)
         ax.legend()
         ax.set_title("Where the maps put their mass, by outcome")
-        return _finish(fig, path)
+        return finish_figure(fig, path, formats, "plot_zone_attention")

@@ -1,43 +1,50 @@
 """Figures for failure-slice discovery (:mod:`pneumoxai.slices`).
 
-Every function returns a :class:`matplotlib.figure.Figure` (built without pyplot,
-so report loops do not accumulate open figures) and, given ``path``, saves it as
-``path.png`` and ``path.pdf`` through :func:`pneumoxai._style.save_figure`.
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so
+report loops do not accumulate open figures; given ``path`` it also saves it, as
+:func:`pneumoxai.figures.save_figure` describes. Outcomes (false negative, false
+positive, correct) come from :func:`pneumoxai.outcomes.outcome_groups`.
 """
 
 import textwrap
-from pathlib import Path
 
 import numpy as np
 
-from ._style import ERROR_COLORS, OKABE_ITO, SEQUENTIAL_CMAP, save_figure, style
+from ._style import (
+    ERROR_COLORS, OKABE_ITO, OUTCOME_SHORT, SEQUENTIAL_CMAP, finish_figure, new_figure, style,
+)
 from .errors import DataError, param_error
+from .metrics import _check_threshold
+from .outcomes import OUTCOMES, outcome_groups
 from .slices import slice_mask
 
 __all__ = ["plot_slice_error_rates", "plot_slice_examples", "plot_feature_distributions"]
 
 DISTRIBUTION_KINDS = ("hist", "box")
 _NOT_FINDING_COLOR = "#999999"
-_GROUPS = ("correct", "false_negative", "false_positive")
 _LABEL_WIDTH = 38  # characters per line of a slice label
 
 
-def plot_slice_error_rates(slices, *, top=10, overall_rate=None, ax=None, path=None):
+def plot_slice_error_rates(slices, *, top=10, overall_rate=None, ax=None, path=None, formats=("png", "pdf")):
     """Horizontal bars of the top slices' error rates with Wilson intervals.
 
     Parameters
     ----------
-    slices : DataFrame
+    slices : pandas.DataFrame
         Output of :func:`pneumoxai.slices.find_failure_slices` (already ranked).
     top : int, default=10
         Number of leading rows drawn, top to bottom.
-    overall_rate : float, optional
+    overall_rate : float, default=None
         Error rate over all samples, drawn as a vertical line; defaults to
         ``slices.attrs["overall_error_rate"]``.
-    ax : matplotlib Axes, optional
+    ax : matplotlib.axes.Axes, default=None
         Axes to draw into; a new figure is made otherwise.
-    path : str or Path, optional
-        File stem to save PNG and PDF (a ``.png``/``.pdf`` suffix is dropped).
+    path : str or path-like, default=None
+        Where to save the figure: a file name such as ``"slices.png"`` (that one format)
+        or a stem such as ``"slices"`` (each of ``formats``); see
+        :func:`pneumoxai.figures.save_figure`. Nothing is saved when None.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -92,26 +99,26 @@ def plot_slice_error_rates(slices, *, top=10, overall_rate=None, ax=None, path=N
             [f"overall error rate ({overall_rate:.1%})", "finding (BH q < alpha)", "not significant"],
             loc="lower right",
         )
-        return _finish(fig, path)
+        return finish_figure(fig, path, formats, "plot_slice_error_rates")
 
 
 def plot_slice_examples(
     slices, frame, images, *, maps=None, y_true=None, y_prob=None, threshold=0.5,
-    top=4, n_examples=4, seed=0, path=None,
+    top=4, n_examples=4, seed=0, path=None, formats=("png", "pdf"),
 ):
     """Example images from each of the top slices, misclassified ones first.
 
     Parameters
     ----------
-    slices : DataFrame
+    slices : pandas.DataFrame
         Output of :func:`pneumoxai.slices.find_failure_slices`.
-    frame : DataFrame of shape (n_samples, n_columns)
+    frame : pandas.DataFrame of shape (n_samples, n_columns)
         The frame the slices were found in.
-    images : ndarray of shape (n_samples, H, W) or (n_samples, H, W, 3)
+    images : array-like of shape (n_samples, H, W) or (n_samples, H, W, 3)
         Intensities in [0, 1].
-    maps : ndarray of shape (n_samples, H, W), optional
+    maps : array-like of shape (n_samples, H, W), default=None
         Saliency or attention maps overlaid semi-transparently.
-    y_true, y_prob : array-like of shape (n_samples,), optional
+    y_true, y_prob : array-like of shape (n_samples,), default=None
         When both are given, errors are shown first and each image is titled with
         its outcome (false negative / false positive / correct) and probability.
     threshold : float, default=0.5
@@ -122,8 +129,10 @@ def plot_slice_examples(
         Images per slice (columns of the panel).
     seed : int, default=0
         Seed of the random choice among a slice's errors and among its correct calls.
-    path : str or Path, optional
-        File stem to save PNG and PDF.
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_slice_error_rates`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -141,12 +150,14 @@ def plot_slice_examples(
         )
     if maps is not None and np.shape(maps) != images.shape:
         raise DataError(f"maps must have shape {images.shape}; got {np.shape(maps)}")
-    outcome = _outcomes(y_true, y_prob, threshold, len(frame)) if y_true is not None else None
+    outcome = None
+    if y_true is not None:
+        outcome = _frame_outcomes("plot_slice_examples", y_true, y_prob, threshold, len(frame))
     rng = np.random.default_rng(seed)
     rows = slices.head(top)
 
     with style():
-        fig = _new_figure(figsize=(1.9 * n_examples, 2.1 * len(rows)))
+        fig = new_figure(figsize=(1.9 * n_examples, 2.1 * len(rows)))
         axes = np.atleast_2d(fig.subplots(len(rows), n_examples, squeeze=False))
         for r, (label, conds) in enumerate(zip(rows["slice"], rows["conditions"])):
             members = np.flatnonzero(slice_mask(frame, conds))
@@ -166,26 +177,27 @@ def plot_slice_examples(
                 if maps is not None:
                     ax.imshow(maps[i], cmap=SEQUENTIAL_CMAP, alpha=0.4)
                 if outcome is not None:
-                    kind = _GROUPS[outcome[i]]
+                    kind = outcome[i]
                     ax.set_title(f"{kind.replace('_', ' ')}\np={np.asarray(y_prob)[i]:.2f}",
                                  fontsize=8, color=ERROR_COLORS[kind])
         fig.suptitle("Examples from the top failure slices")
-        return _finish(fig, path)
+        return finish_figure(fig, path, formats, "plot_slice_examples")
 
 
 def plot_feature_distributions(
     frame, y_true, y_prob, *, columns=None, threshold=0.5, kind="hist", ncols=4, bins=20, path=None,
+    formats=("png", "pdf"),
 ):
-    """Small multiples: each feature's distribution for correct calls, FNs and FPs.
+    """Small multiples: each feature's distribution for FNs, FPs and correct calls.
 
     Parameters
     ----------
-    frame : DataFrame of shape (n_samples, n_columns)
+    frame : pandas.DataFrame of shape (n_samples, n_columns)
         Features, e.g. :func:`pneumoxai.slices.image_features`.
     y_true, y_prob : array-like of shape (n_samples,)
         0/1 labels and predicted probabilities of pneumonia.
-    columns : list of str, optional
-        Columns to draw; default all numeric, non-boolean, non-constant columns.
+    columns : list of str, default=None
+        Columns to draw; None draws all numeric, non-boolean, non-constant columns.
     threshold : float, default=0.5
         Decision threshold for ``y_prob``.
     kind : {"hist", "box"}, default="hist"
@@ -194,8 +206,10 @@ def plot_feature_distributions(
         Panels per row.
     bins : int, default=20
         Histogram bins.
-    path : str or Path, optional
-        File stem to save PNG and PDF.
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_slice_error_rates`.
+    formats : tuple of str, default=("png", "pdf")
+        Formats written when ``path`` is a stem.
 
     Returns
     -------
@@ -214,7 +228,7 @@ def plot_feature_distributions(
     """
     if kind not in DISTRIBUTION_KINDS:
         raise param_error("plot_feature_distributions", "kind", f"one of {DISTRIBUTION_KINDS}", kind)
-    outcome = _outcomes(y_true, y_prob, threshold, len(frame))
+    outcome = _frame_outcomes("plot_feature_distributions", y_true, y_prob, threshold, len(frame))
     if columns is None:
         columns = [
             c for c in frame.columns
@@ -224,15 +238,15 @@ def plot_feature_distributions(
         raise DataError("no numeric, non-constant columns to plot")
     nrows = -(-len(columns) // ncols)
     with style():
-        fig = _new_figure(figsize=(3.0 * min(ncols, len(columns)), 2.4 * nrows))
+        fig = new_figure(figsize=(3.0 * min(ncols, len(columns)), 2.4 * nrows))
         axes = fig.subplots(nrows, min(ncols, len(columns)), squeeze=False).ravel()
         for ax in axes[len(columns):]:
             fig.delaxes(ax)
         for ax, col in zip(axes, columns):
             values = frame[col].to_numpy(dtype=float, na_value=np.nan)
-            groups = [values[(outcome == g) & np.isfinite(values)] for g in range(len(_GROUPS))]
-            colors = [ERROR_COLORS[g] for g in _GROUPS]
-            names = [f"{g.replace('_', ' ')} (n={len(v)})" for g, v in zip(_GROUPS, groups)]
+            groups = [values[(outcome == g) & np.isfinite(values)] for g in OUTCOMES]
+            colors = [ERROR_COLORS[g] for g in OUTCOMES]
+            names = [f"{g.replace('_', ' ')} (n={len(v)})" for g, v in zip(OUTCOMES, groups)]
             if kind == "hist":
                 edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=bins)
                 for v, color, name in zip(groups, colors, names):
@@ -245,51 +259,35 @@ def plot_feature_distributions(
                 for patch, color in zip(box["boxes"], colors):
                     patch.set_facecolor(color)
                     patch.set_alpha(0.5)
-                ax.set_xticks(range(1, len(_GROUPS) + 1), ["correct", "FN", "FP"])
+                ax.set_xticks(range(1, len(OUTCOMES) + 1), [OUTCOME_SHORT[g] for g in OUTCOMES])
             ax.set_title(str(col))
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="outside upper center", ncol=3)
-        return _finish(fig, path)
+        return finish_figure(fig, path, formats, "plot_feature_distributions")
 
 
-def _outcomes(y_true, y_prob, threshold, n):
-    """0 = correct, 1 = false negative, 2 = false positive, per sample."""
+def _frame_outcomes(owner, y_true, y_prob, threshold, n):
+    """Outcome of each of the ``n`` rows of the slice frame."""
     if y_prob is None:
         raise DataError("y_prob is required when y_true is given")
-    y = np.asarray(y_true).ravel()
-    p = np.asarray(y_prob, dtype=float).ravel()
-    if not len(y) == len(p) == n:
-        raise DataError(f"length mismatch: {n} rows, y_true {len(y)}, y_prob {len(p)}")
-    pred = (p >= threshold).astype(int)
-    return np.where(pred == y, 0, np.where(y == 1, 1, 2))
+    outcome = outcome_groups(y_true, y_prob, threshold=_check_threshold(owner, threshold))
+    if len(outcome) != n:
+        raise DataError(f"length mismatch: the frame has {n} rows but y_true and y_prob have {len(outcome)}")
+    return outcome
 
 
 def _choose(members, outcome, k, rng):
     """Up to ``k`` members, errors first when outcomes are known; random within each group."""
     members = rng.permutation(members)
     if outcome is not None:
-        members = members[np.argsort(outcome[members] == 0, kind="stable")]
+        members = members[np.argsort(outcome[members] == "correct", kind="stable")]
     return members[:k]
-
-
-def _new_figure(figsize):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize, layout="constrained")
 
 
 def _figure_and_axes(ax, figsize):
     if ax is not None:
         return ax.figure, ax
-    fig = _new_figure(figsize)
+    fig = new_figure(figsize)
     return fig, fig.add_subplot()
 
-
-def _finish(fig, path):
-    if path is not None:
-        stem = Path(path)
-        if stem.suffix.lower() in (".png", ".pdf"):
-            stem = stem.with_suffix("")
-        save_figure(fig, stem)
-    return fig

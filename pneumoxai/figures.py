@@ -15,10 +15,14 @@ Explanations
     and :func:`plot_zone_attention` (share of attention per lung zone and off-lung).
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so
-it works under any backend and is not kept alive by pyplot's figure registry; given
-``path`` it also saves the figure atomically as PNG and PDF. :func:`style` applies the
-shared style (colour-blind-safe :data:`OKABE_ITO` palette) and :func:`save_figure`
-saves any figure the same way.
+it works under any backend and is not kept alive by pyplot's figure registry. Every
+function takes keyword-only ``path=None, formats=("png", "pdf")`` and saves the same
+way as :func:`save_figure`: a ``path`` whose suffix names a format (``"roc.svg"``)
+writes that one file, any other ``path`` is a stem written once per format
+(``"roc"`` gives ``roc.png`` and ``roc.pdf``), each file atomically. :func:`style`
+applies the shared style (colour-blind-safe :data:`OKABE_ITO` palette). Outcome
+groups (false negative, false positive, correct) come from
+:func:`pneumoxai.outcomes.outcome_groups`.
 """
 
 from ._figures_eval import (

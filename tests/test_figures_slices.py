@@ -66,7 +66,7 @@ def test_example_panel_with_maps(planted, tmp_path):
     assert all(len(ax.images) == 2 for ax in first_row)  # radiograph + overlaid map
     # The top slice is a failure slice with many errors, so its examples are errors.
     assert all(ax.get_title().split("\n")[0] in ("false negative", "false positive") for ax in first_row)
-    assert (tmp_path / "examples.png").exists() and (tmp_path / "examples.pdf").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples.png"]  # the suffix picks the format
 
 
 def test_feature_distributions_small_multiples(planted, tmp_path):
@@ -74,9 +74,15 @@ def test_feature_distributions_small_multiples(planted, tmp_path):
     frame = frame.assign(extra=np.arange(len(frame)), const=1.0)
     fig = plot_feature_distributions(frame, y, prob, ncols=2, path=tmp_path / "dist")
     assert [ax.get_title() for ax in fig.axes] == ["contrast", "noise", "extra"]
+    called = prob >= 0.5
+    counts = [np.sum((y == 1) & ~called), np.sum((y == 0) & called), np.sum((y == 1) == called)]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        f"false negative (n={counts[0]})", f"false positive (n={counts[1]})", f"correct (n={counts[2]})",
+    ]
     assert (tmp_path / "dist.png").exists()
     box = plot_feature_distributions(frame, y, prob, columns=["contrast"], kind="box")
     assert len(box.axes) == 1
+    assert [t.get_text() for t in box.axes[0].get_xticklabels()] == ["FN", "FP", "correct"]
 
 
 @pytest.mark.parametrize(
@@ -86,9 +92,15 @@ def test_feature_distributions_small_multiples(planted, tmp_path):
          "'kind' parameter of plot_feature_distributions .* got 'violin'"),
         (lambda f, y, p, i, s: plot_slice_error_rates(s.iloc[:0]), DataError, "empty"),
         (lambda f, y, p, i, s: plot_slice_examples(s, f, i[:5]), DataError, "images must have shape"),
-        (lambda f, y, p, i, s: plot_feature_distributions(f, y[:5], p), DataError, "length mismatch"),
+        (lambda f, y, p, i, s: plot_feature_distributions(f, y[:5], p), DataError, "shape of y_prob"),
+        (lambda f, y, p, i, s: plot_feature_distributions(f.iloc[:5], y, p), DataError,
+         "length mismatch: the frame has 5 rows but y_true and y_prob have 200"),
+        (lambda f, y, p, i, s: plot_slice_examples(s, f, i, y_true=y, threshold=-1), DataError,
+         "y_prob is required"),
+        (lambda f, y, p, i, s: plot_slice_examples(s, f, i, y_true=y, y_prob=p, threshold=-1), ConfigError,
+         "^The 'threshold' parameter of plot_slice_examples must be a number in"),
     ],
-    ids=["kind", "empty", "image-count", "length"],
+    ids=["kind", "empty", "image-count", "label-length", "frame-length", "no-prob", "threshold"],
 )
 def test_figures_reject_bad_input(planted, call, error, match):
     frame, y, prob, images, found = planted

@@ -7,6 +7,8 @@ from :class:`ValueError` so generic callers keep working.
 
 import numbers
 
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
 __all__ = [
     "PneumoxaiError",
     "DataError",
@@ -48,8 +50,9 @@ class RunFolderError(PneumoxaiError):
     """The run folder is locked, unwritable, or was made by an incompatible config/version."""
 
 
-class NotFittedError(PneumoxaiError, AttributeError):
-    """An estimator was used before ``fit``."""
+class NotFittedError(PneumoxaiError, _SklearnNotFittedError):
+    """An estimator was used before ``fit``; also scikit-learn's ``NotFittedError``, so code written
+    for scikit-learn estimators (and ``check_estimator``) recognises it."""
 
 
 class SkippedFilesWarning(UserWarning):

@@ -55,12 +55,13 @@ def main(argv=None):
     records = []
     for k in range(1, len(order) + 1):
         chosen = order[:k]
-        soft = SoftVoting().fit(P["val"][chosen], y_val).predict_proba(P["test"][chosen])
+        soft = SoftVoting().fit(P["val"][chosen], y_val).predict_proba(P["test"][chosen])[:, 1]
         record = {"n_members": k, "added": chosen[-1],
                   "soft_voting_auc": evaluate(y_test, soft, n_boot=0)["roc_auc"]}
         if k > 1:
             stack = Stacking(features="logit", cv=5).fit(P["val"][chosen], y_val, groups=rows["val"]["patient_id"])
-            record["stacking_auc"] = evaluate(y_test, stack.predict_proba(P["test"][chosen]), n_boot=0)["roc_auc"]
+            p_stack = stack.predict_proba(P["test"][chosen])[:, 1]
+            record["stacking_auc"] = evaluate(y_test, p_stack, n_boot=0)["roc_auc"]
         record["best_single_auc"] = max(evaluate(y_test, P["test"][name], n_boot=0)["roc_auc"] for name in chosen)
         records.append(record)
     curve = pd.DataFrame(records)

@@ -9,7 +9,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "data", "models", "ensemble", "metrics", "slices", "explain",
+    "data", "models", "ensemble", "calibration", "metrics", "slices", "explain",
     "figures", "report", "cli", "config", "errors", "pipeline",
 )
 

@@ -2,7 +2,10 @@
 
 Everything here works on a matrix ``P`` of member probabilities of PNEUMONIA with shape
 ``(n_samples, n_members)`` (a NumPy array, or a DataFrame whose columns name the members)
-and never touches Keras.
+and never touches Keras. The combiners :class:`SoftVoting`, :class:`HardVoting` and
+:class:`Stacking` are scikit-learn classifiers on ``P``: labels 0 (NORMAL) and 1 (PNEUMONIA),
+``predict_proba(P)`` of shape ``(n_samples, 2)`` whose column 1 is the ensemble probability
+of PNEUMONIA, and ``predict(P)`` thresholded at their ``threshold`` parameter.
 
 A combiner that learns from data (``SoftVoting(weights="optimize")``, ``Stacking``) must
 learn from member predictions on images the members were **not** trained on, otherwise it
@@ -18,13 +21,12 @@ rewards the members that memorised their training set. Two honest routes:
 Then score the combiner once on the untouched test set.
 """
 
-import numbers
 import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special
-from sklearn.base import BaseEstimator, clone
+from scipy import optimize
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
@@ -36,12 +38,11 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 
-from ._predict import predict_members
-from .errors import DataError, NotFittedError, param_error
+from .calibration import _EPS, _THRESHOLD, _check_probabilities, _logit, _ProbabilityClassifier
+from .errors import DataError, is_int, is_number, param_error
 from .metrics import _check_groups, _check_labels
 
 __all__ = [
-    "predict_members",
     "SoftVoting",
     "HardVoting",
     "Stacking",
@@ -49,17 +50,6 @@ __all__ = [
     "diversity",
     "ensemble_size_curve",
 ]
-
-# Clip before logit/log so probabilities of exactly 0 or 1 stay finite.
-_EPS = 1e-7
-
-
-def _is_open_unit(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < 1
-
-
-def _is_closed_unit(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def _as_weights(value):
@@ -81,10 +71,6 @@ def _is_meta(value):
     return hasattr(value, "fit") and hasattr(value, "predict_proba")
 
 
-def _is_int_at_least_2(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 2
-
-
 _SIZE_METRICS = {
     # name: (scorer(y, score), uses thresholded predictions, greater is better)
     "roc_auc": (roc_auc_score, False, True),
@@ -102,24 +88,21 @@ _CONSTRAINTS = {
             lambda v: v is None or (isinstance(v, str) and v == "optimize") or _as_weights(v) is not None,
             "None, 'optimize' or an array of n_members non-negative numbers",
         ),
+        "threshold": _THRESHOLD,
     },
     "HardVoting": {
-        "threshold": (_is_open_unit, "a number strictly between 0 and 1"),
+        "vote_threshold": (lambda v: is_number(v) and 0 < v < 1, "a number strictly between 0 and 1"),
+        "threshold": _THRESHOLD,
     },
     "Stacking": {
         "meta": (_is_meta, "'logistic' or a scikit-learn classifier with fit and predict_proba"),
         "features": (lambda v: isinstance(v, str) and v in ("proba", "logit"), "'proba' or 'logit'"),
-        "cv": (_is_int_at_least_2, "an integer >= 2"),
-        "seed": (
-            lambda v: v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool)),
-            "None or an integer",
-        ),
-    },
-    "predict": {
-        "threshold": (_is_closed_unit, "a number between 0 and 1"),
+        "cv": (lambda v: is_int(v, 2), "an integer >= 2"),
+        "seed": (lambda v: v is None or is_int(v, 0), "None or an integer >= 0"),
+        "threshold": _THRESHOLD,
     },
     "diversity": {
-        "threshold": (_is_closed_unit, "a number between 0 and 1"),
+        "threshold": _THRESHOLD,
     },
     "ensemble_size_curve": {
         "combiner": (lambda v: isinstance(v, str) and v in ("soft", "hard"), "'soft' or 'hard'"),
@@ -127,44 +110,41 @@ _CONSTRAINTS = {
             lambda v: isinstance(v, str) and v in _SIZE_METRICS,
             "one of " + ", ".join(map(repr, _SIZE_METRICS)),
         ),
-        "threshold": (_is_closed_unit, "a number between 0 and 1"),
+        "threshold": _THRESHOLD,
     },
 }
 
 
-def _param_error(owner, name, value):
-    return param_error(owner, name, _CONSTRAINTS[owner][name][1], value)
-
-
-def _check_params(owner, **params):
-    for name, value in params.items():
-        check = _CONSTRAINTS[owner][name][0]
+def _check_args(owner, **args):
+    """Check a function's arguments against ``_CONSTRAINTS[owner]``."""
+    for name, value in args.items():
+        check, expected = _CONSTRAINTS[owner][name]
         if not check(value):
-            raise _param_error(owner, name, value)
+            raise param_error(owner, name, expected, value)
 
 
-def _check_inputs(P, y=None, *, owner, n_members=None, member_names=None):
-    """Validate member probabilities (and labels) for every combiner and analysis.
+def _member_labels(n_members):
+    return [f"member_{j}" for j in range(n_members)]
+
+
+def _check_inputs(P, y=None, *, owner):
+    """Validate member probabilities (and labels) for the functions of this module.
 
     Parameters
     ----------
     P : array-like or DataFrame of shape (n_samples, n_members)
         Probabilities of PNEUMONIA, one column per member.
-    y : array-like of shape (n_samples,), optional
+    y : array-like of shape (n_samples,), default=None
         0/1 labels; checked for length, values and both classes when given.
     owner : str
         Name used in error messages.
-    n_members : int, optional
-        Member count seen at fit; P must match it.
-    member_names : list of str, optional
-        Columns seen at fit; a DataFrame P must have the same columns in the same order.
 
     Returns
     -------
     P : numpy.ndarray of shape (n_samples, n_members)
     y : numpy.ndarray of shape (n_samples,) or None
-    names : list of str or None
-        DataFrame columns, or None for arrays.
+    names : list of str
+        DataFrame columns, or ``member_0``, ``member_1``, ... for arrays.
     """
     names = [str(c) for c in P.columns] if isinstance(P, pd.DataFrame) else None
     try:
@@ -176,22 +156,8 @@ def _check_inputs(P, y=None, *, owner, n_members=None, member_names=None):
         raise DataError(f"{owner}: P must be 2-D (n_samples, n_members); got shape {arr.shape}.{hint}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{owner}: P is empty (shape {arr.shape}).")
-    if n_members is not None and arr.shape[1] != n_members:
-        raise DataError(f"{owner} was fitted on {n_members} members but P has {arr.shape[1]} columns.")
-    if member_names is not None and names is not None and names != member_names:
-        raise DataError(f"{owner} was fitted on members {member_names} but P has columns {names}.")
-    label = names or [f"member_{j}" for j in range(arr.shape[1])]
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        col = int(np.flatnonzero(bad.any(axis=0))[0])
-        raise DataError(f"{owner}: P has {int(bad.sum())} NaN or infinite values (first in {label[col]!r}).")
-    outside = (arr < 0) | (arr > 1)
-    if outside.any():
-        col = int(np.flatnonzero(outside.any(axis=0))[0])
-        raise DataError(
-            f"{owner}: P must hold probabilities in [0, 1]; {label[col]!r} has values from "
-            f"{arr[:, col].min():.4g} to {arr[:, col].max():.4g}. Pass probabilities, not logits."
-        )
+    names = names or _member_labels(arr.shape[1])
+    _check_probabilities(arr, owner, "P", names)
     labels = None if y is None else _check_labels(y, arr.shape[0])
     return arr, labels, names
 
@@ -203,38 +169,21 @@ def _log_loss_and_grad(w, P, y):
     return loss, P.T @ dq
 
 
-class _Combiner(BaseEstimator):
-    """Shared fitted-state checks and ``predict`` of the combiners."""
+class _Combiner(_ProbabilityClassifier):
+    """A classifier on member probabilities ``P`` of shape (n_samples, n_members)."""
 
-    def _check_fitted(self):
-        if not hasattr(self, "n_members_"):
-            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit first.")
+    _input_name = "P"
 
-    def _record_members(self, P, names):
-        self.n_members_ = P.shape[1]
-        self.member_names_ = names
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Voting learns no decision function: on features that are not probabilities of
+        # class 1 its accuracy is poor, which scikit-learn's checks then do not demand.
+        tags.classifier_tags.poor_score = not isinstance(self, Stacking)
+        return tags
 
-    def _check_predict_input(self, P):
-        self._check_fitted()
-        arr, _, _ = _check_inputs(P, owner=type(self).__name__, n_members=self.n_members_,
-                                  member_names=self.member_names_)
-        return arr
-
-    def predict(self, P, threshold=0.5):
-        """Predicted class, 1 = PNEUMONIA when ``predict_proba(P) >= threshold``.
-
-        Parameters
-        ----------
-        P : array-like of shape (n_samples, n_members)
-            Member probabilities of PNEUMONIA.
-        threshold : float, default 0.5
-
-        Returns
-        -------
-        numpy.ndarray of shape (n_samples,), dtype int
-        """
-        _check_params("predict", threshold=threshold)
-        return (self.predict_proba(P) >= threshold).astype(int)
+    def _column_labels(self, n_columns):
+        names = getattr(self, "feature_names_in_", None)
+        return [str(n) for n in names] if names is not None else _member_labels(n_columns)
 
 
 class SoftVoting(_Combiner):
@@ -242,33 +191,43 @@ class SoftVoting(_Combiner):
 
     Parameters
     ----------
-    weights : None, "optimize" or array-like of shape (n_members,), default None
+    weights : None, "optimize" or array-like of shape (n_members,), default=None
         None gives every member the same weight; an array is normalised to sum to 1;
         ``"optimize"`` fits non-negative weights summing to 1 that minimise log loss on the
         data passed to :meth:`fit`, which must be held-out or out-of-fold member
         predictions (see the module docstring). The log loss of a mixture is convex in the
         weights, so SLSQP finds the global optimum.
+    threshold : float, default=0.5
+        :meth:`predict` says PNEUMONIA when the weighted mean is ``>= threshold``.
 
     Attributes
     ----------
     weights_ : numpy.ndarray of shape (n_members,)
         Normalised weights.
-    n_members_ : int
-    member_names_ : list of str or None
-        Columns of the DataFrame seen at fit.
+    classes_ : numpy.ndarray of shape (2,)
+        ``array([0, 1])``: NORMAL, PNEUMONIA.
+    n_features_in_ : int
+        Number of members.
+    feature_names_in_ : numpy.ndarray of shape (n_members,)
+        Member names, the columns of the DataFrame seen at fit; only set for DataFrames
+        with string column names.
 
     Examples
     --------
     >>> import numpy as np
     >>> P = np.array([[0.2, 0.4], [0.9, 0.5], [0.6, 0.8]])
-    >>> SoftVoting().fit(P, [0, 1, 1]).predict_proba(P)
-    array([0.3, 0.7, 0.7])
+    >>> soft = SoftVoting(threshold=0.6).fit(P, [0, 1, 1])
+    >>> soft.predict_proba(P)[:, 1], soft.predict(P)
+    (array([0.3, 0.7, 0.7]), array([0, 1, 1]))
     >>> SoftVoting(weights=[3, 1]).fit(P, [0, 1, 1]).weights_
     array([0.75, 0.25])
     """
 
-    def __init__(self, *, weights=None):
+    _constraints = _CONSTRAINTS["SoftVoting"]
+
+    def __init__(self, *, weights=None, threshold=0.5):
         self.weights = weights
+        self.threshold = threshold
 
     def fit(self, P, y):
         """Set or learn the weights.
@@ -284,8 +243,8 @@ class SoftVoting(_Combiner):
         -------
         self
         """
-        _check_params("SoftVoting", weights=self.weights)
-        P, y, names = _check_inputs(P, y, owner="SoftVoting")
+        self._check_params()
+        P, y = self._validate(P, y, method="fit", reset=True)
         n_members = P.shape[1]
         if self.weights is None:
             weights = np.full(n_members, 1.0 / n_members)
@@ -294,10 +253,10 @@ class SoftVoting(_Combiner):
         else:
             weights = _as_weights(self.weights)
             if weights.size != n_members:
-                raise _param_error("SoftVoting", "weights", self.weights)
+                raise param_error("SoftVoting", "weights", self._constraints["weights"][1], self.weights)
             weights = weights / weights.sum()
         self.weights_ = weights
-        self._record_members(P, names)
+        self.classes_ = np.array([0, 1])
         return self
 
     @staticmethod
@@ -318,18 +277,9 @@ class SoftVoting(_Combiner):
         weights = np.clip(res.x, 0.0, None)
         return weights / weights.sum()
 
-    def predict_proba(self, P):
-        """Ensemble probability of PNEUMONIA.
-
-        Parameters
-        ----------
-        P : array-like of shape (n_samples, n_members)
-
-        Returns
-        -------
-        numpy.ndarray of shape (n_samples,)
-        """
-        return self._check_predict_input(P) @ self.weights_
+    def _proba(self, P, method):
+        P, _ = self._validate(P, method=method, reset=False)
+        return P @ self.weights_
 
 
 class HardVoting(_Combiner):
@@ -337,62 +287,71 @@ class HardVoting(_Combiner):
 
     Parameters
     ----------
-    threshold : float, default 0.5
-        Each member votes PNEUMONIA when its probability is ``>= threshold``.
+    vote_threshold : float, default=0.5
+        Each member votes PNEUMONIA when its probability is ``>= vote_threshold``.
+    threshold : float, default=0.5
+        :meth:`predict` says PNEUMONIA when the fraction of members voting PNEUMONIA is
+        ``>= threshold``: 0.5 is the majority vote, with a tie going to PNEUMONIA (the safer
+        error in screening); 1.0 asks for a unanimous vote.
 
     Attributes
     ----------
-    n_members_ : int
-    member_names_ : list of str or None
+    classes_ : numpy.ndarray of shape (2,)
+        ``array([0, 1])``: NORMAL, PNEUMONIA.
+    n_features_in_ : int
+        Number of members.
+    feature_names_in_ : numpy.ndarray of shape (n_members,)
+        Member names, only set when fit on a DataFrame with string column names.
 
     Notes
     -----
-    :meth:`predict_proba` returns the fraction of members voting PNEUMONIA, a coarse score
-    usable for ROC analysis. With an even number of members a tie (fraction 0.5) is
-    predicted PNEUMONIA by ``predict(P)``, the safer error in screening.
+    ``predict_proba(P)[:, 1]`` is the fraction of members voting PNEUMONIA, a coarse score
+    usable for ROC analysis. ``y`` is optional in :meth:`fit`: nothing is learned.
 
     Examples
     --------
     >>> import numpy as np
     >>> P = np.array([[0.2, 0.7, 0.9], [0.1, 0.3, 0.6]])
     >>> vote = HardVoting().fit(P)
-    >>> vote.predict_proba(P).round(3), vote.predict(P)
+    >>> vote.predict_proba(P)[:, 1].round(3), vote.predict(P)
     (array([0.667, 0.333]), array([1, 0]))
+    >>> HardVoting(vote_threshold=0.25).fit(P).predict(P)
+    array([1, 1])
     """
 
-    def __init__(self, *, threshold=0.5):
+    _constraints = _CONSTRAINTS["HardVoting"]
+
+    def __init__(self, *, vote_threshold=0.5, threshold=0.5):
+        self.vote_threshold = vote_threshold
         self.threshold = threshold
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False
+        return tags
+
     def fit(self, P, y=None):
-        """Record the number of members; nothing is learned.
+        """Record the number (and names) of members; nothing is learned.
 
         Parameters
         ----------
         P : array-like of shape (n_samples, n_members)
-        y : array-like of shape (n_samples,), optional
-            Checked when given, otherwise unused.
+            Member probabilities of PNEUMONIA.
+        y : array-like of shape (n_samples,), default=None
+            0/1 labels; checked when given, otherwise unused.
 
         Returns
         -------
         self
         """
-        _check_params("HardVoting", threshold=self.threshold)
-        P, _, names = _check_inputs(P, y, owner="HardVoting")
-        self._record_members(P, names)
+        self._check_params()
+        self._validate(P, y, method="fit", reset=True)
+        self.classes_ = np.array([0, 1])
         return self
 
-    def predict_proba(self, P):
-        """Fraction of members voting PNEUMONIA.
-
-        Parameters
-        ----------
-        P : array-like of shape (n_samples, n_members)
-
-        Returns
-        -------
-        numpy.ndarray of shape (n_samples,)
-        """
-        return (self._check_predict_input(P) >= self.threshold).mean(axis=1)
+    def _proba(self, P, method):
+        P, _ = self._validate(P, method=method, reset=False)
+        return (P >= self.vote_threshold).mean(axis=1)
 
 
 class Stacking(_Combiner):
@@ -405,27 +364,34 @@ class Stacking(_Combiner):
 
     Parameters
     ----------
-    meta : "logistic" or classifier, default "logistic"
+    meta : "logistic" or classifier, default="logistic"
         ``"logistic"`` is ``LogisticRegression()``; any other scikit-learn classifier with
         ``predict_proba`` is cloned before fitting.
-    features : {"proba", "logit"}, default "proba"
+    features : {"proba", "logit"}, default="proba"
         Feed the meta-learner the probabilities or their logits (with logits a logistic
         meta-learner generalises Platt scaling of a weighted mean).
-    cv : int, default 5
+    cv : int, default=5
         Folds used to compute :attr:`oof_proba_`, stratified by class and, when ``groups``
         are given to :meth:`fit`, grouped by patient.
-    seed : int or None, default 0
+    seed : int or None, default=0
         Shuffles the folds.
+    threshold : float, default=0.5
+        :meth:`predict` says PNEUMONIA when the stacked probability is ``>= threshold``.
 
     Attributes
     ----------
     meta_ : classifier
         Meta-learner fitted on all rows passed to :meth:`fit`.
-    oof_proba_ : numpy.ndarray of shape (n_samples,)
-        Cross-validated meta-learner probabilities for the rows passed to :meth:`fit`: an
-        honest estimate of the stacker's performance on that same data.
-    n_members_ : int
-    member_names_ : list of str or None
+    oof_proba_ : numpy.ndarray of shape (n_samples, 2)
+        Cross-validated meta-learner probabilities of NORMAL and PNEUMONIA for the rows
+        passed to :meth:`fit`, laid out like :meth:`predict_proba`: an honest estimate of
+        the stacker's performance on that same data.
+    classes_ : numpy.ndarray of shape (2,)
+        ``array([0, 1])``: NORMAL, PNEUMONIA.
+    n_features_in_ : int
+        Number of members.
+    feature_names_in_ : numpy.ndarray of shape (n_members,)
+        Member names, only set when fit on a DataFrame with string column names.
 
     Notes
     -----
@@ -442,17 +408,20 @@ class Stacking(_Combiner):
     >>> P = np.column_stack([0.3 + 0.4 * y + rng.uniform(-0.2, 0.2, 40), rng.uniform(size=40)])
     >>> stack = Stacking(features="logit", cv=4).fit(P, y)
     >>> stack.oof_proba_.shape, stack.predict(P[:4]).tolist()
-    ((40,), [0, 1, 0, 1])
+    ((40, 2), [0, 1, 0, 1])
     """
 
-    def __init__(self, *, meta="logistic", features="proba", cv=5, seed=0):
+    _constraints = _CONSTRAINTS["Stacking"]
+
+    def __init__(self, *, meta="logistic", features="proba", cv=5, seed=0, threshold=0.5):
         self.meta = meta
         self.features = features
         self.cv = cv
         self.seed = seed
+        self.threshold = threshold
 
     def _features(self, P):
-        return special.logit(np.clip(P, _EPS, 1 - _EPS)) if self.features == "logit" else P
+        return _logit(P) if self.features == "logit" else P
 
     def fit(self, P, y, *, trained_on=None, groups=None):
         """Fit the meta-learner, and its cross-validated predictions ``oof_proba_``.
@@ -463,34 +432,23 @@ class Stacking(_Combiner):
             Held-out or out-of-fold member probabilities of PNEUMONIA.
         y : array-like of shape (n_samples,)
             0/1 labels.
-        trained_on : array-like of bool, shape (n_samples, n_members), optional
+        trained_on : array-like of bool of shape (n_samples, n_members), default=None
             True where a sample was in that member's training data; any True raises.
-        groups : array-like of shape (n_samples,), optional
+        groups : array-like of shape (n_samples,), default=None
             Patient ids; the folds of ``oof_proba_`` keep each patient in one fold.
 
         Returns
         -------
         self
         """
-        _check_params("Stacking", meta=self.meta, features=self.features, cv=self.cv, seed=self.seed)
-        P, y, names = _check_inputs(P, y, owner="Stacking")
-        label = names or [f"member_{j}" for j in range(P.shape[1])]
+        self._check_params()
+        P, y = self._validate(P, y, method="fit", reset=True)
         if trained_on is not None:
-            leak = np.asarray(trained_on, dtype=bool)
-            if leak.shape != P.shape:
-                raise DataError(f"Stacking: trained_on must have shape {P.shape}; got {leak.shape}.")
-            counts = leak.sum(axis=0)
-            if counts.any():
-                which = ", ".join(f"{label[j]!r} on {counts[j]}" for j in np.flatnonzero(counts))
-                raise DataError(
-                    f"Stacking: members were trained on samples passed to fit ({which}); the "
-                    "meta-learner would reward memorisation. Fit it on held-out predictions or "
-                    "on out-of-fold predictions from assemble_oof."
-                )
+            self._refuse_training_rows(np.asarray(trained_on, dtype=bool), P.shape)
         groups = _check_groups(groups, y.size)
         minority = int(min(y.sum(), y.size - y.sum()))
         if minority < self.cv:
-            raise DataError(f"Stacking: cv={self.cv} folds need {self.cv} samples of each class; "
+            raise DataError(f"Stacking.fit: cv={self.cv} folds need {self.cv} samples of each class; "
                             f"the smaller class has {minority}.")
         if groups is None:
             splitter = StratifiedKFold(self.cv, shuffle=True, random_state=self.seed)
@@ -498,30 +456,32 @@ class Stacking(_Combiner):
             n_groups = np.unique(groups).size
             if n_groups < self.cv:
                 raise DataError(
-                    f"Stacking: cv={self.cv} folds need {self.cv} patients; groups has {n_groups}."
+                    f"Stacking.fit: cv={self.cv} folds need {self.cv} patients; groups has {n_groups}."
                 )
             splitter = StratifiedGroupKFold(self.cv, shuffle=True, random_state=self.seed)
         meta = LogisticRegression() if isinstance(self.meta, str) else clone(self.meta)
         X = self._features(P)
-        self.oof_proba_ = cross_val_predict(meta, X, y, cv=splitter, groups=groups,
-                                            method="predict_proba")[:, 1]
+        self.oof_proba_ = cross_val_predict(meta, X, y, cv=splitter, groups=groups, method="predict_proba")
         self.meta_ = clone(meta).fit(X, y)
-        self._record_members(P, names)
+        self.classes_ = np.array([0, 1])
         return self
 
-    def predict_proba(self, P):
-        """Stacked probability of PNEUMONIA.
+    def _refuse_training_rows(self, trained_on, shape):
+        if trained_on.shape != shape:
+            raise DataError(f"Stacking.fit: trained_on must have shape {shape}; got {trained_on.shape}.")
+        counts = trained_on.sum(axis=0)
+        if counts.any():
+            label = self._column_labels(shape[1])
+            which = ", ".join(f"{label[j]!r} on {counts[j]}" for j in np.flatnonzero(counts))
+            raise DataError(
+                f"Stacking.fit: members were trained on samples passed to fit ({which}); the "
+                "meta-learner would reward memorisation. Fit it on held-out predictions or "
+                "on out-of-fold predictions from assemble_oof."
+            )
 
-        Parameters
-        ----------
-        P : array-like of shape (n_samples, n_members)
-
-        Returns
-        -------
-        numpy.ndarray of shape (n_samples,)
-        """
-        X = self._features(self._check_predict_input(P))
-        return self.meta_.predict_proba(X)[:, 1]
+    def _proba(self, P, method):
+        P, _ = self._validate(P, method=method, reset=False)
+        return self.meta_.predict_proba(self._features(P))[:, 1]
 
 
 def assemble_oof(fold_predictions, fold_ids):
@@ -606,7 +566,7 @@ def diversity(P, y, threshold=0.5):
         Member probabilities of PNEUMONIA; at least two members.
     y : array-like of shape (n_samples,)
         0/1 labels.
-    threshold : float, default 0.5
+    threshold : float, default=0.5
         A member predicts PNEUMONIA when its probability is ``>= threshold``.
 
     Returns
@@ -621,11 +581,10 @@ def diversity(P, y, threshold=0.5):
     >>> diversity(P, [1, 1, 0, 0])[["disagreement", "double_fault"]].values.tolist()
     [[0.5, 0.0]]
     """
-    _check_params("diversity", threshold=threshold)
+    _check_args("diversity", threshold=threshold)
     P, y, names = _check_inputs(P, y, owner="diversity")
     if P.shape[1] < 2:
         raise DataError("diversity: needs at least two members.")
-    names = names or [f"member_{j}" for j in range(P.shape[1])]
     correct = ((P >= threshold) == y[:, None]).astype(float)
     wrong = 1.0 - correct
     both_right, both_wrong, only_first = correct.T @ correct, wrong.T @ wrong, correct.T @ wrong
@@ -664,11 +623,13 @@ def ensemble_size_curve(P, y, combiner="soft", metric="roc_auc", threshold=0.5):
         Member probabilities of PNEUMONIA.
     y : array-like of shape (n_samples,)
         0/1 labels.
-    combiner : {"soft", "hard"}, default "soft"
+    combiner : {"soft", "hard"}, default="soft"
         Mean probability or fraction of PNEUMONIA votes.
-    metric : {"roc_auc", "average_precision", "accuracy", "balanced_accuracy", "f1", "brier"}
-        Score to optimise; ``"brier"`` is minimised, the others maximised.
-    threshold : float, default 0.5
+    metric : str, default="roc_auc"
+        Score to optimise: ``"roc_auc"``, ``"average_precision"``, ``"accuracy"``,
+        ``"balanced_accuracy"``, ``"f1"`` or ``"brier"``; ``"brier"`` is minimised, the others
+        maximised.
+    threshold : float, default=0.5
         Decision threshold of the accuracy-type metrics for ``"soft"``; member vote
         threshold for ``"hard"``, whose ensemble decision is then the majority vote.
 
@@ -684,9 +645,8 @@ def ensemble_size_curve(P, y, combiner="soft", metric="roc_auc", threshold=0.5):
     >>> curve[["added", "score"]].values.tolist()
     [['member_0', 1.0], ['member_1', 1.0], ['member_2', 1.0]]
     """
-    _check_params("ensemble_size_curve", combiner=combiner, metric=metric, threshold=threshold)
+    _check_args("ensemble_size_curve", combiner=combiner, metric=metric, threshold=threshold)
     P, y, names = _check_inputs(P, y, owner="ensemble_size_curve")
-    names = names or [f"member_{j}" for j in range(P.shape[1])]
     scorer, thresholded, greater_is_better = _SIZE_METRICS[metric]
     if combiner == "soft":
         member_scores, decision = P, threshold

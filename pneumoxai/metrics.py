@@ -13,8 +13,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special, stats
-from sklearn.base import BaseEstimator
+from scipy import stats
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -28,7 +27,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from .errors import ConfigError, DataError, NotFittedError, is_int, is_number, param_error
+from .errors import ConfigError, DataError, is_int, is_number, param_error
 
 __all__ = [
     "METRICS",
@@ -38,8 +37,6 @@ __all__ = [
     "compare",
     "reliability_bins",
     "expected_calibration_error",
-    "TemperatureScaling",
-    "PlattScaling",
     "results_table",
     "table_to_markdown",
 ]
@@ -59,8 +56,6 @@ _ECE_BINS = 10  # binning of the "ece" metric in evaluate and results_table
 # Bootstrap resamples are processed in blocks of at most this many (resample, sample) cells
 # so memory stays bounded on large test sets.
 _BOOT_BLOCK_CELLS = 2_000_000
-# Probabilities of exactly 0 or 1 (common in float32 CNN outputs) have infinite logits.
-_LOGIT_EPS = 1e-7
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -220,171 +215,6 @@ def expected_calibration_error(y_true, y_prob, n_bins=10):
     _check_n_bins("expected_calibration_error", n_bins)
     gap = np.bincount(_bin_index(p, n_bins), weights=p - y, minlength=n_bins)
     return float(np.abs(gap).sum() / p.size)
-
-
-def _logit(p):
-    return special.logit(np.clip(p, _LOGIT_EPS, 1 - _LOGIT_EPS))
-
-
-class _Calibrator(BaseEstimator):
-    """Shared fit/transform plumbing of the one-dimensional probability calibrators."""
-
-    _fitted_attr = None
-
-    def _check_fitted(self):
-        if not hasattr(self, self._fitted_attr):
-            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit first.")
-
-    def predict_proba(self, y_prob):
-        """Calibrated probability of PNEUMONIA; same as :meth:`transform`.
-
-        Parameters
-        ----------
-        y_prob : array-like of shape (n_samples,)
-            Uncalibrated probabilities.
-
-        Returns
-        -------
-        numpy.ndarray of shape (n_samples,)
-        """
-        return self.transform(y_prob)
-
-
-class TemperatureScaling(_Calibrator):
-    """Temperature scaling of a binary classifier's probabilities (Guo et al., 2017).
-
-    Calibrated probability is ``sigmoid(logit(p) / T)`` with one temperature ``T > 0``
-    chosen to minimise log loss. Ranking, hence AUC, is unchanged. Fit it on validation
-    predictions, never on the test set you report.
-
-    Attributes
-    ----------
-    temperature_ : float
-        Fitted temperature; ``> 1`` softens over-confident predictions.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> y = np.array([0, 1, 0, 1, 1, 0, 1, 0])
-    >>> p = np.array([0.01, 0.99, 0.99, 0.02, 0.98, 0.03, 0.97, 0.6])  # over-confident
-    >>> ts = TemperatureScaling().fit(p, y)
-    >>> bool(ts.temperature_ > 1)
-    True
-    """
-
-    _fitted_attr = "temperature_"
-
-    def fit(self, y_prob, y_true):
-        """Fit the temperature on validation probabilities.
-
-        Parameters
-        ----------
-        y_prob : array-like of shape (n_samples,)
-            Uncalibrated probabilities of PNEUMONIA.
-        y_true : array-like of shape (n_samples,)
-            0/1 labels.
-
-        Returns
-        -------
-        self
-        """
-        y, p = _check_binary(y_true, y_prob)
-        z = _logit(p)
-
-        def nll(log_t):
-            s = z / np.exp(log_t)
-            return np.mean(np.logaddexp(0.0, s) - y * s)
-
-        # Bounded: on separable data the optimum is T -> 0, which would overflow.
-        res = optimize.minimize_scalar(nll, bounds=(np.log(1e-2), np.log(1e2)), method="bounded")
-        self.temperature_ = float(np.exp(res.x))
-        return self
-
-    def transform(self, y_prob):
-        """Calibrated probability of PNEUMONIA.
-
-        Parameters
-        ----------
-        y_prob : array-like of shape (n_samples,)
-            Uncalibrated probabilities.
-
-        Returns
-        -------
-        numpy.ndarray of shape (n_samples,)
-        """
-        self._check_fitted()
-        return special.expit(_logit(_check_prob(y_prob)) / self.temperature_)
-
-
-class PlattScaling(_Calibrator):
-    """Platt scaling: a logistic regression on the logit of the probabilities (Platt, 1999).
-
-    Calibrated probability is ``sigmoid(coef_ * logit(p) + intercept_)``. Targets are
-    smoothed to ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` as in Platt's paper, which keeps
-    the fit finite on separable validation data. Fit it on validation predictions.
-
-    Attributes
-    ----------
-    coef_ : float
-        Slope on the logit scale.
-    intercept_ : float
-        Offset on the logit scale.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
-    >>> p = np.array([0.6, 0.7, 0.65, 0.9, 0.8, 0.85, 0.75, 0.7])  # all shifted upward
-    >>> cal = PlattScaling().fit(p, y)
-    >>> bool(cal.transform([0.6])[0] < 0.6)
-    True
-    """
-
-    _fitted_attr = "coef_"
-
-    def fit(self, y_prob, y_true):
-        """Fit slope and intercept on validation probabilities.
-
-        Parameters
-        ----------
-        y_prob : array-like of shape (n_samples,)
-            Uncalibrated probabilities of PNEUMONIA.
-        y_true : array-like of shape (n_samples,)
-            0/1 labels.
-
-        Returns
-        -------
-        self
-        """
-        y, p = _check_binary(y_true, y_prob)
-        z = _logit(p)
-        n_pos = y.sum()
-        n_neg = y.size - n_pos
-        target = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-
-        def nll(params):
-            s = params[0] * z + params[1]
-            resid = special.expit(s) - target
-            return np.mean(np.logaddexp(0.0, s) - target * s), np.array([np.mean(resid * z), resid.mean()])
-
-        res = optimize.minimize(nll, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
-        self.coef_, self.intercept_ = float(res.x[0]), float(res.x[1])
-        return self
-
-    def transform(self, y_prob):
-        """Calibrated probability of PNEUMONIA.
-
-        Parameters
-        ----------
-        y_prob : array-like of shape (n_samples,)
-            Uncalibrated probabilities.
-
-        Returns
-        -------
-        numpy.ndarray of shape (n_samples,)
-        """
-        self._check_fitted()
-        return special.expit(self.coef_ * _logit(_check_prob(y_prob)) + self.intercept_)
 
 
 # ---------------------------------------------------------------------------- evaluate

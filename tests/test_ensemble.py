@@ -18,7 +18,7 @@ from pneumoxai.ensemble import (
     diversity,
     ensemble_size_curve,
 )
-from pneumoxai.errors import ConfigError, DataError, NotFittedError
+from pneumoxai.errors import ConfigError, DataError
 
 
 def _members(n=400, seed=0):
@@ -42,12 +42,12 @@ def _weak_members(n=600, seed=1):
 
 def test_soft_voting_mean_and_explicit_weights():
     P, y = _members(n=50)
-    np.testing.assert_allclose(SoftVoting().fit(P, y).predict_proba(P), P.mean(axis=1))
-    model = SoftVoting(weights=[2, 0, 1, 1]).fit(P, y)
+    np.testing.assert_allclose(SoftVoting().fit(P, y).predict_proba(P)[:, 1], P.mean(axis=1))
+    model = SoftVoting(weights=[2, 0, 1, 1], threshold=0.3).fit(P, y)
     expected = P @ [0.5, 0, 0.25, 0.25]
     np.testing.assert_allclose(model.weights_, [0.5, 0, 0.25, 0.25])
-    np.testing.assert_allclose(model.predict_proba(P), expected)
-    np.testing.assert_array_equal(model.predict(P, threshold=0.3), (expected >= 0.3).astype(int))
+    np.testing.assert_allclose(model.predict_proba(P), np.column_stack([1 - expected, expected]))
+    np.testing.assert_array_equal(model.predict(P), (expected >= 0.3).astype(int))
 
 
 def test_soft_voting_optimize_puts_weight_on_the_informative_member():
@@ -55,7 +55,7 @@ def test_soft_voting_optimize_puts_weight_on_the_informative_member():
     model = SoftVoting(weights="optimize").fit(P, y)
     assert model.weights_[0] > 0.8
     assert model.weights_.sum() == pytest.approx(1.0) and (model.weights_ >= 0).all()
-    assert log_loss(y, model.predict_proba(P)) < log_loss(y, P.mean(axis=1))
+    assert log_loss(y, model.predict_proba(P)[:, 1]) < log_loss(y, P.mean(axis=1))
 
 
 def test_soft_voting_optimize_matches_grid_search_for_two_members():
@@ -74,9 +74,11 @@ def test_soft_voting_optimize_matches_grid_search_for_two_members():
 def test_hard_voting_vote_fraction_and_tie_goes_to_pneumonia():
     P = np.array([[0.9, 0.2, 0.6, 0.1], [0.7, 0.8, 0.9, 0.6], [0.1, 0.2, 0.3, 0.4]])
     vote = HardVoting().fit(P)
-    np.testing.assert_allclose(vote.predict_proba(P), [0.5, 1.0, 0.0])
+    np.testing.assert_allclose(vote.predict_proba(P)[:, 1], [0.5, 1.0, 0.0])
     np.testing.assert_array_equal(vote.predict(P), [1, 1, 0])
-    np.testing.assert_allclose(HardVoting(threshold=0.15).fit(P).predict_proba(P), [0.75, 1.0, 0.75])
+    low_votes = HardVoting(vote_threshold=0.15).fit(P)
+    np.testing.assert_allclose(low_votes.predict_proba(P)[:, 1], [0.75, 1.0, 0.75])
+    np.testing.assert_array_equal(HardVoting(threshold=1.0).fit(P).predict(P), [0, 1, 0])  # unanimous
 
 
 # ---------------------------------------------------------------------------- Stacking
@@ -88,8 +90,8 @@ def test_stacking_matches_or_beats_best_member_on_held_out_data(features):
     fit_rows, test_rows = np.arange(600), np.arange(600, 1200)
     stack = Stacking(features=features).fit(P[fit_rows], y[fit_rows])
     best_member = max(roc_auc_score(y[test_rows], P[test_rows, j]) for j in range(3))
-    assert roc_auc_score(y[test_rows], stack.predict_proba(P[test_rows])) >= best_member
-    assert roc_auc_score(y[fit_rows], stack.oof_proba_) >= max(
+    assert roc_auc_score(y[test_rows], stack.predict_proba(P[test_rows])[:, 1]) >= best_member
+    assert roc_auc_score(y[fit_rows], stack.oof_proba_[:, 1]) >= max(
         roc_auc_score(y[fit_rows], P[fit_rows, j]) for j in range(3)
     )
 
@@ -98,7 +100,7 @@ def test_stacking_recovers_the_informative_member_among_noise():
     P, y = _members(n=600)
     stack = Stacking(features="logit").fit(P[:300], y[:300])
     best = roc_auc_score(y[300:], P[300:, 0])
-    assert roc_auc_score(y[300:], stack.predict_proba(P[300:])) >= best - 0.005
+    assert roc_auc_score(y[300:], stack.predict_proba(P[300:])[:, 1]) >= best - 0.005
     assert np.argmax(np.abs(stack.meta_.coef_[0])) == 0
 
 
@@ -106,9 +108,9 @@ def test_stacking_oof_proba_is_cross_val_predict_of_the_meta_learner():
     P, y = _weak_members(n=120)
     stack = Stacking(cv=4, seed=3).fit(P, y)
     expected = cross_val_predict(LogisticRegression(), P, y, method="predict_proba",
-                                 cv=StratifiedKFold(4, shuffle=True, random_state=3))[:, 1]
+                                 cv=StratifiedKFold(4, shuffle=True, random_state=3))
     np.testing.assert_allclose(stack.oof_proba_, expected)
-    np.testing.assert_allclose(stack.predict_proba(P), LogisticRegression().fit(P, y).predict_proba(P)[:, 1])
+    np.testing.assert_allclose(stack.predict_proba(P), LogisticRegression().fit(P, y).predict_proba(P))
 
 
 def test_stacking_oof_folds_keep_patients_together():
@@ -117,7 +119,7 @@ def test_stacking_oof_folds_keep_patients_together():
     tree = DecisionTreeClassifier(max_depth=2, random_state=0)
     stack = Stacking(meta=tree, cv=4).fit(P, y, groups=patients)
     expected = cross_val_predict(clone(tree), P, y, groups=patients, method="predict_proba",
-                                 cv=StratifiedGroupKFold(4, shuffle=True, random_state=0))[:, 1]
+                                 cv=StratifiedGroupKFold(4, shuffle=True, random_state=0))
     np.testing.assert_allclose(stack.oof_proba_, expected)
     assert stack.meta_ is not tree
 
@@ -166,20 +168,16 @@ def test_stacking_on_assembled_oof_then_predicting_test_members():
     fold_ids = np.arange(90) % 3
     oof = assemble_oof({f"m{j}": [P[fold_ids == k, j] for k in range(3)] for j in range(3)}, fold_ids)
     stack = Stacking(cv=3).fit(oof, y)
-    assert stack.member_names_ == ["m0", "m1", "m2"]
-    with pytest.raises(DataError, match=r"fitted on members \['m0', 'm1', 'm2'\]"):
+    assert stack.feature_names_in_.tolist() == ["m0", "m1", "m2"] and stack.n_features_in_ == 3
+    with pytest.raises(DataError, match="Stacking.predict_proba: The feature names should match"):
         stack.predict_proba(oof[["m1", "m0", "m2"]])
-    np.testing.assert_allclose(stack.predict_proba(oof.to_numpy()), stack.predict_proba(oof))
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        from_array = stack.predict_proba(oof.to_numpy())
+    np.testing.assert_allclose(from_array, stack.predict_proba(oof))
 
 
 # ---------------------------------------------------------------------------- shared checks
-
-
-@pytest.mark.parametrize("combiner", [SoftVoting(), HardVoting(), Stacking()])
-def test_combiners_raise_not_fitted(combiner):
-    with pytest.raises(NotFittedError, match=f"This {type(combiner).__name__} is not fitted"):
-        combiner.predict_proba(np.full((2, 2), 0.5))
-
+# (classifier API, clone, NotFittedError and check_estimator of every combiner: test_calibration.py)
 
 _GOOD_P = np.array([[0.1, 0.2], [0.8, 0.7], [0.3, 0.4], [0.9, 0.6]])
 _GOOD_Y = np.array([0, 1, 0, 1])
@@ -188,29 +186,39 @@ _GOOD_Y = np.array([0, 1, 0, 1])
 @pytest.mark.parametrize(
     ("P", "y", "match"),
     [
-        (_GOOD_P[:, 0], _GOOD_Y, r"must be 2-D \(n_samples, n_members\); got shape \(4,\).*reshape"),
-        (_GOOD_P[None], _GOOD_Y, r"must be 2-D .* got shape \(1, 4, 2\)"),
-        (_GOOD_P, _GOOD_Y[:3], "3 labels but there are 4 predictions"),
-        (np.where(_GOOD_P == 0.7, np.nan, _GOOD_P), _GOOD_Y, "1 NaN or infinite values .first in 'member_1'"),
-        (_GOOD_P * 2, _GOOD_Y, r"probabilities in \[0, 1\]; 'member_0' has values from 0.2 to 1.8"),
-        (_GOOD_P - 0.5, _GOOD_Y, r"probabilities in \[0, 1\]"),
-        (_GOOD_P, [1, 1, 1, 1], "single class"),
-        (_GOOD_P, [0, 1, 2, 1], "only 0 .NORMAL. and 1 .PNEUMONIA."),
-        (np.empty((0, 2)), [], "P is empty"),
-        ([["a", "b"]] * 4, _GOOD_Y, "numeric probabilities"),
+        (_GOOD_P[:, 0], _GOOD_Y, r"(?s){owner}: Expected 2D array, got 1D array instead.*Reshape your data"),
+        (_GOOD_P[None], _GOOD_Y, r"{owner}: Found array with dim 3"),
+        (_GOOD_P, _GOOD_Y[:3], r"{owner}: Found input variables with inconsistent numbers of samples: \[4, 3\]"),
+        (np.where(_GOOD_P == 0.7, np.nan, _GOOD_P), _GOOD_Y,
+         r"{owner}: P has 1 NaN or infinite values \(first in 'member_1'\)"),
+        (_GOOD_P * 2, _GOOD_Y,
+         r"^{owner}: P must hold probabilities in \[0, 1\]; 'member_0' has values from 0.2 to 1.8\. "
+         "Pass probabilities, not logits"),
+        (_GOOD_P - 0.5, _GOOD_Y,
+         r"Negative values in data passed to {owner}: P must hold probabilities in \[0, 1\]"),
+        (pd.DataFrame(_GOOD_P * 2, columns=["resnet_a", "resnet_b"]), _GOOD_Y,
+         "{owner}: P must .*; 'resnet_a' has values from 0.2 to 1.8"),
+        (_GOOD_P, [1, 1, 1, 1], r"y_true holds a single class \(1\)"),
+        (_GOOD_P, [0, 2, 0, 2], r"y_true must hold only 0 \(NORMAL\) and 1 \(PNEUMONIA\); found 0, 2"),
+        (_GOOD_P, [0, 1, 2, 1], "{owner}: Only binary classification is supported.*multiclass"),
+        (_GOOD_P, [0.1, 0.9, 0.2, 0.8], "{owner}: Only binary classification is supported.*continuous"),
+        (np.empty((0, 2)), [], r"{owner}: Found array with 0 sample\(s\)"),
+        ([["a", "b"]] * 4, _GOOD_Y, "{owner}: could not convert string to float"),
     ],
 )
 @pytest.mark.parametrize("combiner", [SoftVoting, HardVoting, Stacking])
 def test_combiners_reject_bad_data(combiner, P, y, match):
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(DataError, match=match.format(owner=f"{combiner.__name__}.fit")):
         combiner().fit(P, y)
 
 
 @pytest.mark.parametrize("combiner", [SoftVoting(), HardVoting(), Stacking(cv=2)])
-def test_combiners_reject_a_different_member_count_at_predict(combiner):
+@pytest.mark.parametrize("method", ["predict", "predict_proba"])
+def test_combiners_reject_a_different_member_count_at_predict(combiner, method):
     combiner.fit(_GOOD_P, _GOOD_Y)
-    with pytest.raises(DataError, match=f"{type(combiner).__name__} was fitted on 2 members but P has 3"):
-        combiner.predict_proba(np.full((4, 3), 0.5))
+    name = type(combiner).__name__
+    with pytest.raises(DataError, match=f"{name}.{method}: X has 3 features, but {name} is expecting 2"):
+        getattr(combiner, method)(np.full((4, 3), 0.5))
 
 
 @pytest.mark.parametrize(
@@ -220,12 +228,15 @@ def test_combiners_reject_a_different_member_count_at_predict(combiner):
         (SoftVoting(weights=[1, -1]), "weights", "None, 'optimize' or an array"),
         (SoftVoting(weights="best"), "weights", "None, 'optimize' or an array"),
         (SoftVoting(weights=[0, 0]), "weights", "None, 'optimize' or an array"),
-        (HardVoting(threshold=1.0), "threshold", "a number strictly between 0 and 1"),
+        (SoftVoting(threshold=2), "threshold", r"a number in \[0, 1\]; got 2\."),
+        (HardVoting(vote_threshold=1.0), "vote_threshold", "a number strictly between 0 and 1"),
+        (HardVoting(threshold=-0.5), "threshold", r"a number in \[0, 1\]; got -0.5\."),
         (Stacking(meta="forest"), "meta", "'logistic' or a scikit-learn classifier"),
         (Stacking(meta=object()), "meta", "'logistic' or a scikit-learn classifier"),
         (Stacking(features="rank"), "features", "'proba' or 'logit'"),
         (Stacking(cv=1), "cv", "an integer >= 2"),
-        (Stacking(seed=0.5), "seed", "None or an integer"),
+        (Stacking(seed=0.5), "seed", "None or an integer >= 0"),
+        (Stacking(threshold="0.5"), "threshold", r"a number in \[0, 1\]; got '0.5'\."),
     ],
 )
 def test_combiners_reject_bad_parameters(combiner, name, allowed):
@@ -234,16 +245,12 @@ def test_combiners_reject_bad_parameters(combiner, name, allowed):
         combiner.fit(_GOOD_P, _GOOD_Y)
 
 
-def test_predict_rejects_bad_threshold():
-    message = "The 'threshold' parameter of predict must be a number between 0 and 1"
+@pytest.mark.parametrize("combiner", [SoftVoting(), HardVoting(), Stacking(cv=2)])
+def test_predict_checks_a_threshold_set_after_fit(combiner):
+    fitted = combiner.fit(_GOOD_P, _GOOD_Y).set_params(threshold=2)
+    message = rf"The 'threshold' parameter of {type(combiner).__name__} must be a number in \[0, 1\]; got 2\."
     with pytest.raises(ConfigError, match=message):
-        SoftVoting().fit(_GOOD_P, _GOOD_Y).predict(_GOOD_P, threshold=2)
-
-
-def test_combiners_are_sklearn_clonable():
-    model = clone(SoftVoting(weights="optimize"))
-    assert model.get_params() == {"weights": "optimize"}
-    assert not hasattr(model, "weights_")
+        fitted.predict(_GOOD_P)
 
 
 # ---------------------------------------------------------------------------- diversity
@@ -277,6 +284,21 @@ def test_diversity_pairs_and_undefined_values():
         diversity(P[:, :1], y)
 
 
+@pytest.mark.parametrize(
+    ("P", "match"),
+    [
+        (_GOOD_P[:, 0], r"diversity: P must be 2-D \(n_samples, n_members\); got shape \(4,\)\. For a single"),
+        (np.empty((0, 2)), r"diversity: P is empty \(shape \(0, 2\)\)"),
+        ([["a", "b"]] * 4, "diversity: P must hold numeric probabilities"),
+        (np.where(_GOOD_P == 0.7, np.inf, _GOOD_P), r"diversity: P has 1 NaN or infinite values \(first in 'member_1'\)"),
+        (_GOOD_P * 2, r"^diversity: P must hold probabilities in \[0, 1\]; 'member_0' has values from 0.2 to 1.8"),
+    ],
+)
+def test_diversity_rejects_bad_member_probabilities(P, match):
+    with pytest.raises(DataError, match=match):
+        diversity(P, _GOOD_Y)
+
+
 # ---------------------------------------------------------------------------- size curve
 
 
@@ -303,6 +325,7 @@ def test_ensemble_size_curve_minimises_brier_and_supports_hard_votes():
     [
         ({"combiner": "stack"}, "The 'combiner' parameter of ensemble_size_curve must be 'soft' or 'hard'"),
         ({"metric": "auc"}, "The 'metric' parameter of ensemble_size_curve must be one of 'roc_auc'"),
+        ({"threshold": 2}, r"The 'threshold' parameter of ensemble_size_curve must be a number in \[0, 1\]"),
     ],
 )
 def test_ensemble_size_curve_rejects_bad_parameters(kwargs, match):

@@ -8,12 +8,10 @@ import pytest
 from scipy import special, stats
 from sklearn import metrics as skm
 
-from pneumoxai.errors import ConfigError, DataError, NotFittedError
+from pneumoxai.errors import ConfigError, DataError
 from pneumoxai.metrics import (
     METRICS,
     REPORTED_ORIGIN,
-    PlattScaling,
-    TemperatureScaling,
     _bootstrap_ci,
     _bootstrap_weights,
     _point_metrics,
@@ -293,35 +291,6 @@ def test_reliability_bins_edges_and_counts():
     assert bins.loc[9, "observed_frequency"] == 0.5
     assert np.isnan(bins.loc[2, "mean_predicted"])
     assert expected_calibration_error(y, p) == pytest.approx(_ece_by_hand(y, p))
-
-
-def test_temperature_scaling_recovers_known_temperature():
-    rng = np.random.default_rng(0)
-    z = rng.normal(scale=2.0, size=4000)
-    y = rng.uniform(size=z.size) < special.expit(z)
-    overconfident = special.expit(3.0 * z)  # true temperature 3
-    ts = TemperatureScaling().fit(overconfident, y)
-    assert ts.temperature_ == pytest.approx(3.0, rel=0.1)
-    calibrated = ts.transform(overconfident)
-    assert skm.roc_auc_score(y, calibrated) == pytest.approx(skm.roc_auc_score(y, overconfident))
-    assert expected_calibration_error(y, calibrated) < expected_calibration_error(y, overconfident) / 3
-
-
-def test_platt_scaling_recovers_known_slope_and_intercept():
-    rng = np.random.default_rng(1)
-    p = special.expit(rng.normal(scale=2.0, size=4000))
-    y = rng.uniform(size=p.size) < special.expit(0.5 * special.logit(p) - 0.7)
-    cal = PlattScaling().fit(p, y)
-    assert cal.coef_ == pytest.approx(0.5, abs=0.08)
-    assert cal.intercept_ == pytest.approx(-0.7, abs=0.12)
-    expected = special.expit(cal.coef_ * special.logit(p) + cal.intercept_)
-    np.testing.assert_allclose(cal.predict_proba(p), expected)
-
-
-@pytest.mark.parametrize("calibrator", [TemperatureScaling, PlattScaling])
-def test_calibrators_raise_before_fit(calibrator):
-    with pytest.raises(NotFittedError, match="not fitted"):
-        calibrator().transform([0.5])
 
 
 # ---------------------------------------------------------------------------- tables

@@ -1287,6 +1287,12 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
 # --------------------------------------------------------------------------- layer choice
 
 
+def _nanmedian(values):
+    """Median of the finite values; NaN, without a warning, when there is none."""
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float("nan")
+
+
 def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), target="predicted", steps=20,
                    fractions=(0.1, 0.3, 0.5, 0.7, 0.9), n_randomized=1, batch_size=16, max_n=32, seed=0):
     """Faithfulness, randomization and cost of each CAM method on each layer (or fused layers).
@@ -1323,7 +1329,8 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         One row per (method, layer) plus the ``"random"`` row; columns ``method``,
         ``layer``, ``map_side`` (side of the finest feature map), ``deletion_auc``,
         ``road_morf``, ``road_lerf``, ``road_gap`` (means over images and fractions),
-        ``randomization_spearman`` (median over images) and ``seconds_per_image``.
+        ``randomization_spearman`` (median over images with a non-constant map; NaN
+        when re-initialisation leaves every map constant) and ``seconds_per_image``.
     """
     _check_model(model)
     x = _check_images(images, model)
@@ -1354,7 +1361,7 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
                                            target=is_pneumonia, batch_size=batch_size, max_n=max_n, seed=seed)
             rows.append({"method": method, "layer": "+".join(spec),
                          "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),
-                         **scores(maps), "randomization_spearman": float(np.nanmedian(spearman)),
+                         **scores(maps), "randomization_spearman": _nanmedian(spearman),
                          "seconds_per_image": seconds})
     chance = np.random.default_rng(seed).random(x.shape[:3], dtype=np.float32)
     rows.append({"method": "random", "layer": "", "map_side": x.shape[1], **scores(chance),

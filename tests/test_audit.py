@@ -164,8 +164,10 @@ def run_audit(chain, name):
     layers = explain.fusion_layers(model)
     maps = explain.gradcam(model, x[shown], method="layercam", layers=layers)
     maps_clean = explain.gradcam(model, chain["x_clean"][shown], method="layercam", layers=layers)
-    off_lung = [explain.zone_attention(m, chain["masks"][shown])["off_lung_attention"].mean() for m in (maps, maps_clean)]
-    return {"fpr_marked": float((p[marked] >= 0.5).mean()), "fpr_clean": float((p[~marked & (y == 0)] >= 0.5).mean()),
+    off_lung = [explain.zone_attention(m, chain["masks"][shown])["off_lung_attention"].mean()
+                for m in (maps, maps_clean)]
+    return {"fpr_marked": float((p[marked] >= 0.5).mean()),
+            "fpr_clean": float((p[~marked & (y == 0)] >= 0.5).mean()),
             "marker_slice_in_top3": any(isolating), "top_slice": found["slice"].iloc[0] if len(found) else None,
             "peak_in_box": audit.peak_in_box(maps, chain["box"]), "off_lung_rise": float(off_lung[0] - off_lung[1]),
             "flip_rate": (audit.counterfactual_flip_rate(model, x[false_pos], y[false_pos], chain["box"])

@@ -133,6 +133,8 @@ def audit_member(name, model, test, threshold, box, layers):
     called = p >= threshold
     marked_fp = marked & called & (y == 0)
     marked_normal = marked & (y == 0)
+    # Errors the marker caused: marked false positives whose clean original is called NORMAL.
+    caused = marked_fp & (p_clean < threshold)
     # Maps explain the PNEUMONIA call; on clean copies of the same images for comparison.
     explain_rows = marked_fp if marked_fp.sum() >= 3 else marked_normal
     started = time.perf_counter()
@@ -143,7 +145,8 @@ def audit_member(name, model, test, threshold, box, layers):
               "gradcam_conv5": explain.gradcam(model, test["x"][explain_rows], method="gradcam")}
     r0, c0, r1, c1 = box
     def box_share(m):
-        return float(np.mean(m[:, r0:r1, c0:c1].sum(axis=(1, 2)) / m.sum(axis=(1, 2))))
+        with np.errstate(invalid="ignore"):  # an all-zero map has no mass to share
+            return float(np.nanmean(m[:, r0:r1, c0:c1].sum(axis=(1, 2)) / m.sum(axis=(1, 2))))
     masks = test["masks"][explain_rows]
     off_marked = explain.zone_attention(maps, masks)["off_lung_attention"]
     off_clean = explain.zone_attention(maps_clean, masks)["off_lung_attention"]
@@ -156,6 +159,13 @@ def audit_member(name, model, test, threshold, box, layers):
                                                threshold=threshold) if marked_fp.any() else float("nan"))
         flip_05 = (audit.counterfactual_flip_rate(model, test["x"][marked_fp], y[marked_fp], box, threshold=0.5)
                    if (marked_fp & (p >= 0.5)).any() else float("nan"))
+        flip_caused = (audit.counterfactual_flip_rate(model, test["x"][caused], y[caused], box, threshold=threshold)
+                       if caused.any() else float("nan"))
+        # The marker was burnt in at 224 px: inpaint it there too, then downsample as for the model.
+        size = int(model.input_shape[1])
+        flip_full = (audit.counterfactual_flip_rate(
+            lambda full: models.predict_proba(model, _downsample(full, size)), test["x_full"][marked_fp],
+            y[marked_fp], audit.marker_box(FULL), threshold=threshold) if marked_fp.any() else float("nan"))
     summary = {
         "member": name,
         "threshold": threshold,
@@ -175,10 +185,12 @@ def audit_member(name, model, test, threshold, box, layers):
         "a_top1_q": float(found["q_value"].iloc[0]) if len(found) else None,
         "a_n_findings": int(found["finding"].sum()) if len(found) else 0,
         "b_maps_on": "marked false positives" if marked_fp.sum() >= 3 else "marked normals (too few errors)",
-        "a_top3_n_bins8": " | ".join(f"{s} (q={q:.1e}, precision={pr:.2f}, recall={rc:.2f})" for s, q, pr, rc in
+        "a_top3_n_bins8": "; ".join(f"{s} (q={q:.1e}, precision={pr:.2f}, recall={rc:.2f})" for s, q, pr, rc in
                                      zip(fine["slice"], fine["q_value"], fine_precision, fine_recall)),
         "b_peak_in_box_layercam_fused": audit.peak_in_box(maps, box),
         "b_peak_in_box_layercam_fused_tol4": audit.peak_in_box(maps, box, tolerance=4),
+        "b_peak_in_box_layercam_fused_tol4_caused_errors": (
+            audit.peak_in_box(maps[caused[explain_rows]], box, tolerance=4) if caused.any() else float("nan")),
         "b_peak_in_box_hirescam_conv3_tol4": audit.peak_in_box(others["hirescam_conv3"], box, tolerance=4),
         "b_peak_in_box_gradcam_conv5_tol4": audit.peak_in_box(others["gradcam_conv5"], box, tolerance=4),
         "b_box_mass_layercam_fused": box_share(maps),
@@ -189,6 +201,9 @@ def audit_member(name, model, test, threshold, box, layers):
         "b_off_lung_true_negatives": float(np.nanmean(off_tn)),
         "c_counterfactual_flip_rate": flip,
         "c_counterfactual_flip_rate_at_0.5": flip_05,
+        "c_n_errors_caused_by_marker": int(caused.sum()),
+        "c_counterfactual_flip_rate_caused_errors": flip_caused,
+        "c_counterfactual_flip_rate_inpainted_at_224": flip_full,
         "seconds_per_image_fused_layercam": seconds,
     }
     examples = {"x": test["x"][explain_rows][:4], "maps": maps[:4],

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pneumoxai import pipeline
+from pneumoxai.run_folder import RunFolder
 from pneumoxai.config import parse_config
 from pneumoxai.ensemble import SoftVoting, Stacking, ensemble_size_curve
 from pneumoxai.figures import OKABE_ITO, save_figure, style
@@ -31,7 +32,7 @@ def pooled_predictions(run_dirs):
     pools, manifests = {"val": [], "test": []}, set()
     rows = {}
     for run_dir in run_dirs:
-        run = pipeline.RunFolder(run_dir)
+        run = RunFolder(run_dir)
         manifests.add(json.loads(run.path("run.json").read_text())["manifest_hash"])
         config = parse_config(json.loads(run.path("config.json").read_text()))
         for role in pools:

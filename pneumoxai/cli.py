@@ -6,6 +6,7 @@ shows the full traceback instead.
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -84,32 +85,41 @@ def _configure_runtime():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # A warning is one readable line, like an error, not a file:line dump.
     warnings.formatwarning = _warning_line
+    logger = logging.getLogger("pneumoxai")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+    logger.setLevel(logging.INFO)
+
+
+class _StderrLines(logging.Handler):
+    """Progress lines to whatever ``sys.stderr`` is at the time (so in-process callers can capture them)."""
+
+    def emit(self, record):
+        sys.stderr.write(f"[pneumoxai] {record.getMessage()}\n")
+        sys.stderr.flush()
     import matplotlib
 
     matplotlib.use("Agg")
 
 
-def _load_run_config(run_dir):
-    from . import _io
+def _load_run_config(run):
     from .config import parse_config
-    from .errors import RunFolderError
 
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        raise RunFolderError(f"{run_dir!r} has no config.json; create it with `pneumoxai train` or `pneumoxai run`.")
-    return parse_config(_io.read_json(path))
+    return parse_config(run.read_json(run.config_file, required="create it with `pneumoxai train` or `pneumoxai run`"))
 
 
 def _dispatch(args):
     from . import pipeline
     from .config import load_config
     from .data import find_data_root
+    from .errors import RunFolderError
+    from .run_folder import RunFolder
 
     verbose = 0 if args.quiet else "auto"
     if args.command in ("run", "train"):
         config = load_config(args.config, args.overrides)
         data_root = find_data_root(args.data)
-        run = pipeline.RunFolder(args.out)
+        run = RunFolder(args.out)
         # Jobs that each train named members share the folder; members carry their own locks.
         with contextlib.nullcontext() if args.command == "train" and args.member else run.lock():
             if args.command == "train":
@@ -120,8 +130,10 @@ def _dispatch(args):
                 pipeline.run_all(run, config, data_root, skip=set(args.skip), verbose=verbose,
                                  strategy=args.strategy)
         return 0
-    run = pipeline.RunFolder(args.run)
-    config = _load_run_config(args.run)
+    run = RunFolder(args.run)
+    if not run.root.is_dir():
+        raise RunFolderError(f"Run folder {str(run.root)!r} does not exist; create it with `pneumoxai run --out DIR`.")
+    config = _load_run_config(run)
     with run.lock():
         if args.command == "evaluate":
             pipeline.evaluate_stage(run, config, verbose=verbose)

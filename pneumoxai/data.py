@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError, SkippedFilesWarning, param_error
+from .errors import ConfigError, DataError, SkippedFilesWarning
+from .validation import Options, check_labels, check_param
 
 __all__ = [
     "CLASS_NAMES",
@@ -65,7 +66,7 @@ def find_data_root(data=None):
 
     Parameters
     ----------
-    data : str or path-like, optional
+    data : str or path-like, default=None
         Explicit folder. Takes precedence over the environment variable.
 
     Returns
@@ -397,7 +398,7 @@ def load_images(paths, size=224, *, channels=3, n_jobs=None, return_mask=False):
     paths : sequence of str or path-like, or pandas.DataFrame with a ``path`` column
     size : int, default=224
     channels : {1, 3}, default=3
-    n_jobs : int, optional
+    n_jobs : int, default=None
         Decoding threads (OpenCV releases the GIL); defaults to the CPU count.
     return_mask : bool, default=False
         Also return a boolean mask of shape (n_paths,) marking the files that loaded.
@@ -475,9 +476,10 @@ def balance(images, labels, method="none", *, seed=0):
     class_weight : dict or None
         ``{0: w0, 1: w1}`` for ``class_weight``, otherwise None.
     """
-    labels = np.asarray(labels).astype(np.int64)
-    if method not in BALANCING_METHODS:
-        raise param_error("balance", "method", f"one of {list(BALANCING_METHODS)}", method)
+    check_param("balance", "method", method, Options(BALANCING_METHODS))
+    if len(images) != len(labels):
+        raise DataError(f"balance: {len(images)} images but {len(labels)} labels.")
+    labels = check_labels(labels, len(images), owner="balance", name="labels", both_classes=False).astype(np.int64)
     counts = np.bincount(labels, minlength=2)
     if (counts == 0).any():
         raise DataError(f"Training data needs both classes; got {counts[0]} NORMAL and {counts[1]} PNEUMONIA images.")
@@ -517,10 +519,10 @@ def make_dataset(images, labels=None, *, batch_size=32, training=False, augment=
     Parameters
     ----------
     images : numpy.ndarray of shape (n_samples, H, W, 3), float32 in [0, 1]
-    labels : numpy.ndarray of shape (n_samples,), optional
+    labels : numpy.ndarray of shape (n_samples,), default=None
     batch_size : int, default=32
     training : bool, default=False
-    augment : dict, optional
+    augment : dict, default=None
         ``{"rotation": fraction of a full turn, "flip": bool, "contrast": factor}``;
         ignored unless ``training``.
     seed : int, default=0

@@ -5,8 +5,6 @@ so analysis scripts can catch one type. Classes that signal a bad value also der
 from :class:`ValueError` so generic callers keep working.
 """
 
-import numbers
-
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 __all__ = [
@@ -59,17 +57,30 @@ class SkippedFilesWarning(UserWarning):
     """Some input files could not be read and were skipped."""
 
 
-def is_number(value):
-    """A real number (NumPy scalars included), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+_ECHO_LIMIT = 120  # characters of an offending value echoed in a message
 
 
-def is_int(value, minimum):
-    """An integer >= ``minimum`` (NumPy integers included), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+def short_repr(value, limit=_ECHO_LIMIT):
+    """``repr(value)`` cut to ``limit`` characters: a message never echoes a huge value whole.
+
+    >>> short_repr("x" * 1000, limit=12)
+    "'xxxxxx...[1002 chars]"
+    """
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not mask the real error
+        return f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 5]}...[{len(text)} chars]"
 
 
 def param_error(owner, name, expected, value):
     """The one wording of a bad parameter value, e.g. ``param_error("SoftVoting", "weights", ...)``:
     "The 'weights' parameter of SoftVoting must be ...; got ...". Returned, for ``raise``."""
-    return ConfigError(f"The {name!r} parameter of {owner} must be {expected}; got {value!r}.")
+    return ConfigError(f"The {name!r} parameter of {owner} must be {expected}; got {short_repr(value)}.")
+
+
+def option_error(where, name, expected, value):
+    """The same wording for a config option: "The 'rotation' option in 'defaults.augment' must be ...; got ..."."""
+    return ConfigError(f"The {name!r} option in {where!r} must be {expected}; got {short_repr(value)}.")

@@ -7,7 +7,7 @@ Maps
     images on every call, then explains them in batches (never one image per call).
 Where the model looks
     :func:`zone_attention` splits each map's positive mass over the six lung zones of
-    :mod:`pneumoxai._lungs` and the area outside the lungs.
+    :mod:`pneumoxai.lungs` and the area outside the lungs.
 Are the maps faithful?
     :func:`deletion_auc` / :func:`insertion_auc` (Petsiuk, Das & Saenko, "RISE:
     Randomized Input Sampling for Explanation of Black-box Models", BMVC 2018) against
@@ -55,8 +55,9 @@ with warnings.catch_warnings():
     from tf_keras_vis.utils.model_modifiers import ModelModifier, ReplaceToLinear
     from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
-from ._lungs import ZONE_NAMES, lung_mask, zones
+from .lungs import ZONE_COLUMNS, ZONE_NAMES, lung_mask, zones
 from .errors import ConfigError, DataError, param_error
+from .validation import Interval, Options, check_images, check_param
 
 __all__ = [
     "CAM_METHODS",
@@ -75,6 +76,7 @@ __all__ = [
     "PartitionSHAP",
     "gradcam",
     "ensemble_gradcam",
+    "resize_maps",
     "saliency",
     "shap_maps",
     "background_sample",
@@ -93,8 +95,6 @@ SHAP_METHODS = ("gradient", "partition")
 TARGETS = ("pneumonia", "normal", "predicted")
 FAITHFULNESS_METRICS = ("deletion", "insertion")
 RANDOMIZATION_METHODS = CAM_METHODS + ("saliency",)
-#: Columns of :func:`zone_attention`.
-ZONE_COLUMNS = ZONE_NAMES + ("off_lung_attention",)
 
 _THRESHOLD = 0.5  # target="predicted": PNEUMONIA when P(PNEUMONIA) >= this
 _SCORECAM_MAX_BYTES = 2**30  # cap on the masked input copies Score-CAM materialises
@@ -105,15 +105,11 @@ _PERTURBATION_MAX_BYTES = 2**28  # cap on the perturbed copies of deletion/inser
 
 
 def _choice(owner, name, value, allowed):
-    if not isinstance(value, str) or value not in allowed:
-        raise param_error(owner, name, "one of " + ", ".join(map(repr, allowed)), value)
-    return value
+    return check_param(owner, name, value, Options(allowed))
 
 
 def _positive_int(owner, name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise param_error(owner, name, f"an int >= {minimum}", value)
-    return int(value)
+    return int(check_param(owner, name, value, Interval("int", minimum, None)))
 
 
 def _check_model(model):
@@ -139,31 +135,10 @@ def _check_model(model):
     return output_layer.name
 
 
-def _check_images(images, model=None, *, name="images"):
+def _check_images(images, model=None, *, name="images", owner="explain"):
     """Return ``images`` as float32 (n, H, W, 3) in [0, 1], or raise DataError."""
-    arr = np.asarray(images)
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
-    if arr.ndim != 4:
-        raise DataError(f"{name} must have rank 4 (n, H, W, 3); got shape {arr.shape}")
-    if arr.shape[-1] != 3:
-        raise DataError(f"{name} must have 3 channels in the last axis; got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise DataError(f"{name} is empty (n = 0)")
-    arr = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        raise DataError(f"{name} contain NaN or infinite values ({int((~finite).sum())} entries)")
-    if arr.min() < 0 or arr.max() > 1:
-        raise DataError(
-            f"{name} must be scaled to [0, 1]; got values in [{arr.min():.9g}, {arr.max():.9g}] "
-            "(divide uint8 images by 255)"
-        )
-    if model is not None:
-        expected = tuple(model.inputs[0].shape[1:3])
-        if any(e is not None and e != got for e, got in zip(expected, arr.shape[1:3])):
-            raise DataError(f"{name} are {arr.shape[1:3]} pixels but the model expects {expected}")
-    return arr
+    size = None if model is None else tuple(model.inputs[0].shape[1:3])
+    return check_images(images, owner=owner, name=name, size=size)
 
 
 def _check_maps(maps, images):
@@ -301,7 +276,7 @@ class MapExplainer:
     ----------
     model : keras.Model
         A member following the module's model contract.
-    batch_size : int, default 16
+    batch_size : int, default=16
         Images per network call (methods that multiply inputs, SmoothGrad and
         Score-CAM, explain fewer images per call so their network batches stay bounded).
 
@@ -324,9 +299,9 @@ class MapExplainer:
 
         Parameters
         ----------
-        images : array_like, shape (n, H, W, 3)
+        images : array-like, shape (n, H, W, 3)
             Float images in [0, 1] at the model's input size.
-        target : {"pneumonia", "normal", "predicted"} or array_like of bool, shape (n,)
+        target : {"pneumonia", "normal", "predicted"} or array-like of bool, shape (n,)
             Class to explain per image; "predicted" uses P(PNEUMONIA) >= 0.5, an array
             gives it per image (True = PNEUMONIA).
 
@@ -335,7 +310,7 @@ class MapExplainer:
         ndarray of float32, shape (n, H, W)
             One map per image at input resolution; in [0, 1] unless ``signed``.
         """
-        x = _check_images(images, self.model)
+        x = _check_images(images, self.model, owner=type(self).__name__)
         is_pneumonia = _target_is_pneumonia(type(self).__name__, target, self.model, x, self.batch_size)
         out = np.empty(x.shape[:3], np.float32)
         step = self._images_per_call(x.shape)
@@ -357,11 +332,11 @@ class GradCAM(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    layer : str, optional
+    layer : str, default=None
         Feature layer; default the last layer with a 4-D output (``conv5_block3_out``
         for ResNet50 members). Used as given: tf-keras-vis' search for a ``Conv`` layer
         is disabled because it would skip ResNet's post-residual activation.
-    batch_size : int, default 16
+    batch_size : int, default=16
     """
 
     _visualization = Gradcam
@@ -395,12 +370,12 @@ class ScoreCAM(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    layer : str, optional
+    layer : str, default=None
         As in :class:`GradCAM`.
-    max_n : int, default 32
+    max_n : int, default=32
         Channels kept per image (by spatial std); capped at the layer's channel count.
         tf-keras-vis takes the union over a batch, so a batch may weight more channels.
-    batch_size : int, default 16
+    batch_size : int, default=16
         Masked inputs per prediction call; images per call are reduced so that their
         masked copies stay under 1 GiB.
     """
@@ -438,14 +413,14 @@ class SaliencyMap(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    smooth_samples : int, default 0
+    smooth_samples : int, default=0
         0 for vanilla gradients; otherwise noisy copies averaged (SmoothGrad).
-    noise : float, default 0.2
+    noise : float, default=0.2
         SmoothGrad noise std as a fraction of each image's intensity range.
-    seed : int, default 0
+    seed : int, default=0
         Seeds the SmoothGrad noise (drawn here, not from NumPy's global RNG as
         tf-keras-vis would); one stream per explainer.
-    batch_size : int, default 16
+    batch_size : int, default=16
         Network inputs per call: SmoothGrad explains ``batch_size // smooth_samples``
         images (at least one) per call, all their noisy copies at once.
     """
@@ -487,12 +462,12 @@ class GradientSHAP(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    background : array_like, shape (m, H, W, 3)
+    background : array-like, shape (m, H, W, 3)
         Reference images, e.g. from :func:`background_sample`.
-    n_samples : int, default 32
+    n_samples : int, default=32
         Background/interpolation samples per image.
-    seed : int, default 0
-    batch_size : int, default 16
+    seed : int, default=0
+    batch_size : int, default=16
         Gradient evaluations per call (shap evaluates one image's samples per call).
     """
 
@@ -501,7 +476,7 @@ class GradientSHAP(MapExplainer):
     def __init__(self, model, background, *, n_samples=32, seed=0, batch_size=16):
         super().__init__(model, batch_size=batch_size)
         shap = _import_shap()
-        background = _check_images(background, model, name="background")
+        background = _check_images(background, model, name="background", owner="GradientSHAP")
         self.n_samples = _positive_int("GradientSHAP", "n_samples", n_samples)
         self.seed = int(seed)
         self._explainer = shap.GradientExplainer(
@@ -524,14 +499,14 @@ class PartitionSHAP(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    max_evals : int, default 256
+    max_evals : int, default=256
         Masked evaluations per image.
-    blur : int, optional
+    blur : int, default=None
         Blur kernel size in pixels; default a quarter of the image height (a
         smaller blur leaves small bright findings visible when "masked").
-    seed : int, default 0
+    seed : int, default=0
         Seeds shap's tie-breaking draws.
-    batch_size : int, default 16
+    batch_size : int, default=16
         Masked images per network call.
     """
 
@@ -578,17 +553,17 @@ def gradcam(model, images, *, method="gradcam", layer=None, target="pneumonia", 
     ----------
     model : keras.Model
         Single-input, single-sigmoid-output member (see the module docstring).
-    images : array_like, shape (n, H, W, 3)
+    images : array-like, shape (n, H, W, 3)
         Float images in [0, 1].
-    method : {"gradcam", "gradcam++", "scorecam"}, default "gradcam"
+    method : {"gradcam", "gradcam++", "scorecam"}, default="gradcam"
         ``"scorecam"`` is Faster Score-CAM (``max_n`` channels).
-    layer : str, optional
+    layer : str, default=None
         Feature layer; default the last layer with a 4-D output.
-    target : {"pneumonia", "normal", "predicted"} or array_like of bool, shape (n,)
+    target : {"pneumonia", "normal", "predicted"} or array-like of bool, shape (n,)
         Gradient methods explain the pre-sigmoid logit (PNEUMONIA) or its negation
         (NORMAL); Score-CAM weights by ``p`` or ``1 - p``.
-    batch_size : int, default 16
-    max_n : int, default 32
+    batch_size : int, default=16
+    max_n : int, default=32
         Score-CAM only: channels kept per image.
 
     Returns
@@ -618,48 +593,111 @@ def gradcam(model, images, *, method="gradcam", layer=None, target="pneumonia", 
 
 
 def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=None,
-                     target="pneumonia", batch_size=16, max_n=32):
+                     target="pneumonia", batch_size=16, max_n=32, size=None):
     """Weighted mean and spread of the members' class-activation maps.
 
     Parameters
     ----------
     models : sequence of keras.Model
-    images : array_like, shape (n, H, W, 3)
-    weights : array_like, shape (m,), optional
-        Non-negative member weights (normalised to sum 1); default equal.
+    images : array-like of shape (n_samples, H, W, 3), or dict of int -> array-like
+        The images, or for members of different input sizes ``{input side: images}``
+        holding the same images at each member's input side.
+    weights : array-like of shape (n_models,), default=None
+        Non-negative member weights (normalised to sum 1), e.g. a combiner's
+        ``weights_``; None gives every member the same weight.
     method, layer, batch_size, max_n
         As in :func:`gradcam`; ``layer=None`` picks each member's own feature layer.
-    target : {"pneumonia", "normal", "predicted"} or array_like of bool, shape (n,)
+    target : {"pneumonia", "normal", "predicted"} or array-like of bool of shape (n_samples,)
         "predicted" uses the ensemble's weighted mean probability, so every member
         explains the same class.
+    size : int, default=None
+        Side of the returned maps; default the largest input side. Member maps are
+        resized to it (bilinear) before they are combined.
 
     Returns
     -------
-    combined : ndarray of float32, shape (n, H, W)
+    combined : numpy.ndarray of shape (n_samples, size, size), float32
         Weighted mean of the member maps.
-    spread : ndarray of float32, shape (n, H, W)
+    spread : numpy.ndarray of shape (n_samples, size, size), float32
         Weighted per-pixel standard deviation across members.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> def member(side, seed):
+    ...     inputs = keras.Input((side, side, 3), name="image")
+    ...     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv_last",
+    ...                             kernel_initializer=keras.initializers.GlorotUniform(seed))(inputs)
+    ...     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    ...     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(x))
+    >>> rng = np.random.default_rng(0)
+    >>> images = {8: rng.random((2, 8, 8, 3)), 16: rng.random((2, 16, 16, 3))}
+    >>> combined, spread = ensemble_gradcam([member(8, 0), member(16, 1)], images, weights=[3, 1])
+    >>> combined.shape, spread.shape
+    ((2, 16, 16), (2, 16, 16))
     """
+    owner = "ensemble_gradcam"
     models = list(models)
     if not models:
-        raise param_error("ensemble_gradcam", "models", "a non-empty list of models", models)
+        raise param_error(owner, "models", "a non-empty list of models", models)
     w = np.full(len(models), 1.0) if weights is None else np.asarray(weights, np.float64)
     if w.shape != (len(models),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise param_error("ensemble_gradcam", "weights",
-                           f"{len(models)} finite non-negative numbers with a positive sum", weights)
+        raise param_error(owner, "weights", f"{len(models)} finite non-negative numbers with a positive sum",
+                          weights)
     w = w / w.sum()
-    for model in models:
-        _check_model(model)
-    x = _check_images(images, models[0])
-    if isinstance(target, str) and _choice("ensemble_gradcam", "target", target, TARGETS) == "predicted":
-        proba = sum(wi * _predict_proba(m, x, batch_size) for wi, m in zip(w, models))
+    inputs = [_member_images(owner, model, images) for model in models]
+    if len({len(x) for x in inputs}) > 1:
+        raise DataError(f"{owner}: the image arrays for the different input sizes hold different numbers of images.")
+    size = max(x.shape[1] for x in inputs) if size is None else _positive_int(owner, "size", size)
+    if isinstance(target, str) and _choice(owner, "target", target, TARGETS) == "predicted":
+        proba = sum(wi * _predict_proba(m, x, batch_size) for wi, m, x in zip(w, models, inputs))
         target = proba >= _THRESHOLD
     maps = np.stack([
-        _cam_explainer("ensemble_gradcam", m, method, layer, batch_size, max_n)(x, target=target) for m in models
+        resize_maps(_cam_explainer(owner, m, method, layer, batch_size, max_n)(x, target=target), size)
+        for m, x in zip(models, inputs)
     ])
     combined = np.tensordot(w, maps, axes=1)
     spread = np.sqrt(np.tensordot(w, (maps - combined) ** 2, axes=1))
     return combined.astype(np.float32), spread.astype(np.float32)
+
+
+def _member_images(owner, model, images):
+    """The checked images for ``model``: the array itself, or the entry of its input side."""
+    _check_model(model)
+    if isinstance(images, dict):
+        side = int(model.input_shape[1])
+        if side not in images:
+            raise DataError(f"{owner}: a member takes {side} px images but images has sides {sorted(images)}.")
+        images = images[side]
+    return _check_images(images, model, owner=owner)
+
+
+def resize_maps(maps, size):
+    """Resize maps to ``size`` x ``size`` (bilinear, half-pixel centres) without rescaling their values.
+
+    Parameters
+    ----------
+    maps : array-like of shape (n_samples, h, w)
+    size : int
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_samples, size, size), float32
+
+    Examples
+    --------
+    >>> resize_maps(np.ones((2, 4, 4)), 8).shape
+    (2, 8, 8)
+    """
+    import cv2
+
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise DataError(f"maps must have shape (n_samples, h, w); got {maps.shape}.")
+    size = _positive_int("resize_maps", "size", size)
+    if maps.shape[1:] == (size, size):
+        return maps
+    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in maps]).astype(np.float32)
 
 
 def saliency(model, images, *, smooth_samples=0, noise=0.2, target="pneumonia", batch_size=16, seed=0):
@@ -684,21 +722,21 @@ def shap_maps(model, images, background=None, *, method="gradient", target="pneu
     Parameters
     ----------
     model : keras.Model
-    images : array_like, shape (n, H, W, 3)
-    background : array_like, shape (m, H, W, 3), optional
+    images : array-like, shape (n, H, W, 3)
+    background : array-like, shape (m, H, W, 3), default=None
         Required by ``"gradient"`` (e.g. :func:`background_sample`); unused by
         ``"partition"``, whose reference is a blurred copy of each image.
-    method : {"gradient", "partition"}, default "gradient"
+    method : {"gradient", "partition"}, default="gradient"
         Expected gradients (``shap.GradientExplainer``) or the partition explainer
         with a blur masker (model-agnostic, slower).
-    target : {"pneumonia", "normal", "predicted"} or array_like of bool, default "pneumonia"
+    target : {"pneumonia", "normal", "predicted"} or array-like of bool, default="pneumonia"
         Sign convention: positive values push toward this class.
-    n_samples : int, default 32
+    n_samples : int, default=32
         ``"gradient"``: samples per image.
-    max_evals : int, default 256
+    max_evals : int, default=256
         ``"partition"``: masked evaluations per image.
-    batch_size : int, default 16
-    seed : int, default 0
+    batch_size : int, default=16
+    seed : int, default=0
 
     Returns
     -------
@@ -724,18 +762,18 @@ def background_sample(images, labels, *, n=32, seed=0):
 
     Parameters
     ----------
-    images : array_like, shape (N, H, W, 3)
-    labels : array_like of {0, 1}, shape (N,)
+    images : array-like, shape (N, H, W, 3)
+    labels : array-like of {0, 1}, shape (N,)
         1 = PNEUMONIA.
-    n : int, default 32
+    n : int, default=32
         Background size (at most N); a class with too few images is topped up from the other.
-    seed : int, default 0
+    seed : int, default=0
 
     Returns
     -------
     ndarray of float32, shape (min(n, N), H, W, 3)
     """
-    x = _check_images(images)
+    x = _check_images(images, owner="background_sample")
     y = np.asarray(labels)
     if y.shape != (len(x),) or not np.isin(y, (0, 1)).all():
         raise DataError(f"labels must be {len(x)} values in {{0, 1}}; got shape {y.shape}")
@@ -755,9 +793,9 @@ def zone_attention(maps, masks_or_zones):
 
     Parameters
     ----------
-    maps : array_like, shape (n, H, W)
+    maps : array-like, shape (n, H, W)
         Attention or attribution maps; negative values are ignored.
-    masks_or_zones : array_like, shape (n, H, W)
+    masks_or_zones : array-like, shape (n, H, W)
         Bool lung masks (split with :func:`zones`) or integer zone
         ids 0..6 (0 = outside the lungs).
 
@@ -809,7 +847,7 @@ def _baseline_images(owner, x, baseline):
 def _perturbation_auc(owner, model, images, maps, *, insert, steps, baseline, target, batch_size):
     """AUC of the target-class probability while pixels are deleted/inserted by saliency."""
     _check_model(model)
-    x = _check_images(images, model)
+    x = _check_images(images, model, owner=owner)
     m = _check_maps(maps, x)
     steps = _positive_int(owner, "steps", steps)
     batch_size = _positive_int(owner, "batch_size", batch_size)
@@ -844,15 +882,15 @@ def deletion_auc(model, images, maps, *, steps=20, baseline=0.0, target="pneumon
     Parameters
     ----------
     model : keras.Model
-    images : array_like, shape (n, H, W, 3)
-    maps : array_like, shape (n, H, W)
+    images : array-like, shape (n, H, W, 3)
+    maps : array-like, shape (n, H, W)
         Higher = more important (signed maps rank by value).
-    steps : int, default 20
-    baseline : float in [0, 1] or "blur", default 0.0
+    steps : int, default=20
+    baseline : float in [0, 1] or "blur", default=0.0
         Replacement value, or a Gaussian-blurred copy of the image.
-    target : {"pneumonia", "normal", "predicted"} or array_like of bool, shape (n,)
+    target : {"pneumonia", "normal", "predicted"} or array-like of bool, shape (n,)
         Whose probability is tracked (``p`` or ``1 - p``).
-    batch_size : int, default 32
+    batch_size : int, default=32
         Perturbed images per network call (all steps are predicted together).
 
     Returns
@@ -880,12 +918,12 @@ def random_map_baseline(model, images, *, metric="deletion", n_maps=3, steps=20,
 
     Parameters
     ----------
-    metric : {"deletion", "insertion"}, default "deletion"
-    n_maps : int, default 3
+    metric : {"deletion", "insertion"}, default="deletion"
+    n_maps : int, default=3
         Random maps per image, averaged.
-    baseline : float or "blur", optional
+    baseline : float or "blur", default=None
         Default: the metric's own default (0.0 for deletion, "blur" for insertion).
-    seed : int, default 0
+    seed : int, default=0
     model, images, steps, target, batch_size
         As in :func:`deletion_auc`.
 
@@ -896,7 +934,7 @@ def random_map_baseline(model, images, *, metric="deletion", n_maps=3, steps=20,
     """
     _choice("random_map_baseline", "metric", metric, FAITHFULNESS_METRICS)
     n_maps = _positive_int("random_map_baseline", "n_maps", n_maps)
-    x = _check_images(images)
+    x = _check_images(images, owner="random_map_baseline")
     if baseline is None:
         baseline = 0.0 if metric == "deletion" else "blur"
     if not isinstance(target, str):  # per-image targets follow the repeated images
@@ -964,13 +1002,13 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
     Parameters
     ----------
     model : keras.Model
-    images : array_like, shape (n, H, W, 3)
-    method : {"gradcam", "gradcam++", "scorecam", "saliency"}, default "gradcam"
-    n_layers : int, default 1
+    images : array-like, shape (n, H, W, 3)
+    method : {"gradcam", "gradcam++", "scorecam", "saliency"}, default="gradcam"
+    n_layers : int, default=1
         Weighted layers to re-initialise, from the top (cascading randomization).
     layer, target, batch_size, max_n
         As in :func:`gradcam`; "predicted" follows the trained model for both maps.
-    seed : int, default 0
+    seed : int, default=0
         Seeds the re-initialisation.
 
     Returns
@@ -982,7 +1020,7 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
     _choice("randomization_check", "method", method, RANDOMIZATION_METHODS)
     _check_model(model)
     n_layers = _positive_int("randomization_check", "n_layers", n_layers)
-    x = _check_images(images, model)
+    x = _check_images(images, model, owner="randomization_check")
     batch_size = _positive_int("randomization_check", "batch_size", batch_size)
     target = _target_is_pneumonia("randomization_check", target, model, x, batch_size)
     randomized = _randomized_copy(model, n_layers, seed)

@@ -23,6 +23,7 @@ import numpy as np
 from . import _io
 from .config import MEMBER_SPEC
 from .errors import ConfigError, DataError, RunFolderError, UnsafeModelError, WeightsUnavailableError, param_error
+from .validation import Interval, Options, check_images, check_param
 
 import keras  # noqa: E402  (after the light imports, so config errors surface before TF loads)
 
@@ -38,6 +39,7 @@ __all__ = [
     "train_member",
     "recalibrate_batchnorm",
     "predict_proba",
+    "predict_on_padded_batch",
     "save_member",
     "load_member",
     "is_member_dir",
@@ -197,7 +199,7 @@ def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", see
     dropout : float, default=0.5
     l2 : float, default=1e-4
         L2 penalty on the dense kernels.
-    bn_momentum : float, optional
+    bn_momentum : float, default=None
         Momentum of every batch-norm layer's moving statistics. Keras' 0.99 lags
         behind fast-changing weights when training from scratch (inference-mode
         predictions collapse to one class); 0.9 tracks them.
@@ -225,13 +227,9 @@ def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", see
     >>> model.output_shape, model.get_layer("conv5_block3_out").output.shape[1:]
     ((None, 1), (1, 1, 2048))
     """
-    if backbone not in BACKBONES:
-        raise ConfigError(f"The 'backbone' parameter of build_member must be one of {list(BACKBONES)}; got {backbone!r}.")
-    if not isinstance(input_size, int) or input_size < 32:
-        raise ConfigError(f"The 'input_size' parameter of build_member must be an int >= 32; got {input_size!r}.")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"The 'precision' parameter of build_member must be one of {list(PRECISIONS)}; "
-                          f"got {precision!r}.")
+    check_param("build_member", "backbone", backbone, Options(tuple(BACKBONES)))
+    check_param("build_member", "input_size", input_size, Interval("int", 32, 1024))
+    check_param("build_member", "precision", precision, Options(PRECISIONS))
     _warn_if_emulated(precision)
     with _dtype_policy(precision):
         model = _build(input_size, weights, backbone, seed, dense_units, dropout, l2, name)
@@ -288,7 +286,7 @@ def get_strategy(name="default", *, devices=None):
         synchronous data parallelism over the GPUs of one machine (all of them unless
         ``devices`` is given). ``multiworker``: synchronous data parallelism over
         several machines, configured by the ``TF_CONFIG`` environment variable.
-    devices : list of str, optional
+    devices : list of str, default=None
         Devices for ``mirrored``, e.g. ``["/gpu:0", "/gpu:1"]``.
 
     Returns
@@ -394,7 +392,7 @@ def recalibrate_batchnorm(model, images, *, batch_size=64, max_batches=None):
     images : numpy.ndarray of shape (n_samples, H, W, 3)
         Training images without augmentation.
     batch_size : int, default=64
-    max_batches : int, optional
+    max_batches : int, default=None
     """
     bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
@@ -439,28 +437,38 @@ def predict_proba(model, images, *, batch_size=64):
     if model.distribute_strategy.num_replicas_in_sync > 1:
         # predict_on_batch returns one copy of the batch per replica under a mirrored strategy.
         return np.asarray(model.predict(images, batch_size=batch_size, verbose=0)).reshape(-1).astype(np.float64)
-    out = []
-    for start in range(0, len(images), batch_size):
-        # predict_on_batch reuses one compiled function: no per-call tf.data setup as in
-        # model.predict, and no eager layer-by-layer dispatch as in model(x).
-        out.append(np.asarray(model.predict_on_batch(images[start:start + batch_size])).reshape(-1))
+    # predict_on_batch reuses one compiled function: no per-call tf.data setup as in
+    # model.predict, and no eager layer-by-layer dispatch as in model(x).
+    out = [predict_on_padded_batch(model, images[start:start + batch_size], batch_size).reshape(-1)
+           for start in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float64)
 
 
-def _check_images(images, model=None):
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise DataError(f"Images must have shape (n_samples, H, W, 3); got {images.shape}.")
-    if model is not None and tuple(images.shape[1:3]) != tuple(model.input_shape[1:3]):
-        raise DataError(
-            f"Images are {images.shape[1]}x{images.shape[2]} but the model expects "
-            f"{model.input_shape[1]}x{model.input_shape[2]}; load them with load_images(..., size={model.input_shape[1]})."
-        )
-    if images.dtype != np.float32:
-        images = images.astype(np.float32)
-    if not np.isfinite(images).all():
-        raise DataError("Images contain NaN or infinite values.")
-    return images
+def predict_on_padded_batch(model, batch, batch_size):
+    """``model.predict_on_batch`` on a batch padded to ``batch_size`` rows, padding dropped.
+
+    One input shape means one traced function per model: a short last batch would
+    retrace it (and TensorFlow would warn about retracing).
+
+    Parameters
+    ----------
+    model : keras.Model
+    batch : numpy.ndarray of shape (n, ...) with 1 <= n <= batch_size
+    batch_size : int
+
+    Returns
+    -------
+    numpy.ndarray of shape (n, ...)
+    """
+    n = len(batch)
+    if n < batch_size:
+        batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+    return np.asarray(model.predict_on_batch(batch))[:n]
+
+
+def _check_images(images, model=None, *, owner="predict_proba", name="images"):
+    size = None if model is None else tuple(model.input_shape[1:3])
+    return check_images(images, owner=owner, name=name, size=size)
 
 
 def train_member(model, train_images, train_labels, val_images, val_labels, config, *,
@@ -490,9 +498,9 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
     train_labels, val_labels : numpy.ndarray of shape (n,)
     config : dict
         A member config (see :data:`pneumoxai.config.MEMBER_SPEC`).
-    checkpoint_path : path, optional
+    checkpoint_path : path, default=None
         Where the best model is written (atomically) during training.
-    class_weight : dict, optional
+    class_weight : dict, default=None
         From :func:`pneumoxai.data.balance` with ``balancing="class_weight"``.
     verbose : "auto", 0, 1 or 2
         Keras progress display.
@@ -508,8 +516,8 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
     unknown = set(config) - set(MEMBER_SPEC)
     if unknown:
         raise ConfigError(f"Unknown member option(s) {sorted(unknown)}; valid: {sorted(MEMBER_SPEC)}.")
-    train_images = _check_images(train_images, model)
-    val_images = _check_images(val_images, model)
+    train_images = _check_images(train_images, model, owner="train_member", name="train_images")
+    val_images = _check_images(val_images, model, owner="train_member", name="val_images")
     for name, labels, images in (("train", train_labels, train_images), ("val", val_labels, val_images)):
         labels = np.asarray(labels)
         if len(labels) != len(images):
@@ -644,7 +652,7 @@ def save_member(directory, model, metadata=None):
     ----------
     directory : path
     model : keras.Model
-    metadata : dict, optional
+    metadata : dict, default=None
         Config, data manifest hash, seed, sizes, history, validation metrics...
 
     Returns

@@ -1,25 +1,19 @@
-"""Run-folder stages: prepare, train, evaluate, explain, slices, report.
+"""The stages of a run, each a short function over one run folder.
 
-Everything a run produces lives in one folder, so any stage can be re-run alone::
+``pneumoxai run`` calls them in order; each can also run alone (``pneumoxai evaluate``,
+``explain``, ``slices``, ``report``)::
 
-    RUN_DIR/
-      run.json                  data root, data config and manifest hashes, versions
-      config.json               the resolved config of the last invocation
-      tables/dataset.csv        every image with its role (train / val / test)
-      members/<name>/           model.keras, card.json, train_paths.json
-      cache/predictions/        member probabilities keyed by model hash + data hash
-      tables/*.csv, *.md        results, diversity, failure slices, zone attention
-      figures/*.png, *.pdf
-      maps/*.npz                explanation maps
-      report.html
+    prepare -> train_stage -> evaluate_stage -> explain_stage -> slices_stage -> report_stage
 
-Each stage skips work whose inputs have not changed (member config hash, model file
-hash, data manifest hash), and writes every artifact atomically.
+Where things are written is decided by :mod:`pneumoxai.run_folder`; the computations
+are the public functions of ``data``, ``models``, ``predict``, ``ensemble``,
+``metrics``, ``explain`` and ``slices``. Each stage skips work whose inputs have not
+changed (member config hash, model file hash, data manifest hash), and writes every
+artifact atomically.
 """
 
 import contextlib
-import os
-import socket
+import logging
 import sys
 import time
 import warnings
@@ -31,9 +25,9 @@ import pandas as pd
 from . import _io
 from .config import config_hash
 from .errors import ConfigError, DataError, RunFolderError
+from .run_folder import PRIMARY, RUN_FORMAT, STAGES, RunFolder
 
 __all__ = [
-    "RunFolder",
     "prepare",
     "train_members",
     "train_stage",
@@ -46,105 +40,44 @@ __all__ = [
     "stage_timings",
 ]
 
-RUN_FORMAT = 1
+logger = logging.getLogger("pneumoxai")
+
+#: Side of the maps, masks and images the analyses share (members may differ in input size).
+DISPLAY_SIZE = 224
+_PREDICTION_COLUMNS = ("path", "label", "patient_id", "subtype")
 
 
-class RunFolder:
-    """Paths and guarded access to one run folder.
-
-    Parameters
-    ----------
-    root : path
-        The run folder; created when missing.
-    """
-
-    def __init__(self, root):
-        self.root = Path(root)
-
-    def path(self, *parts):
-        """A path inside the run folder; refuses names that would escape it."""
-        target = self.root.joinpath(*parts).resolve()
-        root = self.root.resolve()
-        if target != root and root not in target.parents:
-            raise RunFolderError(f"Path {'/'.join(map(str, parts))!r} would leave the run folder {str(self.root)!r}.")
-        return target
-
-    def member_dir(self, name):
-        return self.path("members", name)
-
-    def table(self, name):
-        return self.path("tables", name)
-
-    def figure_stem(self, name):
-        return self.path("figures", name)
-
-    def check_writable(self):
-        """Fail before any work when the folder cannot be created or written."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as exc:
-            raise RunFolderError(f"Run folder {str(self.root)!r} is not writable: {exc.strerror or exc}.") from exc
-
-    @contextlib.contextmanager
-    def lock(self):
-        """Hold ``.lock`` for the duration; a second process gets a clear error."""
-        self.check_writable()
-        lock_path = self.root / ".lock"
-        try:
-            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            owner = lock_path.read_text(errors="replace").strip() or "unknown"
-            pid_text, _, host = owner.partition("@")
-            pid = int(pid_text) if pid_text.isdigit() and host in ("", socket.gethostname()) else None
-            if pid is not None and not _pid_alive(pid):
-                # The holder died (e.g. kill -9): take the lock over rather than block forever.
-                lock_path.unlink(missing_ok=True)
-                fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            else:
-                raise RunFolderError(
-                    f"Run folder {str(self.root)!r} is in use by process {owner} ({lock_path} exists). "
-                    "Wait for it to finish, or delete the lock file if that process is gone."
-                ) from None
-        try:
-            # The host name matters when jobs on several machines share one run folder.
-            os.write(fd, f"{os.getpid()}@{socket.gethostname()}".encode())
-            os.close(fd)
-            yield self
-        finally:
-            lock_path.unlink(missing_ok=True)
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _log(message):
-    print(f"[pneumoxai] {message}", file=sys.stderr, flush=True)
+# =========================================================================== prepare
 
 
 def prepare(run, data_root, config):
     """Scan the data, carve the patient-grouped validation split, record it in the run folder.
 
     A run folder is bound to one data config: re-using it with another split (other
-    seed, fraction, subset) raises instead of mixing results.
+    seed, fraction, subset) raises before anything is written.
 
     Returns
     -------
     pandas.DataFrame
         ``tables/dataset.csv``: the scan table plus ``role`` (train / val / test).
     """
-    from .data import file_hashes, find_duplicates, manifest_hash, scan_dataset, split_by_patient
+    from .data import file_hashes, manifest_hash
 
-    data_cfg = config["data"]
+    table = _assign_roles(data_root, config["data"])
+    table["sha256"] = file_hashes(table)
+    record = {"format": RUN_FORMAT, "data_root": str(Path(data_root).resolve()),
+              "data_config_hash": config_hash(config["data"]), "manifest_hash": manifest_hash(table)}
+    _check_same_data(run, record)
+    _io.write_json(run.run_file, record)
+    _io.write_csv(run.table("dataset.csv"), table, index=False)
+    _warn_shared_patients(table)
+    _record_duplicates(run, table)
+    return table
+
+
+def _assign_roles(data_root, data_cfg):
+    from .data import scan_dataset, split_by_patient
+
     frame = scan_dataset(data_root)
     train_pool = frame[frame["split"] == "train"]
     test = frame[frame["split"] == data_cfg["test_split"]]
@@ -153,44 +86,14 @@ def prepare(run, data_root, config):
     if data_cfg["max_per_class"]:
         train_pool = _subset(train_pool, data_cfg["max_per_class"], data_cfg["subset_seed"])
         test = _subset(test, data_cfg["max_per_class"], data_cfg["subset_seed"])
-    train_pool, test = _readable(train_pool), _readable(test)
-    train, val = split_by_patient(train_pool, data_cfg["val_fraction"], seed=data_cfg["split_seed"])
-    table = pd.concat([train.assign(role="train"), val.assign(role="val"), test.assign(role="test")],
+    train, val = split_by_patient(_readable(train_pool), data_cfg["val_fraction"], seed=data_cfg["split_seed"])
+    table = pd.concat([train.assign(role="train"), val.assign(role="val"), _readable(test).assign(role="test")],
                       ignore_index=True)
     for role, rows in table.groupby("role"):
         counts = np.bincount(rows["label"], minlength=2)
         if (counts == 0).any():
             raise DataError(f"The {role} data holds {counts[0]} NORMAL and {counts[1]} PNEUMONIA images; "
                             "training, validation and testing each need both classes.")
-    table["sha256"] = file_hashes(table)
-    record = {
-        "format": RUN_FORMAT,
-        "data_root": str(Path(data_root).resolve()),
-        "data_config_hash": config_hash(data_cfg),
-        "manifest_hash": manifest_hash(table),
-    }
-    run_json = run.path("run.json")
-    if run_json.exists():
-        previous = _io.read_json(run_json)
-        if previous.get("format") != RUN_FORMAT:
-            raise RunFolderError(f"{str(run.root)!r} was written by another pneumoxai run format; use a new --out.")
-        for key, what in (("data_config_hash", "data config"), ("manifest_hash", "dataset contents")):
-            if previous.get(key) != record[key]:
-                raise RunFolderError(
-                    f"Run folder {str(run.root)!r} was made with a different {what}; its members and results "
-                    "would be mixed with this run's. Use a new --out folder (or delete this one)."
-                )
-    _io.write_json(run_json, record)
-    _io.write_csv(run.table("dataset.csv"), table, index=False)
-    _report_leakage(table)
-    duplicates = find_duplicates(table, by="role")
-    _io.write_csv(run.table("duplicates.csv"), duplicates, index=False)
-    if len(duplicates):
-        roles = duplicates.groupby("sha256")["role"].agg(lambda r: "/".join(sorted(set(r))))
-        warnings.warn(
-            f"{roles.size} image(s) are byte-identical copies across {', '.join(sorted(set(roles)))} "
-            f"(e.g. {Path(duplicates['path'].iloc[0]).name}): leakage between training and evaluation data; "
-            "see tables/duplicates.csv.", UserWarning, stacklevel=2)
     return table
 
 
@@ -208,7 +111,20 @@ def _subset(frame, per_class, seed):
     return pd.concat(parts).sort_index()
 
 
-def _report_leakage(table):
+def _check_same_data(run, record):
+    previous = run.read_json(run.run_file)
+    if previous is None:
+        return
+    if previous.get("format") != RUN_FORMAT:
+        raise RunFolderError(f"{str(run.root)!r} was written by another pneumoxai run format; use a new --out.")
+    for key, what in (("data_config_hash", "data config"), ("manifest_hash", "dataset contents")):
+        if previous.get(key) != record[key]:
+            raise RunFolderError(
+                f"Run folder {str(run.root)!r} was made with a different {what}; its members and results "
+                "would be mixed with this run's. Use a new --out folder (or delete this one).")
+
+
+def _warn_shared_patients(table):
     """Warn when one patient id sits in both the training data and the test split."""
     train_ids = set(table.loc[table["role"] != "test", "patient_id"])
     shared = sorted(train_ids & set(table.loc[table["role"] == "test", "patient_id"]))
@@ -219,11 +135,25 @@ def _report_leakage(table):
             "may be optimistic.", UserWarning, stacklevel=3)
 
 
+def _record_duplicates(run, table):
+    from .data import find_duplicates
+
+    duplicates = find_duplicates(table, by="role")
+    _io.write_csv(run.table("duplicates.csv"), duplicates, index=False)
+    if len(duplicates):
+        roles = duplicates.groupby("sha256")["role"].agg(lambda r: "/".join(sorted(set(r))))
+        warnings.warn(
+            f"{roles.size} image(s) are byte-identical copies across {', '.join(sorted(set(roles)))} "
+            f"(e.g. {Path(duplicates['path'].iloc[0]).name}): leakage between training and evaluation data; "
+            "see tables/duplicates.csv.", UserWarning, stacklevel=3)
+
+
 def _load_table(run):
-    path = run.table("dataset.csv")
-    if not path.exists():
-        raise RunFolderError(f"{str(run.root)!r} has no tables/dataset.csv; run `pneumoxai train` or `run` first.")
-    return pd.read_csv(path)
+    return run.read_table("dataset.csv", columns=("path", "label", "role", "patient_id", "subtype"),
+                          required="run `pneumoxai train` or `pneumoxai run` first")
+
+
+# =========================================================================== train
 
 
 class _ImageCache:
@@ -236,12 +166,83 @@ class _ImageCache:
     def get(self, role, size):
         from .data import load_images
 
-        key = (role, size)
-        if key not in self._arrays:
+        if (role, size) not in self._arrays:
             rows = self.table[self.table["role"] == role]
             images, ok = load_images(rows["path"], size, return_mask=True)
-            self._arrays[key] = (images, rows[ok].reset_index(drop=True))
-        return self._arrays[key]
+            self._arrays[role, size] = (images, rows[ok].reset_index(drop=True))
+        return self._arrays[role, size]
+
+
+def train_stage(run, config, data_root, *, names=None, verbose="auto", strategy="default"):
+    """Prepare the split (first time), record the config, and train the members.
+
+    ``config.json`` is written only after the data checks pass, so a rejected call
+    never changes what later stages read.
+    """
+    table = prepare(run, data_root, config)
+    _io.write_json(run.config_file, config)
+    return train_members(run, config, names, table=table, verbose=verbose, strategy=strategy)
+
+
+def train_members(run, config, names=None, *, table=None, verbose="auto", strategy="default"):
+    """Train every member of ``config`` (or those in ``names``) into ``members/<name>/``.
+
+    A member whose card records the same member config and data manifest is skipped;
+    one whose config changed is retrained. Each member is trained under its own lock,
+    so several processes (one member each, e.g. a Slurm array) can train into one run
+    folder. ``strategy`` names a :func:`pneumoxai.models.get_strategy` strategy; under
+    ``multiworker`` only the chief writes the member.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per member: name, status (trained / skipped), val AUC, seconds per epoch.
+    """
+    from . import models
+
+    table = _load_table(run) if table is None else table
+    manifest = run.read_json(run.run_file, required="run `pneumoxai train` first")["manifest_hash"]
+    members = _selected_members(config, names)
+    cache = _ImageCache(table)
+    distribution = models.get_strategy(strategy)
+    chief = models.is_chief(distribution)
+    rows = []
+    for member in members:
+        member_dir = run.member_dir(member["name"])
+        # The lock is taken before the up-to-date check, so two jobs given the same member
+        # cannot both train it.
+        with RunFolder(member_dir).lock() if chief else contextlib.nullcontext():
+            wanted = config_hash(member)
+            row = _up_to_date(member, member_dir, wanted, manifest)
+            if row is None:
+                row = _train_one(run, member, wanted, manifest, cache, distribution, chief, verbose)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _selected_members(config, names):
+    members = config["members"]
+    if not names:
+        return members
+    unknown = sorted(set(names) - {m["name"] for m in members})
+    if unknown:
+        raise ConfigError(f"Unknown member name(s) {unknown}; the config has {[m['name'] for m in members]}.")
+    return [m for m in members if m["name"] in names]
+
+
+def _up_to_date(member, member_dir, wanted, manifest):
+    """The summary row of a member already trained with this config and data, else None."""
+    from . import models
+
+    if not models.is_member_dir(member_dir):
+        return None
+    card = _io.read_json(member_dir / models.CARD_FILE)
+    if card.get("config_hash") != wanted or card.get("manifest_hash") != manifest:
+        logger.info("member %s: config changed since it was trained; retraining.", member["name"])
+        return None
+    logger.info("member %s: up to date, skipped", member["name"])
+    return {"member": member["name"], "status": "skipped (up to date)",
+            "val_auc": card.get("val_metrics", {}).get("roc_auc"), "seconds_per_epoch": card.get("seconds_per_epoch")}
 
 
 def _member_data(config, images, frame):
@@ -255,69 +256,21 @@ def _member_data(config, images, frame):
     return images[index], frame["label"].to_numpy()[index], frame["path"].to_numpy()[index]
 
 
-def train_members(run, config, names=None, *, table=None, verbose="auto", strategy="default"):
-    """Train every member of ``config`` (or those in ``names``) into ``members/<name>/``.
-
-    A member whose card records the same member config and data manifest is skipped;
-    one whose config changed is retrained. Each member is trained under its own lock
-    (``members/<name>/.lock``), so several processes (one member each, e.g. a Slurm
-    array) can train into one run folder. ``strategy`` names a
-    :func:`pneumoxai.models.get_strategy` strategy; under ``multiworker`` only the chief
-    writes the member.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per member: name, status (trained / skipped), val AUC, seconds per epoch.
-    """
-    from . import models
-
-    table = _load_table(run) if table is None else table
-    run_record = _io.read_json(run.path("run.json"))
-    members = config["members"]
-    if names:
-        unknown = sorted(set(names) - {m["name"] for m in members})
-        if unknown:
-            raise ConfigError(f"Unknown member name(s) {unknown}; the config has {[m['name'] for m in members]}.")
-        members = [m for m in members if m["name"] in names]
-    cache = _ImageCache(table)
-    distribution = models.get_strategy(strategy)
-    chief = models.is_chief(distribution)
-    rows = []
-    for member in members:
-        member_dir = run.member_dir(member["name"])
-        # The lock is taken before the up-to-date check, so two jobs given the same member
-        # cannot both train it.
-        with RunFolder(member_dir).lock() if chief else contextlib.nullcontext():
-            wanted = config_hash(member)
-            skipped = _up_to_date(member, member_dir, wanted, run_record["manifest_hash"])
-            rows.append(skipped or _train_one(run, member, wanted, run_record, cache, distribution, chief, verbose))
-    return pd.DataFrame(rows)
+def _keras_verbose(verbose):
+    """Keras' progress bar rewrites one line with escape codes: only for a terminal."""
+    if verbose == "auto" and not sys.stdout.isatty():
+        return 2
+    return verbose
 
 
-def _up_to_date(member, member_dir, wanted, manifest):
-    """The summary row of a member already trained with this config and data, else None."""
-    from . import models
-
-    if not models.is_member_dir(member_dir):
-        return None
-    card = _io.read_json(member_dir / models.CARD_FILE)
-    if card.get("config_hash") != wanted or card.get("manifest_hash") != manifest:
-        _log(f"member {member['name']}: config changed since it was trained; retraining.")
-        return None
-    _log(f"member {member['name']}: up to date, skipped")
-    return {"member": member["name"], "status": "skipped (up to date)",
-            "val_auc": card.get("val_metrics", {}).get("roc_auc"), "seconds_per_epoch": card.get("seconds_per_epoch")}
-
-
-def _train_one(run, member, wanted, run_record, cache, distribution, chief, verbose):
+def _train_one(run, member, wanted, manifest, cache, distribution, chief, verbose):
     from . import data as data_mod
     from . import models
 
     member_dir = run.member_dir(member["name"])
-    _log(f"member {member['name']}: training ({member['backbone']}, {member['image_size']} px, "
-         f"weights={member['weights']}, balancing={member['balancing']}, seed={member['seed']}, "
-         f"{distribution.num_replicas_in_sync} replica(s))")
+    logger.info("member %s: training (%s, %d px, weights=%s, balancing=%s, seed=%d, %d replica(s))",
+                member["name"], member["backbone"], member["image_size"], member["weights"], member["balancing"],
+                member["seed"], distribution.num_replicas_in_sync)
     size = member["image_size"]
     train_images, train_frame = cache.get("train", size)
     val_images, val_frame = cache.get("val", size)
@@ -331,35 +284,24 @@ def _train_one(run, member, wanted, run_record, cache, distribution, chief, verb
                                     precision=member["precision"], name=member["name"])
         info = models.train_member(model, x, y, val_images, val_frame["label"].to_numpy(), member,
                                    checkpoint_path=member_dir / "checkpoint.keras" if chief else None,
-                                   class_weight=class_weight, verbose=verbose)
-    val_prob = models.predict_proba(model, val_images)
-    val_metrics = _quick_metrics(val_frame["label"].to_numpy(), val_prob)
-    row = {"member": member["name"], "status": "trained", "val_auc": val_metrics["roc_auc"],
-           "seconds_per_epoch": info["seconds_per_epoch"]}
-    if not chief:
-        return row
-    _io.write_json(member_dir / "train_paths.json", sorted(set(map(str, paths))))
-    models.save_member(member_dir, model, {
-        "name": member["name"],
-        "config": member,
-        "config_hash": wanted,
-        "manifest_hash": run_record["manifest_hash"],
-        "seed": member["seed"],
-        "n_train": int(len(x)),
-        "n_train_unique": int(len(set(paths))),
-        "n_val": int(len(val_frame)),
-        "history": info["history"],
-        "epochs_run": info["epochs_run"],
-        "seconds_per_epoch": info["seconds_per_epoch"],
-        "train_seconds": time.perf_counter() - started,
-        "val_metrics": val_metrics,
-        "reproducibility": "same seed and config reproduce predictions on CPU to within 1e-5 "
-                           "(multi-threaded float reductions are not bit-exact)",
-    })
-    (member_dir / "checkpoint.keras").unlink(missing_ok=True)
-    _log(f"member {member['name']}: val AUC {val_metrics['roc_auc']:.4f}, "
-         f"{info['seconds_per_epoch']:.1f} s/epoch, {info['epochs_run']} epochs")
-    return row
+                                   class_weight=class_weight, verbose=_keras_verbose(verbose))
+    val_metrics = _quick_metrics(val_frame["label"].to_numpy(), models.predict_proba(model, val_images))
+    if chief:
+        _io.write_json(member_dir / "train_paths.json", sorted(set(map(str, paths))))
+        models.save_member(member_dir, model, {
+            "name": member["name"], "config": member, "config_hash": wanted, "manifest_hash": manifest,
+            "seed": member["seed"], "n_train": int(len(x)), "n_train_unique": int(len(set(paths))),
+            "n_val": int(len(val_frame)), "history": info["history"], "epochs_run": info["epochs_run"],
+            "seconds_per_epoch": info["seconds_per_epoch"], "train_seconds": time.perf_counter() - started,
+            "val_metrics": val_metrics,
+            "reproducibility": "same seed and config reproduce predictions on CPU to within 1e-5 "
+                               "(multi-threaded float reductions are not bit-exact)",
+        })
+        (member_dir / "checkpoint.keras").unlink(missing_ok=True)
+    logger.info("member %s: val AUC %.4f, %.1f s/epoch, %d epochs", member["name"], val_metrics["roc_auc"],
+                info["seconds_per_epoch"], info["epochs_run"])
+    return {"member": member["name"], "status": "trained", "val_auc": val_metrics["roc_auc"],
+            "seconds_per_epoch": info["seconds_per_epoch"]}
 
 
 def _quick_metrics(y_true, y_prob):
@@ -369,19 +311,7 @@ def _quick_metrics(y_true, y_prob):
             "accuracy": float(accuracy_score(y_true, y_prob >= 0.5))}
 
 
-def train_stage(run, config, data_root, *, names=None, verbose="auto", strategy="default"):
-    """Record the config, prepare the split (first time) and train the members."""
-    _io.write_json(run.path("config.json"), _raw_config(config))
-    table = prepare(run, data_root, config)
-    return train_members(run, config, names, table=table, verbose=verbose, strategy=strategy)
-
-
-def _raw_config(config):
-    """The resolved config in the shape parse_config accepts (members fully spelled out)."""
-    return {key: value for key, value in config.items()}
-
-
-PRIMARY = "soft voting"
+# =========================================================================== evaluate
 
 
 def _member_dirs(run, config):
@@ -407,12 +337,12 @@ def member_predictions(run, config, role, *, table=None, progress=True):
     rows : pandas.DataFrame
         The dataset rows, aligned with ``P``.
     """
-    from .ensemble import predict_members
+    from .predict import predict_members
 
     table = _load_table(run) if table is None else table
     rows = table[table["role"] == role].reset_index(drop=True)
     P = predict_members(_member_dirs(run, config), rows, batch_size=config["evaluate"]["batch_size"],
-                        tta=config["evaluate"]["tta"], cache_dir=run.path("cache", "predictions"), progress=progress)
+                        tta=config["evaluate"]["tta"], cache_dir=run.cache("predictions"), progress=progress)
     return pd.DataFrame(P, columns=[m["name"] for m in config["members"]]), rows
 
 
@@ -452,71 +382,90 @@ def evaluate_stage(run, config, *, verbose="auto"):
     pandas.DataFrame
         The results table.
     """
-    from . import _figures_eval as fig
-    from .ensemble import HardVoting, SoftVoting, Stacking, diversity, ensemble_size_curve
-    from .metrics import TemperatureScaling, compare, results_table, table_to_markdown
-
     started = time.perf_counter()
-    evaluate_cfg = config["evaluate"]
     table = _load_table(run)
-    progress = verbose != 0
-    P_val, val_rows = member_predictions(run, config, "val", table=table, progress=progress)
-    P_test, test_rows = member_predictions(run, config, "test", table=table, progress=progress)
+    P_val, val_rows = member_predictions(run, config, "val", table=table, progress=verbose != 0)
+    P_test, test_rows = member_predictions(run, config, "test", table=table, progress=verbose != 0)
+    val_probs, test_probs, fitted = _fit_combiners(run, config, P_val, val_rows, P_test)
     y_val, y_test = val_rows["label"].to_numpy(), test_rows["label"].to_numpy()
+    thresholds = {name: _threshold(y_val, val_probs[name], config["evaluate"]) for name in test_probs}
+    results = _results(run, config["evaluate"], y_test, test_probs, thresholds, test_rows["patient_id"].to_numpy())
     names = list(P_val.columns)
+    best_member = max(names, key=lambda n: results.loc[n, "roc_auc"])
+    _write_comparisons(run, y_test, test_probs, thresholds, best_member)
+    for role, rows, probs in (("val", val_rows, val_probs), ("test", test_rows, test_probs)):
+        _write_predictions(run, role, rows, probs)
+    calibrator = _write_ensemble_record(run, names, val_probs, y_val, thresholds, fitted, best_member)
+    size_curve = _write_diversity(run, P_val, y_val, P_test, y_test)
+    _evaluation_figures(run, y_test, test_probs, thresholds, best_member, list(fitted), calibrator, size_curve)
+    logger.info("evaluate: %.1f s", time.perf_counter() - started)
+    return results
 
+
+def _fit_combiners(run, config, P_val, val_rows, P_test):
+    """Fit every combiner on validation predictions; return val and test probabilities of all models."""
+    from .ensemble import HardVoting, SoftVoting, Stacking
+
+    names = list(P_val.columns)
+    y_val = val_rows["label"].to_numpy()
     combiners = {PRIMARY: SoftVoting(), "soft voting (optimized)": SoftVoting(weights="optimize"),
                  "hard voting": HardVoting()}
+    folds = config["evaluate"]["stacking_cv"]
     smaller_class = int(min(y_val.sum(), len(y_val) - y_val.sum()))
-    if len(names) > 1 and smaller_class >= evaluate_cfg["stacking_cv"]:
-        combiners["stacking"] = Stacking(cv=evaluate_cfg["stacking_cv"], features="logit")
+    if len(names) > 1 and smaller_class >= folds:
+        combiners["stacking"] = Stacking(cv=folds, features="logit")
     elif len(names) > 1:
-        warnings.warn(f"Stacking left out: its {evaluate_cfg['stacking_cv']} cross-validation folds need as many "
-                      f"validation images of each class, and the smaller class has {smaller_class} "
-                      "(lower evaluate.stacking_cv or enlarge the validation split).", UserWarning, stacklevel=2)
+        warnings.warn(f"Stacking left out: its {folds} cross-validation folds need as many validation images of "
+                      f"each class, and the smaller class has {smaller_class} (lower evaluate.stacking_cv or "
+                      "enlarge the validation split).", UserWarning, stacklevel=3)
     val_probs = {name: P_val[name].to_numpy() for name in names}
     test_probs = {name: P_test[name].to_numpy() for name in names}
-    fitted = {}
     for label, combiner in combiners.items():
         if isinstance(combiner, Stacking):
             combiner.fit(P_val, y_val, trained_on=_trained_on(run, config, val_rows), groups=val_rows["patient_id"])
-            val_probs[label] = combiner.oof_proba_  # honest val scores for threshold choice
+            val_probs[label] = combiner.oof_proba_[:, 1]  # honest val scores for the threshold choice
         else:
-            combiner.fit(P_val, y_val)
-            val_probs[label] = combiner.predict_proba(P_val)
-        test_probs[label] = combiner.predict_proba(P_test)
-        fitted[label] = combiner
-    thresholds = {name: _threshold(y_val, val_probs[name], evaluate_cfg) for name in test_probs}
-    results = results_table(y_test, test_probs, threshold=thresholds, n_boot=evaluate_cfg["n_boot"],
-                            ci=evaluate_cfg["ci"], seed=0, groups=test_rows["patient_id"].to_numpy())
-    # The origin reported metrics at a 0.5 threshold; give the primary ensemble at 0.5 too, for a like-for-like row.
-    at_half = results_table(y_test, {f"{PRIMARY} @0.5": test_probs[PRIMARY]}, threshold=0.5,
-                            n_boot=evaluate_cfg["n_boot"], ci=evaluate_cfg["ci"], seed=0,
-                            groups=test_rows["patient_id"].to_numpy(), reference=False)
+            val_probs[label] = combiner.fit(P_val, y_val).predict_proba(P_val)[:, 1]
+        test_probs[label] = combiner.predict_proba(P_test)[:, 1]
+    return val_probs, test_probs, combiners
+
+
+def _results(run, evaluate_cfg, y_test, test_probs, thresholds, groups):
+    """The results table, with the primary ensemble at 0.5 too (the origin reported at 0.5)."""
+    from .metrics import results_table, table_to_markdown
+
+    options = dict(n_boot=evaluate_cfg["n_boot"], ci=evaluate_cfg["ci"], seed=0, groups=groups)
+    results = results_table(y_test, test_probs, threshold=thresholds, **options)
+    at_half = results_table(y_test, {f"{PRIMARY} @0.5": test_probs[PRIMARY]}, threshold=0.5, reference=False,
+                            **options)
     results = pd.concat([results.iloc[:-1], at_half, results.iloc[-1:]])
     _io.write_csv(run.table("results.csv"), results)
     _io.write_text(run.table("results.md"), table_to_markdown(results) + "\n")
+    return results
 
-    best_member = max(names, key=lambda n: results.loc[n, "roc_auc"])
+
+def _write_comparisons(run, y_test, test_probs, thresholds, best_member):
+    """Paired tests: the ensemble against its best member, and stacking against soft voting."""
+    from .metrics import compare
+
     pairs = [(best_member, PRIMARY)] + ([(PRIMARY, "stacking")] if "stacking" in test_probs else [])
-    comparisons = pd.DataFrame([
-        {"model_a": a, "model_b": b, **{k: v for k, v in compare(y_test, test_probs[a], test_probs[b],
-                                                               threshold=(thresholds[a], thresholds[b])).items()
-                                        if np.isscalar(v)}}
-        for a, b in pairs])
-    _io.write_csv(run.table("comparisons.csv"), comparisons, index=False)
+    rows = []
+    for a, b in pairs:
+        result = compare(y_test, test_probs[a], test_probs[b], threshold=(thresholds[a], thresholds[b]))
+        rows.append({"model_a": a, "model_b": b, **{k: v for k, v in result.items() if np.isscalar(v)}})
+    _io.write_csv(run.table("comparisons.csv"), pd.DataFrame(rows), index=False)
 
-    frames = {"val": (val_rows, val_probs), "test": (test_rows, test_probs)}
-    for role, (rows, probs) in frames.items():
-        out = rows[["path", "label", "patient_id", "subtype"]].copy()
-        for name, values in probs.items():
-            out[f"p[{name}]"] = values
-        _io.write_csv(run.table(f"predictions_{role}.csv"), out, index=False)
 
-    if len(names) > 1:
-        _io.write_csv(run.table("diversity.csv"), diversity(P_test, y_test, threshold=0.5), index=False)
-        size_curve = ensemble_size_curve(P_val, y_val, combiner="soft", metric="roc_auc")
-        _io.write_csv(run.table("ensemble_size.csv"), size_curve, index=False)
+def _write_predictions(run, role, rows, probs):
+    out = rows[list(_PREDICTION_COLUMNS)].copy()
+    for name, values in probs.items():
+        out[f"p[{name}]"] = values
+    _io.write_csv(run.table(f"predictions_{role}.csv"), out, index=False)
+
+
+def _write_ensemble_record(run, names, val_probs, y_val, thresholds, fitted, best_member):
+    from .calibration import TemperatureScaling
+
     calibrator = TemperatureScaling().fit(val_probs[PRIMARY], y_val)
     _io.write_json(run.table("ensemble.json"), {
         "primary": PRIMARY,
@@ -526,38 +475,250 @@ def evaluate_stage(run, config, *, verbose="auto"):
         "temperature": float(calibrator.temperature_),
         "best_member": best_member,
     })
+    return calibrator
+
+
+def _write_diversity(run, P_val, y_val, P_test, y_test):
+    """Pairwise diversity on test and the greedy ensemble-size curve on val (None for one member)."""
+    from .ensemble import diversity, ensemble_size_curve
+
+    if P_val.shape[1] < 2:
+        return None
+    _io.write_csv(run.table("diversity.csv"), diversity(P_test, y_test, threshold=0.5), index=False)
+    size_curve = ensemble_size_curve(P_val, y_val, combiner="soft", metric="roc_auc")
+    _io.write_csv(run.table("ensemble_size.csv"), size_curve, index=False)
+    return size_curve
+
+
+def _evaluation_figures(run, y_test, test_probs, thresholds, best_member, combiners, calibrator, size_curve):
+    from . import figures
 
     stem = run.figure_stem
-    models_only = {k: v for k, v in test_probs.items()}
-    fig.plot_roc(y_test, models_only, path=stem("roc"))
-    fig.plot_pr(y_test, models_only, path=stem("pr"))
-    fig.plot_confusion_matrices(y_test, {k: test_probs[k] for k in [best_member, *combiners]},
-                                threshold=0.5, path=stem("confusion"))
-    fig.plot_reliability(y_test, {PRIMARY: test_probs[PRIMARY],
-                                  f"{PRIMARY} (temperature-scaled)": calibrator.predict_proba(test_probs[PRIMARY]),
-                                  best_member: test_probs[best_member]}, path=stem("reliability"))
-    fig.plot_threshold_analysis(y_test, test_probs[PRIMARY], threshold=thresholds[PRIMARY],
-                                path=stem("threshold"))
-    if len(names) > 1:
-        fig.plot_diversity(pd.read_csv(run.table("diversity.csv")), path=stem("diversity"))
-        fig.plot_ensemble_size(size_curve, ylabel="val ROC AUC", path=stem("ensemble_size"))
-    _close_figures()
-    _log(f"evaluate: {time.perf_counter() - started:.1f} s")
-    return results
-
-
-def _close_figures():
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
+    figures.plot_roc(y_test, test_probs, path=stem("roc"))
+    figures.plot_pr(y_test, test_probs, path=stem("pr"))
+    figures.plot_confusion_matrices(y_test, {k: test_probs[k] for k in [best_member, *combiners]},
+                                    threshold=0.5, path=stem("confusion"))
+    figures.plot_reliability(y_test, {
+        PRIMARY: test_probs[PRIMARY],
+        f"{PRIMARY} (temperature-scaled)": calibrator.predict_proba(test_probs[PRIMARY])[:, 1],
+        best_member: test_probs[best_member]}, path=stem("reliability"))
+    figures.plot_threshold_analysis(y_test, test_probs[PRIMARY], threshold=thresholds[PRIMARY],
+                                    path=stem("threshold"))
+    if size_curve is not None:
+        figures.plot_diversity(run.read_table("diversity.csv"), path=stem("diversity"))
+        figures.plot_ensemble_size(size_curve, ylabel="val ROC AUC", path=stem("ensemble_size"))
 
 
 def _evaluation(run):
     """Test-split predictions and the ensemble record written by :func:`evaluate_stage`."""
-    path = run.table("predictions_test.csv")
-    if not path.exists():
-        raise RunFolderError(f"{str(run.root)!r} has no evaluation yet; run `pneumoxai evaluate --run {run.root}`.")
-    return pd.read_csv(path), _io.read_json(run.table("ensemble.json"))
+    needed = f"run `{run.command('evaluate')}` first"
+    predictions = run.read_table("predictions_test.csv", columns=_PREDICTION_COLUMNS, required=needed)
+    record = run.read_json(run.table("ensemble.json"), required=needed)
+    for key in ("primary", "members", "thresholds", "best_member"):
+        if key not in record:
+            raise RunFolderError(f"{run.table('ensemble.json')} lacks {key!r}; delete it and {needed}.")
+    return predictions, record
+
+
+# =========================================================================== explain
+
+
+def explain_stage(run, config, *, methods=None, max_images=None):
+    """Grad-CAM / Grad-CAM++ / SHAP maps of the primary ensemble's errors on the test split.
+
+    - Every test image gets the ensemble's Grad-CAM of its predicted class (the class
+      that drove the call) and its lung-zone attention shares
+      (``tables/zone_attention_all.csv``, ``maps/gradcam_test.npz``): the slices stage
+      uses the off-lung share as a slicing column.
+    - False negatives, false positives and a class-matched sample of correct calls
+      (``explain.max_images`` in all) get every configured method (ensemble maps are
+      member maps averaged with the soft-voting weights; the SHAP map of the ensemble is
+      the mean of the members' logit SHAP maps, an approximation since SHAP values of
+      an averaged probability are not the average of logit attributions), saved to
+      ``maps/explain.npz`` with ``tables/zone_attention.csv``.
+    - Faithfulness for the best member: deletion AUC of its Grad-CAM against random maps
+      (``tables/explain_summary.csv``).
+    """
+    from .lungs import lung_mask
+    from .models import load_member
+
+    started = time.perf_counter()
+    explain_cfg = config["explain"]
+    predictions, record = _evaluation(run)
+    y = predictions["label"].to_numpy()
+    p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
+    threshold = record["thresholds"][record["primary"]]
+    predicted = (p_ens >= threshold).astype(int)
+    member_models = [load_member(d)[0] for d in _member_dirs(run, config)]
+    images = _ImagesBySize(predictions["path"].tolist())
+    masks = lung_mask(images.at(DISPLAY_SIZE))
+    all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks)
+    chosen = _select_for_gallery(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
+    subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen), predicted[chosen].astype(bool),
+                                methods or explain_cfg["methods"])
+    _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
+    _faithfulness_summary(run, record, member_models, images.subset(chosen), predicted[chosen].astype(bool),
+                          zones_all, predicted != y, masks)
+    _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
+    logger.info("explain: %d images x %d methods, all %d test images with Grad-CAM, %.1f s", len(chosen),
+                len(subset_maps), len(images.paths), time.perf_counter() - started)
+
+
+class _ImagesBySize:
+    """The test images decoded once per input size; :meth:`subset` shares the decoded arrays."""
+
+    def __init__(self, paths, index=None, decoded=None):
+        self.paths = paths
+        self.index = index
+        self._decoded = {} if decoded is None else decoded
+
+    def at(self, size):
+        from .data import load_images
+
+        if size not in self._decoded:
+            self._decoded[size] = load_images(self.paths, size)
+        array = self._decoded[size]
+        return array if self.index is None else array[self.index]
+
+    def for_models(self, models):
+        """``{input side: images}`` for every input side among ``models``."""
+        return {int(m.input_shape[1]): self.at(int(m.input_shape[1])) for m in models}
+
+    def subset(self, index):
+        return _ImagesBySize(self.paths, index, self._decoded)
+
+
+def _test_split_maps(run, member_models, images, predicted, masks):
+    """Ensemble Grad-CAM of the predicted class for every test image, and its zone attention."""
+    from .explain import ensemble_gradcam, zone_attention
+
+    all_maps, _ = ensemble_gradcam(member_models, images.for_models(member_models), target=predicted.astype(bool),
+                                   size=DISPLAY_SIZE)
+    zones_all = zone_attention(all_maps, masks)
+    zones_all.insert(0, "path", images.paths)
+    _io.write_csv(run.table("zone_attention_all.csv"), zones_all, index=False)
+    _io.save_npz(run.maps("gradcam_test.npz"), maps=all_maps.astype(np.float16),
+                 paths=np.array(images.paths, dtype=str))
+    return all_maps, zones_all
+
+
+def _select_for_gallery(y, predicted, max_images, seed=0):
+    """Indices of false negatives, false positives and a matched sample of correct calls.
+
+    Errors take two thirds of the budget (split between FN and FP); correct calls are
+    drawn with the same class mix as the chosen errors, so maps compare like with like.
+    """
+    from .outcomes import outcome_groups
+
+    rng = np.random.default_rng(seed)
+    outcome = outcome_groups(y, predicted, threshold=0.5)
+    per_error = max(1, max_images // 3)
+    chosen_fn = rng.permutation(np.flatnonzero(outcome == "false_negative"))[:per_error]
+    chosen_fp = rng.permutation(np.flatnonzero(outcome == "false_positive"))[:per_error]
+    n_correct = max(1, max_images - len(chosen_fn) - len(chosen_fp))
+    n_errors = len(chosen_fn) + len(chosen_fp)
+    k_pos = int(round(n_correct * (len(chosen_fn) / n_errors if n_errors else 0.5)))
+    correct = outcome == "correct"
+    correct_pos = rng.permutation(np.flatnonzero(correct & (y == 1)))
+    correct_neg = rng.permutation(np.flatnonzero(correct & (y == 0)))
+    chosen_correct = np.concatenate([correct_pos[:k_pos], correct_neg[:n_correct - k_pos]])
+    return np.concatenate([chosen_fn, chosen_fp, chosen_correct]).astype(int)
+
+
+_METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
+                  "saliency": "Saliency", "shap": "SHAP"}
+
+
+def _gallery_maps(run, config, member_models, images, target, methods):
+    """``{method label: ensemble maps at DISPLAY_SIZE}`` for the gallery images."""
+    from .explain import ensemble_gradcam, resize_maps, saliency
+
+    maps = {}
+    for method in methods:
+        if method in ("gradcam", "gradcam++", "scorecam"):
+            maps[_METHOD_LABELS[method]] = ensemble_gradcam(member_models, images.for_models(member_models),
+                                                            method=method, target=target, size=DISPLAY_SIZE)[0]
+        elif method == "shap":
+            maps["SHAP"] = _ensemble_shap(run, config["explain"], member_models, images, target)
+        elif method == "saliency":
+            maps["Saliency"] = np.mean([resize_maps(saliency(m, images.at(int(m.input_shape[1])), target=target),
+                                                    DISPLAY_SIZE) for m in member_models], axis=0)
+    return maps
+
+
+def _ensemble_shap(run, explain_cfg, member_models, images, target):
+    """Mean of the members' logit SHAP maps, each against a class-balanced training background."""
+    from .data import load_images
+    from .explain import background_sample, resize_maps, shap_maps
+
+    table = _load_table(run)
+    train_rows = table[table["role"] == "train"]
+    pool = train_rows.sample(n=min(len(train_rows), 20 * explain_cfg["shap_background"]),
+                             random_state=explain_cfg["seed"])
+    per_member = []
+    for model in member_models:
+        size = int(model.input_shape[1])
+        background = background_sample(load_images(pool["path"], size), pool["label"].to_numpy(),
+                                       n=explain_cfg["shap_background"], seed=explain_cfg["seed"])
+        maps = shap_maps(model, images.at(size), background, n_samples=explain_cfg["shap_samples"], target=target,
+                         seed=explain_cfg["seed"])
+        per_member.append(resize_maps(maps, DISPLAY_SIZE))
+    return np.mean(per_member, axis=0).astype(np.float32)
+
+
+def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
+    from .explain import zone_attention
+    from .outcomes import outcome_groups
+
+    group = outcome_groups(y[chosen], predicted[chosen], threshold=0.5)
+    chosen_paths = [paths[i] for i in chosen]
+    arrays = {f"map_{i}": maps for i, maps in enumerate(subset_maps.values())}
+    _io.save_npz(run.maps("explain.npz"), paths=np.array(chosen_paths, dtype=str), group=group.astype(str),
+                 methods=np.array(list(subset_maps), dtype=str), **arrays)
+    zone_rows = []
+    for label, maps in subset_maps.items():
+        shares = zone_attention(np.clip(maps, 0, None), masks[chosen])
+        shares.insert(0, "method", label)
+        shares.insert(0, "group", group)
+        shares.insert(0, "path", chosen_paths)
+        zone_rows.append(shares)
+    _io.write_csv(run.table("zone_attention.csv"), pd.concat(zone_rows, ignore_index=True), index=False)
+
+
+def _faithfulness_summary(run, record, member_models, images, target, zones_all, errors, masks):
+    """Off-lung attention of errors vs correct calls, and deletion AUC of the best member against random maps."""
+    from .explain import deletion_auc, gradcam, random_map_baseline
+
+    best_name = record["best_member"]
+    best_model = member_models[record["members"].index(best_name)]
+    x = images.at(int(best_model.input_shape[1]))
+    deletion = deletion_auc(best_model, x, gradcam(best_model, x, target=target), target=target)
+    random_deletion = random_map_baseline(best_model, x, metric="deletion", target=target)
+    off_lung = zones_all["off_lung_attention"]
+    summary = pd.DataFrame([
+        {"measure": "off_lung_attention (Grad-CAM, ensemble), errors", "value": off_lung[errors].mean(),
+         "n": int(errors.sum())},
+        {"measure": "off_lung_attention (Grad-CAM, ensemble), correct", "value": off_lung[~errors].mean(),
+         "n": int((~errors).sum())},
+        {"measure": f"deletion AUC, Grad-CAM of {best_name} (lower = more faithful)",
+         "value": float(np.mean(deletion)), "n": len(x)},
+        {"measure": f"deletion AUC, random maps, {best_name}", "value": float(np.mean(random_deletion)), "n": len(x)},
+        {"measure": "lung mask area fraction (test mean)", "value": float(masks.mean()), "n": len(masks)},
+    ])
+    _io.write_csv(run.table("explain_summary.csv"), summary, index=False)
+
+
+def _explain_figures(run, display, chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold):
+    from . import figures
+
+    figures.plot_explanation_gallery(display[chosen], subset_maps, y[chosen], p_ens[chosen], threshold=threshold,
+                                     n_per_group=3, path=run.figure_stem("gallery"))
+    figures.plot_mean_maps(all_maps, y, p_ens, images=display, threshold=threshold, path=run.figure_stem("mean_maps"))
+    figures.plot_zone_attention(zones_all.drop(columns=["path"]), y, p_ens, threshold=threshold,
+                                path=run.figure_stem("zone_attention"))
+
+
+# =========================================================================== slices
 
 
 def slices_stage(run, config):
@@ -574,11 +735,8 @@ def slices_stage(run, config):
     pandas.DataFrame
         The failure slices, findings first.
     """
-    from . import _figures_slices as fig
-    from ._lungs import lung_mask
-    from ._predict import predict_embeddings
     from .data import load_images
-    from .slices import find_failure_slices, member_failure_slices, slice_frame
+    from .slices import find_failure_slices, member_failure_slices
 
     started = time.perf_counter()
     slices_cfg = config["slices"]
@@ -588,21 +746,8 @@ def slices_stage(run, config):
     P = predictions[[f"p[{name}]" for name in names]].to_numpy()
     p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
     threshold = record["thresholds"][record["primary"]]
-    images = load_images(predictions["path"], 224)
-    masks = lung_mask(images)
-    table = _load_table(run)
-    test_rows = table[table["role"] == "test"].set_index("path").loc[predictions["path"]].reset_index()
-    embeddings = predict_embeddings(_member_dirs(run, config), test_rows, cache_dir=run.path("cache", "embeddings"))
-    zone_scores = None
-    zone_path = run.table("zone_attention_all.csv")
-    if zone_path.exists():
-        zones = pd.read_csv(zone_path).set_index("path")
-        if set(predictions["path"]) <= set(zones.index):
-            zone_scores = {"off_lung_attention": zones.loc[predictions["path"], "off_lung_attention"].to_numpy()}
-    frame = slice_frame(test_rows[["path", "split", "label", "label_name", "patient_id", "subtype"]],
-                        images=images, masks=masks, member_probs=P, ensemble_prob=p_ens, embeddings=embeddings,
-                        zone_scores=zone_scores, n_clusters=slices_cfg["n_clusters"], seed=0)
-    _io.write_csv(run.table("slice_features.csv"), frame.assign(path=predictions["path"]), index=False)
+    images = load_images(predictions["path"], DISPLAY_SIZE)
+    frame = _slice_frame(run, config, predictions, images, P, p_ens)
     options = dict(threshold=threshold, min_size=slices_cfg["min_size"], max_order=slices_cfg["max_order"],
                    alpha=slices_cfg["alpha"])
     found = find_failure_slices(frame, y, p_ens, **options)
@@ -610,32 +755,74 @@ def slices_stage(run, config):
     per_member = member_failure_slices(frame, y, P, p_ens, names, **options)
     _io.write_csv(run.table("member_failure_slices.csv"),
                   per_member.drop(columns=["conditions"], errors="ignore"), index=False)
-    errors = (p_ens >= threshold).astype(int) != y
-    if len(found):
-        fig.plot_slice_error_rates(found, top=10, overall_rate=float(errors.mean()), path=run.figure_stem("slices_top"))
-        maps = _load_all_test_maps(run, predictions["path"])
-        fig.plot_slice_examples(found, frame, images, maps=maps, y_true=y, y_prob=p_ens, threshold=threshold,
-                                top=4, n_examples=4, path=run.figure_stem("slices_examples"))
-    fig.plot_feature_distributions(frame, y, p_ens, threshold=threshold, path=run.figure_stem("slices_features"))
-    _close_figures()
-    _log(f"slices: {len(found)} slices tested-and-kept, {int(found['finding'].sum()) if len(found) else 0} "
-         f"significant after BH correction, {time.perf_counter() - started:.1f} s")
+    _slice_figures(run, found, frame, images, y, p_ens, threshold, predictions["path"])
+    n_findings = int(found["finding"].sum()) if len(found) else 0
+    logger.info("slices: %d slices tested-and-kept, %d significant after BH correction, %.1f s", len(found),
+                n_findings, time.perf_counter() - started)
     return found
 
 
-def _load_all_test_maps(run, paths):
-    """Grad-CAM maps of the whole test split from the explain stage, at 224 px, or None."""
-    import cv2
+def _slice_frame(run, config, predictions, images, P, p_ens):
+    """The slicing table: image features with lung masks, metadata, member disagreement, embedding clusters,
+    and off-lung attention when the explain stage has run."""
+    from .lungs import lung_mask
+    from .predict import predict_embeddings
+    from .slices import slice_frame
 
-    path = run.path("maps", "gradcam_test.npz")
+    table = _load_table(run)
+    test_rows = table[table["role"] == "test"].set_index("path").loc[predictions["path"]].reset_index()
+    embeddings = predict_embeddings(_member_dirs(run, config), test_rows, cache_dir=run.cache("embeddings"))
+    frame = slice_frame(test_rows[["path", "split", "label", "label_name", "patient_id", "subtype"]],
+                        images=images, masks=lung_mask(images), member_probs=P, ensemble_prob=p_ens,
+                        embeddings=embeddings, zone_scores=_off_lung_scores(run, predictions["path"]),
+                        n_clusters=config["slices"]["n_clusters"], seed=0)
+    _io.write_csv(run.table("slice_features.csv"), frame.assign(path=predictions["path"]), index=False)
+    return frame
+
+
+def _off_lung_scores(run, paths):
+    zones = run.read_table("zone_attention_all.csv", columns=("path", "off_lung_attention"))
+    if zones is None or not set(paths) <= set(zones["path"]):
+        return None
+    return {"off_lung_attention": zones.set_index("path").loc[paths, "off_lung_attention"].to_numpy()}
+
+
+def _slice_figures(run, found, frame, images, y, p_ens, threshold, paths):
+    from . import figures
+
+    errors = (p_ens >= threshold).astype(int) != y
+    if len(found):
+        figures.plot_slice_error_rates(found, top=10, overall_rate=float(errors.mean()),
+                                       path=run.figure_stem("slices_top"))
+        figures.plot_slice_examples(found, frame, images, maps=_load_test_maps(run, paths), y_true=y, y_prob=p_ens,
+                                    threshold=threshold, top=4, n_examples=4, path=run.figure_stem("slices_examples"))
+    figures.plot_feature_distributions(frame, y, p_ens, threshold=threshold, path=run.figure_stem("slices_features"))
+
+
+def _load_test_maps(run, paths):
+    """Grad-CAM maps of the whole test split from the explain stage, at DISPLAY_SIZE, or None."""
+    from .explain import resize_maps
+
+    path = run.maps("gradcam_test.npz")
     if not path.exists():
         return None
     data = _io.load_npz(path)
     index = {p: i for i, p in enumerate(data["paths"].astype(str))}
     if not set(paths) <= set(index):
         return None
-    maps = data["maps"][[index[p] for p in paths]]
-    return np.stack([cv2.resize(m, (224, 224), interpolation=cv2.INTER_LINEAR) for m in maps])
+    return resize_maps(data["maps"][[index[p] for p in paths]], DISPLAY_SIZE)
+
+
+# =========================================================================== report and run
+
+
+def report_stage(run):
+    """Write ``report.html`` from the run folder's tables and figures."""
+    from .report import write_report
+
+    path = write_report(run.root)
+    logger.info("report: %s", path)
+    return path
 
 
 def _stage_key(run, config, stage):
@@ -644,7 +831,7 @@ def _stage_key(run, config, stage):
     parts = {name: config[name] for name in sections[stage]}
     parts["members"] = [_io.read_json(run.member_dir(m["name"]) / "card.json")["model_sha256"]
                         for m in config["members"]]
-    parts["run"] = _io.read_json(run.path("run.json"))["manifest_hash"]
+    parts["run"] = run.read_json(run.run_file, required="run `pneumoxai train` first")["manifest_hash"]
     if stage == "slices":
         zone = run.table("zone_attention_all.csv")
         parts["zones"] = _io.sha256_file(zone) if zone.exists() else None
@@ -653,16 +840,31 @@ def _stage_key(run, config, stage):
 
 def _run_stage(run, config, stage, function, **kwargs):
     """Run ``function`` unless its recorded input key is unchanged; record the key after success."""
-    marker = run.path("cache", "stages", f"{stage}.json")
     key = _stage_key(run, config, stage)
-    if marker.exists() and _io.read_json(marker).get("key") == key:
-        _log(f"{stage}: inputs unchanged, skipped")
+    marker = _read_marker(run, stage)
+    if marker is not None and marker.get("key") == key:
+        logger.info("%s: inputs unchanged, skipped", stage)
         return False
     started = time.perf_counter()
     function(run, config, **kwargs)
-    _io.write_json(marker, {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                            "seconds": time.perf_counter() - started, "peak_rss_mb": _peak_rss_mb()})
+    _write_marker(run, stage, started, key=key)
     return True
+
+
+def _read_marker(run, stage):
+    """A stage's record, or None when missing or damaged (the stage then simply runs again)."""
+    from .errors import CacheError
+
+    try:
+        return run.read_json(run.stage_marker(stage))
+    except CacheError:
+        return None
+
+
+def _write_marker(run, stage, started, **extra):
+    _io.write_json(run.stage_marker(stage), {
+        **extra, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.perf_counter() - started,
+        "peak_rss_mb": _peak_rss_mb()})
 
 
 def _peak_rss_mb():
@@ -682,13 +884,10 @@ def stage_timings(run):
         One row per stage: ``stage``, ``seconds``, ``peak_rss_mb`` (the process's peak
         resident memory when the stage finished), ``finished``.
     """
-    rows = []
-    for stage in ("train", "evaluate", "explain", "slices"):
-        marker = run.path("cache", "stages", f"{stage}.json")
-        if marker.exists():
-            record = _io.read_json(marker)
-            rows.append({"stage": stage, **{k: record.get(k) for k in ("seconds", "peak_rss_mb", "finished")}})
-    return pd.DataFrame(rows, columns=["stage", "seconds", "peak_rss_mb", "finished"])
+    columns = ("seconds", "peak_rss_mb", "finished")
+    rows = [{"stage": stage, **{k: record.get(k) for k in columns}}
+            for stage in STAGES if (record := _read_marker(run, stage)) is not None]
+    return pd.DataFrame(rows, columns=["stage", *columns])
 
 
 def run_all(run, config, data_root, *, skip=(), verbose="auto", strategy="default"):
@@ -704,196 +903,14 @@ def run_all(run, config, data_root, *, skip=(), verbose="auto", strategy="defaul
     started = time.perf_counter()
     summary = train_stage(run, config, data_root, verbose=verbose, strategy=strategy)
     if (summary["status"] == "trained").any():
-        _io.write_json(run.path("cache", "stages", "train.json"), {
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.perf_counter() - started,
-            "peak_rss_mb": _peak_rss_mb()})
+        _write_marker(run, "train", started)
     _run_stage(run, config, "evaluate", evaluate_stage, verbose=verbose)
-    if "explain" not in skip:
-        _run_stage(run, config, "explain", explain_stage)
-    if "slices" not in skip:
-        _run_stage(run, config, "slices", slices_stage)
+    for stage, function in (("explain", explain_stage), ("slices", slices_stage)):
+        if stage not in skip:
+            _run_stage(run, config, stage, function)
     _io.write_csv(run.table("timings.csv"), stage_timings(run), index=False)
     report_stage(run)
-    _log(f"run finished in {time.perf_counter() - started:.0f} s; report: {run.path('report.html')}")
-    summary = summary_text(run.root)
-    print(summary)
-    return summary
-
-
-def report_stage(run):
-    """Write ``report.html`` from the run folder's tables and figures."""
-    from .report import write_report
-
-    path = write_report(run.root)
-    _log(f"report: {path}")
-    return path
-
-
-_DISPLAY_SIZE = 224
-
-
-def _resize_maps(maps, size):
-    import cv2
-
-    if maps.shape[1] == size:
-        return maps.astype(np.float32)
-    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in maps]).astype(np.float32)
-
-
-def _ensemble_maps(member_models, images_by_size, method, target, weights):
-    """Weighted mean and spread of member maps at display size (members may differ in input size)."""
-    from .explain import ensemble_gradcam, gradcam
-
-    sizes = {int(m.input_shape[1]) for m in member_models}
-    if len(sizes) == 1:
-        size = sizes.pop()
-        combined, spread = ensemble_gradcam(member_models, images_by_size(size), weights=weights, method=method,
-                                            target=target)
-        return _resize_maps(combined, _DISPLAY_SIZE), _resize_maps(spread, _DISPLAY_SIZE)
-    maps = np.stack([_resize_maps(gradcam(m, images_by_size(int(m.input_shape[1])), method=method, target=target),
-                                  _DISPLAY_SIZE) for m in member_models])
-    w = np.asarray(weights, float) / np.sum(weights)
-    combined = np.tensordot(w, maps, axes=1)
-    return combined.astype(np.float32), np.sqrt(np.tensordot(w, (maps - combined) ** 2, axes=1)).astype(np.float32)
-
-
-def _select_for_gallery(y, predicted, max_images, seed=0):
-    """Indices of false negatives, false positives and a matched sample of correct calls.
-
-    Errors take two thirds of the budget (split between FN and FP); correct calls are
-    drawn with the same class mix as the chosen errors, so maps compare like with like.
-    """
-    rng = np.random.default_rng(seed)
-    fn = np.flatnonzero((y == 1) & (predicted == 0))
-    fp = np.flatnonzero((y == 0) & (predicted == 1))
-    per_error = max(1, max_images // 3)
-    chosen_fn = rng.permutation(fn)[:per_error]
-    chosen_fp = rng.permutation(fp)[:per_error]
-    n_correct = max(1, max_images - len(chosen_fn) - len(chosen_fp))
-    correct_pos = rng.permutation(np.flatnonzero((y == 1) & (predicted == 1)))
-    correct_neg = rng.permutation(np.flatnonzero((y == 0) & (predicted == 0)))
-    share_pos = len(chosen_fn) / max(1, len(chosen_fn) + len(chosen_fp)) if len(chosen_fn) + len(chosen_fp) else 0.5
-    k_pos = int(round(n_correct * share_pos))
-    chosen_correct = np.concatenate([correct_pos[:k_pos], correct_neg[:n_correct - k_pos]])
-    return np.concatenate([chosen_fn, chosen_fp, chosen_correct]).astype(int)
-
-
-def explain_stage(run, config, *, methods=None, max_images=None):
-    """Grad-CAM / Grad-CAM++ / SHAP maps of the primary ensemble's errors on the test split.
-
-    - Every test image gets the ensemble's Grad-CAM of its predicted class (the class
-      that drove the call) and its lung-zone attention shares
-      (``tables/zone_attention_all.csv``, ``maps/gradcam_test.npz``): the slices stage
-      uses the off-lung share as a slicing column.
-    - False negatives, false positives and a class-matched sample of correct calls
-      (``explain.max_images`` in all) get every configured method (ensemble maps are
-      member maps averaged with the soft-voting weights; the SHAP map of the ensemble is
-      the mean of the members' logit SHAP maps, an approximation since SHAP values of
-      an averaged probability are not the average of logit attributions), saved to
-      ``maps/explain.npz`` with ``tables/zone_attention.csv``.
-    - Faithfulness for the best member: deletion AUC of its Grad-CAM against random maps
-      (``tables/explain_summary.csv``).
-    """
-    from . import _figures_explain as fig
-    from ._lungs import lung_mask
-    from .data import load_images
-    from .explain import (background_sample, deletion_auc, random_map_baseline, shap_maps, zone_attention,
-                          gradcam)
-    from .models import load_member
-
-    started = time.perf_counter()
-    explain_cfg = config["explain"]
-    methods = methods or explain_cfg["methods"]
-    max_images = max_images or explain_cfg["max_images"]
-    predictions, record = _evaluation(run)
-    y = predictions["label"].to_numpy()
-    p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
-    threshold = record["thresholds"][record["primary"]]
-    predicted = (p_ens >= threshold).astype(int)
-    member_models = [load_member(d)[0] for d in _member_dirs(run, config)]
-    weights = np.ones(len(member_models))
-    paths = predictions["path"].tolist()
-    cache = {}
-
-    def images_by_size(size, index=None):
-        if size not in cache:
-            cache[size] = load_images(paths, size)
-        return cache[size] if index is None else cache[size][index]
-
-    display = images_by_size(_DISPLAY_SIZE)
-    masks = lung_mask(display)
-    all_maps, _ = _ensemble_maps(member_models, images_by_size, "gradcam", predicted.astype(bool), weights)
-    zones_all = zone_attention(all_maps, masks)
-    zones_all.insert(0, "path", paths)
-    _io.write_csv(run.table("zone_attention_all.csv"), zones_all, index=False)
-    _io.save_npz(run.path("maps", "gradcam_test.npz"), maps=all_maps.astype(np.float16),
-                 paths=np.array(paths, dtype=str))
-
-    chosen = _select_for_gallery(y, predicted, max_images, seed=explain_cfg["seed"])
-    group = np.where(y[chosen] == predicted[chosen], "correct", np.where(y[chosen] == 1, "false_negative",
-                                                                          "false_positive"))
-    target = predicted[chosen].astype(bool)
-    subset_maps = {}
-    labels_of = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
-                 "saliency": "Saliency", "shap": "SHAP"}
-    for method in methods:
-        if method in ("gradcam", "gradcam++", "scorecam"):
-            subset_maps[labels_of[method]] = _ensemble_maps(
-                member_models, lambda s: images_by_size(s, chosen), method, target, weights)[0]
-        elif method == "shap":
-            table = _load_table(run)
-            train_rows = table[table["role"] == "train"]
-            per_member = []
-            for model in member_models:
-                size = int(model.input_shape[1])
-                pool = train_rows.sample(n=min(len(train_rows), 20 * explain_cfg["shap_background"]),
-                                         random_state=explain_cfg["seed"])
-                background = background_sample(load_images(pool["path"], size), pool["label"].to_numpy(),
-                                               n=explain_cfg["shap_background"], seed=explain_cfg["seed"])
-                per_member.append(_resize_maps(shap_maps(model, images_by_size(size, chosen), background,
-                                                         n_samples=explain_cfg["shap_samples"], target=target,
-                                                         seed=explain_cfg["seed"]), _DISPLAY_SIZE))
-            subset_maps["SHAP"] = np.mean(per_member, axis=0).astype(np.float32)
-        elif method == "saliency":
-            from .explain import saliency
-
-            subset_maps["Saliency"] = np.mean([_resize_maps(saliency(m, images_by_size(int(m.input_shape[1]), chosen),
-                                                                     target=target), _DISPLAY_SIZE)
-                                               for m in member_models], axis=0)
-    arrays = {f"map_{i}": maps for i, maps in enumerate(subset_maps.values())}
-    _io.save_npz(run.path("maps", "explain.npz"), paths=np.array([paths[i] for i in chosen], dtype=str),
-                 group=group.astype(str), methods=np.array(list(subset_maps), dtype=str), **arrays)
-    zone_rows = []
-    for label, maps in subset_maps.items():
-        shares = zone_attention(np.clip(maps, 0, None), masks[chosen])
-        shares.insert(0, "method", label)
-        shares.insert(0, "group", group)
-        shares.insert(0, "path", [paths[i] for i in chosen])
-        zone_rows.append(shares)
-    _io.write_csv(run.table("zone_attention.csv"), pd.concat(zone_rows, ignore_index=True), index=False)
-
-    best = record["members"].index(record["best_member"])
-    best_model = member_models[best]
-    size = int(best_model.input_shape[1])
-    x = images_by_size(size, chosen)
-    best_maps = gradcam(best_model, x, target=target)
-    deletion = deletion_auc(best_model, x, best_maps, target=target)
-    random_deletion = random_map_baseline(best_model, x, metric="deletion", target=target)
-    errors = predicted != y
-    summary = pd.DataFrame([
-        {"measure": "off_lung_attention (Grad-CAM, ensemble), errors", "value": zones_all.loc[errors, "off_lung_attention"].mean(), "n": int(errors.sum())},
-        {"measure": "off_lung_attention (Grad-CAM, ensemble), correct", "value": zones_all.loc[~errors, "off_lung_attention"].mean(), "n": int((~errors).sum())},
-        {"measure": f"deletion AUC, Grad-CAM of {record['best_member']} (lower = more faithful)", "value": float(np.mean(deletion)), "n": len(chosen)},
-        {"measure": f"deletion AUC, random maps, {record['best_member']}", "value": float(np.mean(random_deletion)), "n": len(chosen)},
-        {"measure": "lung mask area fraction (test mean)", "value": float(masks.mean()), "n": len(masks)},
-    ])
-    _io.write_csv(run.table("explain_summary.csv"), summary, index=False)
-
-    fig.plot_explanation_gallery(display[chosen], subset_maps, y[chosen], p_ens[chosen], threshold=threshold,
-                                 n_per_group=3, path=run.figure_stem("gallery"))
-    fig.plot_mean_maps(all_maps, y, p_ens, images=display, threshold=threshold, path=run.figure_stem("mean_maps"))
-    fig.plot_zone_attention(zones_all.drop(columns=["path"]), y, p_ens, threshold=threshold,
-                            path=run.figure_stem("zone_attention"))
-    _close_figures()
-    _log(f"explain: {len(chosen)} images x {len(subset_maps)} methods, all {len(paths)} test images with "
-         f"Grad-CAM, {time.perf_counter() - started:.1f} s")
+    logger.info("run finished in %.0f s; report: %s", time.perf_counter() - started, run.report_file)
+    text = summary_text(run.root)
+    print(text)
+    return text

@@ -9,6 +9,10 @@ import pandas as pd
 
 from . import _io
 from .errors import CacheError, DataError
+from .models import predict_on_padded_batch
+from .validation import check_images
+
+__all__ = ["TTA_ROTATIONS", "predict_members", "predict_embeddings"]
 
 TTA_ROTATIONS = (-5.0, 5.0)
 
@@ -32,7 +36,7 @@ def _model_key(member):
     A folder's key is the model file's hash verified against its card, so a cache hit
     never pays for deserializing the network.
     """
-    from . import _io, models
+    from . import models
 
     if isinstance(member, (str, Path)):
         directory = Path(member)
@@ -59,11 +63,7 @@ def _images_for(images, size, loaded):
                                 "drop them from the table first so predictions stay row-aligned.")
             loaded[size] = (array, manifest_hash(images))
         return loaded[size]
-    array = np.asarray(images, dtype=np.float32)
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise DataError(f"Images must have shape (n_samples, H, W, 3); got {array.shape}.")
-    if array.shape[1] != size:
-        raise DataError(f"Images are {array.shape[1]} px but a member expects {size} px.")
+    array = check_images(images, owner="predict_members", size=(size, size))
     if "array" not in loaded:
         loaded["array"] = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
     return array, loaded["array"]
@@ -82,13 +82,13 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
     batch_size : int, default=64
     tta : bool, default=False
         Average over test-time augmentations (identity, horizontal flip, +-5 degree rotations).
-    cache_dir : path, optional
+    cache_dir : path, default=None
         Cache folder. Each member's column is stored as ``<key>.npz`` with ``key`` the
         SHA-256 of the model file (or weights), the data manifest (or array bytes), the
         TTA flag; a changed member or dataset gets a new key. Corrupt files are
         reported and recomputed.
     progress : bool, default=True
-        Show a tqdm progress bar over batches.
+        Show a tqdm progress bar over batches when stderr is a terminal.
 
     Returns
     -------
@@ -111,11 +111,11 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
         model = load_model()
         variants = 4 if tta else 1
         bar = tqdm(total=len(array) * variants, desc=f"predict member {index + 1}/{len(members)}",
-                   unit="img", disable=not progress, leave=False)
+                   unit="img", disable=None if progress else True, leave=False)  # None: only on a terminal
         probs = np.zeros(len(array))
         for start in range(0, len(array), batch_size):
             batch = array[start:start + batch_size]
-            outputs = [np.asarray(model.predict_on_batch(variant)).reshape(-1) for variant in
+            outputs = [predict_on_padded_batch(model, variant, batch_size).reshape(-1) for variant in
                        (_tta_variants(batch) if tta else (batch,))]
             probs[start:start + batch_size] = np.mean(outputs, axis=0)
             bar.update(len(batch) * variants)
@@ -169,7 +169,7 @@ def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, c
         except ValueError as exc:
             raise DataError(f"Member has no layer named {layer!r}.") from exc
         extractor = keras.Model(model.inputs, output)
-        embeddings = np.concatenate([np.asarray(extractor.predict_on_batch(array[start:start + batch_size]))
+        embeddings = np.concatenate([predict_on_padded_batch(extractor, array[start:start + batch_size], batch_size)
                                      for start in range(0, len(array), batch_size)]).astype(np.float32)
         if cache_path is not None:
             _io.save_npz(cache_path, embeddings=embeddings, key=np.array(key))

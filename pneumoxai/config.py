@@ -82,6 +82,8 @@ MEMBER_SPEC = {
     "precision": ("float32", Options(("float32", "mixed_bfloat16", "mixed_float16"))),
     "jit_compile": ("auto", (Options(("auto",)), BOOLEAN)),
     "cache_features": (False, BOOLEAN),
+    # Registered by `pneumoxai import`: never trained, retrained or overwritten by pneumoxai.
+    "imported": (False, BOOLEAN),
 }
 
 DATA_SPEC = {
@@ -116,6 +118,9 @@ SLICES_SPEC = {
     "max_order": (2, Options((1, 2))),
     "alpha": (0.05, _FRACTION_OPEN),
     "n_clusters": (6, Interval("int", 2, 100)),
+    # Layer whose activations are clustered into the 'cluster' slicing column; null leaves it out.
+    "embedding_layer": ("head_dense2", (None, Predicate(lambda v: isinstance(v, str) and 0 < len(v) <= 128,
+                                                        "a layer name"))),
 }
 
 SECTION_SPECS = {

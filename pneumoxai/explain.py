@@ -77,6 +77,7 @@ __all__ = [
     "gradcam",
     "ensemble_gradcam",
     "resize_maps",
+    "feature_map_size",
     "saliency",
     "shap_maps",
     "background_sample",
@@ -166,6 +167,32 @@ def _feature_layer(model, layer):
     if layer not in four_d:
         raise ConfigError(f"layer {layer!r} must have a 4-D (n, h, w, c) output to be explained")
     return layer
+
+
+def feature_map_size(model, layer=None):
+    """``(h, w)`` of the feature layer a class-activation map of ``model`` is computed on.
+
+    Parameters
+    ----------
+    model : keras.Model
+    layer : str, default=None
+        As in :func:`gradcam`; default the last layer with a 4-D output.
+
+    Returns
+    -------
+    tuple of int
+
+    Examples
+    --------
+    >>> import keras
+    >>> inputs = keras.Input((8, 8, 3), name="image")
+    >>> x = keras.layers.Conv2D(4, 3, strides=2, name="conv_last")(inputs)
+    >>> out = keras.layers.Dense(1, activation="sigmoid", name="prediction")(keras.layers.Flatten()(x))
+    >>> feature_map_size(keras.Model(inputs, out))
+    (3, 3)
+    """
+    shape = model.get_layer(_feature_layer(model, layer)).output.shape
+    return int(shape[1]), int(shape[2])
 
 
 def _predict_proba(model, x, batch_size):

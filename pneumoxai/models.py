@@ -22,7 +22,8 @@ import numpy as np
 
 from . import _io
 from .config import MEMBER_SPEC
-from .errors import ConfigError, DataError, RunFolderError, UnsafeModelError, WeightsUnavailableError, param_error
+from .errors import (CacheError, ConfigError, DataError, RunFolderError, UnsafeModelError, WeightsUnavailableError,
+                     param_error, short_repr)
 from .validation import Interval, Options, check_images, check_param
 
 import keras  # noqa: E402  (after the light imports, so config errors surface before TF loads)
@@ -42,6 +43,7 @@ __all__ = [
     "predict_on_padded_batch",
     "save_member",
     "load_member",
+    "read_card",
     "is_member_dir",
 ]
 
@@ -637,9 +639,10 @@ def _versions():
 
 
 def is_member_dir(path):
-    """True when ``path`` holds a complete saved member (its card is written last)."""
+    """True when ``path`` holds a complete saved member (its card is written last): a model, or the
+    predictions of an imported member."""
     path = Path(path)
-    return (path / MODEL_FILE).is_file() and (path / CARD_FILE).is_file()
+    return (path / CARD_FILE).is_file() and ((path / MODEL_FILE).is_file() or (path / "predictions.csv").is_file())
 
 
 def save_member(directory, model, metadata=None):
@@ -689,6 +692,50 @@ def _uncompiled_copy(model):
     return copy
 
 
+def read_card(directory):
+    """The JSON card of a saved member, checked for this version's card format.
+
+    Raises
+    ------
+    RunFolderError
+        Missing files, a damaged card, or a card from another card format.
+    """
+    directory = Path(directory)
+    if not is_member_dir(directory):
+        raise RunFolderError(f"{str(directory)!r} is not a saved member (needs {MODEL_FILE} and {CARD_FILE}).")
+    try:
+        card = _io.read_json(directory / CARD_FILE)
+    except CacheError as exc:
+        raise RunFolderError(f"The card of member {str(directory)!r} is damaged ({exc}); retrain the member.") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        found = card.get("format") if isinstance(card, dict) else type(card).__name__
+        raise RunFolderError(
+            f"Member {str(directory)!r} was saved with card format {short_repr(found)}; this version reads format "
+            f"{CARD_FORMAT}. Retrain it.")
+    needed = ("predictions_sha256",) if card.get("kind") == "predictions" else ("input_size", "model_sha256")
+    if any(card.get(key) is None for key in needed):
+        raise RunFolderError(f"The card of member {str(directory)!r} lacks {' or '.join(needed)}; re-create it.")
+    return card
+
+
+def _load_error(model_path, exc):
+    """One readable error for a model file Keras refuses to load."""
+    text = str(exc)
+    first = short_repr(text.splitlines()[0] if text else type(exc).__name__, 300)
+    if "TFSMLayer" in text:
+        return UnsafeModelError(f"Refusing to load {str(model_path)!r}: it wraps a TensorFlow SavedModel "
+                                "(TFSMLayer), which pneumoxai does not load. Save the model as a plain Keras model.")
+    if "safe_mode" in text or "lambda" in text.lower():
+        return UnsafeModelError(
+            f"Refusing to load {str(model_path)!r}: it contains a Lambda layer or other code that only loads "
+            "with safe_mode=False, which would run arbitrary code from the file. Rebuild the model without "
+            "Lambda layers (pneumoxai members never need them).")
+    if "Could not locate" in text or "custom" in text.lower() or "module" in text.lower():
+        return UnsafeModelError(f"Refusing to load {str(model_path)!r}: it names a class or function that is not a "
+                                f"registered Keras or pneumoxai object ({first}).")
+    return RunFolderError(f"{str(model_path)!r} could not be loaded as a Keras model: {first}")
+
+
 def load_member(directory, *, verify=True):
     """Load a saved member with Keras safe mode; return ``(model, card)``.
 
@@ -707,26 +754,15 @@ def load_member(directory, *, verify=True):
         The model needs unsafe deserialization (a Lambda layer, arbitrary code).
     """
     directory = Path(directory)
-    if not is_member_dir(directory):
-        raise RunFolderError(f"{str(directory)!r} is not a saved member (needs {MODEL_FILE} and {CARD_FILE}).")
-    card = _io.read_json(directory / CARD_FILE)
-    if card.get("format") != CARD_FORMAT:
-        raise RunFolderError(
-            f"Member {str(directory)!r} was saved with card format {card.get('format')!r} by pneumoxai "
-            f"{(card.get('versions') or {}).get('pneumoxai')}; this version reads format {CARD_FORMAT}. Retrain it."
-        )
+    card = read_card(directory)
+    if card.get("kind") == "predictions":
+        raise RunFolderError(f"Member {str(directory)!r} holds imported predictions, not a model to load.")
     model_path = directory / MODEL_FILE
     if verify and _io.sha256_file(model_path) != card.get("model_sha256"):
         raise RunFolderError(f"{str(model_path)!r} does not match the hash in its card: it is corrupt or was replaced.")
     try:
         model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    except ValueError as exc:
-        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
-            raise UnsafeModelError(
-                f"Refusing to load {str(model_path)!r}: it contains a Lambda layer or other code that only loads "
-                "with safe_mode=False, which would run arbitrary code from the file. Rebuild the model without "
-                "Lambda layers (pneumoxai members never need them)."
-            ) from exc
-        raise
+    except Exception as exc:  # Keras raises many types for hostile or foreign files; each becomes one line
+        raise _load_error(model_path, exc) from exc
     return model, card
 

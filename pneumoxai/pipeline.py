@@ -37,6 +37,9 @@ __all__ = [
     "slices_stage",
     "report_stage",
     "run_all",
+    "analyse",
+    "prepare_from_lists",
+    "with_imported_members",
     "stage_timings",
 ]
 
@@ -65,6 +68,7 @@ def prepare(run, data_root, config):
 
     table = _assign_roles(data_root, config["data"])
     table["sha256"] = file_hashes(table)
+    _refuse_conflicting_labels(table)
     record = {"format": RUN_FORMAT, "data_root": str(Path(data_root).resolve()),
               "data_config_hash": config_hash(config["data"]), "manifest_hash": manifest_hash(table)}
     _check_same_data(run, record)
@@ -73,6 +77,60 @@ def prepare(run, data_root, config):
     _warn_shared_patients(table)
     _record_duplicates(run, table)
     return table
+
+
+def prepare_from_lists(run, val_list, test_list, config, *, data_root=None):
+    """Record a dataset given as two lists of images (validation and test) instead of a folder scan.
+
+    Each list is a CSV with ``path`` and ``label`` (0 NORMAL, 1 PNEUMONIA) columns and an
+    optional ``patient_id``; relative paths are resolved against ``data_root``. Used
+    when imported members were validated and tested on images of the user's choosing.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``tables/dataset.csv`` (roles ``val`` and ``test``).
+    """
+    from .data import file_hashes, manifest_hash
+
+    parts = [_read_list(path, role, data_root) for role, path in (("val", val_list), ("test", test_list))]
+    table = pd.concat(parts, ignore_index=True)
+    table["sha256"] = file_hashes(table)
+    _refuse_conflicting_labels(table)
+    record = {"format": RUN_FORMAT, "data_root": str(Path(data_root).resolve()) if data_root else None,
+              "data_config_hash": config_hash({"val_list": table.loc[table.role == "val", "path"].tolist()}),
+              "manifest_hash": manifest_hash(table)}
+    _check_same_data(run, record)
+    _io.write_json(run.run_file, record)
+    _io.write_csv(run.table("dataset.csv"), table, index=False)
+    _record_duplicates(run, table)
+    return table
+
+
+def _read_list(path, role, data_root):
+    from .data import CLASS_NAMES
+    from .validation import check_labels
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"The {role} list {str(path)!r} could not be read: {str(exc).splitlines()[0]}") from None
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing or frame.empty:
+        raise DataError(f"The {role} list {str(path)!r} needs rows with 'path' and 'label' columns; "
+                        f"missing {missing or 'rows'}.")
+    base = Path(data_root) if data_root else Path(path).resolve().parent
+    paths = [str((base / p).resolve()) for p in frame["path"].astype(str)]
+    labels = check_labels(frame["label"].to_numpy(), len(frame), owner=f"the {role} list", name="label")
+    patients = frame["patient_id"].astype(str) if "patient_id" in frame else pd.Series(paths)
+    out = pd.DataFrame({"path": paths, "split": role, "label": labels,
+                        "label_name": [CLASS_NAMES[v] for v in labels], "patient_id": patients.to_numpy(),
+                        "subtype": np.where(labels == 1, "pneumonia", "normal"), "role": role})
+    unreadable = len(out) - len(_readable(out))
+    if unreadable:
+        raise DataError(f"{unreadable} image(s) of the {role} list cannot be read (see the warning above); "
+                        "fix or drop them so predictions stay row-aligned.")
+    return out
 
 
 def _assign_roles(data_root, data_cfg):
@@ -95,6 +153,16 @@ def _assign_roles(data_root, data_cfg):
             raise DataError(f"The {role} data holds {counts[0]} NORMAL and {counts[1]} PNEUMONIA images; "
                             "training, validation and testing each need both classes.")
     return table
+
+
+def _refuse_conflicting_labels(table):
+    """Byte-identical images under both labels: one of the labels is wrong, so no result can be trusted."""
+    labels = table.groupby("sha256")["label"].nunique()
+    conflicting = table[table["sha256"].isin(labels.index[labels > 1])].sort_values("sha256")
+    if len(conflicting):
+        examples = ", ".join(Path(p).name for p in conflicting["path"].head(4))
+        raise DataError(f"{conflicting['sha256'].nunique()} image(s) are stored under both NORMAL and PNEUMONIA "
+                        f"as byte-identical files ({examples}): one label of each is wrong. Remove the copies.")
 
 
 def _readable(frame):
@@ -180,8 +248,31 @@ def train_stage(run, config, data_root, *, names=None, verbose="auto", strategy=
     never changes what later stages read.
     """
     table = prepare(run, data_root, config)
+    config = with_imported_members(run, config)
     _io.write_json(run.config_file, config)
     return train_members(run, config, names, table=table, verbose=verbose, strategy=strategy)
+
+
+def with_imported_members(run, config):
+    """``config`` plus the members imported into ``run`` earlier, which a training config does not list.
+
+    A config member that takes an imported member's name is refused: pneumoxai never
+    retrains or overwrites an imported member.
+    """
+    from .config import parse_config
+
+    recorded = run.read_json(run.config_file) or {}
+    imported = [m for m in recorded.get("members") or [] if isinstance(m, dict) and m.get("imported")]
+    names = {m["name"] for m in config["members"]}
+    clash = sorted(m["name"] for m in config["members"] if not m["imported"] and m["name"] in
+                   {i["name"] for i in imported})
+    if clash:
+        raise RunFolderError(f"Member(s) {clash} of {str(run.root)!r} were imported; pneumoxai never retrains or "
+                             "overwrites an imported member. Give the config's member(s) other names.")
+    extra = [m for m in imported if m["name"] not in names]
+    if not extra:
+        return config
+    return parse_config({**config, "members": config["members"] + extra})
 
 
 def train_members(run, config, names=None, *, table=None, verbose="auto", strategy="default"):
@@ -209,9 +300,13 @@ def train_members(run, config, names=None, *, table=None, verbose="auto", strate
     rows = []
     for member in members:
         member_dir = run.member_dir(member["name"])
+        if member["imported"]:
+            rows.append(_imported_row(member, member_dir))
+            continue
         # The lock is taken before the up-to-date check, so two jobs given the same member
         # cannot both train it.
         with RunFolder(member_dir).lock() if chief else contextlib.nullcontext():
+            _io.remove_orphan_temp_files(member_dir)  # e.g. a checkpoint cut short by kill -9
             wanted = config_hash(member)
             row = _up_to_date(member, member_dir, wanted, manifest)
             if row is None:
@@ -236,13 +331,32 @@ def _up_to_date(member, member_dir, wanted, manifest):
 
     if not models.is_member_dir(member_dir):
         return None
-    card = _io.read_json(member_dir / models.CARD_FILE)
+    try:
+        card = models.read_card(member_dir)
+    except RunFolderError as exc:
+        logger.info("member %s: %s Retraining.", member["name"], exc)
+        return None
+    if card.get("imported"):
+        raise RunFolderError(f"Member {member['name']!r} in {str(member_dir)!r} was imported; pneumoxai never "
+                             "retrains or overwrites it. Give the config's member another name.")
     if card.get("config_hash") != wanted or card.get("manifest_hash") != manifest:
         logger.info("member %s: config changed since it was trained; retraining.", member["name"])
         return None
     logger.info("member %s: up to date, skipped", member["name"])
     return {"member": member["name"], "status": "skipped (up to date)",
             "val_auc": card.get("val_metrics", {}).get("roc_auc"), "seconds_per_epoch": card.get("seconds_per_epoch")}
+
+
+def _imported_row(member, member_dir):
+    """Imported members are never trained here: report them, or say how to bring them back."""
+    from . import models
+
+    if not models.is_member_dir(member_dir):
+        raise RunFolderError(f"Imported member {member['name']!r} is missing from {str(member_dir)!r}; run "
+                             "`pneumoxai import` again (pneumoxai never trains an imported member).")
+    logger.info("member %s: imported, never retrained (training options in the config do not apply to it)",
+                member["name"])
+    return {"member": member["name"], "status": "imported", "val_auc": None, "seconds_per_epoch": None}
 
 
 def _member_data(config, images, frame):
@@ -337,19 +451,39 @@ def member_predictions(run, config, role, *, table=None, progress=True):
     rows : pandas.DataFrame
         The dataset rows, aligned with ``P``.
     """
+    from .importing import predictions_of
     from .predict import predict_members
 
     table = _load_table(run) if table is None else table
     rows = table[table["role"] == role].reset_index(drop=True)
-    P = predict_members(_member_dirs(run, config), rows, batch_size=config["evaluate"]["batch_size"],
-                        tta=config["evaluate"]["tta"], cache_dir=run.cache("predictions"), progress=progress)
-    return pd.DataFrame(P, columns=[m["name"] for m in config["members"]]), rows
+    dirs = _member_dirs(run, config)
+    model_dirs = [d for d in dirs if _kind(d) == "model"]
+    columns = {}
+    if model_dirs:
+        P = predict_members(model_dirs, rows, batch_size=config["evaluate"]["batch_size"],
+                            tta=config["evaluate"]["tta"], cache_dir=run.cache("predictions"), progress=progress)
+        columns.update(zip(model_dirs, P.T))
+    for directory in dirs:
+        if directory not in columns:
+            columns[directory] = predictions_of(directory, rows["path"].tolist())
+    return pd.DataFrame({d.name: columns[d] for d in dirs}), rows
+
+
+def _kind(member_dir):
+    from .importing import member_kind
+    from .models import read_card
+
+    return member_kind(read_card(member_dir))
 
 
 def _trained_on(run, config, rows):
     """(n_rows, n_members) bool: was the row in that member's training data."""
     columns = []
     for member in config["members"]:
+        if member["imported"]:
+            # Its training images are unknown here; `pneumoxai import` told the user to keep them out.
+            columns.append(np.zeros(len(rows), dtype=bool))
+            continue
         paths = set(_io.read_json(run.member_dir(member["name"]) / "train_paths.json"))
         columns.append(rows["path"].isin(paths).to_numpy())
     return np.column_stack(columns)
@@ -389,7 +523,10 @@ def evaluate_stage(run, config, *, verbose="auto"):
     val_probs, test_probs, fitted = _fit_combiners(run, config, P_val, val_rows, P_test)
     y_val, y_test = val_rows["label"].to_numpy(), test_rows["label"].to_numpy()
     thresholds = {name: _threshold(y_val, val_probs[name], config["evaluate"]) for name in test_probs}
-    results = _results(run, config["evaluate"], y_test, test_probs, thresholds, test_rows["patient_id"].to_numpy())
+    # The origin's reported row belongs beside its own recipe, not beside models pneumoxai did not train.
+    origin_recipe = not any(m["imported"] for m in config["members"])
+    results = _results(run, config["evaluate"], y_test, test_probs, thresholds, test_rows["patient_id"].to_numpy(),
+                       reference=origin_recipe)
     names = list(P_val.columns)
     best_member = max(names, key=lambda n: results.loc[n, "roc_auc"])
     _write_comparisons(run, y_test, test_probs, thresholds, best_member)
@@ -430,15 +567,16 @@ def _fit_combiners(run, config, P_val, val_rows, P_test):
     return val_probs, test_probs, combiners
 
 
-def _results(run, evaluate_cfg, y_test, test_probs, thresholds, groups):
+def _results(run, evaluate_cfg, y_test, test_probs, thresholds, groups, *, reference):
     """The results table, with the primary ensemble at 0.5 too (the origin reported at 0.5)."""
     from .metrics import results_table, table_to_markdown
 
     options = dict(n_boot=evaluate_cfg["n_boot"], ci=evaluate_cfg["ci"], seed=0, groups=groups)
-    results = results_table(y_test, test_probs, threshold=thresholds, **options)
+    results = results_table(y_test, test_probs, threshold=thresholds, reference=reference, **options)
     at_half = results_table(y_test, {f"{PRIMARY} @0.5": test_probs[PRIMARY]}, threshold=0.5, reference=False,
                             **options)
-    results = pd.concat([results.iloc[:-1], at_half, results.iloc[-1:]])
+    split = len(results) - 1 if reference else len(results)
+    results = pd.concat([results.iloc[:split], at_half, results.iloc[split:]])
     _io.write_csv(run.table("results.csv"), results)
     _io.write_text(run.table("results.md"), table_to_markdown(results) + "\n")
     return results
@@ -549,7 +687,16 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
     threshold = record["thresholds"][record["primary"]]
     predicted = (p_ens >= threshold).astype(int)
-    member_models = [load_member(d)[0] for d in _member_dirs(run, config)]
+    model_dirs = [d for d in _member_dirs(run, config) if _kind(d) == "model"]
+    if not model_dirs:
+        raise ConfigError("explain: every member is an imported predictions file; maps need models "
+                          "(import a .keras model, or leave the stage out with `pneumoxai run --skip explain`).")
+    left_out = sorted({d.name for d in _member_dirs(run, config)} - {d.name for d in model_dirs})
+    if left_out:
+        logger.info("explain: member(s) %s are prediction files; the maps come from the model members only",
+                    ", ".join(left_out))
+    member_models = [load_member(d)[0] for d in model_dirs]
+    _check_explainable(member_models)
     images = _ImagesBySize(predictions["path"].tolist())
     masks = lung_mask(images.at(DISPLAY_SIZE))
     all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks)
@@ -562,6 +709,25 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
     logger.info("explain: %d images x %d methods, all %d test images with Grad-CAM, %.1f s", len(chosen),
                 len(subset_maps), len(images.paths), time.perf_counter() - started)
+
+
+#: Below this input side a ResNet50's last convolutional map is 1x1 and every class-activation map is constant.
+MIN_EXPLAIN_SIZE = 64
+
+
+def _too_small_to_explain(config):
+    return [m["name"] for m in config["members"] if m["image_size"] < MIN_EXPLAIN_SIZE]
+
+
+def _check_explainable(member_models):
+    from .explain import feature_map_size
+
+    flat = [(m.name, feature_map_size(m)) for m in member_models]
+    too_coarse = [f"{name} ({h}x{w})" for name, (h, w) in flat if min(h, w) < 2]
+    if too_coarse:
+        raise ConfigError(f"explain: the last convolutional map of member(s) {', '.join(too_coarse)} is 1 pixel "
+                          f"wide, so every class-activation map is constant; train with image_size >= "
+                          f"{MIN_EXPLAIN_SIZE}, or leave the stage out (pneumoxai run --skip explain).")
 
 
 class _ImagesBySize:
@@ -766,18 +932,35 @@ def _slice_frame(run, config, predictions, images, P, p_ens):
     """The slicing table: image features with lung masks, metadata, member disagreement, embedding clusters,
     and off-lung attention when the explain stage has run."""
     from .lungs import lung_mask
-    from .predict import predict_embeddings
     from .slices import slice_frame
 
     table = _load_table(run)
     test_rows = table[table["role"] == "test"].set_index("path").loc[predictions["path"]].reset_index()
-    embeddings = predict_embeddings(_member_dirs(run, config), test_rows, cache_dir=run.cache("embeddings"))
+    embeddings = _embeddings(run, config, test_rows)
     frame = slice_frame(test_rows[["path", "split", "label", "label_name", "patient_id", "subtype"]],
                         images=images, masks=lung_mask(images), member_probs=P, ensemble_prob=p_ens,
                         embeddings=embeddings, zone_scores=_off_lung_scores(run, predictions["path"]),
                         n_clusters=config["slices"]["n_clusters"], seed=0)
     _io.write_csv(run.table("slice_features.csv"), frame.assign(path=predictions["path"]), index=False)
     return frame
+
+
+def _embeddings(run, config, test_rows):
+    """Activations of ``slices.embedding_layer`` of the model members that have it, or None."""
+    from .models import load_member
+    from .predict import predict_embeddings
+
+    layer = config["slices"]["embedding_layer"]
+    if layer is None:
+        return None
+    imported = {m["name"] for m in config["members"] if m["imported"]}
+    # Members pneumoxai trained all have the head's layers; an imported model is checked.
+    dirs = [d for d in _member_dirs(run, config) if _kind(d) == "model"
+            and (d.name not in imported or layer in {lyr.name for lyr in load_member(d)[0].layers})]
+    if not dirs:
+        logger.info("slices: no member has the embedding layer %r; the 'cluster' column is left out", layer)
+        return None
+    return predict_embeddings(dirs, test_rows, layer=layer, cache_dir=run.cache("embeddings"))
 
 
 def _off_lung_scores(run, paths):
@@ -829,8 +1012,10 @@ def _stage_key(run, config, stage):
     """Hash of everything a stage's output depends on: config sections and upstream artifacts."""
     sections = {"evaluate": ("evaluate",), "explain": ("evaluate", "explain"), "slices": ("evaluate", "slices")}
     parts = {name: config[name] for name in sections[stage]}
-    parts["members"] = [_io.read_json(run.member_dir(m["name"]) / "card.json")["model_sha256"]
-                        for m in config["members"]]
+    from .models import read_card
+
+    cards = [read_card(run.member_dir(m["name"])) for m in config["members"]]
+    parts["members"] = [card.get("model_sha256") or card["predictions_sha256"] for card in cards]
     parts["run"] = run.read_json(run.run_file, required="run `pneumoxai train` first")["manifest_hash"]
     if stage == "slices":
         zone = run.table("zone_attention_all.csv")
@@ -898,19 +1083,43 @@ def run_all(run, config, data_root, *, skip=(), verbose="auto", strategy="defaul
     str
         The terminal summary (results table and top findings), also printed.
     """
-    from .report import summary_text
-
     started = time.perf_counter()
     summary = train_stage(run, config, data_root, verbose=verbose, strategy=strategy)
     if (summary["status"] == "trained").any():
         _write_marker(run, "train", started)
+    return analyse(run, with_imported_members(run, config), skip=skip, verbose=verbose, started=started)
+
+
+def analyse(run, config, *, skip=(), verbose="auto", started=None):
+    """``pneumoxai analyse``: evaluate, explain, slices and report on the members already in ``run``.
+
+    Each stage is skipped when its inputs have not changed. Explanations are left out,
+    with a line saying why, when no member is a model or the models' inputs are too
+    small for class-activation maps.
+
+    Returns
+    -------
+    str
+        The terminal summary (results table and top findings), also printed.
+    """
+    from .report import summary_text
+
+    started = time.perf_counter() if started is None else started
     _run_stage(run, config, "evaluate", evaluate_stage, verbose=verbose)
+    skip = set(skip)
+    if "explain" not in skip and all(_kind(d) == "predictions" for d in _member_dirs(run, config)):
+        logger.info("explain: skipped: every member is an imported predictions file (maps need models)")
+        skip.add("explain")
+    if "explain" not in skip and _too_small_to_explain(config):
+        logger.info("explain: skipped: member(s) %s take images below %d px, whose last convolutional map is "
+                    "1x1 (constant maps)", ", ".join(_too_small_to_explain(config)), MIN_EXPLAIN_SIZE)
+        skip.add("explain")
     for stage, function in (("explain", explain_stage), ("slices", slices_stage)):
         if stage not in skip:
             _run_stage(run, config, stage, function)
     _io.write_csv(run.table("timings.csv"), stage_timings(run), index=False)
     report_stage(run)
-    logger.info("run finished in %.0f s; report: %s", time.perf_counter() - started, run.report_file)
+    logger.info("finished in %.0f s; report: %s", time.perf_counter() - started, run.report_file)
     text = summary_text(run.root)
     print(text)
     return text

@@ -10,7 +10,7 @@ import pandas as pd
 from . import _io
 from .errors import CacheError, DataError
 from .models import predict_on_padded_batch
-from .validation import check_images
+from .validation import Interval, check_images, check_param
 
 __all__ = ["TTA_ROTATIONS", "predict_members", "predict_embeddings"]
 
@@ -42,7 +42,9 @@ def _model_key(member):
         directory = Path(member)
         if not models.is_member_dir(directory):
             raise DataError(f"{str(directory)!r} is not a saved member (needs model.keras and card.json).")
-        card = _io.read_json(directory / models.CARD_FILE)
+        card = models.read_card(directory)
+        if card.get("kind") == "predictions":
+            raise DataError(f"{str(directory)!r} holds imported predictions, not a model to run.")
         digest = _io.sha256_file(directory / models.MODEL_FILE)
         return (lambda: models.load_member(directory)[0]), digest, int(card["input_size"])
     digest = hashlib.sha256()
@@ -98,6 +100,7 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
 
     if len(members) == 0:
         raise DataError("predict_members needs at least one member.")
+    check_param("predict_members", "batch_size", batch_size, Interval("int", 1, 4096))
     loaded, columns = {}, []
     for index, member in enumerate(members):
         load_model, model_key, size = _model_key(member)

@@ -182,6 +182,12 @@ class RunFolder:
 
     # ------------------------------------------------------------------ writing and locking
 
+    def _remove_orphans(self):
+        """Temporary files of writers killed mid-write; members are cleaned under their own locks."""
+        for folder in (self.root, self.root / "tables", self.root / "figures", self.root / "maps",
+                       *(self.root / "cache" / kind for kind in ("predictions", "embeddings", "stages"))):
+            _io.remove_orphan_temp_files(folder)
+
     def check_writable(self):
         """Create the folder if needed and fail before any work when it cannot be written."""
         try:
@@ -214,6 +220,7 @@ class RunFolder:
             # The host name matters when jobs on several machines share one run folder.
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}".encode(), 0)
+            self._remove_orphans()
             yield self
         finally:
             os.close(fd)  # releases the flock; the file stays, so no unlink race between holders

@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 import time
@@ -139,24 +138,33 @@ def test_member_jobs_share_the_folder_but_not_a_member(make_kaggle_tree, tmp_pat
     root, config = _tiny_tree_config(make_kaggle_tree, tmp_path)
     run = tmp_path / "run"
     (run / "members" / "a").mkdir(parents=True)
-    (run / ".lock").write_text(str(os.getppid()))  # e.g. another job's `pneumoxai run`
-    (run / "members" / "a" / ".lock").write_text(f"{os.getppid()}@{os.uname().nodename}")
-    code, _, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
-                           "--member", "a", "--quiet")
-    assert code == cli.EXIT_ERROR and "members/a' is in use by process" in err
-    code, out, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
-                             "--member", "b", "--quiet")
-    assert code == 0, err
+    # Another job's `pneumoxai run` holds the folder, another `train --member a` holds member a.
+    holders = [subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+               for lock in (run / ".lock", run / "members" / "a" / ".lock")]
+    try:
+        assert [h.stdout.readline().strip() for h in holders] == ["held", "held"]
+        code, _, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
+                               "--member", "a", "--quiet")
+        assert code == cli.EXIT_ERROR and "members/a' is in use by process" in err
+        code, out, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
+                                 "--member", "b", "--quiet")
+        assert code == 0, err
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
     assert (run / "members" / "b" / "card.json").exists() and not (run / "members" / "a" / "card.json").exists()
     with RunFolder(run / "members" / "b").lock():  # released after the job
         pass
 
 
 def test_strategy_flag_reaches_training(monkeypatch, tmp_path, capsys, make_kaggle_tree):
-    from pneumoxai import pipeline
+    import pandas as pd
+
+    from pneumoxai.pipeline import train
 
     seen = {}
-    monkeypatch.setattr(pipeline, "train_members", lambda *a, **k: seen.update(k) or pipeline.pd.DataFrame())
+    monkeypatch.setattr(train, "train_members", lambda *a, **k: seen.update(k) or pd.DataFrame())
     root, config = _tiny_tree_config(make_kaggle_tree, tmp_path)
     code, _, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config),
                            "--out", str(tmp_path / "run"), "--strategy", "mirrored")
@@ -167,7 +175,7 @@ def test_strategy_flag_reaches_training(monkeypatch, tmp_path, capsys, make_kagg
 
 
 def test_warnings_print_as_one_line():
-    cli._configure_runtime()
+    cli._configure_runtime("report", debug=False)
     import warnings
 
     assert warnings.formatwarning("leak found", UserWarning, "x.py", 3) == "pneumoxai: warning: leak found\n"

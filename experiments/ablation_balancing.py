@@ -27,9 +27,9 @@ from statsmodels.stats.multitest import multipletests
 from pneumoxai import __version__
 from pneumoxai import config as cfg
 from pneumoxai import pipeline
-from pneumoxai.run_folder import RunFolder
 from pneumoxai.figures import OKABE_ITO, save_figure, style
 from pneumoxai.metrics import choose_threshold, compare, evaluate
+from pneumoxai.run_folder import RunFolder
 
 from _provenance import machine  # experiments/, on sys.path when run as a script
 

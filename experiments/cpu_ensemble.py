@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from pneumoxai import __version__, pipeline
-from pneumoxai.run_folder import RunFolder
 from pneumoxai.config import load_config
+from pneumoxai.run_folder import RunFolder
 
 from _provenance import machine  # experiments/, on sys.path when run as a script
 

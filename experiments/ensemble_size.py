@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from pneumoxai import pipeline
-from pneumoxai.run_folder import RunFolder
 from pneumoxai.config import parse_config
 from pneumoxai.ensemble import SoftVoting, Stacking, ensemble_size_curve
 from pneumoxai.figures import OKABE_ITO, save_figure, style
 from pneumoxai.metrics import evaluate
+from pneumoxai.run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
 

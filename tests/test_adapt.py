@@ -17,8 +17,7 @@ import pytest
 import tensorflow as tf
 
 from pneumoxai import explain, models
-from pneumoxai._predict import predict_embeddings
-from pneumoxai.ensemble import predict_members
+from pneumoxai.predict import predict_embeddings, predict_members
 from pneumoxai.errors import ConfigError, ConstantPredictionsWarning, DataError, ModelContractError
 
 SIZE = 32
@@ -156,8 +155,9 @@ def test_nested_backbone_is_flattened_onto_the_same_layers(user_models, adapted)
     flat = adapted["sequential"]
     assert flat.get_layer("conv5_block3_out") is backbone.get_layer("conv5_block3_out")
     assert flat.get_layer("conv1_conv").kernel is backbone.get_layer("conv1_conv").kernel
-    own_layers = ["image", "preprocess", "rescaling"] + [layer.name for layer in backbone.layers[1:]]
-    assert [layer.name for layer in flat.layers] == own_layers + ["global_average_pooling2d", "prediction"]
+    rescaling, _, pooling, _ = user_models["sequential"].layers
+    own_layers = [rescaling.name] + [layer.name for layer in backbone.layers[1:]] + [pooling.name]
+    assert [layer.name for layer in flat.layers] == ["image", "preprocess"] + own_layers + ["prediction"]
 
 
 def test_softmax_head_becomes_the_exact_logit_difference(user_models, adapted):
@@ -325,9 +325,10 @@ REFUSED = [
     ("gradcam softmax", lambda m: explain.gradcam(m["softmax"], X), ModelContractError,
      r"GradCAM: .*not one sigmoid unit.*pneumoxai.models.adapt"),
     ("predict_members logits", lambda m: predict_members([m["logits"]], X, progress=False), ModelContractError,
-     r"outputs in \[-.*\], not probabilities in \[0, 1\] \(a linear, logit head\?\).*pneumoxai.models.adapt"),
+     r"the output of model 'tf_logits' must hold probabilities in \[0, 1\]; got values from .* not logits\. If the "
+     r"model ends in a linear unit, wrap it with pneumoxai.models.adapt"),
     ("predict_proba logits", lambda m: models.predict_proba(m["logits"], X), ModelContractError,
-     r"not probabilities in \[0, 1\].*pneumoxai.models.adapt"),
+     r"must hold probabilities in \[0, 1\].*pneumoxai.models.adapt"),
     ("deletion_auc logits", lambda m: explain.deletion_auc(m["logits"], X, X[..., 0]), ModelContractError,
      r"deletion_auc: the output layer 'out' must carry a sigmoid.*pneumoxai.models.adapt"),
     ("gradcam sequential", lambda m: explain.gradcam(m["sequential"], X), ModelContractError,
@@ -348,10 +349,10 @@ REFUSED = [
     ("adapt unbuilt", lambda m: models.adapt(_unbuilt_sequential()), ModelContractError,
      r"no input shape yet; call model.build\(\(None, H, W, 3\)\)"),
     ("adapt preprocess", lambda m: models.adapt(m["caffe"], preprocess="imagenet"), ConfigError,
-     r"The 'preprocess' parameter of adapt must be one of \['caffe', 'torch', 'tf', '0-255', '0-1'\] or a "
-     r"callable; got 'imagenet'\."),
+     r"The 'preprocess' parameter of adapt must be one of 'caffe', 'torch', 'tf', '0-255', '0-1' or a callable; "
+     r"got 'imagenet'\."),
     ("adapt positive_index 2", lambda m: models.adapt(m["softmax"], positive_index=2), ConfigError,
-     r"The 'positive_index' parameter of adapt must be 0, 1 or None for a two-unit head; got 2\."),
+     r"The 'positive_index' parameter of adapt must be None or one of 0, 1; got 2\."),
     ("adapt positive_index one unit", lambda m: models.adapt(m["caffe"], positive_index=1), ConfigError,
      r"The 'positive_index' parameter of adapt must be None for a one-unit \(sigmoid\) head; got 1\."),
     ("adapt not a model", lambda m: models.adapt("model.keras"), ModelContractError, "must be a keras.Model"),

@@ -11,12 +11,14 @@ __all__ = [
     "PneumoxaiError",
     "DataError",
     "ConfigError",
+    "ModelContractError",
     "WeightsUnavailableError",
     "UnsafeModelError",
     "CacheError",
     "RunFolderError",
     "NotFittedError",
     "SkippedFilesWarning",
+    "ConstantPredictionsWarning",
 ]
 
 
@@ -30,6 +32,10 @@ class DataError(PneumoxaiError, ValueError):
 
 class ConfigError(PneumoxaiError, ValueError):
     """A configuration file or a parameter value is invalid."""
+
+
+class ModelContractError(ConfigError):
+    """A model does not give one probability of PNEUMONIA per [0, 1] image; see ``pneumoxai.models.adapt``."""
 
 
 class WeightsUnavailableError(PneumoxaiError, FileNotFoundError):
@@ -55,6 +61,10 @@ class NotFittedError(PneumoxaiError, _SklearnNotFittedError):
 
 class SkippedFilesWarning(UserWarning):
     """Some input files could not be read and were skipped."""
+
+
+class ConstantPredictionsWarning(UserWarning):
+    """A model gives nearly the same probability for every image: often wrongly scaled input."""
 
 
 _ECHO_LIMIT = 120  # characters of an offending value echoed in a message

@@ -17,7 +17,9 @@ Are the maps faithful?
 
 Model contract: one input ``(H, W, 3)`` in [0, 1] and one sigmoid output ``(n, 1)`` =
 P(PNEUMONIA), its activation carried by the output layer (``"prediction"``), and a flat
-graph so the feature layer (``"conv5_block3_out"`` for ResNet50) is reachable.
+functional graph so the feature layer (``"conv5_block3_out"`` for ResNet50) is
+reachable. :func:`pneumoxai.models.adapt` brings other Keras classifiers (Sequential,
+nested backbones, softmax or logit heads, other input scalings) to it.
 
 The single-sigmoid output needs care: tf-keras-vis' Score-CAM applies a softmax to the
 model output, which is constantly 1 for one unit and makes every channel weight equal.
@@ -56,7 +58,8 @@ with warnings.catch_warnings():
     from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
 from .lungs import ZONE_COLUMNS, ZONE_NAMES, lung_mask, zones
-from .errors import ConfigError, DataError, param_error
+from .errors import ConfigError, DataError, ModelContractError, param_error
+from .models import check_classifier
 from .validation import Interval, Options, check_images, check_param
 
 __all__ = [
@@ -113,26 +116,26 @@ def _positive_int(owner, name, value, minimum=1):
     return int(check_param(owner, name, value, Interval("int", minimum, None)))
 
 
-def _check_model(model):
-    """Check the single-input, single-sigmoid-output contract; return the output layer name."""
-    if not isinstance(model, keras.Model):
-        raise ConfigError(f"model must be a keras.Model; got {type(model).__name__}")
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ConfigError(
-            f"model must have one input and one output; got {len(model.inputs)} inputs "
-            f"and {len(model.outputs)} outputs"
-        )
-    in_shape, out_shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
-    if len(in_shape) != 4 or in_shape[-1] != 3:
-        raise ConfigError(f"model input must be (None, H, W, 3); got {in_shape}")
-    if len(out_shape) != 2 or out_shape[-1] != 1:
-        raise ConfigError(f"model output must be one sigmoid unit (None, 1); got {out_shape}")
-    output_layer = model.get_layer(model.output_names[0])
-    if not hasattr(output_layer, "activation"):
-        raise ConfigError(
-            f"the output layer {output_layer.name!r} must carry the sigmoid as its activation "
-            "(a Dense layer) so its pre-sigmoid logit can be explained"
-        )
+def _check_model(model, owner):
+    """Check the model contract and a flat functional graph; return the output layer's name.
+
+    Beyond :func:`pneumoxai.models.check_classifier`, the explainers need the sigmoid in
+    the output layer (to explain its logit) and no nested models (tf-keras-vis reads
+    ``output_names`` and feature layers of the outer graph).
+    """
+    check_classifier(model, owner)
+    hint = "wrap it with pneumoxai.models.adapt(model, preprocess=...) first"
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    if isinstance(model, keras.Sequential) or nested:
+        what = "is a Sequential model" if isinstance(model, keras.Sequential) else f"nests the model(s) {nested}"
+        raise ModelContractError(f"{owner}: model {model.name!r} {what}; explanations need a flat functional "
+                                 f"model: {hint}.")
+    output_layer = model.outputs[0]._keras_history.operation
+    activation = getattr(output_layer, "activation", None)
+    if activation is None or keras.activations.serialize(activation) != "sigmoid":
+        raise ModelContractError(
+            f"{owner}: the output layer {output_layer.name!r} must carry a sigmoid activation (a Dense layer) so its "
+            f"pre-sigmoid logit can be explained; {hint}.")
     return output_layer.name
 
 
@@ -317,7 +320,7 @@ class MapExplainer:
     signed = False
 
     def __init__(self, model, *, batch_size=16):
-        self._output_name = _check_model(model)
+        self._output_name = _check_model(model, type(self).__name__)
         self.model = model
         self.batch_size = _positive_int(type(self).__name__, "batch_size", batch_size)
 
@@ -690,7 +693,7 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
 
 def _member_images(owner, model, images):
     """The checked images for ``model``: the array itself, or the entry of its input side."""
-    _check_model(model)
+    _check_model(model, owner)
     if isinstance(images, dict):
         side = int(model.input_shape[1])
         if side not in images:
@@ -873,7 +876,7 @@ def _baseline_images(owner, x, baseline):
 
 def _perturbation_auc(owner, model, images, maps, *, insert, steps, baseline, target, batch_size):
     """AUC of the target-class probability while pixels are deleted/inserted by saliency."""
-    _check_model(model)
+    _check_model(model, owner)
     x = _check_images(images, model, owner=owner)
     m = _check_maps(maps, x)
     steps = _positive_int(owner, "steps", steps)
@@ -1045,7 +1048,7 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
         ReLU-clipped CAM), which carries no ranking.
     """
     _choice("randomization_check", "method", method, RANDOMIZATION_METHODS)
-    _check_model(model)
+    _check_model(model, "randomization_check")
     n_layers = _positive_int("randomization_check", "n_layers", n_layers)
     x = _check_images(images, model, owner="randomization_check")
     batch_size = _positive_int("randomization_check", "batch_size", batch_size)

@@ -29,6 +29,7 @@ from pneumoxai import config as cfg
 from pneumoxai import pipeline
 from pneumoxai.figures import OKABE_ITO, save_figure, style
 from pneumoxai.metrics import choose_threshold, compare, evaluate
+from pneumoxai.run_folder import RunFolder
 
 from _provenance import machine  # experiments/, on sys.path when run as a script
 
@@ -51,7 +52,7 @@ def main(argv=None):
     raw["defaults"]["max_train_images"] = args.max_train_images
     raw["members"] = [{"name": f"bal_{method}", "seed": 0, "balancing": method} for method in METHODS]
     config = cfg.parse_config(raw)
-    run = pipeline.RunFolder(args.out)
+    run = RunFolder(args.out)
     started = time.perf_counter()
     with run.lock():
         summary = pipeline.train_stage(run, config, args.data, verbose=2)

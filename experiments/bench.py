@@ -202,7 +202,7 @@ def bench_phase1_cache(table, x, y, x_val, y_val, tmp):
 
 def bench_predict(table, x_test):
     members = [_member(seed) for seed in range(3)]
-    from pneumoxai.ensemble import predict_members
+    from pneumoxai.predict import predict_members
 
     predict_members(members, x_test[:64], progress=False)
     for member in members:

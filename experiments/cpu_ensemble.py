@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pneumoxai import __version__, pipeline
 from pneumoxai.config import load_config
+from pneumoxai.run_folder import RunFolder
 
 from _provenance import machine  # experiments/, on sys.path when run as a script
 
@@ -32,7 +33,7 @@ def main(argv=None):
     parser.add_argument("--figures", default=str(HERE.parent / "figures" / "cpu_ensemble"))
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    run = pipeline.RunFolder(args.out)
+    run = RunFolder(args.out)
     started = time.perf_counter()
     with run.lock():
         pipeline.run_all(run, config, args.data, verbose=2)

@@ -22,6 +22,7 @@ from pneumoxai.config import parse_config
 from pneumoxai.ensemble import SoftVoting, Stacking, ensemble_size_curve
 from pneumoxai.figures import OKABE_ITO, save_figure, style
 from pneumoxai.metrics import evaluate
+from pneumoxai.run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,7 +32,7 @@ def pooled_predictions(run_dirs):
     pools, manifests = {"val": [], "test": []}, set()
     rows = {}
     for run_dir in run_dirs:
-        run = pipeline.RunFolder(run_dir)
+        run = RunFolder(run_dir)
         manifests.add(json.loads(run.path("run.json").read_text())["manifest_hash"])
         config = parse_config(json.loads(run.path("config.json").read_text()))
         for role in pools:

@@ -39,7 +39,7 @@ import yaml
 from pneumoxai import __version__, audit, explain, models, slices
 from pneumoxai import config as cfg
 from pneumoxai._io import write_csv, write_json, write_text
-from pneumoxai._lungs import lung_mask
+from pneumoxai.lungs import lung_mask
 from pneumoxai.data import balance, load_images, scan_dataset, split_by_patient
 from pneumoxai.figures import save_figure, style
 from pneumoxai.metrics import choose_threshold

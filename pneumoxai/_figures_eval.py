@@ -12,14 +12,8 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 from ._style import OKABE_ITO, SEQUENTIAL_CMAP, finish_figure, new_figure, style
 from .errors import ConfigError, DataError, param_error
-from .metrics import (
-    _check_binary,
-    _check_n_bins,
-    _check_threshold,
-    choose_threshold,
-    expected_calibration_error,
-    reliability_bins,
-)
+from .metrics import choose_threshold, expected_calibration_error, reliability_bins
+from .validation import UNIT_INTERVAL, Interval, check_binary, check_param
 
 __all__ = [
     "plot_roc",
@@ -34,14 +28,14 @@ __all__ = [
 _DIVERSITY_MEASURES = ("disagreement", "yules_q", "error_correlation", "double_fault")
 
 
-def _as_models(y_true, probs):
+def _as_models(owner, y_true, probs):
     """Checked labels and a dict name -> checked probabilities (a bare array is ``"model"``)."""
     if isinstance(probs, dict):
         if not probs:
             raise DataError("probs is an empty dict; pass at least one model.")
     else:
         probs = {"model": probs}
-    checked = {name: _check_binary(y_true, p, name) for name, p in probs.items()}
+    checked = {name: check_binary(y_true, p, owner=owner, name=name) for name, p in probs.items()}
     y = next(iter(checked.values()))[0]
     return y, {name: p for name, (_, p) in checked.items()}
 
@@ -74,7 +68,7 @@ def plot_roc(y_true, probs, *, title="ROC curve", path=None, formats=("png", "pd
     >>> len(fig.axes[0].lines)
     3
     """
-    y, models = _as_models(y_true, probs)
+    y, models = _as_models("plot_roc", y_true, probs)
     with style():
         fig = new_figure(figsize=(4.8, 4.4))
         ax = fig.subplots()
@@ -114,7 +108,7 @@ def plot_pr(y_true, probs, *, title="Precision-recall curve", path=None, formats
     >>> len(fig.axes[0].lines)
     2
     """
-    y, models = _as_models(y_true, probs)
+    y, models = _as_models("plot_pr", y_true, probs)
     with style():
         fig = new_figure(figsize=(4.8, 4.4))
         ax = fig.subplots()
@@ -158,14 +152,14 @@ def plot_confusion_matrices(y_true, probs, *, threshold=0.5, path=None, formats=
     >>> len(fig.axes)
     2
     """
-    y, models = _as_models(y_true, probs)
+    y, models = _as_models("plot_confusion_matrices", y_true, probs)
     if isinstance(threshold, dict):
         missing = sorted(set(models) - set(threshold))
         if missing:
             raise ConfigError(f"threshold dict has no entry for models {missing}.")
-        thresholds = {name: _check_threshold("plot_confusion_matrices", threshold[name]) for name in models}
+        thresholds = {name: check_param("plot_confusion_matrices", "threshold", threshold[name], UNIT_INTERVAL) for name in models}
     else:
-        thresholds = dict.fromkeys(models, _check_threshold("plot_confusion_matrices", threshold))
+        thresholds = dict.fromkeys(models, check_param("plot_confusion_matrices", "threshold", threshold, UNIT_INTERVAL))
     with style():
         fig = new_figure(figsize=(1.2 + 3.0 * len(models), 3.4))
         axes = np.atleast_1d(fig.subplots(1, len(models), sharey=True))
@@ -213,8 +207,8 @@ def plot_reliability(y_true, probs, *, n_bins=10, path=None, formats=("png", "pd
     >>> len(fig.axes), len(fig.axes[0].lines)
     (2, 2)
     """
-    y, models = _as_models(y_true, probs)
-    _check_n_bins("plot_reliability", n_bins)
+    y, models = _as_models("plot_reliability", y_true, probs)
+    check_param("plot_reliability", "n_bins", n_bins, Interval("int", 1, 10_000))
     with style():
         fig = new_figure(figsize=(4.8, 5.4))
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -267,12 +261,12 @@ def plot_threshold_analysis(y_true, y_prob, *, threshold=None, method="youden", 
     >>> len(fig.axes[0].lines)
     4
     """
-    y, p = _check_binary(y_true, y_prob)
+    y, p = check_binary(y_true, y_prob, owner="plot_threshold_analysis")
     if threshold is None:
         threshold = choose_threshold(y, p, method=method, target=target)
         how = method
     else:
-        threshold = _check_threshold("plot_threshold_analysis", threshold)
+        threshold = check_param("plot_threshold_analysis", "threshold", threshold, UNIT_INTERVAL)
         how = "given"
     grid = np.linspace(0, 1, 201)
     # Count predictions >= t for every grid threshold at once.

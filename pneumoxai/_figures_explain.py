@@ -13,7 +13,7 @@ from ._style import (
     DIVERGING_CMAP, ERROR_COLORS, OUTCOME_SHORT, SEQUENTIAL_CMAP, finish_figure, new_figure, style,
 )
 from .errors import DataError
-from .metrics import _check_threshold
+from .validation import UNIT_INTERVAL, check_param
 from .outcomes import OUTCOMES, outcome_groups
 
 __all__ = ["plot_explanation_gallery", "plot_mean_maps", "plot_zone_attention"]
@@ -23,7 +23,7 @@ _OVERLAY_ALPHA = 0.45
 
 def _indices_by_outcome(owner, y_true, y_prob, threshold):
     """:data:`~pneumoxai.outcomes.OUTCOMES` name -> int ndarray of the samples with that outcome."""
-    outcome = outcome_groups(y_true, y_prob, threshold=_check_threshold(owner, threshold))
+    outcome = outcome_groups(y_true, y_prob, threshold=check_param(owner, "threshold", threshold, UNIT_INTERVAL))
     return {name: np.flatnonzero(outcome == name) for name in OUTCOMES}
 
 

@@ -14,7 +14,7 @@ from ._style import (
     ERROR_COLORS, OKABE_ITO, OUTCOME_SHORT, SEQUENTIAL_CMAP, finish_figure, new_figure, style,
 )
 from .errors import DataError, param_error
-from .metrics import _check_threshold
+from .validation import UNIT_INTERVAL, check_param
 from .outcomes import OUTCOMES, outcome_groups
 from .slices import slice_mask
 
@@ -271,7 +271,7 @@ def _frame_outcomes(owner, y_true, y_prob, threshold, n):
     """Outcome of each of the ``n`` rows of the slice frame."""
     if y_prob is None:
         raise DataError("y_prob is required when y_true is given")
-    outcome = outcome_groups(y_true, y_prob, threshold=_check_threshold(owner, threshold))
+    outcome = outcome_groups(y_true, y_prob, threshold=check_param(owner, "threshold", threshold, UNIT_INTERVAL))
     if len(outcome) != n:
         raise DataError(f"length mismatch: the frame has {n} rows but y_true and y_prob have {len(outcome)}")
     return outcome

@@ -9,8 +9,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +41,35 @@ def atomic_path(path, suffix=None):
     )
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _FILE_MODE)
-        _fsync(tmp)  # the rename must not reach the disk before the data (power loss)
-        os.replace(tmp, path)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, _FILE_MODE)
+            _fsync(tmp)  # the rename must not reach the disk before the data (power loss)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            # Name the artifact: "No space left on device" alone does not say what was lost.
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_orphan_temp_files(folder):
+    """Delete temporary files that :func:`atomic_path` left in ``folder`` when its process was killed.
+
+    Only call it while holding the folder's lock, so no live writer owns them.
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        for orphan in folder.glob(".*.*"):
+            if orphan.is_file() and _TEMP_NAME.fullmatch(orphan.name):
+                orphan.unlink(missing_ok=True)
+
+
+# atomic_path's names: "." + target name + "." + 8 random characters + suffix
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)")
 
 
 def _fsync(path):
@@ -57,14 +81,8 @@ def _fsync(path):
 
 
 def write_bytes(path, data):
-    try:
-        with atomic_path(path) as tmp:
-            Path(tmp).write_bytes(data)
-    except OSError as exc:
-        if exc.filename is not None:
-            raise
-        # Name the artifact: "No space left on device" alone does not say what was lost.
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def write_text(path, text):
@@ -114,7 +132,7 @@ def load_npz(path):
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         raise CacheError(f"{path} is corrupt or truncated ({exc}); delete it to rebuild.") from exc
 
 

@@ -22,7 +22,8 @@ import warnings
 import cv2
 import numpy as np
 
-from .errors import DataError, is_int, is_number, param_error
+from .errors import DataError, param_error
+from .validation import Interval, Options, check_images, check_param, is_valid
 
 __all__ = [
     "CORNERS",
@@ -41,14 +42,7 @@ _LETTER_FILL = 0.7  # the letter's height as a share of the tag's side
 
 
 def _check_images(images, owner):
-    x = np.asarray(images)
-    if x.ndim != 4 or x.shape[-1] != 3 or len(x) == 0:
-        raise DataError(f"{owner}: images must have shape (n, H, W, 3) with n >= 1; got {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise DataError(f"{owner}: images must be finite numbers")
-    if x.min() < 0 or x.max() > 1:
-        raise DataError(f"{owner}: images must be scaled to [0, 1]; got [{x.min():.6g}, {x.max():.6g}]")
-    return x.astype(np.float32)
+    return check_images(images, owner=owner)
 
 
 def _check_box(box, shape, owner, n=None):
@@ -92,18 +86,17 @@ def marker_box(image_size, *, corner="top_left", size=None, margin=None):
     >>> marker_box((64, 80), corner="bottom_right", size=10, margin=0)
     (54, 70, 64, 80)
     """
-    h, w = (image_size, image_size) if is_int(image_size, 1) else tuple(image_size)
-    if not (is_int(h, 8) and is_int(w, 8)):
+    side_spec = Interval("int", 8, None)
+    pair = np.shape(image_size) == (2,) and all(is_valid(v, side_spec) for v in image_size)
+    if not (pair or is_valid(image_size, side_spec)):
         raise param_error("marker_box", "image_size", "an int >= 8 or a pair of them", image_size)
-    if corner not in CORNERS:
-        raise param_error("marker_box", "corner", "one of " + ", ".join(map(repr, CORNERS)), corner)
+    h, w = (int(v) for v in image_size) if pair else (int(image_size),) * 2
+    check_param("marker_box", "corner", corner, Options(CORNERS))
     side = min(h, w)
-    size = round(3 * side / 16) if size is None else size
-    margin = round(side / 32) if margin is None else margin
-    if not is_int(size, 4) or size > side:
-        raise param_error("marker_box", "size", f"an int in [4, {side}]", size)
-    if not is_int(margin, 0) or margin + size > side:
-        raise param_error("marker_box", "margin", f"an int in [0, {side - size}]", margin)
+    size = round(3 * side / 16) if size is None else check_param("marker_box", "size", size,
+                                                                  Interval("int", 4, side))
+    margin = round(side / 32) if margin is None else check_param("marker_box", "margin", margin,
+                                                                  Interval("int", 0, side - size))
     r0 = margin if corner.startswith("top") else h - margin - size
     c0 = margin if corner.endswith("left") else w - margin - size
     return (int(r0), int(c0), int(r0 + size), int(c0 + size))
@@ -155,8 +148,7 @@ def stamp_marker(images, *, corner="top_left", size=None, margin=None, letter="L
     x = _check_images(images, "stamp_marker")
     if not isinstance(letter, str) or len(letter.strip()) == 0:
         raise param_error("stamp_marker", "letter", "a non-empty string", letter)
-    if not is_number(intensity) or not 0 < intensity <= 1:
-        raise param_error("stamp_marker", "intensity", "a number in (0, 1]", intensity)
+    check_param("stamp_marker", "intensity", intensity, Interval("real", 0, 1, closed="right"))
     r0, c0, r1, c1 = marker_box(x.shape[1:3], corner=corner, size=size, margin=margin)
     out = x.copy()
     out[:, r0:r1, c0:c1, :] = _tag(r1 - r0, letter, float(intensity))[None, :, :, None]
@@ -194,10 +186,8 @@ def remove_marker(images, box, *, grow=1, radius=3):
     """
     x = _check_images(images, "remove_marker")
     boxes = _check_box(box, x.shape[1:3], "remove_marker", n=len(x))
-    if not is_int(grow, 0):
-        raise param_error("remove_marker", "grow", "an int >= 0", grow)
-    if not is_int(radius, 1):
-        raise param_error("remove_marker", "radius", "an int >= 1", radius)
+    check_param("remove_marker", "grow", grow, Interval("int", 0, None))
+    check_param("remove_marker", "radius", radius, Interval("int", 1, None))
     h, w = x.shape[1:3]
     out = x.copy()
     for i in range(len(x)):
@@ -262,10 +252,8 @@ def counterfactual_flip_rate(model_or_predict_fn, images, y_true, box, *, thresh
     y = np.asarray(y_true)
     if y.shape != (len(x),) or not np.isin(y, (0, 1)).all():
         raise DataError(f"y_true must be {len(x)} values in {{0, 1}}; got shape {y.shape}")
-    if not is_number(threshold) or not 0 <= threshold <= 1:
-        raise param_error("counterfactual_flip_rate", "threshold", "a number in [0, 1]", threshold)
-    if not is_int(batch_size, 1):
-        raise param_error("counterfactual_flip_rate", "batch_size", "an int >= 1", batch_size)
+    check_param("counterfactual_flip_rate", "threshold", threshold, Interval("real", 0, 1))
+    check_param("counterfactual_flip_rate", "batch_size", batch_size, Interval("int", 1, None))
     before = (_probabilities(model_or_predict_fn, x, batch_size) >= threshold).astype(int) != y
     if not before.any():
         warnings.warn("the model makes no error on these images; the flip rate is undefined (NaN)",
@@ -311,8 +299,7 @@ def peak_in_box(maps, box, *, tolerance=0):
     if m.ndim != 3 or len(m) == 0 or not np.isfinite(m).all():
         raise DataError(f"maps must be a finite (n, H, W) array with n >= 1; got shape {m.shape}")
     boxes = _check_box(box, m.shape[1:], "peak_in_box", n=len(m))
-    if not is_int(tolerance, 0):
-        raise param_error("peak_in_box", "tolerance", "an int >= 0", tolerance)
+    check_param("peak_in_box", "tolerance", tolerance, Interval("int", 0, None))
     rows, cols = np.unravel_index(m.reshape(len(m), -1).argmax(axis=1), m.shape[1:])
     r0, c0, r1, c1 = boxes.T
     t = tolerance

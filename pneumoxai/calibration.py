@@ -17,16 +17,14 @@ from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .errors import DataError, NotFittedError, is_number, param_error
-from .metrics import _check_labels
+from .errors import DataError, NotFittedError
+from .validation import UNIT_INTERVAL, check_labels, check_param, check_probability_columns
 
 __all__ = ["TemperatureScaling", "PlattScaling"]
 
 # Probabilities of exactly 0 or 1 (common in float32 CNN outputs) have infinite logits.
 _EPS = 1e-7
 
-# (check, description) of the decision threshold of every classifier on probabilities.
-_THRESHOLD = (lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 
 
 def _logit(p):
@@ -34,34 +32,15 @@ def _logit(p):
     return special.logit(np.clip(p, _EPS, 1 - _EPS))
 
 
-def _check_probabilities(X, owner, input_name, columns=None):
-    """Raise DataError unless the 2-D ``X`` holds finite probabilities; ``columns`` names its columns."""
-    bad = ~np.isfinite(X)
-    if bad.any():
-        col = int(np.flatnonzero(bad.any(axis=0))[0])
-        where = f" (first in {columns[col]!r})" if columns else ""
-        raise DataError(f"{owner}: {input_name} has {int(bad.sum())} NaN or infinite values{where}.")
-    outside = (X < 0) | (X > 1)
-    if outside.any():
-        col = int(np.flatnonzero(outside.any(axis=0))[0])
-        which = f"{columns[col]!r} has values" if columns else "got values"
-        # scikit-learn's wording for negative input, which its estimator checks look for.
-        prefix = f"Negative values in data passed to {owner}" if X.min() < 0 else owner
-        raise DataError(
-            f"{prefix}: {input_name} must hold probabilities in [0, 1]; {which} from "
-            f"{X[:, col].min():.4g} to {X[:, col].max():.4g}. Pass probabilities, not logits."
-        )
-
-
 class _ProbabilityClassifier(ClassifierMixin, BaseEstimator):
     """A binary classifier whose input features are probabilities of PNEUMONIA.
 
-    Subclasses declare their parameters in ``_constraints`` (name -> (check, description)),
+    Subclasses declare their parameters in ``_constraints`` (name -> validation constraint),
     call :meth:`_validate` in ``fit`` and ``_proba``, set ``classes_`` last in ``fit``, and
     implement ``_proba(X, method)``, the probability of PNEUMONIA of shape ``(n_samples,)``.
     """
 
-    _constraints = {"threshold": _THRESHOLD}
+    _constraints = {"threshold": UNIT_INTERVAL}
     #: How error messages name the input.
     _input_name = "X"
     #: One input feature, which may also come as a 1-D array (the calibrators).
@@ -77,10 +56,7 @@ class _ProbabilityClassifier(ClassifierMixin, BaseEstimator):
     def _check_params(self, *names):
         """Raise the one wording of a bad parameter for ``names`` (default: all of them)."""
         for name in names or self._constraints:
-            check, expected = self._constraints[name]
-            value = getattr(self, name)
-            if not check(value):
-                raise param_error(type(self).__name__, name, expected, value)
+            check_param(type(self).__name__, name, getattr(self, name), self._constraints[name])
 
     def __sklearn_is_fitted__(self):
         # fit sets classes_ last, so a fit that raised leaves the estimator unfitted.
@@ -119,12 +95,12 @@ class _ProbabilityClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_values(self, X, y, owner):
         """The pneumoxai rules on top of scikit-learn's: probabilities, 0/1 labels, one feature."""
-        _check_probabilities(X, owner, self._input_name, self._column_labels(X.shape[1]))
+        check_probability_columns(X, owner=owner, name=self._input_name, columns=self._column_labels(X.shape[1]))
         if self._one_feature and X.shape[1] != 1:
             raise DataError(f"{owner}: {self._input_name} must hold one probability per sample, shape "
                             f"(n_samples,) or (n_samples, 1); got shape {X.shape}.")
         if y is not None:
-            y = _check_labels(y, X.shape[0])
+            y = check_labels(y, X.shape[0], owner=owner)
         return X, y
 
     def _column_labels(self, n_columns):

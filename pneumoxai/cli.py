@@ -1,4 +1,4 @@
-"""Command line: ``pneumoxai {run,train,evaluate,explain,slices,report}``.
+"""Command line: ``pneumoxai {run,train,evaluate,explain,slices,report,import,analyse}``.
 
 Every command answers bad input with a non-zero exit and one readable line; ``--debug``
 shows the full traceback instead.
@@ -6,6 +6,8 @@ shows the full traceback instead.
 
 import argparse
 import contextlib
+import importlib
+import logging
 import os
 import sys
 import warnings
@@ -72,6 +74,24 @@ def build_parser():
 
     report = sub.add_parser("report", help="write RUN_DIR/report.html from the run's tables and figures")
     _add_common(report, run=True)
+
+    imports = sub.add_parser("import", help="register models or prediction files trained elsewhere as members "
+                                            "of a run folder (never retrained or overwritten)")
+    _add_common(imports, data=True, config=True, out=True)
+    imports.add_argument("--member", action="append", required=True, metavar="NAME=PATH",
+                         help="a .keras model or a .csv/.parquet predictions file (path, probability); repeatable")
+    imports.add_argument("--preprocess", action="append", default=[], metavar="NAME=MODE",
+                         help="what a model expects: caffe, torch, tf, 0-255 or 0-1 (default 0-1)")
+    imports.add_argument("--positive-index", action="append", default=[], metavar="NAME=INDEX",
+                         help="which unit of a 2-unit softmax model is PNEUMONIA (default 1)")
+    imports.add_argument("--val-list", metavar="CSV", help="validation images (path, label[, patient_id]) instead "
+                                                           "of the patient-grouped split of --data's train/")
+    imports.add_argument("--test-list", metavar="CSV", help="test images (path, label[, patient_id]); with --val-list")
+
+    analyse = sub.add_parser("analyse", help="evaluate, explain, slices and report on the members in RUN_DIR")
+    _add_common(analyse, run=True)
+    analyse.add_argument("--skip", action="append", default=[], choices=["explain", "slices"],
+                         help="leave out an analysis stage")
     return parser
 
 
@@ -79,37 +99,67 @@ def _warning_line(message, category, filename, lineno, line=None):
     return f"pneumoxai: warning: {message}\n"
 
 
-def _configure_runtime():
-    # TensorFlow's C++ start-up chatter buries the progress lines users need.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # A warning is one readable line, like an error, not a file:line dump.
-    warnings.formatwarning = _warning_line
+def _configure_runtime(command, debug):
+    # TensorFlow's C++ log lines (e.g. a failed CUDA probe on a CPU machine) bury the one
+    # line users need; --debug keeps them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "3")
     import matplotlib
 
     matplotlib.use("Agg")
+    if command != "report" and not debug:
+        _import_tensorflow_quietly()
+    # A warning is one readable line, like an error, not a file:line dump.
+    warnings.formatwarning = _warning_line
+    logger = logging.getLogger("pneumoxai")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+    logger.setLevel(logging.INFO)
 
 
-def _load_run_config(run_dir):
-    from . import _io
+class _StderrLines(logging.Handler):
+    """Progress lines to whatever ``sys.stderr`` is at the time (so in-process callers can capture them)."""
+
+    def emit(self, record):
+        sys.stderr.write(f"[pneumoxai] {record.getMessage()}\n")
+        sys.stderr.flush()
+
+
+def _import_tensorflow_quietly():
+    """Import TensorFlow with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow's C++ start-up lines (absl, oneDNN, CUDA probing) are written to fd 2
+    before any Python or environment log setting applies, so an error would otherwise
+    reach the user under half a dozen lines of noise. Python exceptions still propagate.
+    """
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        importlib.import_module("tensorflow")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _load_run_config(run):
     from .config import parse_config
-    from .errors import RunFolderError
 
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        raise RunFolderError(f"{run_dir!r} has no config.json; create it with `pneumoxai train` or `pneumoxai run`.")
-    return parse_config(_io.read_json(path))
+    return parse_config(run.read_json(run.config_file, required="create it with `pneumoxai train` or `pneumoxai run`"))
 
 
 def _dispatch(args):
     from . import pipeline
     from .config import load_config
     from .data import find_data_root
+    from .errors import RunFolderError
+    from .run_folder import RunFolder
 
     verbose = 0 if args.quiet else "auto"
     if args.command in ("run", "train"):
         config = load_config(args.config, args.overrides)
         data_root = find_data_root(args.data)
-        run = pipeline.RunFolder(args.out)
+        run = RunFolder(args.out)
         # Jobs that each train named members share the folder; members carry their own locks.
         with contextlib.nullcontext() if args.command == "train" and args.member else run.lock():
             if args.command == "train":
@@ -120,8 +170,12 @@ def _dispatch(args):
                 pipeline.run_all(run, config, data_root, skip=set(args.skip), verbose=verbose,
                                  strategy=args.strategy)
         return 0
-    run = pipeline.RunFolder(args.run)
-    config = _load_run_config(args.run)
+    if args.command == "import":
+        return _import(args)
+    run = RunFolder(args.run)
+    if not run.root.is_dir():
+        raise RunFolderError(f"Run folder {str(run.root)!r} does not exist; create it with `pneumoxai run --out DIR`.")
+    config = _load_run_config(run)
     with run.lock():
         if args.command == "evaluate":
             pipeline.evaluate_stage(run, config, verbose=verbose)
@@ -132,6 +186,56 @@ def _dispatch(args):
             pipeline.slices_stage(run, config)
         elif args.command == "report":
             pipeline.report_stage(run)
+        elif args.command == "analyse":
+            pipeline.analyse(run, config, skip=set(args.skip), verbose=verbose)
+    return 0
+
+
+def _pairs(items, option, convert=str):
+    from .errors import ConfigError
+
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{option} takes NAME=VALUE; got {item!r}.")
+        try:
+            pairs[name] = convert(value)
+        except ValueError:
+            raise ConfigError(f"{option} {item!r}: {value!r} is not valid here.") from None
+    return pairs
+
+
+def _import(args):
+    from . import _io, pipeline
+    from .config import apply_overrides, load_config, parse_config
+    from .data import find_data_root
+    from .errors import ConfigError
+    from .importing import import_members
+    from .run_folder import RunFolder
+
+    names = [spec.partition("=")[0].strip() for spec in args.member]
+    members = [{"name": name, "imported": True} for name in names]
+    # The members are the imported ones; a --config contributes its data, evaluate, explain and slices sections.
+    base = {"members": members} if args.config is None else {**load_config(args.config), "members": members}
+    config = parse_config(apply_overrides(base, args.overrides))
+    run = RunFolder(args.out)
+    with run.lock():
+        if (args.val_list is None) != (args.test_list is None):
+            raise ConfigError("--val-list and --test-list go together (or neither: the split of --data is used).")
+        if args.val_list:
+            data_root = args.data
+            table = pipeline.prepare_from_lists(run, args.val_list, args.test_list, config, data_root=data_root)
+        else:
+            data_root = find_data_root(args.data)
+            table = pipeline.prepare(run, data_root, config)
+        config = import_members(run, args.member, data_root=data_root, config={**config, "members": []},
+                                table=table, preprocess=_pairs(args.preprocess, "--preprocess"),
+                                positive_index=_pairs(args.positive_index, "--positive-index", int))
+        _io.write_json(run.config_file, pipeline.with_imported_members(run, parse_config(config)))
+    print(f"Imported {len(names)} member(s) into {run.root}. pneumoxai cannot see which images they were trained "
+          "on: keep the validation and test images out of their training data, or the combiners and results "
+          f"are optimistic. Next: pneumoxai analyse --run {run.root}")
     return 0
 
 
@@ -147,7 +251,7 @@ def main(argv=None):
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
-    _configure_runtime()
+    _configure_runtime(args.command, args.debug)
     from .errors import PneumoxaiError
 
     try:

@@ -18,135 +18,109 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
+from .validation import BOOLEAN, Constraint, Interval, ListOf, Options, Predicate, check_param, describe, is_valid
 
-__all__ = ["MEMBER_SPEC", "load_config", "parse_config", "apply_overrides", "member_configs", "config_hash"]
-
-
-def _one_of(*values):
-    return (lambda v: v in values), f"one of {list(values)}"
+__all__ = ["MEMBER_SPEC", "AUGMENT_SPEC", "load_config", "parse_config", "apply_overrides", "config_hash"]
 
 
-def _int_range(low, high=None):
-    def check(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
-
-    return check, f"an int >= {low}" + (f" and <= {high}" if high is not None else "")
-
-
-def _float_range(low, high, *, low_open=False, high_open=False):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return False
-        above = v > low if low_open else v >= low
-        below = v < high if high_open else v <= high
-        return above and below
-
-    left, right = "(" if low_open else "[", ")" if high_open else "]"
-    return check, f"a number in {left}{low}, {high}{right}"
+_SEED = Interval("int", 0, 2**31 - 1)  # pandas and NumPy both accept it
+_FRACTION_OPEN = Interval("real", 0, 1, closed="neither")
+_LEARNING_RATE = Interval("real", 0, 1, closed="right")
+_MEMBER_NAME = Predicate(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) is not None
+                         and v not in (".", ".."), "a name of at most 64 letters, digits, '_', '-' or '.'")
 
 
-def _optional(spec):
-    check, text = spec
-    return (lambda v: v is None or check(v)), f"null or {text}"
+class Mapping(Constraint):
+    """A mapping whose keys are among ``spec`` and whose values satisfy its constraints (no defaults)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def is_satisfied_by(self, value):
+        return (isinstance(value, dict) and all(isinstance(k, str) for k in value) and set(value) <= set(self.spec)
+                and all(is_valid(v, self.spec[k]) for k, v in value.items()))
+
+    def __str__(self):
+        return "a mapping with " + ", ".join(f"{k}: {describe(c)}" for k, c in self.spec.items())
 
 
-def _bool():
-    return (lambda v: isinstance(v, bool)), "true or false"
-
-
-def _weights():
-    return (lambda v: v is None or v == "imagenet" or isinstance(v, str)), "'imagenet', null, or a weights file path"
-
-
-def _augment():
-    def check(v):
-        return (
-            isinstance(v, dict)
-            and set(v) <= {"rotation", "flip", "contrast"}
-            and 0 <= float(v.get("rotation", 0)) <= 0.5
-            and isinstance(v.get("flip", False), bool)
-            and 0 <= float(v.get("contrast", 0)) <= 1
-        )
-
-    return check, "a mapping with rotation in [0, 0.5], flip true/false, contrast in [0, 1]"
-
-
-def _units():
-    return (
-        lambda v: isinstance(v, (list, tuple)) and all(isinstance(u, int) and u > 0 for u in v),
-        "a list of positive ints",
-    )
-
+AUGMENT_SPEC = {
+    "rotation": Interval("real", 0, 0.5),
+    "flip": BOOLEAN,
+    "contrast": Interval("real", 0, 1),
+}
 
 # name -> (default, (check, description)). Defaults are the origin project's recipe.
 MEMBER_SPEC = {
-    "name": (None, ((lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) is not None
-                     and v not in (".", "..")),
-                    "a name of letters, digits, '_', '-' or '.'")),
-    "backbone": ("resnet50", _one_of("resnet50", "densenet121", "efficientnetb0")),
-    "weights": ("imagenet", _weights()),
-    "image_size": (224, _int_range(32, 1024)),
-    "seed": (0, _int_range(0)),
-    "balancing": ("smote", _one_of("smote", "class_weight", "oversample", "none")),
-    "bootstrap": (False, _bool()),
-    "augment": ({"rotation": 0.03, "flip": True, "contrast": 0.1}, _augment()),
-    "dense_units": ([512, 128], _units()),
-    "dropout": (0.5, _float_range(0, 1, high_open=True)),
-    "l2": (1e-4, _float_range(0, 1)),
-    "bn_momentum": (None, _optional(_float_range(0, 1, low_open=True, high_open=True))),
-    "learning_rate": (1e-4, _float_range(0, 1, low_open=True)),
-    "batch_size": (32, _int_range(1, 4096)),
-    "epochs_frozen": (25, _int_range(0)),
-    "epochs_finetune": (10, _int_range(0)),
-    "finetune_learning_rate": (1e-5, _float_range(0, 1, low_open=True)),
-    "finetune_from": ("conv5_block1_1_conv", ((lambda v: isinstance(v, str)), "a layer name or 'all'")),
-    "early_stopping_patience": (5, _int_range(0)),
-    "reduce_lr_patience": (2, _int_range(0)),
-    "reduce_lr_factor": (0.2, _float_range(0, 1, low_open=True, high_open=True)),
-    "min_learning_rate": (1e-7, _float_range(0, 1)),
-    "recalibrate_bn": (False, _bool()),
-    "max_train_images": (None, _optional(_int_range(4))),
-    "precision": ("float32", _one_of("float32", "mixed_bfloat16", "mixed_float16")),
-    "jit_compile": ("auto", ((lambda v: v == "auto" or isinstance(v, bool)), "'auto', true or false")),
-    "cache_features": (False, _bool()),
+    "name": (None, _MEMBER_NAME),
+    "backbone": ("resnet50", Options(("resnet50", "densenet121", "efficientnetb0"))),
+    "weights": ("imagenet", (None, Options(("imagenet",)), Predicate(lambda v: isinstance(v, str) and v.endswith(".h5"),
+                                                                     "the path of a '.h5' weights file"))),
+    "image_size": (224, Interval("int", 32, 1024)),
+    "seed": (0, _SEED),
+    "balancing": ("smote", Options(("smote", "class_weight", "oversample", "none"))),
+    "bootstrap": (False, BOOLEAN),
+    "augment": ({"rotation": 0.03, "flip": True, "contrast": 0.1}, Mapping(AUGMENT_SPEC)),
+    "dense_units": ([512, 128], ListOf(Interval("int", 1, 8192), min_length=1, max_length=8)),
+    "dropout": (0.5, Interval("real", 0, 1, closed="left")),
+    "l2": (1e-4, Interval("real", 0, 1)),
+    "bn_momentum": (None, (None, _FRACTION_OPEN)),
+    "learning_rate": (1e-4, _LEARNING_RATE),
+    "batch_size": (32, Interval("int", 1, 4096)),
+    "epochs_frozen": (25, Interval("int", 0, 10_000)),
+    "epochs_finetune": (10, Interval("int", 0, 10_000)),
+    "finetune_learning_rate": (1e-5, _LEARNING_RATE),
+    "finetune_from": ("conv5_block1_1_conv", Predicate(lambda v: isinstance(v, str) and 0 < len(v) <= 128,
+                                                       "a layer name or 'all'")),
+    "early_stopping_patience": (5, Interval("int", 0, 10_000)),
+    "reduce_lr_patience": (2, Interval("int", 0, 10_000)),
+    "reduce_lr_factor": (0.2, _FRACTION_OPEN),
+    "min_learning_rate": (1e-7, Interval("real", 0, 1)),
+    "recalibrate_bn": (False, BOOLEAN),
+    "max_train_images": (None, (None, Interval("int", 4, None))),
+    "precision": ("float32", Options(("float32", "mixed_bfloat16", "mixed_float16"))),
+    "jit_compile": ("auto", (Options(("auto",)), BOOLEAN)),
+    "cache_features": (False, BOOLEAN),
+    # Registered by `pneumoxai import`: never trained, retrained or overwritten by pneumoxai.
+    "imported": (False, BOOLEAN),
 }
 
 DATA_SPEC = {
-    "val_fraction": (0.2, _float_range(0, 1, low_open=True, high_open=True)),
-    "split_seed": (0, _int_range(0)),
-    "test_split": ("test", _one_of("test", "val")),
-    "max_per_class": (None, _optional(_int_range(2))),
-    "subset_seed": (0, _int_range(0)),
+    "val_fraction": (0.2, _FRACTION_OPEN),
+    "split_seed": (0, _SEED),
+    "test_split": ("test", Options(("test", "val"))),
+    "max_per_class": (None, (None, Interval("int", 2, None))),
+    "subset_seed": (0, _SEED),
 }
 
 EVALUATE_SPEC = {
-    "n_boot": (1000, _int_range(0)),
-    "ci": (0.95, _float_range(0, 1, low_open=True, high_open=True)),
-    "threshold": ("youden", ((lambda v: v in ("youden", "f1", "sensitivity", 0.5)
-                              or (isinstance(v, float) and 0 < v < 1)),
-                             "'youden', 'f1', 'sensitivity' or a number in (0, 1)")),
-    "target_sensitivity": (0.95, _float_range(0, 1, low_open=True)),
-    "stacking_cv": (5, _int_range(2)),
-    "tta": (False, _bool()),
-    "batch_size": (64, _int_range(1, 4096)),
+    "n_boot": (1000, Interval("int", 0, 100_000)),
+    "ci": (0.95, _FRACTION_OPEN),
+    "threshold": ("youden", (Options(("youden", "f1", "sensitivity")), _FRACTION_OPEN)),
+    "target_sensitivity": (0.95, Interval("real", 0, 1, closed="right")),
+    "stacking_cv": (5, Interval("int", 2, 100)),
+    "tta": (False, BOOLEAN),
+    "batch_size": (64, Interval("int", 1, 4096)),
 }
 
 EXPLAIN_SPEC = {
-    "methods": (["gradcam", "gradcam++", "shap"], (
-        lambda v: isinstance(v, list) and set(v) <= {"gradcam", "gradcam++", "scorecam", "shap", "saliency"},
-        "a list drawn from ['gradcam', 'gradcam++', 'scorecam', 'shap', 'saliency']")),
-    "max_images": (24, _int_range(1)),
-    "shap_background": (32, _int_range(2)),
-    "shap_samples": (64, _int_range(1)),
-    "seed": (0, _int_range(0)),
+    "methods": (["gradcam", "gradcam++", "shap"],
+                ListOf(Options(("gradcam", "gradcam++", "scorecam", "shap", "saliency")), min_length=1, unique=True)),
+    "max_images": (24, Interval("int", 1, 10_000)),
+    "shap_background": (32, Interval("int", 2, 10_000)),
+    "shap_samples": (64, Interval("int", 1, 10_000)),
+    "seed": (0, _SEED),
 }
 
 SLICES_SPEC = {
-    "min_size": (20, _int_range(1)),
-    "max_order": (2, _one_of(1, 2)),
-    "alpha": (0.05, _float_range(0, 1, low_open=True, high_open=True)),
-    "n_clusters": (6, _int_range(2)),
+    "min_size": (20, Interval("int", 1, None)),
+    "max_order": (2, Options((1, 2))),
+    "alpha": (0.05, _FRACTION_OPEN),
+    "n_clusters": (6, Interval("int", 2, 100)),
+    # Layer whose activations are clustered into the 'cluster' slicing column; null leaves it out.
+    "embedding_layer": ("head_dense2", (None, Predicate(lambda v: isinstance(v, str) and 0 < len(v) <= 128,
+                                                        "a layer name"))),
 }
 
 SECTION_SPECS = {
@@ -159,22 +133,32 @@ SECTION_SPECS = {
 TOP_LEVEL_KEYS = tuple(SECTION_SPECS) + ("members",)
 
 
-def _check_section(section, values, spec, where):
+def _check_keys(values, spec, where):
     if not isinstance(values, dict):
         raise ConfigError(f"Config section '{where}' must be a mapping; got {type(values).__name__}.")
+    not_text = [k for k in values if not isinstance(k, str)]
+    if not_text:
+        raise ConfigError(f"Config keys in '{where}' must be names; got {short_repr(not_text)}.")
     unknown = sorted(set(values) - set(spec))
     if unknown:
-        raise ConfigError(
-            f"Unknown config key(s) {unknown} in '{where}'; valid keys: {sorted(spec)}."
-        )
+        raise ConfigError(f"Unknown config key(s) {short_repr(unknown)} in '{where}'; valid keys: {sorted(spec)}.")
+
+
+def _check_section(section, values, spec, where):
+    _check_keys(values, spec, where)
     resolved = {}
-    for key, (default, (check, text)) in spec.items():
+    for key, (default, constraint) in spec.items():
         value = values.get(key, copy.deepcopy(default))
         if isinstance(value, float) and value.is_integer() and isinstance(default, int) and not isinstance(default, bool):
             value = int(value)
-        if not (key == "name" and section == "defaults" and value is None) and not check(value):
-            raise ConfigError(f"The '{key}' option in '{where}' must be {text}; got {value!r}.")
-        resolved[key] = value
+        if key == "name" and section == "defaults" and value is None:
+            resolved[key] = value
+            continue
+        if isinstance(constraint, Mapping) and isinstance(value, dict):
+            _check_keys(value, constraint.spec, f"{where}.{key}")
+            for inner_key, inner_value in value.items():
+                check_param(None, inner_key, inner_value, constraint.spec[inner_key], where=f"{where}.{key}")
+        resolved[key] = check_param(None, key, value, constraint, where=where)
     return resolved
 
 
@@ -279,12 +263,44 @@ def apply_overrides(raw, overrides):
     return raw
 
 
+_MAX_CONFIG_BYTES = 1 << 20  # a run config is a few KiB; anything near this is not one
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*name`` references let a few hundred bytes
+    expand into gigabytes once the document is walked (the "billion laughs" attack)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a config",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _read_config_file(path):
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    if path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"Config file {str(path)!r} is {path.stat().st_size} bytes; a config is at most "
+                          f"{_MAX_CONFIG_BYTES} bytes.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text) if kind == "JSON" else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (safe loader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    except RecursionError:
+        raise ConfigError(f"Config file {str(path)!r} is nested too deeply to be a config.") from None
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"Config file {str(path)!r} is not valid {kind}: {short_repr(first, 300)}") from None
+
+
 def load_config(path=None, overrides=()):
-    """Read a YAML or JSON config file (safe loader only), apply overrides, validate.
+    """Read a YAML or JSON config file (safe loader, no aliases), apply overrides, validate.
 
     Parameters
     ----------
-    path : str or path-like, optional
+    path : str or path-like, default=None
         Config file; None means the origin recipe with one member named ``member0``.
     overrides : iterable of str
         ``section.key=value`` strings, e.g. from ``--set`` on the command line.
@@ -300,18 +316,11 @@ def load_config(path=None, overrides=()):
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Config file {str(path)!r} does not exist.")
-        text = path.read_text(encoding="utf-8")
-        try:
-            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"Config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from exc
-    return parse_config(apply_overrides(raw, overrides))
-
-
-def member_configs(config):
-    """Return ``{name: member_config}`` in config order."""
-    return {member["name"]: member for member in config["members"]}
+        raw = _read_config_file(path)
+    try:
+        return parse_config(apply_overrides(raw, overrides))
+    except RecursionError:
+        raise ConfigError("The config is nested too deeply to be a config.") from None
 
 
 def config_hash(obj):

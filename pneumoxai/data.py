@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError, SkippedFilesWarning, param_error
+from .errors import ConfigError, DataError, SkippedFilesWarning
+from .validation import Interval, Options, check_labels, check_param
 
 __all__ = [
     "CLASS_NAMES",
@@ -65,7 +66,7 @@ def find_data_root(data=None):
 
     Parameters
     ----------
-    data : str or path-like, optional
+    data : str or path-like, default=None
         Explicit folder. Takes precedence over the environment variable.
 
     Returns
@@ -140,7 +141,7 @@ def scan_dataset(root):
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Dataset folder {str(root)!r} does not exist. {_GET_DATA_HELP}")
-    rows = []
+    rows, skipped = [], []
     found_splits = [split for split in SPLITS if (root / split).is_dir()]
     if not found_splits:
         raise DataError(
@@ -157,13 +158,52 @@ def scan_dataset(root):
                     f"{' and '.join(CLASS_NAMES)} sub-folders."
                 )
             for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
-                if not entry.is_file() or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                path = _resolved_file(entry, skipped)
+                if path is None:
                     continue
                 patient_id, subtype = _parse_name(entry.name, label)
-                rows.append((str(Path(entry.path).resolve()), split, label, class_name, patient_id, subtype))
+                rows.append((path, split, label, class_name, patient_id, subtype))
         if len(rows) == n_before:
             raise DataError(f"Split folder {str(root / split)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
-    return pd.DataFrame(rows, columns=["path", "split", "label", "label_name", "patient_id", "subtype"])
+    if skipped:
+        listed = "; ".join(f"{name} ({why})" for name, why in skipped[:5])
+        warnings.warn(f"{len(skipped)} file(s) skipped while scanning {str(root)!r}: {listed}"
+                      f"{' ...' if len(skipped) > 5 else ''}", SkippedFilesWarning, stacklevel=2)
+    frame = pd.DataFrame(rows, columns=["path", "split", "label", "label_name", "patient_id", "subtype"])
+    return _one_row_per_file(frame)
+
+
+def _resolved_file(entry, skipped):
+    """The absolute, link-free path of a directory entry that is a file, else None (reasons in ``skipped``)."""
+    try:
+        if not entry.is_file():
+            if entry.is_symlink():
+                skipped.append((entry.path, "dangling symbolic link"))
+            return None
+        return str(Path(entry.path).resolve(strict=True))
+    except (OSError, RuntimeError) as exc:  # a symbolic-link loop, or a file that vanished
+        skipped.append((entry.path, f"unreadable ({getattr(exc, 'strerror', None) or exc})"))
+        return None
+
+
+def _one_row_per_file(frame):
+    """Refuse a file that sits under both labels (a link or copy): one of its labels is wrong.
+
+    The same file twice under one label (a link) is kept once, so no image is scored twice.
+    """
+    labels = frame.groupby("path")["label"].nunique()
+    conflicting = labels.index[labels > 1]
+    if len(conflicting):
+        raise DataError(f"{len(conflicting)} file(s) are reached from both NORMAL/ and PNEUMONIA/ (symbolic "
+                        f"links), e.g. {conflicting[0]!r}: one of the two labels is wrong. Remove the link.")
+    repeated = frame.duplicated("path")
+    if repeated.any():
+        warnings.warn(f"{int(repeated.sum())} file(s) are reached twice through symbolic links "
+                      f"(e.g. {frame.loc[repeated, 'path'].iloc[0]!r}); each is kept once.", SkippedFilesWarning,
+                      stacklevel=3)
+    return frame[~repeated].reset_index(drop=True)
 
 
 def manifest_hash(frame, content=True):
@@ -307,6 +347,8 @@ def split_by_patient(frame, val_fraction=0.2, seed=0):
     if not 0.0 < float(val_fraction) < 1.0:
         raise ConfigError(f"The 'val_fraction' parameter of split_by_patient must be in (0, 1); got {val_fraction!r}.")
     patients = _patient_table(frame)
+    check_param("split_by_patient", "val_fraction", val_fraction, Interval("real", 0, 1, closed="neither"))
+    check_param("split_by_patient", "seed", seed, Interval("int", 0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     val_patients = []
     for _, group in patients.groupby("label", sort=True):
@@ -397,7 +439,7 @@ def load_images(paths, size=224, *, channels=3, n_jobs=None, return_mask=False):
     paths : sequence of str or path-like, or pandas.DataFrame with a ``path`` column
     size : int, default=224
     channels : {1, 3}, default=3
-    n_jobs : int, optional
+    n_jobs : int, default=None
         Decoding threads (OpenCV releases the GIL); defaults to the CPU count.
     return_mask : bool, default=False
         Also return a boolean mask of shape (n_paths,) marking the files that loaded.
@@ -416,10 +458,9 @@ def load_images(paths, size=224, *, channels=3, n_jobs=None, return_mask=False):
     if isinstance(paths, pd.DataFrame):
         paths = paths["path"].tolist()
     paths = [str(p) for p in paths]
-    if int(size) < 8:
-        raise ConfigError(f"The 'size' parameter of load_images must be an int >= 8; got {size!r}.")
-    if channels not in (1, 3):
-        raise ConfigError(f"The 'channels' parameter of load_images must be 1 or 3; got {channels!r}.")
+    check_param("load_images", "size", size, Interval("int", 8, 4096))
+    check_param("load_images", "channels", channels, Options((1, 3)))
+    check_param("load_images", "n_jobs", n_jobs, (None, Interval("int", 1, 256)))
     # Each worker writes its image into every channel, so the large output array is
     # filled (and its pages touched) in parallel instead of by a serial np.repeat.
     images = np.empty((len(paths), size, size, channels), dtype=np.float32)
@@ -475,9 +516,10 @@ def balance(images, labels, method="none", *, seed=0):
     class_weight : dict or None
         ``{0: w0, 1: w1}`` for ``class_weight``, otherwise None.
     """
-    labels = np.asarray(labels).astype(np.int64)
-    if method not in BALANCING_METHODS:
-        raise param_error("balance", "method", f"one of {list(BALANCING_METHODS)}", method)
+    check_param("balance", "method", method, Options(BALANCING_METHODS))
+    if len(images) != len(labels):
+        raise DataError(f"balance: {len(images)} images but {len(labels)} labels.")
+    labels = check_labels(labels, len(images), owner="balance", name="labels", both_classes=False).astype(np.int64)
     counts = np.bincount(labels, minlength=2)
     if (counts == 0).any():
         raise DataError(f"Training data needs both classes; got {counts[0]} NORMAL and {counts[1]} PNEUMONIA images.")
@@ -517,10 +559,10 @@ def make_dataset(images, labels=None, *, batch_size=32, training=False, augment=
     Parameters
     ----------
     images : numpy.ndarray of shape (n_samples, H, W, 3), float32 in [0, 1]
-    labels : numpy.ndarray of shape (n_samples,), optional
+    labels : numpy.ndarray of shape (n_samples,), default=None
     batch_size : int, default=32
     training : bool, default=False
-    augment : dict, optional
+    augment : dict, default=None
         ``{"rotation": fraction of a full turn, "flip": bool, "contrast": factor}``;
         ignored unless ``training``.
     seed : int, default=0

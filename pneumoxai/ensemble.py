@@ -38,9 +38,20 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 
-from .calibration import _EPS, _THRESHOLD, _check_probabilities, _logit, _ProbabilityClassifier
-from .errors import DataError, is_int, is_number, param_error
-from .metrics import _check_groups, _check_labels
+from .calibration import _EPS, _logit, _ProbabilityClassifier
+from .errors import DataError, param_error
+from .validation import (
+    OPEN_UNIT_INTERVAL,
+    UNIT_INTERVAL,
+    Interval,
+    Options,
+    Predicate,
+    check_groups,
+    check_labels,
+    check_member_probabilities,
+    check_param,
+    describe,
+)
 
 __all__ = [
     "SoftVoting",
@@ -65,12 +76,6 @@ def _as_weights(value):
     return w
 
 
-def _is_meta(value):
-    if isinstance(value, str):
-        return value == "logistic"
-    return hasattr(value, "fit") and hasattr(value, "predict_proba")
-
-
 _SIZE_METRICS = {
     # name: (scorer(y, score), uses thresholded predictions, greater is better)
     "roc_auc": (roc_auc_score, False, True),
@@ -81,36 +86,33 @@ _SIZE_METRICS = {
     "brier": (brier_score_loss, False, False),
 }
 
-# Every allowed parameter value, in one place: owner -> parameter -> (check, description).
+# Every allowed parameter value, in one place: owner -> parameter -> constraint.
 _CONSTRAINTS = {
     "SoftVoting": {
-        "weights": (
-            lambda v: v is None or (isinstance(v, str) and v == "optimize") or _as_weights(v) is not None,
-            "None, 'optimize' or an array of n_members non-negative numbers",
-        ),
-        "threshold": _THRESHOLD,
+        "weights": (None, Options(("optimize",)),
+                    Predicate(lambda v: not isinstance(v, str) and _as_weights(v) is not None,
+                              "an array of n_members non-negative numbers")),
+        "threshold": UNIT_INTERVAL,
     },
     "HardVoting": {
-        "vote_threshold": (lambda v: is_number(v) and 0 < v < 1, "a number strictly between 0 and 1"),
-        "threshold": _THRESHOLD,
+        "vote_threshold": OPEN_UNIT_INTERVAL,
+        "threshold": UNIT_INTERVAL,
     },
     "Stacking": {
-        "meta": (_is_meta, "'logistic' or a scikit-learn classifier with fit and predict_proba"),
-        "features": (lambda v: isinstance(v, str) and v in ("proba", "logit"), "'proba' or 'logit'"),
-        "cv": (lambda v: is_int(v, 2), "an integer >= 2"),
-        "seed": (lambda v: v is None or is_int(v, 0), "None or an integer >= 0"),
-        "threshold": _THRESHOLD,
+        "meta": (Options(("logistic",)), Predicate(lambda v: hasattr(v, "fit") and hasattr(v, "predict_proba"),
+                                                   "a scikit-learn classifier with fit and predict_proba")),
+        "features": Options(("proba", "logit")),
+        "cv": Interval("int", 2, 100),
+        "seed": (None, Interval("int", 0, 2**32 - 1)),
+        "threshold": UNIT_INTERVAL,
     },
     "diversity": {
-        "threshold": _THRESHOLD,
+        "threshold": UNIT_INTERVAL,
     },
     "ensemble_size_curve": {
-        "combiner": (lambda v: isinstance(v, str) and v in ("soft", "hard"), "'soft' or 'hard'"),
-        "metric": (
-            lambda v: isinstance(v, str) and v in _SIZE_METRICS,
-            "one of " + ", ".join(map(repr, _SIZE_METRICS)),
-        ),
-        "threshold": _THRESHOLD,
+        "combiner": Options(("soft", "hard")),
+        "metric": Options(tuple(_SIZE_METRICS)),
+        "threshold": UNIT_INTERVAL,
     },
 }
 
@@ -118,9 +120,7 @@ _CONSTRAINTS = {
 def _check_args(owner, **args):
     """Check a function's arguments against ``_CONSTRAINTS[owner]``."""
     for name, value in args.items():
-        check, expected = _CONSTRAINTS[owner][name]
-        if not check(value):
-            raise param_error(owner, name, expected, value)
+        check_param(owner, name, value, _CONSTRAINTS[owner][name])
 
 
 def _member_labels(n_members):
@@ -146,19 +146,8 @@ def _check_inputs(P, y=None, *, owner):
     names : list of str
         DataFrame columns, or ``member_0``, ``member_1``, ... for arrays.
     """
-    names = [str(c) for c in P.columns] if isinstance(P, pd.DataFrame) else None
-    try:
-        arr = np.asarray(P, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{owner}: P must hold numeric probabilities ({exc}).") from exc
-    if arr.ndim != 2:
-        hint = " For a single member use P.reshape(-1, 1)." if arr.ndim == 1 else ""
-        raise DataError(f"{owner}: P must be 2-D (n_samples, n_members); got shape {arr.shape}.{hint}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise DataError(f"{owner}: P is empty (shape {arr.shape}).")
-    names = names or _member_labels(arr.shape[1])
-    _check_probabilities(arr, owner, "P", names)
-    labels = None if y is None else _check_labels(y, arr.shape[0])
+    arr, names = check_member_probabilities(P, owner=owner)
+    labels = None if y is None else check_labels(y, arr.shape[0], owner=owner)
     return arr, labels, names
 
 
@@ -253,7 +242,7 @@ class SoftVoting(_Combiner):
         else:
             weights = _as_weights(self.weights)
             if weights.size != n_members:
-                raise param_error("SoftVoting", "weights", self._constraints["weights"][1], self.weights)
+                raise param_error("SoftVoting", "weights", describe(self._constraints["weights"]), self.weights)
             weights = weights / weights.sum()
         self.weights_ = weights
         self.classes_ = np.array([0, 1])
@@ -445,7 +434,7 @@ class Stacking(_Combiner):
         P, y = self._validate(P, y, method="fit", reset=True)
         if trained_on is not None:
             self._refuse_training_rows(np.asarray(trained_on, dtype=bool), P.shape)
-        groups = _check_groups(groups, y.size)
+        groups = check_groups(groups, y.size, owner="Stacking.fit")
         minority = int(min(y.sum(), y.size - y.sum()))
         if minority < self.cv:
             raise DataError(f"Stacking.fit: cv={self.cv} folds need {self.cv} samples of each class; "

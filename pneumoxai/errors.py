@@ -5,20 +5,20 @@ so analysis scripts can catch one type. Classes that signal a bad value also der
 from :class:`ValueError` so generic callers keep working.
 """
 
-import numbers
-
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 __all__ = [
     "PneumoxaiError",
     "DataError",
     "ConfigError",
+    "ModelContractError",
     "WeightsUnavailableError",
     "UnsafeModelError",
     "CacheError",
     "RunFolderError",
     "NotFittedError",
     "SkippedFilesWarning",
+    "ConstantPredictionsWarning",
 ]
 
 
@@ -32,6 +32,10 @@ class DataError(PneumoxaiError, ValueError):
 
 class ConfigError(PneumoxaiError, ValueError):
     """A configuration file or a parameter value is invalid."""
+
+
+class ModelContractError(ConfigError):
+    """A model does not give one probability of PNEUMONIA per [0, 1] image; see ``pneumoxai.models.adapt``."""
 
 
 class WeightsUnavailableError(PneumoxaiError, FileNotFoundError):
@@ -59,17 +63,34 @@ class SkippedFilesWarning(UserWarning):
     """Some input files could not be read and were skipped."""
 
 
-def is_number(value):
-    """A real number (NumPy scalars included), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+class ConstantPredictionsWarning(UserWarning):
+    """A model gives nearly the same probability for every image: often wrongly scaled input."""
 
 
-def is_int(value, minimum):
-    """An integer >= ``minimum`` (NumPy integers included), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+_ECHO_LIMIT = 120  # characters of an offending value echoed in a message
+
+
+def short_repr(value, limit=_ECHO_LIMIT):
+    """``repr(value)`` cut to ``limit`` characters: a message never echoes a huge value whole.
+
+    >>> short_repr("x" * 1000, limit=12)
+    "'xxxxxx...[1002 chars]"
+    """
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not mask the real error
+        return f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 5]}...[{len(text)} chars]"
 
 
 def param_error(owner, name, expected, value):
     """The one wording of a bad parameter value, e.g. ``param_error("SoftVoting", "weights", ...)``:
     "The 'weights' parameter of SoftVoting must be ...; got ...". Returned, for ``raise``."""
-    return ConfigError(f"The {name!r} parameter of {owner} must be {expected}; got {value!r}.")
+    return ConfigError(f"The {name!r} parameter of {owner} must be {expected}; got {short_repr(value)}.")
+
+
+def option_error(where, name, expected, value):
+    """The same wording for a config option: "The 'rotation' option in 'defaults.augment' must be ...; got ..."."""
+    return ConfigError(f"The {name!r} option in {where!r} must be {expected}; got {short_repr(value)}.")

@@ -10,7 +10,7 @@ Maps
     fused map 1/8 of the input side (:func:`fusion_layers` names the layers).
 Where the model looks
     :func:`zone_attention` splits each map's positive mass over the six lung zones of
-    :mod:`pneumoxai._lungs` and the area outside the lungs.
+    :mod:`pneumoxai.lungs` and the area outside the lungs.
 Are the maps faithful?
     :func:`deletion_auc` / :func:`insertion_auc` (Petsiuk, Das & Saenko, "RISE:
     Randomized Input Sampling for Explanation of Black-box Models", BMVC 2018) against
@@ -26,7 +26,9 @@ Per failure slice
 
 Model contract: one input ``(H, W, 3)`` in [0, 1] and one sigmoid output ``(n, 1)`` =
 P(PNEUMONIA), its activation carried by the output layer (``"prediction"``), and a flat
-graph so the feature layer (``"conv5_block3_out"`` for ResNet50) is reachable.
+functional graph so the feature layer (``"conv5_block3_out"`` for ResNet50) is
+reachable. :func:`pneumoxai.models.adapt` brings other Keras classifiers (Sequential,
+nested backbones, softmax or logit heads, other input scalings) to it.
 
 The single-sigmoid output needs care: tf-keras-vis' Score-CAM applies a softmax to the
 model output, which is constantly 1 for one unit and makes every channel weight equal.
@@ -68,8 +70,10 @@ with warnings.catch_warnings():
     from tf_keras_vis.utils.model_modifiers import ModelModifier, ReplaceToLinear
     from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
-from ._lungs import ZONE_NAMES, lung_mask, zones
-from .errors import ConfigError, DataError, param_error
+from .lungs import ZONE_COLUMNS, ZONE_NAMES, lung_mask, zones
+from .errors import ConfigError, DataError, ModelContractError, param_error
+from .models import check_classifier
+from .validation import Interval, Options, check_images, check_param
 
 __all__ = [
     "CAM_METHODS",
@@ -93,6 +97,8 @@ __all__ = [
     "fusion_layers",
     "gradcam",
     "ensemble_gradcam",
+    "resize_maps",
+    "feature_map_size",
     "saliency",
     "shap_maps",
     "background_sample",
@@ -119,8 +125,6 @@ ROAD_ORDERS = ("morf", "lerf")
 #: conv3/conv4 stage outputs: they feed only stride-2 1x1 convolutions, so their gradient is a checkerboard.
 RESNET50_FUSION_LAYERS = ("conv3_block4_1_relu", "conv4_block6_1_relu", "conv5_block3_out")
 RANDOMIZATION_METHODS = CAM_METHODS + ("saliency",)
-#: Columns of :func:`zone_attention`.
-ZONE_COLUMNS = ZONE_NAMES + ("off_lung_attention",)
 
 _THRESHOLD = 0.5  # target="predicted": PNEUMONIA when P(PNEUMONIA) >= this
 _SCORECAM_MAX_BYTES = 2**30  # cap on the masked input copies Score-CAM materialises
@@ -131,65 +135,40 @@ _PERTURBATION_MAX_BYTES = 2**28  # cap on the perturbed copies of deletion/inser
 
 
 def _choice(owner, name, value, allowed):
-    if not isinstance(value, str) or value not in allowed:
-        raise param_error(owner, name, "one of " + ", ".join(map(repr, allowed)), value)
-    return value
+    return check_param(owner, name, value, Options(allowed))
 
 
 def _positive_int(owner, name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise param_error(owner, name, f"an int >= {minimum}", value)
-    return int(value)
+    return int(check_param(owner, name, value, Interval("int", minimum, None)))
 
 
-def _check_model(model):
-    """Check the single-input, single-sigmoid-output contract; return the output layer name."""
-    if not isinstance(model, keras.Model):
-        raise ConfigError(f"model must be a keras.Model; got {type(model).__name__}")
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ConfigError(
-            f"model must have one input and one output; got {len(model.inputs)} inputs "
-            f"and {len(model.outputs)} outputs"
-        )
-    in_shape, out_shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
-    if len(in_shape) != 4 or in_shape[-1] != 3:
-        raise ConfigError(f"model input must be (None, H, W, 3); got {in_shape}")
-    if len(out_shape) != 2 or out_shape[-1] != 1:
-        raise ConfigError(f"model output must be one sigmoid unit (None, 1); got {out_shape}")
-    output_layer = model.get_layer(model.output_names[0])
-    if not hasattr(output_layer, "activation"):
-        raise ConfigError(
-            f"the output layer {output_layer.name!r} must carry the sigmoid as its activation "
-            "(a Dense layer) so its pre-sigmoid logit can be explained"
-        )
+def _check_model(model, owner):
+    """Check the model contract and a flat functional graph; return the output layer's name.
+
+    Beyond :func:`pneumoxai.models.check_classifier`, the explainers need the sigmoid in
+    the output layer (to explain its logit) and no nested models (tf-keras-vis reads
+    ``output_names`` and feature layers of the outer graph).
+    """
+    check_classifier(model, owner)
+    hint = "wrap it with pneumoxai.models.adapt(model, preprocess=...) first"
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    if isinstance(model, keras.Sequential) or nested:
+        what = "is a Sequential model" if isinstance(model, keras.Sequential) else f"nests the model(s) {nested}"
+        raise ModelContractError(f"{owner}: model {model.name!r} {what}; explanations need a flat functional "
+                                 f"model: {hint}.")
+    output_layer = model.outputs[0]._keras_history.operation
+    activation = getattr(output_layer, "activation", None)
+    if activation is None or keras.activations.serialize(activation) != "sigmoid":
+        raise ModelContractError(
+            f"{owner}: the output layer {output_layer.name!r} must carry a sigmoid activation (a Dense layer) so its "
+            f"pre-sigmoid logit can be explained; {hint}.")
     return output_layer.name
 
 
-def _check_images(images, model=None, *, name="images"):
+def _check_images(images, model=None, *, name="images", owner="explain"):
     """Return ``images`` as float32 (n, H, W, 3) in [0, 1], or raise DataError."""
-    arr = np.asarray(images)
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
-    if arr.ndim != 4:
-        raise DataError(f"{name} must have rank 4 (n, H, W, 3); got shape {arr.shape}")
-    if arr.shape[-1] != 3:
-        raise DataError(f"{name} must have 3 channels in the last axis; got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise DataError(f"{name} is empty (n = 0)")
-    arr = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        raise DataError(f"{name} contain NaN or infinite values ({int((~finite).sum())} entries)")
-    if arr.min() < 0 or arr.max() > 1:
-        raise DataError(
-            f"{name} must be scaled to [0, 1]; got values in [{arr.min():.9g}, {arr.max():.9g}] "
-            "(divide uint8 images by 255)"
-        )
-    if model is not None:
-        expected = tuple(model.inputs[0].shape[1:3])
-        if any(e is not None and e != got for e, got in zip(expected, arr.shape[1:3])):
-            raise DataError(f"{name} are {arr.shape[1:3]} pixels but the model expects {expected}")
-    return arr
+    size = None if model is None else tuple(model.inputs[0].shape[1:3])
+    return check_images(images, owner=owner, name=name, size=size)
 
 
 def _check_maps(maps, images):
@@ -239,7 +218,7 @@ def _lattice_only_gradient(model, names):
     """
     import tensorflow as tf
 
-    head = model.get_layer(_check_model(model))
+    head = model.get_layer(_check_model(model, "fusion_layers"))
     probe = np.random.default_rng(0).random((1,) + tuple(model.inputs[0].shape[1:]), dtype=np.float32)
     sub = keras.Model(model.inputs, [model.get_layer(n).output for n in names] + [head.input])
     with tf.GradientTape() as tape:
@@ -286,7 +265,7 @@ def fusion_layers(model, *, n_layers=3):
     >>> h = keras.layers.MaxPooling2D(name="pool_a")(h)
     >>> h = keras.layers.Conv2D(4, 3, padding="same", name="conv_b")(h)
     >>> h = keras.layers.GlobalAveragePooling2D(name="head_pool")(h)
-    >>> fusion_layers(keras.Model(inputs, keras.layers.Dense(1, name="prediction")(h)))
+    >>> fusion_layers(keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(h)))
     ('conv_a', 'conv_b')
     """
     n_layers = _positive_int("fusion_layers", "n_layers", n_layers)
@@ -306,6 +285,32 @@ def fusion_layers(model, *, n_layers=3):
         dense = [name for name in group if not checkerboard[name]]
         picked.append(dense[-1] if dense else group[-1])
     return tuple(picked)
+
+
+def feature_map_size(model, layer=None):
+    """``(h, w)`` of the feature layer a class-activation map of ``model`` is computed on.
+
+    Parameters
+    ----------
+    model : keras.Model
+    layer : str, default=None
+        As in :func:`gradcam`; default the last layer with a 4-D output.
+
+    Returns
+    -------
+    tuple of int
+
+    Examples
+    --------
+    >>> import keras
+    >>> inputs = keras.Input((8, 8, 3), name="image")
+    >>> x = keras.layers.Conv2D(4, 3, strides=2, name="conv_last")(inputs)
+    >>> out = keras.layers.Dense(1, activation="sigmoid", name="prediction")(keras.layers.Flatten()(x))
+    >>> feature_map_size(keras.Model(inputs, out))
+    (3, 3)
+    """
+    shape = model.get_layer(_feature_layer(model, layer)).output.shape
+    return int(shape[1]), int(shape[2])
 
 
 def _predict_proba(model, x, batch_size):
@@ -429,7 +434,7 @@ class MapExplainer:
     ----------
     model : keras.Model
         A member following the module's model contract.
-    batch_size : int, default 16
+    batch_size : int, default=16
         Images per network call (methods that multiply inputs, SmoothGrad and
         Score-CAM, explain fewer images per call so their network batches stay bounded).
 
@@ -443,7 +448,7 @@ class MapExplainer:
     signed = False
 
     def __init__(self, model, *, batch_size=16):
-        self._output_name = _check_model(model)
+        self._output_name = _check_model(model, type(self).__name__)
         self.model = model
         self.batch_size = _positive_int(type(self).__name__, "batch_size", batch_size)
 
@@ -452,9 +457,9 @@ class MapExplainer:
 
         Parameters
         ----------
-        images : array_like, shape (n, H, W, 3)
+        images : array-like, shape (n, H, W, 3)
             Float images in [0, 1] at the model's input size.
-        target : {"pneumonia", "normal", "predicted"} or array_like of bool, shape (n,)
+        target : {"pneumonia", "normal", "predicted"} or array-like of bool, shape (n,)
             Class to explain per image; "predicted" uses P(PNEUMONIA) >= 0.5, an array
             gives it per image (True = PNEUMONIA).
 
@@ -463,7 +468,7 @@ class MapExplainer:
         ndarray of float32, shape (n, H, W)
             One map per image at input resolution; in [0, 1] unless ``signed``.
         """
-        x = _check_images(images, self.model)
+        x = _check_images(images, self.model, owner=type(self).__name__)
         is_pneumonia = _target_is_pneumonia(type(self).__name__, target, self.model, x, self.batch_size)
         out = np.empty(x.shape[:3], np.float32)
         step = self._images_per_call(x.shape)
@@ -485,15 +490,15 @@ class GradCAM(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    layer : str, optional
+    layer : str, default=None
         Feature layer; default the last layer with a 4-D output (``conv5_block3_out``
         for ResNet50 members). Used as given: tf-keras-vis' search for a ``Conv`` layer
         is disabled because it would skip ResNet's post-residual activation.
-    layers : sequence of str, optional
+    layers : sequence of str, default=None
         Instead of ``layer``: several feature layers (e.g. :func:`fusion_layers`).
         Each layer's map is upsampled to the input and min-max scaled; the maps are
         fused by element-wise maximum (Jiang et al., LayerCAM, IEEE TIP 2021).
-    batch_size : int, default 16
+    batch_size : int, default=16
 
     Attributes
     ----------
@@ -565,12 +570,12 @@ class ScoreCAM(GradCAM):
     Parameters
     ----------
     model : keras.Model
-    layer, layers : optional
+    layer, layers : default=None
         As in :class:`GradCAM`.
-    max_n : int, default 32
+    max_n : int, default=32
         Channels kept per image (by spatial std); capped at the layer's channel count.
         tf-keras-vis takes the union over a batch, so a batch may weight more channels.
-    batch_size : int, default 16
+    batch_size : int, default=16
         Masked inputs per prediction call; images per call are reduced so that their
         masked copies stay under 1 GiB.
     """
@@ -608,14 +613,14 @@ class SaliencyMap(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    smooth_samples : int, default 0
+    smooth_samples : int, default=0
         0 for vanilla gradients; otherwise noisy copies averaged (SmoothGrad).
-    noise : float, default 0.2
+    noise : float, default=0.2
         SmoothGrad noise std as a fraction of each image's intensity range.
-    seed : int, default 0
+    seed : int, default=0
         Seeds the SmoothGrad noise (drawn here, not from NumPy's global RNG as
         tf-keras-vis would); one stream per explainer.
-    batch_size : int, default 16
+    batch_size : int, default=16
         Network inputs per call: SmoothGrad explains ``batch_size // smooth_samples``
         images (at least one) per call, all their noisy copies at once.
     """
@@ -657,12 +662,12 @@ class GradientSHAP(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    background : array_like, shape (m, H, W, 3)
+    background : array-like, shape (m, H, W, 3)
         Reference images, e.g. from :func:`background_sample`.
-    n_samples : int, default 32
+    n_samples : int, default=32
         Background/interpolation samples per image.
-    seed : int, default 0
-    batch_size : int, default 16
+    seed : int, default=0
+    batch_size : int, default=16
         Gradient evaluations per call (shap evaluates one image's samples per call).
     """
 
@@ -671,7 +676,7 @@ class GradientSHAP(MapExplainer):
     def __init__(self, model, background, *, n_samples=32, seed=0, batch_size=16):
         super().__init__(model, batch_size=batch_size)
         shap = _import_shap()
-        background = _check_images(background, model, name="background")
+        background = _check_images(background, model, name="background", owner="GradientSHAP")
         self.n_samples = _positive_int("GradientSHAP", "n_samples", n_samples)
         self.seed = int(seed)
         self._explainer = shap.GradientExplainer(
@@ -694,14 +699,14 @@ class PartitionSHAP(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    max_evals : int, default 256
+    max_evals : int, default=256
         Masked evaluations per image.
-    blur : int, optional
+    blur : int, default=None
         Blur kernel size in pixels; default a quarter of the image height (a
         smaller blur leaves small bright findings visible when "masked").
-    seed : int, default 0
+    seed : int, default=0
         Seeds shap's tie-breaking draws.
-    batch_size : int, default 16
+    batch_size : int, default=16
         Masked images per network call.
     """
 
@@ -749,20 +754,20 @@ def gradcam(model, images, *, method="gradcam", layer=None, layers=None, target=
     ----------
     model : keras.Model
         Single-input, single-sigmoid-output member (see the module docstring).
-    images : array_like, shape (n, H, W, 3)
+    images : array-like, shape (n, H, W, 3)
         Float images in [0, 1].
-    method : {"gradcam", "gradcam++", "layercam", "hirescam", "scorecam"}, default "gradcam"
+    method : {"gradcam", "gradcam++", "layercam", "hirescam", "scorecam"}, default="gradcam"
         ``"scorecam"`` is Faster Score-CAM (``max_n`` channels).
-    layer : str, optional
+    layer : str, default=None
         Feature layer; default the last layer with a 4-D output.
-    layers : sequence of str, optional
+    layers : sequence of str, default=None
         Several feature layers instead, fused by element-wise maximum of their
         upsampled, min-max scaled maps (see :class:`GradCAM`, :func:`fusion_layers`).
-    target : {"pneumonia", "normal", "predicted"} or array_like of bool, shape (n,)
+    target : {"pneumonia", "normal", "predicted"} or array-like of bool, shape (n,)
         Gradient methods explain the pre-sigmoid logit (PNEUMONIA) or its negation
         (NORMAL); Score-CAM weights by ``p`` or ``1 - p``.
-    batch_size : int, default 16
-    max_n : int, default 32
+    batch_size : int, default=16
+    max_n : int, default=32
         Score-CAM only: channels kept per image.
 
     Returns
@@ -792,51 +797,114 @@ def gradcam(model, images, *, method="gradcam", layer=None, layers=None, target=
 
 
 def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=None, layers=None,
-                     target="pneumonia", batch_size=16, max_n=32):
+                     target="pneumonia", batch_size=16, max_n=32, size=None):
     """Weighted mean and spread of the members' class-activation maps.
 
     Parameters
     ----------
     models : sequence of keras.Model
-    images : array_like, shape (n, H, W, 3)
-    weights : array_like, shape (m,), optional
-        Non-negative member weights (normalised to sum 1); default equal.
+    images : array-like of shape (n_samples, H, W, 3), or dict of int -> array-like
+        The images, or for members of different input sizes ``{input side: images}``
+        holding the same images at each member's input side.
+    weights : array-like of shape (n_models,), default=None
+        Non-negative member weights (normalised to sum 1), e.g. a combiner's
+        ``weights_``; None gives every member the same weight.
     method, layer, layers, batch_size, max_n
         As in :func:`gradcam`; ``layer=None`` picks each member's own feature layer,
         ``layers="auto"`` each member's own :func:`fusion_layers`.
-    target : {"pneumonia", "normal", "predicted"} or array_like of bool, shape (n,)
+    target : {"pneumonia", "normal", "predicted"} or array-like of bool of shape (n_samples,)
         "predicted" uses the ensemble's weighted mean probability, so every member
         explains the same class.
+    size : int, default=None
+        Side of the returned maps; default the largest input side. Member maps are
+        resized to it (bilinear) before they are combined.
 
     Returns
     -------
-    combined : ndarray of float32, shape (n, H, W)
+    combined : numpy.ndarray of shape (n_samples, size, size), float32
         Weighted mean of the member maps.
-    spread : ndarray of float32, shape (n, H, W)
+    spread : numpy.ndarray of shape (n_samples, size, size), float32
         Weighted per-pixel standard deviation across members.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> def member(side, seed):
+    ...     inputs = keras.Input((side, side, 3), name="image")
+    ...     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv_last",
+    ...                             kernel_initializer=keras.initializers.GlorotUniform(seed))(inputs)
+    ...     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    ...     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(x))
+    >>> rng = np.random.default_rng(0)
+    >>> images = {8: rng.random((2, 8, 8, 3)), 16: rng.random((2, 16, 16, 3))}
+    >>> combined, spread = ensemble_gradcam([member(8, 0), member(16, 1)], images, weights=[3, 1])
+    >>> combined.shape, spread.shape
+    ((2, 16, 16), (2, 16, 16))
     """
+    owner = "ensemble_gradcam"
     models = list(models)
     if not models:
-        raise param_error("ensemble_gradcam", "models", "a non-empty list of models", models)
+        raise param_error(owner, "models", "a non-empty list of models", models)
     w = np.full(len(models), 1.0) if weights is None else np.asarray(weights, np.float64)
     if w.shape != (len(models),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise param_error("ensemble_gradcam", "weights",
-                           f"{len(models)} finite non-negative numbers with a positive sum", weights)
+        raise param_error(owner, "weights", f"{len(models)} finite non-negative numbers with a positive sum",
+                          weights)
     w = w / w.sum()
-    for model in models:
-        _check_model(model)
-    x = _check_images(images, models[0])
-    if isinstance(target, str) and _choice("ensemble_gradcam", "target", target, TARGETS) == "predicted":
-        proba = sum(wi * _predict_proba(m, x, batch_size) for wi, m in zip(w, models))
+    inputs = [_member_images(owner, model, images) for model in models]
+    if len({len(x) for x in inputs}) > 1:
+        raise DataError(f"{owner}: the image arrays for the different input sizes hold different numbers of images.")
+    size = max(x.shape[1] for x in inputs) if size is None else _positive_int(owner, "size", size)
+    if isinstance(target, str) and _choice(owner, "target", target, TARGETS) == "predicted":
+        proba = sum(wi * _predict_proba(m, x, batch_size) for wi, m, x in zip(w, models, inputs))
         target = proba >= _THRESHOLD
     maps = np.stack([
-        _cam_explainer("ensemble_gradcam", m, method, layer, batch_size, max_n,
-                       fusion_layers(m) if isinstance(layers, str) and layers == "auto" else layers)(x, target=target)
-        for m in models
+        resize_maps(_cam_explainer(owner, m, method, layer, batch_size, max_n,
+                                   fusion_layers(m) if isinstance(layers, str) and layers == "auto" else layers)
+                    (x, target=target), size)
+        for m, x in zip(models, inputs)
     ])
     combined = np.tensordot(w, maps, axes=1)
     spread = np.sqrt(np.tensordot(w, (maps - combined) ** 2, axes=1))
     return combined.astype(np.float32), spread.astype(np.float32)
+
+
+def _member_images(owner, model, images):
+    """The checked images for ``model``: the array itself, or the entry of its input side."""
+    _check_model(model, owner)
+    if isinstance(images, dict):
+        side = int(model.input_shape[1])
+        if side not in images:
+            raise DataError(f"{owner}: a member takes {side} px images but images has sides {sorted(images)}.")
+        images = images[side]
+    return _check_images(images, model, owner=owner)
+
+
+def resize_maps(maps, size):
+    """Resize maps to ``size`` x ``size`` (bilinear, half-pixel centres) without rescaling their values.
+
+    Parameters
+    ----------
+    maps : array-like of shape (n_samples, h, w)
+    size : int
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_samples, size, size), float32
+
+    Examples
+    --------
+    >>> resize_maps(np.ones((2, 4, 4)), 8).shape
+    (2, 8, 8)
+    """
+    import cv2
+
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise DataError(f"maps must have shape (n_samples, h, w); got {maps.shape}.")
+    size = _positive_int("resize_maps", "size", size)
+    if maps.shape[1:] == (size, size):
+        return maps
+    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in maps]).astype(np.float32)
 
 
 def saliency(model, images, *, smooth_samples=0, noise=0.2, target="pneumonia", batch_size=16, seed=0):
@@ -861,21 +929,21 @@ def shap_maps(model, images, background=None, *, method="gradient", target="pneu
     Parameters
     ----------
     model : keras.Model
-    images : array_like, shape (n, H, W, 3)
-    background : array_like, shape (m, H, W, 3), optional
+    images : array-like, shape (n, H, W, 3)
+    background : array-like, shape (m, H, W, 3), default=None
         Required by ``"gradient"`` (e.g. :func:`background_sample`); unused by
         ``"partition"``, whose reference is a blurred copy of each image.
-    method : {"gradient", "partition"}, default "gradient"
+    method : {"gradient", "partition"}, default="gradient"
         Expected gradients (``shap.GradientExplainer``) or the partition explainer
         with a blur masker (model-agnostic, slower).
-    target : {"pneumonia", "normal", "predicted"} or array_like of bool, default "pneumonia"
+    target : {"pneumonia", "normal", "predicted"} or array-like of bool, default="pneumonia"
         Sign convention: positive values push toward this class.
-    n_samples : int, default 32
+    n_samples : int, default=32
         ``"gradient"``: samples per image.
-    max_evals : int, default 256
+    max_evals : int, default=256
         ``"partition"``: masked evaluations per image.
-    batch_size : int, default 16
-    seed : int, default 0
+    batch_size : int, default=16
+    seed : int, default=0
 
     Returns
     -------
@@ -901,18 +969,18 @@ def background_sample(images, labels, *, n=32, seed=0):
 
     Parameters
     ----------
-    images : array_like, shape (N, H, W, 3)
-    labels : array_like of {0, 1}, shape (N,)
+    images : array-like, shape (N, H, W, 3)
+    labels : array-like of {0, 1}, shape (N,)
         1 = PNEUMONIA.
-    n : int, default 32
+    n : int, default=32
         Background size (at most N); a class with too few images is topped up from the other.
-    seed : int, default 0
+    seed : int, default=0
 
     Returns
     -------
     ndarray of float32, shape (min(n, N), H, W, 3)
     """
-    x = _check_images(images)
+    x = _check_images(images, owner="background_sample")
     y = np.asarray(labels)
     if y.shape != (len(x),) or not np.isin(y, (0, 1)).all():
         raise DataError(f"labels must be {len(x)} values in {{0, 1}}; got shape {y.shape}")
@@ -932,9 +1000,9 @@ def zone_attention(maps, masks_or_zones):
 
     Parameters
     ----------
-    maps : array_like, shape (n, H, W)
+    maps : array-like, shape (n, H, W)
         Attention or attribution maps; negative values are ignored.
-    masks_or_zones : array_like, shape (n, H, W)
+    masks_or_zones : array-like, shape (n, H, W)
         Bool lung masks (split with :func:`zones`) or integer zone
         ids 0..6 (0 = outside the lungs).
 
@@ -985,8 +1053,8 @@ def _baseline_images(owner, x, baseline):
 
 def _perturbation_auc(owner, model, images, maps, *, insert, steps, baseline, target, batch_size):
     """AUC of the target-class probability while pixels are deleted/inserted by saliency."""
-    _check_model(model)
-    x = _check_images(images, model)
+    _check_model(model, owner)
+    x = _check_images(images, model, owner=owner)
     m = _check_maps(maps, x)
     steps = _positive_int(owner, "steps", steps)
     batch_size = _positive_int(owner, "batch_size", batch_size)
@@ -1021,15 +1089,15 @@ def deletion_auc(model, images, maps, *, steps=20, baseline=0.0, target="pneumon
     Parameters
     ----------
     model : keras.Model
-    images : array_like, shape (n, H, W, 3)
-    maps : array_like, shape (n, H, W)
+    images : array-like, shape (n, H, W, 3)
+    maps : array-like, shape (n, H, W)
         Higher = more important (signed maps rank by value).
-    steps : int, default 20
-    baseline : float in [0, 1] or "blur", default 0.0
+    steps : int, default=20
+    baseline : float in [0, 1] or "blur", default=0.0
         Replacement value, or a Gaussian-blurred copy of the image.
-    target : {"pneumonia", "normal", "predicted"} or array_like of bool, shape (n,)
+    target : {"pneumonia", "normal", "predicted"} or array-like of bool, shape (n,)
         Whose probability is tracked (``p`` or ``1 - p``).
-    batch_size : int, default 32
+    batch_size : int, default=32
         Perturbed images per network call (all steps are predicted together).
 
     Returns
@@ -1057,12 +1125,12 @@ def random_map_baseline(model, images, *, metric="deletion", n_maps=3, steps=20,
 
     Parameters
     ----------
-    metric : {"deletion", "insertion"}, default "deletion"
-    n_maps : int, default 3
+    metric : {"deletion", "insertion"}, default="deletion"
+    n_maps : int, default=3
         Random maps per image, averaged.
-    baseline : float or "blur", optional
+    baseline : float or "blur", default=None
         Default: the metric's own default (0.0 for deletion, "blur" for insertion).
-    seed : int, default 0
+    seed : int, default=0
     model, images, steps, target, batch_size
         As in :func:`deletion_auc`.
 
@@ -1073,7 +1141,7 @@ def random_map_baseline(model, images, *, metric="deletion", n_maps=3, steps=20,
     """
     _choice("random_map_baseline", "metric", metric, FAITHFULNESS_METRICS)
     n_maps = _positive_int("random_map_baseline", "n_maps", n_maps)
-    x = _check_images(images)
+    x = _check_images(images, owner="random_map_baseline")
     if baseline is None:
         baseline = 0.0 if metric == "deletion" else "blur"
     if not isinstance(target, str):  # per-image targets follow the repeated images
@@ -1160,7 +1228,7 @@ def road_impute(images, removed, *, noise=0.0, seed=0):
     >>> road_impute(x, hole)[0, 2, :, 0].round(2)  # a ramp, not a black hole
     array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
     """
-    x = _check_images(images)
+    x = _check_images(images, owner="road_impute")
     mask = np.asarray(removed)
     if mask.shape != x.shape[:3] or mask.dtype != bool:
         raise DataError(f"removed must be a bool array of shape {x.shape[:3]} (n, H, W); got {mask.dtype} "
@@ -1207,8 +1275,8 @@ def road(model, images, maps, *, order="morf", fractions=(0.1, 0.2, 0.3, 0.4, 0.
         Target-class probability after each removal fraction.
     """
     _choice("road", "order", order, ROAD_ORDERS)
-    _check_model(model)
-    x = _check_images(images, model)
+    _check_model(model, "road")
+    x = _check_images(images, model, owner="road")
     m = _check_maps(maps, x)
     f = np.asarray(fractions, np.float64)
     if f.ndim != 1 or len(f) == 0 or not np.isfinite(f).all() or (f < 0).any() or (f >= 1).any():
@@ -1290,13 +1358,13 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
     Parameters
     ----------
     model : keras.Model
-    images : array_like, shape (n, H, W, 3)
-    method : {"gradcam", "gradcam++", "layercam", "hirescam", "scorecam", "saliency"}, default "gradcam"
-    n_layers : int, default 1
+    images : array-like, shape (n, H, W, 3)
+    method : {"gradcam", "gradcam++", "layercam", "hirescam", "scorecam", "saliency"}, default="gradcam"
+    n_layers : int, default=1
         Weighted layers to re-initialise, from the top (cascading randomization).
     layer, layers, target, batch_size, max_n
         As in :func:`gradcam`; "predicted" follows the trained model for both maps.
-    seed : int, default 0
+    seed : int, default=0
         Seeds the re-initialisation.
 
     Returns
@@ -1306,9 +1374,9 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
         ReLU-clipped CAM), which carries no ranking.
     """
     _choice("randomization_check", "method", method, RANDOMIZATION_METHODS)
-    _check_model(model)
+    _check_model(model, "randomization_check")
     n_layers = _positive_int("randomization_check", "n_layers", n_layers)
-    x = _check_images(images, model)
+    x = _check_images(images, model, owner="randomization_check")
     batch_size = _positive_int("randomization_check", "batch_size", batch_size)
     target = _target_is_pneumonia("randomization_check", target, model, x, batch_size)
     randomized = _randomized_copy(model, n_layers, seed)
@@ -1369,8 +1437,8 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         ``randomization_spearman`` (median over images with a non-constant map; NaN
         when re-initialisation leaves every map constant) and ``seconds_per_image``.
     """
-    _check_model(model)
-    x = _check_images(images, model)
+    _check_model(model, "compare_layers")
+    x = _check_images(images, model, owner="compare_layers")
     if isinstance(methods, str) or not len(methods):
         raise param_error("compare_layers", "methods", "a non-empty list drawn from " + ", ".join(CAM_METHODS),
                           methods)

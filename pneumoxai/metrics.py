@@ -27,11 +27,21 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from .errors import ConfigError, DataError, is_int, is_number, param_error
+from .errors import ConfigError, DataError, param_error
+from .validation import (
+    OPEN_UNIT_INTERVAL,
+    UNIT_INTERVAL,
+    Interval,
+    Options,
+    check_binary,
+    check_groups,
+    check_param,
+)
 
 __all__ = [
     "METRICS",
     "REPORTED_ORIGIN",
+    "ORIGIN_ROW",
     "evaluate",
     "choose_threshold",
     "compare",
@@ -50,8 +60,11 @@ METRICS = (
 #: Test-set figures reported by the original project; they are quoted, not recomputed.
 REPORTED_ORIGIN = {"accuracy": 0.902, "precision": 0.884, "recall": 0.921, "f1": 0.902, "roc_auc": 0.96}
 
-_REFERENCE_ROW = "origin (reported)"
+#: Name of the results-table row that holds the origin project's published metrics.
+ORIGIN_ROW = "origin (reported)"
 _THRESHOLD_METHODS = ("youden", "sensitivity", "f1")
+_N_BINS = Interval("int", 1, 10_000)
+_N_BOOT = Interval("int", 0, 1_000_000)
 _ECE_BINS = 10  # binning of the "ece" metric in evaluate and results_table
 # Bootstrap resamples are processed in blocks of at most this many (resample, sample) cells
 # so memory stays bounded on large test sets.
@@ -59,81 +72,6 @@ _BOOT_BLOCK_CELLS = 2_000_000
 
 
 # ---------------------------------------------------------------------------- input checks
-
-
-def _check_prob(y_prob, name="y_prob"):
-    """Return ``y_prob`` as a 1-D float array of finite probabilities, else raise DataError."""
-    try:
-        p = np.asarray(y_prob, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{name} must hold numeric probabilities ({exc}).") from exc
-    if p.ndim != 1:
-        raise DataError(f"{name} must be 1-D with shape (n_samples,); got shape {p.shape}.")
-    if p.size == 0:
-        raise DataError(f"{name} is empty.")
-    n_bad = int((~np.isfinite(p)).sum())
-    if n_bad:
-        raise DataError(f"{name} has {n_bad} NaN or infinite values.")
-    if p.min() < 0 or p.max() > 1:
-        raise DataError(
-            f"{name} must hold probabilities in [0, 1]; got values from {p.min():.4g} to "
-            f"{p.max():.4g}. Pass probabilities, not logits."
-        )
-    return p
-
-
-def _check_labels(y_true, n_samples):
-    """Return ``y_true`` as a 1-D int array of 0/1 holding both classes, else raise DataError."""
-    y = np.asarray(y_true)
-    if y.ndim != 1:
-        raise DataError(f"y_true must be 1-D with shape (n_samples,); got shape {y.shape}.")
-    if y.shape[0] != n_samples:
-        raise DataError(f"y_true has {y.shape[0]} labels but there are {n_samples} predictions.")
-    if not np.isin(y, (0, 1)).all():
-        found = ", ".join(map(repr, np.unique(y)[:5].tolist()))
-        raise DataError(f"y_true must hold only 0 (NORMAL) and 1 (PNEUMONIA); found {found}.")
-    y = y.astype(int)
-    if np.unique(y).size < 2:
-        raise DataError(f"y_true holds a single class ({y[0]}); these metrics need both classes.")
-    return y
-
-
-def _check_binary(y_true, y_prob, name="y_prob"):
-    p = _check_prob(y_prob, name)
-    return _check_labels(y_true, p.size), p
-
-
-def _check_groups(groups, n_samples):
-    if groups is None:
-        return None
-    g = np.asarray(groups)
-    if g.ndim != 1 or g.shape[0] != n_samples:
-        raise DataError(f"groups must have shape ({n_samples},); got shape {g.shape}.")
-    if pd.isna(g).any():
-        raise DataError("groups (patient ids) contains missing values.")
-    return g
-
-
-def _check_threshold(owner, threshold):
-    if not is_number(threshold) or not 0 <= threshold <= 1:
-        raise param_error(owner, "threshold", "a number in [0, 1]", threshold)
-    return float(threshold)
-
-
-def _check_ci(owner, ci):
-    if not is_number(ci) or not 0 < ci < 1:
-        raise param_error(owner, "ci", "a number strictly between 0 and 1", ci)
-
-
-def _check_bootstrap(owner, n_boot, ci):
-    if not is_int(n_boot, 0):
-        raise param_error(owner, "n_boot", "an int >= 0", n_boot)
-    _check_ci(owner, ci)
-
-
-def _check_n_bins(owner, n_bins):
-    if not is_int(n_bins, 1):
-        raise param_error(owner, "n_bins", "an int >= 1", n_bins)
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -154,7 +92,7 @@ def reliability_bins(y_true, y_prob, n_bins=10):
         0/1 labels, 1 = PNEUMONIA.
     y_prob : array-like of shape (n_samples,)
         Predicted probability of PNEUMONIA.
-    n_bins : int, default 10
+    n_bins : int, default=10
         Number of equal-width bins on [0, 1].
 
     Returns
@@ -169,8 +107,8 @@ def reliability_bins(y_true, y_prob, n_bins=10):
     >>> bins[["count", "observed_frequency"]].values.tolist()
     [[2.0, 0.0], [2.0, 1.0]]
     """
-    y, p = _check_binary(y_true, y_prob)
-    _check_n_bins("reliability_bins", n_bins)
+    y, p = check_binary(y_true, y_prob, owner="reliability_bins")
+    check_param("reliability_bins", "n_bins", n_bins, _N_BINS)
     idx = _bin_index(p, n_bins)
     count = np.bincount(idx, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -198,7 +136,7 @@ def expected_calibration_error(y_true, y_prob, n_bins=10):
         0/1 labels, 1 = PNEUMONIA.
     y_prob : array-like of shape (n_samples,)
         Predicted probability of PNEUMONIA.
-    n_bins : int, default 10
+    n_bins : int, default=10
         Number of equal-width bins on [0, 1].
 
     Returns
@@ -211,8 +149,8 @@ def expected_calibration_error(y_true, y_prob, n_bins=10):
     >>> round(expected_calibration_error([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], n_bins=2), 3)
     0.175
     """
-    y, p = _check_binary(y_true, y_prob)
-    _check_n_bins("expected_calibration_error", n_bins)
+    y, p = check_binary(y_true, y_prob, owner="expected_calibration_error")
+    check_param("expected_calibration_error", "n_bins", n_bins, _N_BINS)
     gap = np.bincount(_bin_index(p, n_bins), weights=p - y, minlength=n_bins)
     return float(np.abs(gap).sum() / p.size)
 
@@ -376,15 +314,15 @@ def evaluate(y_true, y_prob, threshold=0.5, n_boot=1000, ci=0.95, seed=0, groups
         0/1 labels, 1 = PNEUMONIA.
     y_prob : array-like of shape (n_samples,)
         Predicted probability of PNEUMONIA.
-    threshold : float, default 0.5
+    threshold : float, default=0.5
         A sample is predicted PNEUMONIA when ``y_prob >= threshold``.
-    n_boot : int, default 1000
+    n_boot : int, default=1000
         Bootstrap resamples; 0 skips the intervals.
-    ci : float, default 0.95
+    ci : float, default=0.95
         Coverage of the intervals.
-    seed : int, default 0
+    seed : int, default=0
         Seed of the local random generator used for resampling.
-    groups : array-like of shape (n_samples,), optional
+    groups : array-like of shape (n_samples,), default=None
         Patient id of each image.
 
     Returns
@@ -403,10 +341,11 @@ def evaluate(y_true, y_prob, threshold=0.5, n_boot=1000, ci=0.95, seed=0, groups
     >>> bool(low <= 0.75 <= high)
     True
     """
-    y, p = _check_binary(y_true, y_prob)
-    threshold = _check_threshold("evaluate", threshold)
-    _check_bootstrap("evaluate", n_boot, ci)
-    groups = _check_groups(groups, y.size)
+    y, p = check_binary(y_true, y_prob, owner="evaluate")
+    threshold = float(check_param("evaluate", "threshold", threshold, UNIT_INTERVAL))
+    check_param("evaluate", "n_boot", n_boot, _N_BOOT)
+    check_param("evaluate", "ci", ci, OPEN_UNIT_INTERVAL)
+    groups = check_groups(groups, y.size, owner="evaluate")
     values, cm = _point_metrics(y, p, threshold)
     intervals = {}
     if n_boot:
@@ -429,10 +368,10 @@ def choose_threshold(y_true, y_prob, method="youden", target=None):
         0/1 labels, 1 = PNEUMONIA.
     y_prob : array-like of shape (n_samples,)
         Predicted probability of PNEUMONIA.
-    method : {"youden", "sensitivity", "f1"}, default "youden"
+    method : {"youden", "sensitivity", "f1"}, default="youden"
         ``"youden"`` maximises sensitivity + specificity - 1; ``"sensitivity"`` returns the
         highest threshold whose sensitivity reaches ``target``; ``"f1"`` maximises F1.
-    target : float in (0, 1], optional
+    target : float in (0, 1], default=None
         Required sensitivity; only for ``method="sensitivity"``.
 
     Returns
@@ -447,14 +386,10 @@ def choose_threshold(y_true, y_prob, method="youden", target=None):
     >>> choose_threshold(y, p, method="sensitivity", target=1.0)
     0.4
     """
-    y, p = _check_binary(y_true, y_prob)
-    if method not in _THRESHOLD_METHODS:
-        raise param_error("choose_threshold", "method", "one of " + ", ".join(map(repr, _THRESHOLD_METHODS)),
-                           method)
+    y, p = check_binary(y_true, y_prob, owner="choose_threshold")
+    check_param("choose_threshold", "method", method, Options(_THRESHOLD_METHODS))
     if method == "sensitivity":
-        if not is_number(target) or not 0 < target <= 1:
-            raise param_error("choose_threshold", "target", "a number in (0, 1] with method='sensitivity'",
-                               target)
+        check_param("choose_threshold", "target", target, Interval("real", 0, 1, closed="right"))
     elif target is not None:
         raise param_error("choose_threshold", "target", f"None with method={method!r} (it is only used "
                            "with method='sensitivity')", target)
@@ -516,9 +451,9 @@ def compare(y_true, p_a, p_b, threshold=0.5, ci=0.95):
         0/1 labels, 1 = PNEUMONIA.
     p_a, p_b : array-like of shape (n_samples,)
         Probabilities of PNEUMONIA from model A and model B.
-    threshold : float or (float, float), default 0.5
+    threshold : float or (float, float), default=0.5
         Threshold of both models, or one per model.
-    ci : float, default 0.95
+    ci : float, default=0.95
         Coverage of the interval of the AUC difference.
 
     Returns
@@ -540,15 +475,15 @@ def compare(y_true, p_a, p_b, threshold=0.5, ci=0.95):
     """
     from statsmodels.stats.contingency_tables import mcnemar  # slow import; only needed here
 
-    y, pa = _check_binary(y_true, p_a, "p_a")
-    _, pb = _check_binary(y, p_b, "p_b")
+    y, pa = check_binary(y_true, p_a, owner="compare", name="p_a")
+    _, pb = check_binary(y, p_b, owner="compare", name="p_b")
     if isinstance(threshold, (tuple, list)):
         if len(threshold) != 2:
             raise param_error("compare", "threshold", "a number or a pair of numbers", threshold)
-        t_a, t_b = (_check_threshold("compare", t) for t in threshold)
+        t_a, t_b = (float(check_param("compare", "threshold", t, UNIT_INTERVAL)) for t in threshold)
     else:
-        t_a = t_b = _check_threshold("compare", threshold)
-    _check_ci("compare", ci)
+        t_a = t_b = float(check_param("compare", "threshold", threshold, UNIT_INTERVAL))
+    check_param("compare", "ci", ci, OPEN_UNIT_INTERVAL)
 
     aucs, cov = _delong(y, np.vstack([pa, pb]))
     diff = float(aucs[0] - aucs[1])
@@ -613,11 +548,11 @@ def results_table(y_true, probs, threshold=0.5, n_boot=1000, ci=0.95, seed=0, gr
         0/1 labels, 1 = PNEUMONIA.
     probs : dict of str -> array-like of shape (n_samples,)
         Probability of PNEUMONIA of each model.
-    threshold : float or dict of str -> float, default 0.5
+    threshold : float or dict of str -> float, default=0.5
         One threshold for all models, or one per model name.
     n_boot, ci, seed, groups
         As in :func:`evaluate`.
-    reference : bool, default True
+    reference : bool, default=True
         Append the row ``"origin (reported)"`` with the original project's published
         figures (:data:`REPORTED_ORIGIN`); other cells of that row are NaN.
 
@@ -648,8 +583,8 @@ def results_table(y_true, probs, threshold=0.5, n_boot=1000, ci=0.95, seed=0, gr
         thresholds = dict(threshold)
     else:
         thresholds = dict.fromkeys(probs, threshold)
-    if reference and _REFERENCE_ROW in probs:
-        raise ConfigError(f"{_REFERENCE_ROW!r} is reserved for the reference row; rename that model.")
+    if reference and ORIGIN_ROW in probs:
+        raise ConfigError(f"{ORIGIN_ROW!r} is reserved for the reference row; rename that model.")
 
     rows = {}
     for name, y_prob in probs.items():
@@ -663,7 +598,7 @@ def results_table(y_true, probs, threshold=0.5, n_boot=1000, ci=0.95, seed=0, gr
             row[f"{metric}_low"], row[f"{metric}_high"] = res["ci"].get(metric, (np.nan, np.nan))
         rows[name] = row
     if reference:
-        rows[_REFERENCE_ROW] = {"source": "reported", **REPORTED_ORIGIN}
+        rows[ORIGIN_ROW] = {"source": "reported", **REPORTED_ORIGIN}
     columns = ["source", "threshold", "n", *METRICS, "tn", "fp", "fn", "tp"]
     columns += [f"{m}_{end}" for m in METRICS for end in ("low", "high")]
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
@@ -683,7 +618,7 @@ def table_to_markdown(table, metrics=("accuracy", "precision", "recall", "f1", "
         Output of :func:`results_table`.
     metrics : sequence of str
         Metric columns to show, in order.
-    digits : int, default 3
+    digits : int, default=3
         Decimal places.
 
     Returns

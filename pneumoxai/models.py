@@ -8,6 +8,11 @@ the model maps them to what each backbone's pretrained weights expect.
 Layer names: ``image`` (input), ``preprocess``, backbone layers as in
 ``keras.applications``, then ``head_pool``, ``head_dense1``, ``head_bn1``,
 ``head_dropout1``, ``head_dense2``, ``head_bn2``, ``head_dropout2``, ``prediction``.
+
+Model contract, for members and any other model given to pneumoxai: one input of
+(n, H, W, 3) float32 images in [0, 1], one (n, 1) output = P(PNEUMONIA) from a
+sigmoid ``Dense`` layer named ``prediction``, a flat graph. :func:`check_classifier`
+enforces it at every entry point; :func:`adapt` brings other Keras classifiers to it.
 """
 
 import contextlib
@@ -22,7 +27,9 @@ import numpy as np
 
 from . import _io
 from .config import MEMBER_SPEC
-from .errors import ConfigError, DataError, RunFolderError, UnsafeModelError, WeightsUnavailableError, param_error
+from .errors import (CacheError, ConfigError, ConstantPredictionsWarning, DataError, ModelContractError,
+                     RunFolderError, UnsafeModelError, WeightsUnavailableError, param_error, short_repr)
+from .validation import Interval, Options, Predicate, check_images, check_param, check_probabilities
 
 import keras  # noqa: E402  (after the light imports, so config errors surface before TF loads)
 
@@ -31,15 +38,20 @@ __all__ = [
     "CARD_FORMAT",
     "PRECISIONS",
     "STRATEGIES",
+    "PREPROCESS_MODES",
     "BackbonePreprocess",
+    "adapt",
+    "check_classifier",
     "build_member",
     "get_strategy",
     "is_chief",
     "train_member",
     "recalibrate_batchnorm",
     "predict_proba",
+    "predict_on_padded_batch",
     "save_member",
     "load_member",
+    "read_card",
     "is_member_dir",
 ]
 
@@ -47,12 +59,16 @@ CARD_FORMAT = 1
 MODEL_FILE = "model.keras"
 CARD_FILE = "card.json"
 
+#: What a ``preprocess`` layer maps [0, 1] images to (see :class:`BackbonePreprocess`).
+PREPROCESS_MODES = ("caffe", "torch", "tf", "0-255", "0-1")
 # backbone -> (keras.applications constructor, preprocessing mode, last conv block layer)
 BACKBONES = {
     "resnet50": ("ResNet50", "caffe", "conv5_block3_out"),
     "densenet121": ("DenseNet121", "torch", "relu"),
-    "efficientnetb0": ("EfficientNetB0", "raw255", "top_activation"),
+    "efficientnetb0": ("EfficientNetB0", "0-255", "top_activation"),
 }
+# Nearly constant predictions over this many images or more are a sign of wrongly scaled input.
+_CONSTANT_MIN_IMAGES, _CONSTANT_MAX_STD = 8, 1e-3
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multiworker")
 _WEIGHT_FILES = {
@@ -64,14 +80,18 @@ _WEIGHT_FILES = {
 
 @keras.saving.register_keras_serializable(package="pneumoxai")
 class BackbonePreprocess(keras.layers.Layer):
-    """Map [0, 1] RGB images to a backbone's expected input.
+    """Map [0, 1] RGB images to what a model expects.
 
     Parameters
     ----------
-    mode : {"caffe", "torch", "raw255"}
-        ``caffe``: RGB->BGR, x255, minus the ImageNet channel means (ResNet50);
+    mode : {"caffe", "torch", "tf", "0-255", "0-1"}
+        ``caffe``: RGB->BGR, x255, minus the ImageNet channel means (ResNet50, VGG;
+        ``keras.applications.resnet50.preprocess_input``);
         ``torch``: ImageNet mean/std standardisation (DenseNet121);
-        ``raw255``: x255, the model normalises itself (EfficientNet).
+        ``tf``: [-1, 1] (MobileNet, Inception);
+        ``0-255``: x255, the model normalises itself (EfficientNet, or a model that
+        starts with ``Rescaling(1/255)``);
+        ``0-1``: identity.
     """
 
     _MEANS = {"caffe": (103.939, 116.779, 123.68), "torch": (0.485, 0.456, 0.406)}
@@ -79,14 +99,18 @@ class BackbonePreprocess(keras.layers.Layer):
 
     def __init__(self, mode="caffe", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("caffe", "torch", "raw255"):
-            raise ConfigError(f"The 'mode' parameter of BackbonePreprocess must be 'caffe', 'torch' or 'raw255'; got {mode!r}.")
-        self.mode = mode
+        if mode == "raw255":  # the name in members saved before "0-255"
+            mode = "0-255"
+        self.mode = check_param("BackbonePreprocess", "mode", mode, Options(PREPROCESS_MODES))
 
     def call(self, inputs):
         ops = keras.ops
-        if self.mode == "raw255":
+        if self.mode == "0-1":
+            return inputs
+        if self.mode == "0-255":
             return inputs * 255.0
+        if self.mode == "tf":
+            return inputs * 2.0 - 1.0
         if self.mode == "caffe":
             bgr = ops.flip(inputs, axis=-1) * 255.0
             return bgr - ops.convert_to_tensor(self._MEANS["caffe"], dtype=inputs.dtype)
@@ -96,6 +120,31 @@ class BackbonePreprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+class _CallablePreprocess(keras.layers.Layer):
+    """A user's preprocessing function as a layer, for :func:`adapt`.
+
+    Unlike ``keras.layers.Lambda`` it keeps the function object in its config, so
+    ``keras.models.clone_model`` (which the explainers use) works; such a model cannot
+    be saved to a file: use one of :data:`PREPROCESS_MODES` for that.
+
+    Parameters
+    ----------
+    function : callable
+        Maps a float32 tensor of [0, 1] images (n, H, W, 3) to the model's input,
+        with ``keras.ops`` (traceable).
+    """
+
+    def __init__(self, function, **kwargs):
+        super().__init__(**kwargs)
+        self.function = function
+
+    def call(self, inputs):
+        return self.function(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "function": self.function}
 
 
 def _keras_cache_dir():
@@ -197,7 +246,7 @@ def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", see
     dropout : float, default=0.5
     l2 : float, default=1e-4
         L2 penalty on the dense kernels.
-    bn_momentum : float, optional
+    bn_momentum : float, default=None
         Momentum of every batch-norm layer's moving statistics. Keras' 0.99 lags
         behind fast-changing weights when training from scratch (inference-mode
         predictions collapse to one class); 0.9 tracks them.
@@ -225,13 +274,9 @@ def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", see
     >>> model.output_shape, model.get_layer("conv5_block3_out").output.shape[1:]
     ((None, 1), (1, 1, 2048))
     """
-    if backbone not in BACKBONES:
-        raise ConfigError(f"The 'backbone' parameter of build_member must be one of {list(BACKBONES)}; got {backbone!r}.")
-    if not isinstance(input_size, int) or input_size < 32:
-        raise ConfigError(f"The 'input_size' parameter of build_member must be an int >= 32; got {input_size!r}.")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"The 'precision' parameter of build_member must be one of {list(PRECISIONS)}; "
-                          f"got {precision!r}.")
+    check_param("build_member", "backbone", backbone, Options(tuple(BACKBONES)))
+    check_param("build_member", "input_size", input_size, Interval("int", 32, 1024))
+    check_param("build_member", "precision", precision, Options(PRECISIONS))
     _warn_if_emulated(precision)
     with _dtype_policy(precision):
         model = _build(input_size, weights, backbone, seed, dense_units, dropout, l2, name)
@@ -288,7 +333,7 @@ def get_strategy(name="default", *, devices=None):
         synchronous data parallelism over the GPUs of one machine (all of them unless
         ``devices`` is given). ``multiworker``: synchronous data parallelism over
         several machines, configured by the ``TF_CONFIG`` environment variable.
-    devices : list of str, optional
+    devices : list of str, default=None
         Devices for ``mirrored``, e.g. ``["/gpu:0", "/gpu:1"]``.
 
     Returns
@@ -394,7 +439,7 @@ def recalibrate_batchnorm(model, images, *, batch_size=64, max_batches=None):
     images : numpy.ndarray of shape (n_samples, H, W, 3)
         Training images without augmentation.
     batch_size : int, default=64
-    max_batches : int, optional
+    max_batches : int, default=None
     """
     bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
@@ -432,35 +477,329 @@ def predict_proba(model, images, *, batch_size=64):
     Returns
     -------
     numpy.ndarray of shape (n_samples,), float64
+
+    Raises
+    ------
+    ModelContractError
+        The model does not output one probability per image (see :func:`adapt`).
+
+    Warns
+    -----
+    ConstantPredictionsWarning
+        Nearly the same probability for 8 or more images.
     """
+    check_classifier(model, "predict_proba")
     images = _check_images(images, model)
     if len(images) == 0:
         return np.empty(0)
     if model.distribute_strategy.num_replicas_in_sync > 1:
         # predict_on_batch returns one copy of the batch per replica under a mirrored strategy.
-        return np.asarray(model.predict(images, batch_size=batch_size, verbose=0)).reshape(-1).astype(np.float64)
-    out = []
-    for start in range(0, len(images), batch_size):
+        proba = model.predict(images, batch_size=batch_size, verbose=0)
+    else:
         # predict_on_batch reuses one compiled function: no per-call tf.data setup as in
         # model.predict, and no eager layer-by-layer dispatch as in model(x).
-        out.append(np.asarray(model.predict_on_batch(images[start:start + batch_size])).reshape(-1))
-    return np.concatenate(out).astype(np.float64)
+        proba = np.concatenate([predict_on_padded_batch(model, images[start:start + batch_size], batch_size)
+                                for start in range(0, len(images), batch_size)])
+    return check_classifier(model, "predict_proba", probabilities=proba, warn_constant=True)
 
 
-def _check_images(images, model=None):
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise DataError(f"Images must have shape (n_samples, H, W, 3); got {images.shape}.")
-    if model is not None and tuple(images.shape[1:3]) != tuple(model.input_shape[1:3]):
-        raise DataError(
-            f"Images are {images.shape[1]}x{images.shape[2]} but the model expects "
-            f"{model.input_shape[1]}x{model.input_shape[2]}; load them with load_images(..., size={model.input_shape[1]})."
-        )
-    if images.dtype != np.float32:
-        images = images.astype(np.float32)
-    if not np.isfinite(images).all():
-        raise DataError("Images contain NaN or infinite values.")
-    return images
+def predict_on_padded_batch(model, batch, batch_size):
+    """``model.predict_on_batch`` on a batch padded to ``batch_size`` rows, padding dropped.
+
+    One input shape means one traced function per model: a short last batch would
+    retrace it (and TensorFlow would warn about retracing).
+
+    Parameters
+    ----------
+    model : keras.Model
+    batch : numpy.ndarray of shape (n, ...) with 1 <= n <= batch_size
+    batch_size : int
+
+    Returns
+    -------
+    numpy.ndarray of shape (n, ...)
+    """
+    n = len(batch)
+    if n < batch_size:
+        batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+    return np.asarray(model.predict_on_batch(batch))[:n]
+
+
+def _check_images(images, model=None, *, owner="predict_proba", name="images"):
+    size = None if model is None else tuple(model.input_shape[1:3])
+    return check_images(images, owner=owner, name=name, size=size)
+
+
+# --------------------------------------------------------------------------- models pneumoxai did not train
+
+
+def check_classifier(model, owner, *, probabilities=None, warn_constant=False):
+    """Refuse a model that does not give one probability of PNEUMONIA per image.
+
+    The contract every model entry point relies on: a ``keras.Model`` with one
+    ``(None, H, W, 3)`` input and one ``(None, 1)`` output in [0, 1]. :func:`adapt`
+    brings other Keras classifiers (softmax or logit heads, other input scalings) to it.
+
+    Parameters
+    ----------
+    model : keras.Model
+    owner : str
+        The public function that checks, named in the messages.
+    probabilities : array_like of shape (n_samples, 1) or (n_samples,), optional
+        The model's outputs on some images; checked to be finite and in [0, 1].
+    warn_constant : bool, default=False
+        Warn (:class:`~pneumoxai.errors.ConstantPredictionsWarning`) when the
+        ``probabilities`` of 8 or more images have a standard deviation below 1e-3.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_samples,), float64, or None
+        ``probabilities`` flattened, when given.
+
+    Raises
+    ------
+    ModelContractError
+        Not a Keras model, several inputs or outputs, an output that is not one unit,
+        or probabilities outside [0, 1].
+
+    Examples
+    --------
+    >>> inputs = keras.Input((8, 8, 3), name="image")
+    >>> pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    >>> softmax = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    >>> check_classifier(softmax, "predict_proba")
+    Traceback (most recent call last):
+    ...
+    pneumoxai.errors.ModelContractError: predict_proba: model ... outputs shape (None, 2), not one sigmoid unit ...
+    """
+    hint = "wrap it with pneumoxai.models.adapt(model, preprocess=..., positive_index=...) first."
+    if not isinstance(model, keras.Model):
+        raise ModelContractError(f"{owner}: model must be a keras.Model; got {type(model).__name__}.")
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError) as exc:  # a Sequential model never built or called
+        raise ModelContractError(f"{owner}: model {model.name!r} has no input shape yet; call "
+                                 "model.build((None, H, W, 3)) or start it with keras.Input((H, W, 3)).") from exc
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelContractError(f"{owner}: model {model.name!r} must have one input and one output; got "
+                                 f"{len(inputs)} inputs and {len(outputs)} outputs.")
+    in_shape, out_shape = tuple(inputs[0].shape), tuple(outputs[0].shape)
+    if len(in_shape) != 4 or in_shape[-1] != 3:
+        raise ModelContractError(f"{owner}: model {model.name!r} input must be (None, H, W, 3); got {in_shape}.")
+    if out_shape[1:] != (1,):
+        raise ModelContractError(f"{owner}: model {model.name!r} outputs shape {out_shape}, not one sigmoid unit "
+                                 f"(None, 1) = P(PNEUMONIA) per image; {hint}")
+    if probabilities is None:
+        return None
+    try:
+        proba = check_probabilities(np.asarray(probabilities).reshape(-1), owner=owner,
+                                    name=f"the output of model {model.name!r}")
+    except DataError as exc:  # a linear (logit) head, or NaN from the model itself
+        raise ModelContractError(f"{exc} If the model ends in a linear unit, {hint}") from None
+    if warn_constant and len(proba) >= _CONSTANT_MIN_IMAGES and proba.std() < _CONSTANT_MAX_STD:
+        warnings.warn(
+            f"{owner}: model {model.name!r} gives nearly the same probability to all {len(proba)} images "
+            f"(mean {proba.mean():.4f}, std {proba.std():.2g}). Often the images are scaled differently from "
+            "training: pneumoxai feeds [0, 1] images, so wrap a model trained on other input with "
+            "pneumoxai.models.adapt(model, preprocess=...).", ConstantPredictionsWarning, stacklevel=3)
+    return proba
+
+
+def adapt(model, *, preprocess="0-1", positive_index=None, name=None):
+    """Bring a Keras classifier pneumoxai did not train to the model contract.
+
+    The result takes pneumoxai's images (float32 in [0, 1]) and outputs
+    P(PNEUMONIA) from one sigmoid unit, like a member of :func:`build_member`, so
+    every prediction, explanation and faithfulness function accepts it:
+    ``adapt(model, preprocess=p)(x) == model(p(x))`` to float precision.
+
+    The graph is rebuilt layer by layer on the same layer objects (their weights are
+    shared with ``model``, not copied): nested models, e.g. a ``keras.applications``
+    backbone inside a ``Sequential``, are flattened so their layers are reachable by
+    name (``adapted.get_layer("conv5_block3_out")``). Layers: ``image`` (input),
+    ``preprocess``, the model's own layers, then ``prediction``, a ``Dense(1, sigmoid)``
+    that replaces the model's last ``Dense`` (and a trailing sigmoid or softmax
+    activation layer, if any) with weights computed from it at adapt time:
+
+    - one sigmoid unit: the same kernel and bias;
+    - one linear unit (a logit): the same kernel and bias, plus the sigmoid;
+    - two softmax (or linear, softmax-logit) units ``z0, z1``: the logit difference
+      ``z1 - z0`` as one unit, whose sigmoid is exactly the softmax probability of
+      unit 1 (``positive_index`` picks the PNEUMONIA unit).
+
+    Parameters
+    ----------
+    model : keras.Model
+        Functional or Sequential, built, with one (None, H, W, 3) input and one
+        output whose last layer is a ``Dense`` with 1 or 2 units.
+    preprocess : {"caffe", "torch", "tf", "0-255", "0-1"} or callable, default="0-1"
+        What the model was trained on, as a function of [0, 1] images (see
+        :class:`BackbonePreprocess`): ``"caffe"`` for
+        ``keras.applications.resnet50.preprocess_input`` of 0-255 pixels, ``"0-255"``
+        for a model that starts with ``Rescaling(1/255)``. A callable maps a float32
+        tensor of [0, 1] images to the model's input with ``keras.ops``; a model with a
+        callable cannot be saved to a file.
+    positive_index : {0, 1}, optional
+        Two-unit heads only: the PNEUMONIA unit; default 1 (the second class in
+        alphabetical order, as ``keras.utils.image_dataset_from_directory`` labels
+        NORMAL/PNEUMONIA folders).
+    name : str, optional
+        Name of the adapted model; default the model's name.
+
+    Returns
+    -------
+    keras.Model
+        Maps (n_samples, H, W, 3) images in [0, 1] to (n_samples, 1) probabilities.
+
+    Raises
+    ------
+    ModelContractError
+        A model outside what adapt handles (several inputs or outputs, a head with
+        more than two units, a last layer that is not a ``Dense``, ...).
+    ConfigError
+        A bad ``preprocess``, ``positive_index`` or ``name``.
+
+    Examples
+    --------
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    >>> softmax = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    >>> adapted = adapt(softmax, preprocess="caffe")
+    >>> x = np.random.default_rng(0).random((4, 8, 8, 3)).astype("float32")
+    >>> own = softmax.predict(keras.applications.resnet50.preprocess_input(x * 255), verbose=0)[:, 1]
+    >>> bool(np.allclose(adapted.predict(x, verbose=0)[:, 0], own, atol=1e-6))
+    True
+    >>> [layer.name for layer in adapted.layers][:2], adapted.layers[-1].name
+    (['image', 'preprocess'], 'prediction')
+    """
+    owner = "adapt"
+    if not isinstance(model, keras.Model):
+        raise ModelContractError(f"{owner}: model must be a keras.Model; got {type(model).__name__}.")
+    check_param(owner, "name", name, (None, Predicate(lambda value: isinstance(value, str), "a str")))
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError) as exc:
+        raise ModelContractError(f"{owner}: model {model.name!r} has no input shape yet; call "
+                                 "model.build((None, H, W, 3)) or start it with keras.Input((H, W, 3)).") from exc
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelContractError(f"{owner}: model {model.name!r} must have one input and one output; got "
+                                 f"{len(inputs)} inputs and {len(outputs)} outputs.")
+    in_shape = tuple(inputs[0].shape)
+    if len(in_shape) != 4 or in_shape[-1] != 3 or None in in_shape[1:3]:
+        raise ModelContractError(f"{owner}: model {model.name!r} input must be (None, H, W, 3) with a fixed H and "
+                                 f"W; got {in_shape}.")
+    image = keras.Input(in_shape[1:], name="image")
+    x = image
+    layer = _preprocess_layer(preprocess, model)
+    if layer is not None:
+        x = layer(x)
+    dense, activation, features = _last_dense(_flat_call(model, x), model)
+    prediction = keras.layers.Dense(1, activation="sigmoid", use_bias=dense.use_bias, dtype="float32",
+                                    name="prediction")
+    probability = prediction(features)
+    prediction.set_weights(_single_logit(dense, activation, positive_index))
+    try:
+        return keras.Model(image, probability, name=name or model.name)
+    except ValueError as exc:
+        if "unique" not in str(exc):
+            raise
+        raise ModelContractError(f"{owner}: the flattened model {model.name!r} has two layers with one name "
+                                 f"(its own and a nested model's, or 'preprocess'/'prediction'): {exc}") from exc
+
+
+def _preprocess_layer(preprocess, model):
+    """The ``preprocess`` layer put in front of ``model``, or None."""
+    check_param("adapt", "preprocess", preprocess, (Options(PREPROCESS_MODES), Predicate(callable, "a callable")))
+    if callable(preprocess):
+        return _CallablePreprocess(preprocess, name="preprocess")
+    if preprocess == "0-1" and "preprocess" in _layer_names(model):
+        return None  # e.g. a pneumoxai member: its own preprocess layer stays the one of that name
+    return BackbonePreprocess(preprocess, name="preprocess")
+
+
+def _layer_names(model):
+    names = set()
+    for layer in model.layers:
+        names |= _layer_names(layer) if isinstance(layer, keras.Model) else {layer.name}
+    return names
+
+
+def _flat_call(operation, *args, **kwargs):
+    """Call ``operation`` on symbolic tensors; a nested Sequential/functional model is replayed layer by layer.
+
+    A ``training`` value the nested model was called with (``base(x, training=False)``
+    in Keras' transfer-learning guide) is passed on to its layers.
+    """
+    training = kwargs.get("training")
+
+    def inner(layer, kwargs):
+        if training is not None and getattr(layer, "_call_has_training_arg", False):
+            kwargs = {"training": training, **kwargs}
+        return kwargs
+
+    if isinstance(operation, keras.Sequential):
+        (x,) = args
+        for layer in operation.layers:
+            x = _flat_call(layer, x, **inner(layer, {}))
+        return x
+    if isinstance(operation, keras.Model) and hasattr(operation, "_run_through_graph"):
+        # Functional models replay their graph this way in their own call().
+        return operation._run_through_graph(
+            args[0], call_fn=lambda layer, *a, **k: _flat_call(layer, *a, **inner(layer, k)))
+    return operation(*args, **kwargs)
+
+
+def _producer(tensor):
+    """(layer, its input tensor) that computed a symbolic tensor."""
+    layer, node_index, _ = tensor._keras_history
+    return layer, layer._inbound_nodes[node_index].input_tensors[0]
+
+
+def _activation_name(layer):
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax" if layer.axis in (-1, [-1]) else None
+    activation = getattr(layer, "activation", None)
+    name = keras.activations.serialize(activation) if activation is not None else None
+    return name if isinstance(name, str) else None
+
+
+def _last_dense(output, model):
+    """(last Dense layer, its head's activation name, the Dense's input tensor) of a flattened output."""
+    layer, features = _producer(output)
+    activation = _activation_name(layer)
+    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
+        layer, features = _producer(features)
+        if _activation_name(layer) != "linear":
+            layer = None
+    if not isinstance(layer, keras.layers.Dense):
+        raise ModelContractError(
+            f"adapt: the last layer of model {model.name!r} must be a Dense layer (optionally followed by a sigmoid or "
+            f"softmax Activation layer); got {type(layer).__name__}.")
+    units = layer.units
+    heads = {1: ("sigmoid", "linear"), 2: ("softmax", "linear")}
+    if len(output.shape) != 2 or activation not in heads.get(units, ()):
+        raise ModelContractError(
+            f"adapt: model {model.name!r} ends in Dense({units}, activation={activation!r}) with output shape "
+            f"{tuple(output.shape)}; adapt handles one sigmoid or linear unit, or two softmax or linear units "
+            "(NORMAL, PNEUMONIA).")
+    return layer, activation, features
+
+
+def _single_logit(dense, activation, positive_index):
+    """Kernel and bias of the one unit whose sigmoid is P(PNEUMONIA)."""
+    kernel, *bias = (np.asarray(w, np.float64) for w in dense.get_weights())
+    if dense.units == 1:
+        if positive_index is not None:
+            raise param_error("adapt", "positive_index", f"None for a one-unit ({activation}) head", positive_index)
+    else:
+        check_param("adapt", "positive_index", positive_index, (None, Options((0, 1))))
+        if positive_index is None:
+            positive_index = 1
+        # softmax([z0, z1])[p] = sigmoid(z_p - z_(1-p)), and z_p - z_(1-p) is linear in the features.
+        other = 1 - positive_index
+        kernel = kernel[:, [positive_index]] - kernel[:, [other]]
+        bias = [bias[0][[positive_index]] - bias[0][[other]]] if bias else []
+    return [w.astype(np.float32) for w in (kernel, *bias)]
 
 
 def train_member(model, train_images, train_labels, val_images, val_labels, config, *,
@@ -490,9 +829,9 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
     train_labels, val_labels : numpy.ndarray of shape (n,)
     config : dict
         A member config (see :data:`pneumoxai.config.MEMBER_SPEC`).
-    checkpoint_path : path, optional
+    checkpoint_path : path, default=None
         Where the best model is written (atomically) during training.
-    class_weight : dict, optional
+    class_weight : dict, default=None
         From :func:`pneumoxai.data.balance` with ``balancing="class_weight"``.
     verbose : "auto", 0, 1 or 2
         Keras progress display.
@@ -508,8 +847,8 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
     unknown = set(config) - set(MEMBER_SPEC)
     if unknown:
         raise ConfigError(f"Unknown member option(s) {sorted(unknown)}; valid: {sorted(MEMBER_SPEC)}.")
-    train_images = _check_images(train_images, model)
-    val_images = _check_images(val_images, model)
+    train_images = _check_images(train_images, model, owner="train_member", name="train_images")
+    val_images = _check_images(val_images, model, owner="train_member", name="val_images")
     for name, labels, images in (("train", train_labels, train_images), ("val", val_labels, val_images)):
         labels = np.asarray(labels)
         if len(labels) != len(images):
@@ -629,9 +968,10 @@ def _versions():
 
 
 def is_member_dir(path):
-    """True when ``path`` holds a complete saved member (its card is written last)."""
+    """True when ``path`` holds a complete saved member (its card is written last): a model, or the
+    predictions of an imported member."""
     path = Path(path)
-    return (path / MODEL_FILE).is_file() and (path / CARD_FILE).is_file()
+    return (path / CARD_FILE).is_file() and ((path / MODEL_FILE).is_file() or (path / "predictions.csv").is_file())
 
 
 def save_member(directory, model, metadata=None):
@@ -644,7 +984,7 @@ def save_member(directory, model, metadata=None):
     ----------
     directory : path
     model : keras.Model
-    metadata : dict, optional
+    metadata : dict, default=None
         Config, data manifest hash, seed, sizes, history, validation metrics...
 
     Returns
@@ -681,6 +1021,50 @@ def _uncompiled_copy(model):
     return copy
 
 
+def read_card(directory):
+    """The JSON card of a saved member, checked for this version's card format.
+
+    Raises
+    ------
+    RunFolderError
+        Missing files, a damaged card, or a card from another card format.
+    """
+    directory = Path(directory)
+    if not is_member_dir(directory):
+        raise RunFolderError(f"{str(directory)!r} is not a saved member (needs {MODEL_FILE} and {CARD_FILE}).")
+    try:
+        card = _io.read_json(directory / CARD_FILE)
+    except CacheError as exc:
+        raise RunFolderError(f"The card of member {str(directory)!r} is damaged ({exc}); retrain the member.") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        found = card.get("format") if isinstance(card, dict) else type(card).__name__
+        raise RunFolderError(
+            f"Member {str(directory)!r} was saved with card format {short_repr(found)}; this version reads format "
+            f"{CARD_FORMAT}. Retrain it.")
+    needed = ("predictions_sha256",) if card.get("kind") == "predictions" else ("input_size", "model_sha256")
+    if any(card.get(key) is None for key in needed):
+        raise RunFolderError(f"The card of member {str(directory)!r} lacks {' or '.join(needed)}; re-create it.")
+    return card
+
+
+def _load_error(model_path, exc):
+    """One readable error for a model file Keras refuses to load."""
+    text = str(exc)
+    first = short_repr(text.splitlines()[0] if text else type(exc).__name__, 300)
+    if "TFSMLayer" in text:
+        return UnsafeModelError(f"Refusing to load {str(model_path)!r}: it wraps a TensorFlow SavedModel "
+                                "(TFSMLayer), which pneumoxai does not load. Save the model as a plain Keras model.")
+    if "safe_mode" in text or "lambda" in text.lower():
+        return UnsafeModelError(
+            f"Refusing to load {str(model_path)!r}: it contains a Lambda layer or other code that only loads "
+            "with safe_mode=False, which would run arbitrary code from the file. Rebuild the model without "
+            "Lambda layers (pneumoxai members never need them).")
+    if "Could not locate" in text or "custom" in text.lower() or "module" in text.lower():
+        return UnsafeModelError(f"Refusing to load {str(model_path)!r}: it names a class or function that is not a "
+                                f"registered Keras or pneumoxai object ({first}).")
+    return RunFolderError(f"{str(model_path)!r} could not be loaded as a Keras model: {first}")
+
+
 def load_member(directory, *, verify=True):
     """Load a saved member with Keras safe mode; return ``(model, card)``.
 
@@ -699,26 +1083,15 @@ def load_member(directory, *, verify=True):
         The model needs unsafe deserialization (a Lambda layer, arbitrary code).
     """
     directory = Path(directory)
-    if not is_member_dir(directory):
-        raise RunFolderError(f"{str(directory)!r} is not a saved member (needs {MODEL_FILE} and {CARD_FILE}).")
-    card = _io.read_json(directory / CARD_FILE)
-    if card.get("format") != CARD_FORMAT:
-        raise RunFolderError(
-            f"Member {str(directory)!r} was saved with card format {card.get('format')!r} by pneumoxai "
-            f"{(card.get('versions') or {}).get('pneumoxai')}; this version reads format {CARD_FORMAT}. Retrain it."
-        )
+    card = read_card(directory)
+    if card.get("kind") == "predictions":
+        raise RunFolderError(f"Member {str(directory)!r} holds imported predictions, not a model to load.")
     model_path = directory / MODEL_FILE
     if verify and _io.sha256_file(model_path) != card.get("model_sha256"):
         raise RunFolderError(f"{str(model_path)!r} does not match the hash in its card: it is corrupt or was replaced.")
     try:
         model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    except ValueError as exc:
-        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
-            raise UnsafeModelError(
-                f"Refusing to load {str(model_path)!r}: it contains a Lambda layer or other code that only loads "
-                "with safe_mode=False, which would run arbitrary code from the file. Rebuild the model without "
-                "Lambda layers (pneumoxai members never need them)."
-            ) from exc
-        raise
+    except Exception as exc:  # Keras raises many types for hostile or foreign files; each becomes one line
+        raise _load_error(model_path, exc) from exc
     return model, card
 

@@ -6,8 +6,7 @@ correct calls (explanation galleries, mean maps, zone attention, slice examples)
 
 import numpy as np
 
-from .errors import DataError
-from .metrics import _check_prob, _check_threshold
+from .validation import UNIT_INTERVAL, check_labels, check_param, check_probabilities
 
 __all__ = ["OUTCOMES", "outcome_groups"]
 
@@ -41,14 +40,9 @@ def outcome_groups(y_true, y_prob, *, threshold=0.5):
     >>> outcome_groups([1, 1, 0, 0], [0.2, 0.9, 0.7, 0.1], threshold=0.8).tolist()
     ['false_negative', 'correct', 'correct', 'correct']
     """
-    threshold = _check_threshold("outcome_groups", threshold)
-    p = _check_prob(y_prob)
-    y = np.asarray(y_true)
-    if y.shape != p.shape:
-        raise DataError(f"y_true must have the shape of y_prob {p.shape}; got shape {y.shape}.")
-    if not np.isin(y, (0, 1)).all():
-        found = ", ".join(map(repr, np.unique(y)[:5].tolist()))
-        raise DataError(f"y_true must hold only 0 (NORMAL) and 1 (PNEUMONIA); found {found}.")
+    threshold = check_param("outcome_groups", "threshold", threshold, UNIT_INTERVAL)
+    p = check_probabilities(y_prob, owner="outcome_groups")
+    y = check_labels(y_true, p.size, owner="outcome_groups", both_classes=False)
     called = p >= threshold
     positive = y == 1
     # Index into OUTCOMES: 0 = missed pneumonia, 1 = false alarm, 2 = agreement.

@@ -20,26 +20,22 @@ import base64
 import datetime
 import html
 import math
-import shlex
 import textwrap
-from pathlib import Path
 
 import pandas as pd
 
 from . import _io
-from ._lungs import ZONE_NAMES
+from .lungs import ZONE_COLUMNS
+from .metrics import ORIGIN_ROW
 from .errors import CacheError, RunFolderError
+from .run_folder import PRIMARY, RunFolder
 
 __all__ = ["write_report", "summary_text"]
 
-REPORT_FILE = "report.html"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ROLES = ("train", "val", "test")
-_DEFAULT_PRIMARY = "soft voting"
-_ORIGIN_ROW = "origin (reported)"
 _FINDINGS_SHOWN = 5  # distinct findings in the summary; the full list is in the slices section
 _SLICES_SHOWN = 15
-_ZONE_COLUMNS = (*ZONE_NAMES, "off_lung_attention")
 _VOID = frozenset({"meta", "img", "br", "hr"})
 
 # (column, header) of the results table; metric columns get "[low, high]" from <metric>_low/_high.
@@ -150,57 +146,43 @@ def _rate_of(k, n):
 # --------------------------------------------------------------------------- reading
 
 
-class _Run:
+class _Run(RunFolder):
     """Everything the report reads from one run folder; optional parts are None when absent."""
 
     def __init__(self, run_dir):
-        self.root = Path(run_dir)
-        results_path = self.root / "tables" / "results.csv"
-        if not results_path.is_file():
-            raise RunFolderError(
-                f"{str(self.root)!r} has no results yet (tables/results.csv is missing); run "
-                f"`pneumoxai evaluate --run {shlex.quote(str(self.root))}` (or `pneumoxai run`) first.")
-        self.results = pd.read_csv(results_path, index_col="model")
-        self.run_record = self._json("run.json") or {}
-        self.config = self._json("config.json") or {}
-        self.ensemble = self._json("tables", "ensemble.json") or {}
-        self.dataset = self._csv("dataset.csv")
-        self.comparisons = self._csv("comparisons.csv")
-        self.diversity = self._csv("diversity.csv")
-        self.ensemble_size = self._csv("ensemble_size.csv")
-        self.slices = self._csv("failure_slices.csv")
-        self.member_slices = self._csv("member_failure_slices.csv")
-        self.explain_summary = self._csv("explain_summary.csv")
-        self.zones = self._csv("zone_attention.csv")
+        super().__init__(run_dir)
+        self.results = self.read_table(
+            "results.csv", columns=("model", "source", "threshold", "tn", "fp", "fn", "tp"), index_col="model",
+            required=f"run `{self.command('evaluate')}` (or `pneumoxai run`) first (no results yet)")
+        self.run_record = self.read_json(self.run_file) or {}
+        self.config = self.read_json(self.config_file) or {}
+        self.ensemble = self.read_json(self.table("ensemble.json")) or {}
+        self.dataset = self.read_table("dataset.csv", columns=("role", "label"))
+        self.comparisons = self.read_table("comparisons.csv")
+        self.diversity = self.read_table("diversity.csv")
+        self.ensemble_size = self.read_table("ensemble_size.csv")
+        slice_columns = ("slice", "finding", "size", "n_errors", "n_fn", "n_fp", "q_value")
+        self.slices = self.read_table("failure_slices.csv", columns=slice_columns)
+        self.member_slices = self.read_table("member_failure_slices.csv", columns=slice_columns)
+        self.explain_summary = self.read_table("explain_summary.csv", columns=("measure", "value"))
+        self.zones = self.read_table("zone_attention.csv")
         for frame in (self.slices, self.member_slices):
-            if frame is not None and "finding" in frame:
+            if frame is not None:
                 # Hand-written or re-saved CSVs may hold "True"/"False" as text.
                 frame["finding"] = frame["finding"].astype(str).str.strip().str.lower().isin(("true", "1"))
-        primary = self.ensemble.get("primary", _DEFAULT_PRIMARY)
+        primary = self.ensemble.get("primary", PRIMARY)
         measured = self.results.index[self.results["source"] == "measured"]
         self.primary = primary if primary in self.results.index else (measured[0] if len(measured) else None)
-        self.members = [m["name"] for m in self.config.get("members", [])] or list(self.ensemble.get("members", []))
-        self.alpha = self.config.get("slices", {}).get("alpha", 0.05)
-
-    def _json(self, *parts):
-        path = self.root.joinpath(*parts)
-        return _io.read_json(path) if path.is_file() else None
-
-    def _csv(self, name):
-        path = self.root / "tables" / name
-        return pd.read_csv(path) if path.is_file() else None
-
-    def command(self, stage):
-        return f"pneumoxai {stage} --run {shlex.quote(str(self.root))}"
-
-    def figure(self, stem):
-        path = self.root / "figures" / f"{stem}.png"
-        return path if path.is_file() else None
+        members = self.config.get("members")
+        self.members = ([m["name"] for m in members if isinstance(m, dict) and "name" in m]
+                        if isinstance(members, list) else []) or list(self.ensemble.get("members", []))
+        slices_cfg = self.config.get("slices")
+        self.alpha = slices_cfg.get("alpha", 0.05) if isinstance(slices_cfg, dict) else 0.05
 
     def card(self, name):
         try:
-            return self._json("members", name, "card.json")
-        except CacheError:
+            return self.read_json(self.member_dir(name) / "card.json")
+        except (CacheError, RunFolderError):
             return None
 
     def overall(self):
@@ -278,7 +260,7 @@ _KIND_HEADINGS = {"missed pneumonia": "Errors concentrate in these slices, mostl
 
 def _origin_text(run):
     """How far the primary ensemble is from the origin's reported numbers, and why they differ."""
-    reported = run.results.loc[_ORIGIN_ROW] if _ORIGIN_ROW in run.results.index else None
+    reported = run.results.loc[ORIGIN_ROW] if ORIGIN_ROW in run.results.index else None
     if reported is None or run.primary is None:
         return None
     primary = run.results.loc[run.primary]
@@ -363,7 +345,7 @@ def _dataset_section(run):
     table = run.dataset
     if table is None:
         return _section("dataset", "Dataset", _note_not_run(
-            "tables/dataset.csv", f"pneumoxai train --out {shlex.quote(str(run.root))}"))
+            "tables/dataset.csv", run.command("train")))
     roles = [r for r in _ROLES if r in set(table["role"])]
     classes = sorted(table["label_name"].astype(str).unique())
     rows = []
@@ -555,7 +537,7 @@ def _slices_section(run):
 
 
 def _explain_section(run):
-    figures = run.root / "figures"
+    figures = run.path("figures")
     galleries = sorted(figures.glob("gallery*.png"))
     mean_maps = sorted(figures.glob("mean_maps*.png"))
     if not galleries and not mean_maps and run.explain_summary is None:
@@ -584,7 +566,7 @@ def _zones_section(run):
     body = []
     frame = run.zones
     if frame is not None:
-        shares = [c for c in _ZONE_COLUMNS if c in frame.columns]
+        shares = [c for c in ZONE_COLUMNS if c in frame.columns]
         keys = [c for c in ("method", "group") if c in frame.columns]
         parts = frame.groupby(keys, sort=False) if keys else [(("all images",), frame)]
         keys = keys or ["images"]
@@ -659,7 +641,7 @@ def write_report(run_dir):
     PosixPath('runs/full/report.html')
     """
     run = _Run(run_dir)
-    path = run.root / REPORT_FILE
+    path = run.report_file
     _io.write_text(path, _document(run))
     return path
 
@@ -712,7 +694,7 @@ def summary_text(run_dir):
         for finding in findings[:_FINDINGS_SHOWN]:
             lines.append(textwrap.fill(f"{finding['labels'][0]} ({finding['kind']}): {_finding_text(finding, overall)}",
                                        width=100, initial_indent="  - ", subsequent_indent="    "))
-    report = run.root / REPORT_FILE
+    report = run.report_file
     if report.is_file():
         lines += ["", f"Report: {report}"]
     return "\n".join(lines)

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, is_int, is_number, param_error
+from .errors import DataError, param_error
+from .validation import OPEN_UNIT_INTERVAL, UNIT_INTERVAL, Interval, Options, check_labels, check_param, check_probabilities
 
 __all__ = [
     "Condition",
@@ -83,8 +84,8 @@ def image_features(images, *, masks=None):
     images : ndarray of shape (n_samples, H, W), (n_samples, H, W, 1) or (n_samples, H, W, 3)
         Intensities in [0, 1]. Colour images are averaged over channels (identical
         to channel 0 for grayscale replicated to RGB). ``H, W >= 8``.
-    masks : bool ndarray of shape (n_samples, H, W), optional
-        Lung masks. When omitted, :func:`pneumoxai._lungs.lung_mask` computes them;
+    masks : bool ndarray of shape (n_samples, H, W), default=None
+        Lung masks. When omitted, :func:`pneumoxai.lungs.lung_mask` computes them;
         if that module is unavailable the ``lung_area_fraction`` column is NaN and
         a warning is issued.
 
@@ -135,7 +136,7 @@ def image_features(images, *, masks=None):
     gray = _as_gray(images)
     n = len(gray)
     if masks is None:
-        lung_fraction = _lung_fraction_from_model(images, n)
+        lung_fraction = _lung_fraction_from_model(images)
     else:
         masks = np.asarray(masks)
         if masks.shape != gray.shape:
@@ -171,15 +172,9 @@ def _as_gray(images):
     return x
 
 
-def _lung_fraction_from_model(images, n):
-    try:
-        from ._lungs import lung_mask
-    except ImportError as exc:
-        warnings.warn(
-            f"lung masks unavailable ({exc}); lung_area_fraction is NaN. Pass masks= to compute it.",
-            stacklevel=3,
-        )
-        return np.full(n, np.nan)
+def _lung_fraction_from_model(images):
+    from .lungs import lung_mask
+
     return np.asarray(lung_mask(images)).astype(bool).mean(axis=(1, 2))
 
 
@@ -266,21 +261,21 @@ def slice_frame(
     meta_df : DataFrame of shape (n_samples, ...)
         The dataset table (columns ``path, split, label, label_name, patient_id,
         subtype``), rows in the same order as every array below.
-    images : ndarray of shape (n_samples, H, W) or (n_samples, H, W, 3), optional
+    images : ndarray of shape (n_samples, H, W) or (n_samples, H, W, 3), default=None
         Intensities in [0, 1]; adds the :func:`image_features` columns.
-    masks : bool ndarray of shape (n_samples, H, W), optional
+    masks : bool ndarray of shape (n_samples, H, W), default=None
         Lung masks passed on to :func:`image_features`.
-    member_probs : ndarray of shape (n_samples, n_members), optional
+    member_probs : ndarray of shape (n_samples, n_members), default=None
         Per-member pneumonia probabilities; adds ``member_std`` (population
         standard deviation across members, i.e. disagreement).
-    ensemble_prob : ndarray of shape (n_samples,), optional
+    ensemble_prob : ndarray of shape (n_samples,), default=None
         Ensemble probability; defaults to the member mean when ``member_probs`` is
         given. Adds ``confidence_bin``: ``max(p, 1 - p)`` binned by ``CONFIDENCE_EDGES``
         into right-closed bins labelled ``"0.5-0.6"`` (0.5 included), ``"0.6-0.7"``, ...
-    embeddings : ndarray of shape (n_samples, n_features), optional
+    embeddings : ndarray of shape (n_samples, n_features), default=None
         Adds ``cluster``: k-means labels (``sklearn.cluster.KMeans``,
         ``random_state=seed``) as a categorical column.
-    zone_scores : DataFrame or dict of str to ndarray of shape (n_samples,), optional
+    zone_scores : DataFrame or dict of str to ndarray of shape (n_samples,), default=None
         Attention summaries such as ``off_lung_attention``, added as given.
     n_clusters : int, default=6
         Number of k-means clusters.
@@ -540,9 +535,9 @@ def member_failure_slices(
         0/1 labels.
     member_probs : array-like of shape (n_samples, n_members)
         Per-member probabilities of pneumonia.
-    ensemble_prob : array-like of shape (n_samples,), optional
+    ensemble_prob : array-like of shape (n_samples,), default=None
         Ensemble probability; default is the mean of ``member_probs``.
-    names : sequence of str of length n_members, optional
+    names : sequence of str of length n_members, default=None
         Member names; default ``member_0, member_1, ...``.
     threshold, min_size, max_order, alpha, n_bins
         As in :func:`find_failure_slices`.
@@ -633,29 +628,15 @@ def _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, 
     if frame.columns.duplicated().any():
         dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise DataError(f"frame has duplicated column names: {dup}")
-    for name, value, ok, description in (
-        ("min_size", min_size, is_int(min_size, 1), "an int >= 1"),
-        ("max_order", max_order, max_order in MAX_ORDERS, f"one of {MAX_ORDERS}"),
-        ("n_bins", n_bins, is_int(n_bins, MIN_BINS), f"an int >= {MIN_BINS}"),
-        ("alpha", alpha, is_number(alpha) and 0.0 < alpha < 1.0, "in (0, 1)"),
-        ("threshold", threshold, is_number(threshold) and 0.0 <= threshold <= 1.0, "in [0, 1]"),
-    ):
-        if not ok:
-            raise param_error(owner, name, description, value)
-    y_true = np.asarray(y_true).ravel()
-    y_prob = np.asarray(y_prob, dtype=float).ravel()
-    if not len(y_true) == len(y_prob) == len(frame):
-        raise DataError(
-            f"length mismatch: frame has {len(frame)} rows, y_true {len(y_true)}, y_prob {len(y_prob)}"
-        )
-    if np.isnan(y_prob).any():
-        raise DataError(f"y_prob contains {int(np.isnan(y_prob).sum())} NaN value(s)")
-    if y_prob.min() < 0.0 or y_prob.max() > 1.0:
-        raise DataError(f"y_prob must be probabilities in [0, 1]; got [{y_prob.min():g}, {y_prob.max():g}]")
-    if not np.isin(y_true, (0, 1)).all():
-        bad = sorted({str(v) for v in pd.unique(y_true[~np.isin(y_true, (0, 1))])})[:5]
-        raise DataError(f"y_true must contain only 0 and 1; found {bad}")
-    return y_true.astype(int), y_prob
+    check_param(owner, "min_size", min_size, Interval("int", 1, None))
+    check_param(owner, "max_order", max_order, Options(MAX_ORDERS))
+    check_param(owner, "n_bins", n_bins, Interval("int", MIN_BINS, 1000))
+    check_param(owner, "alpha", alpha, OPEN_UNIT_INTERVAL)
+    check_param(owner, "threshold", threshold, UNIT_INTERVAL)
+    y_prob = check_probabilities(np.ravel(y_prob), owner=owner, name="y_prob")
+    if len(y_prob) != len(frame):
+        raise DataError(f"{owner}: length mismatch: frame has {len(frame)} rows, y_prob {len(y_prob)}.")
+    return check_labels(np.ravel(y_true), len(frame), owner=owner, both_classes=False), y_prob
 
 
 def _candidates(frame, min_size, max_order, n_bins):

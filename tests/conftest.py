@@ -14,6 +14,13 @@ import pytest  # noqa: E402
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray"
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that reads the real data set is a slow test (CI still runs them once)."""
+    for item in items:
+        if "real_data_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def real_data_root():
     """The read-only Kermany copy beside the repo (skips when absent)."""

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pneumoxai import audit, explain, slices
-from pneumoxai._lungs import lung_mask
+from pneumoxai.lungs import lung_mask
 from pneumoxai.data import load_images, scan_dataset
 from pneumoxai.errors import ConfigError, DataError
 

@@ -82,7 +82,7 @@ _Y6 = np.array([0, 0, 1, 1, 0, 1])
         (_P6, _Y6[:5], r"{owner}: Found input variables with inconsistent numbers of samples: \[6, 5\]"),
         (_P6, [0, 1, 2, 0, 1, 2], "{owner}: Only binary classification is supported.* target is multiclass"),
         (_P6, _P6, "{owner}: Only binary classification is supported.* type of the target is continuous"),
-        (_P6, [0, 2, 0, 2, 0, 2], r"y_true must hold only 0 \(NORMAL\) and 1 \(PNEUMONIA\); found 0, 2"),
+        (_P6, [0, 2, 0, 2, 0, 2], r"y_true must hold only 0 \(NORMAL\) and 1 \(PNEUMONIA\); found 2"),
         (_P6, np.ones(6), r"y_true holds a single class \(1\)"),
     ],
 )

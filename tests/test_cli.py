@@ -1,10 +1,13 @@
 import json
-import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pneumoxai import cli
+from pneumoxai.run_folder import RunFolder
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
 
@@ -27,7 +30,7 @@ def write(path, text):
     (lambda tmp: ["--data", str(tmp), "--config", str(write(tmp / "k.yaml", "members:\n  - {name: a, epochz: 1}\n"))],
      r"Unknown config key\(s\) \['epochz'\].*valid keys"),
     (lambda tmp: ["--data", str(tmp), "--config", str(SMOKE), "--set", "defaults.epochs_frozen=-1"],
-     "'epochs_frozen' option .* must be an int >= 0; got -1"),
+     r"'epochs_frozen' option .* must be an int in \[0, 10000\]; got -1"),
     (lambda tmp: ["--data", str(tmp), "--config", str(SMOKE), "--set", "defaults.dropout=1.5"],
      r"'dropout' option .* must be a number in \[0, 1\); got 1.5"),
     (lambda tmp: ["--data", str(tmp), "--config", str(tmp / "missing.yaml")], "does not exist"),
@@ -55,23 +58,53 @@ def test_analysis_commands_on_an_empty_folder(tmp_path, capsys, command):
     assert code == cli.EXIT_ERROR and "has no config.json" in err
 
 
-def test_second_process_is_refused_by_the_lock(tmp_path, capsys):
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"4242@some-other-node")
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_lock_is_refused_while_held_and_free_once_its_holder_is_killed(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"members": [{"name": "a"}]}))
-    (run / ".lock").write_text(str(os.getppid()))  # a live process holds it
-    code, _, err = run_cli(capsys, "evaluate", "--run", str(run))
-    assert code == cli.EXIT_ERROR and "is in use by process" in err
-
-
-def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"members": [{"name": "a"}]}))
-    (run / ".lock").write_text("999999999")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run_cli(capsys, "evaluate", "--run", str(run))
+        assert code == cli.EXIT_ERROR and "is in use by process 4242@some-other-node" in err
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs; the kernel releases the lock
+        holder.wait()
     code, _, err = run_cli(capsys, "evaluate", "--run", str(run))
     assert "is in use" not in err and "has no tables/dataset.csv" in err and code == cli.EXIT_ERROR
-    assert not (run / ".lock").exists()
+
+
+TRY_LOCK = """
+import sys, time
+from pneumoxai.errors import RunFolderError
+from pneumoxai.run_folder import RunFolder
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
+try:
+    with RunFolder(sys.argv[1]).lock():
+        print("got", flush=True)
+        time.sleep(3)
+except RunFolderError:
+    print("refused", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_processes_racing_for_a_lock_never_both_get_it(tmp_path):
+    start = time.time() + 4
+    racers = [subprocess.Popen([sys.executable, "-c", TRY_LOCK, str(tmp_path / "run"), str(start)],
+                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = sorted(p.communicate(timeout=120)[0].strip() for p in racers)
+    assert outcomes == ["got", "refused", "refused", "refused"]
 
 
 def test_unwritable_output_is_reported_before_work(tmp_path, capsys):
@@ -105,32 +138,33 @@ def test_member_jobs_share_the_folder_but_not_a_member(make_kaggle_tree, tmp_pat
     root, config = _tiny_tree_config(make_kaggle_tree, tmp_path)
     run = tmp_path / "run"
     (run / "members" / "a").mkdir(parents=True)
-    (run / ".lock").write_text(str(os.getppid()))  # e.g. another job's `pneumoxai run`
-    (run / "members" / "a" / ".lock").write_text(f"{os.getppid()}@{os.uname().nodename}")
-    code, _, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
-                           "--member", "a", "--quiet")
-    assert code == cli.EXIT_ERROR and "members/a' is in use by process" in err
-    code, out, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
-                             "--member", "b", "--quiet")
-    assert code == 0, err
+    # Another job's `pneumoxai run` holds the folder, another `train --member a` holds member a.
+    holders = [subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+               for lock in (run / ".lock", run / "members" / "a" / ".lock")]
+    try:
+        assert [h.stdout.readline().strip() for h in holders] == ["held", "held"]
+        code, _, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
+                               "--member", "a", "--quiet")
+        assert code == cli.EXIT_ERROR and "members/a' is in use by process" in err
+        code, out, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config), "--out", str(run),
+                                 "--member", "b", "--quiet")
+        assert code == 0, err
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
     assert (run / "members" / "b" / "card.json").exists() and not (run / "members" / "a" / "card.json").exists()
-    assert not (run / "members" / "b" / ".lock").exists()
-
-
-def test_lock_of_another_host_is_never_taken_over(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"members": [{"name": "a"}]}))
-    (run / ".lock").write_text("999999999@some-other-node")  # its pid cannot be checked from here
-    code, _, err = run_cli(capsys, "evaluate", "--run", str(run))
-    assert code == cli.EXIT_ERROR and "999999999@some-other-node" in err
+    with RunFolder(run / "members" / "b").lock():  # released after the job
+        pass
 
 
 def test_strategy_flag_reaches_training(monkeypatch, tmp_path, capsys, make_kaggle_tree):
-    from pneumoxai import pipeline
+    import pandas as pd
+
+    from pneumoxai.pipeline import train
 
     seen = {}
-    monkeypatch.setattr(pipeline, "train_members", lambda *a, **k: seen.update(k) or pipeline.pd.DataFrame())
+    monkeypatch.setattr(train, "train_members", lambda *a, **k: seen.update(k) or pd.DataFrame())
     root, config = _tiny_tree_config(make_kaggle_tree, tmp_path)
     code, _, err = run_cli(capsys, "train", "--data", str(root), "--config", str(config),
                            "--out", str(tmp_path / "run"), "--strategy", "mirrored")
@@ -141,7 +175,7 @@ def test_strategy_flag_reaches_training(monkeypatch, tmp_path, capsys, make_kagg
 
 
 def test_warnings_print_as_one_line():
-    cli._configure_runtime()
+    cli._configure_runtime("report", debug=False)
     import warnings
 
     assert warnings.formatwarning("leak found", UserWarning, "x.py", 3) == "pneumoxai: warning: leak found\n"

@@ -17,6 +17,7 @@ import pytest
 
 from pneumoxai import _io, cli
 from pneumoxai.errors import CacheError
+from pneumoxai.run_folder import RunFolder
 
 from conftest import write_image
 
@@ -142,9 +143,11 @@ def test_full_disk_gives_one_line_and_no_half_written_artifact(make_kaggle_tree,
     monkeypatch.setattr(_io.os, "fsync", no_space)
     code, _, err = run_cli(capsys, "train", "--data", root, "--config", tiny_config, "--out", run)
     line = error_line(err)
-    assert code == cli.EXIT_ERROR and "No space left on device" in line and "config.json" in line
+    assert code == cli.EXIT_ERROR and "No space left on device" in line and "run.json" in line  # names the artifact
     assert (run / "config.json").read_text() == "previous"  # the old artifact is intact
-    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # no temp file, no lock left
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json"]  # no temp file; the lock is free
+    with RunFolder(run).lock():
+        pass
 
 
 class _Payload:

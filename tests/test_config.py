@@ -21,7 +21,7 @@ def test_defaults_section_applies_under_member_entries():
 @pytest.mark.parametrize("raw, match", [
     ({"members": [{"name": "m", "epochs": 3}]}, r"Unknown config key\(s\) \['epochs'\] in 'members\[0\]'; valid keys"),
     ({"members": [{"name": "m"}], "trainer": {}}, r"Unknown config section\(s\) \['trainer'\]"),
-    ({"members": [{"name": "m", "epochs_frozen": -1}]}, "'epochs_frozen' option .* must be an int >= 0; got -1"),
+    ({"members": [{"name": "m", "epochs_frozen": -1}]}, r"'epochs_frozen' option .* must be an int in \[0, 10000\]; got -1"),
     ({"members": [{"name": "m", "dropout": 1.5}]}, r"'dropout' option .* must be a number in \[0, 1\); got 1.5"),
     ({"members": [{"name": "m", "backbone": "vgg16"}]}, "'backbone' option .* must be one of"),
     ({"members": [{"name": "../escape"}]}, "'name' option"),
@@ -29,6 +29,21 @@ def test_defaults_section_applies_under_member_entries():
     ({"members": []}, "non-empty 'members' list"),
     ({"data": {"val_fraction": 0}, "members": [{"name": "m"}]}, "'val_fraction' option in 'data'"),
     ([1, 2], "must be a mapping"),
+    # Values that used to reach float()/sorted() unchecked and fail with a traceback.
+    ({"defaults": {"augment": {"rotation": "abc"}}, "members": [{"name": "m"}]},
+     r"'rotation' option in 'defaults.augment' must be a number in \[0, 0.5\]; got 'abc'"),
+    ({"defaults": {"augment": {"rotation": None}}, "members": [{"name": "m"}]}, "'rotation' option .* got None"),
+    ({"defaults": {"augment": {"shear": 0.1}}, "members": [{"name": "m"}]},
+     r"Unknown config key\(s\) \['shear'\] in 'defaults.augment'"),
+    ({"defaults": {1: 2}, "members": [{"name": "m"}]}, "keys in 'defaults' must be names; got \\[1\\]"),
+    ({"members": [{"name": "m", "dense_units": [[8, 8]]}]}, "'dense_units' option .* non-empty list"),
+    ({"members": [{"name": "m", "dense_units": []}]}, "'dense_units' option .* non-empty list"),
+    ({"members": [{"name": "m", "dense_units": [10**9]}]}, r"'dense_units' option .* \[1, 8192\]"),
+    ({"members": [{"name": "m", "seed": 2**40}]}, r"'seed' option .* an int in \[0, 2147483647\]"),
+    ({"explain": {"methods": []}, "members": [{"name": "m"}]}, "'methods' option .* non-empty list"),
+    ({"explain": {"methods": [["gradcam"]]}, "members": [{"name": "m"}]}, "'methods' option"),
+    ({"members": [{"name": "m", "weights": "model.keras"}]}, r"'weights' option .* '\.h5' weights file"),
+    ({"members": [{"name": "m", "dropout": "x" * 10**6}]}, r"got 'xxx.*\.\.\.\[1000002 chars\]\.$"),
 ])
 def test_invalid_configs(raw, match):
     with pytest.raises(ConfigError, match=match):
@@ -57,6 +72,26 @@ def test_bad_config_files(tmp_path, text, overrides, match):
     path.write_text(text)
     with pytest.raises(ConfigError, match=match):
         config.load_config(path, overrides)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"members:\n  - name: \xff\xfe\n", "not UTF-8"),
+    (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply|not valid YAML"),
+    (b"a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\nmembers: [{name: m}]\n", "aliases"),
+])
+def test_hostile_config_files_give_one_line(tmp_path, content, match):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=match) as info:
+        config.load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_deeply_nested_json_config(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ConfigError, match="nested too deeply|not valid JSON"):
+        config.load_config(path)
 
 
 def test_missing_config_file(tmp_path):

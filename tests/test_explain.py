@@ -6,13 +6,12 @@ Grad-CAM/SHAP-ranked pixels must kill the prediction faster than deleting random
 pixels, and re-initialising the top layers must change the maps.
 """
 
-import doctest
 
 import keras
 import numpy as np
 import pytest
 
-from pneumoxai import _lungs, explain
+from pneumoxai import explain, lungs
 from pneumoxai.errors import ConfigError, DataError
 
 SIZE, PATCH = 32, 6
@@ -282,7 +281,7 @@ def test_zone_attention_accepts_masks():
     masks = np.zeros((2, 12, 12), bool)
     masks[:, 2:11, 1:5] = masks[:, 2:11, 7:11] = True
     maps = np.random.default_rng(0).random((2, 12, 12))
-    expected = explain.zone_attention(maps, _lungs.zones(masks))
+    expected = explain.zone_attention(maps, lungs.zones(masks))
     np.testing.assert_allclose(explain.zone_attention(maps, masks), expected)
     np.testing.assert_allclose(expected["off_lung_attention"], (maps * ~masks).sum((1, 2)) / maps.sum((1, 2)))
 
@@ -298,12 +297,6 @@ def test_background_sample_is_balanced_and_seeded():
     np.testing.assert_array_equal(bg, explain.background_sample(x, y, n=16, seed=2))
     scarce = explain.background_sample(x, y, n=30)  # only 10 positives: topped up with negatives
     assert len(scarce) == 30 and (y[rows(scarce)] == 1).sum() == 10
-
-
-def test_doctests_run():
-    for module in (explain, _lungs):
-        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-        assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 def _two_output_model():
@@ -344,7 +337,7 @@ BAD_INPUTS = [
      r"'target' parameter of GradCAM .* got an array of shape \(2,\)"),
     ("no background", lambda m: explain.shap_maps(m, GOOD), ConfigError,
      "'background' parameter of shap_maps is required"),
-    ("bad background", lambda m: explain.shap_maps(m, GOOD, NAN), DataError, "background contain NaN"),
+    ("bad background", lambda m: explain.shap_maps(m, GOOD, NAN), DataError, r"GradientSHAP: background has \d+ NaN"),
     ("batch size 0", lambda m: explain.gradcam(m, GOOD, batch_size=0), ConfigError,
      "'batch_size' parameter of GradCAM must be an int >= 1; got 0"),
     ("max_n 0", lambda m: explain.gradcam(m, GOOD, method="scorecam", max_n=0), ConfigError,

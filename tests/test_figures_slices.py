@@ -92,7 +92,7 @@ def test_feature_distributions_small_multiples(planted, tmp_path):
          "'kind' parameter of plot_feature_distributions .* got 'violin'"),
         (lambda f, y, p, i, s: plot_slice_error_rates(s.iloc[:0]), DataError, "empty"),
         (lambda f, y, p, i, s: plot_slice_examples(s, f, i[:5]), DataError, "images must have shape"),
-        (lambda f, y, p, i, s: plot_feature_distributions(f, y[:5], p), DataError, "shape of y_prob"),
+        (lambda f, y, p, i, s: plot_feature_distributions(f, y[:5], p), DataError, "5 labels but there are 200 predictions"),
         (lambda f, y, p, i, s: plot_feature_distributions(f.iloc[:5], y, p), DataError,
          "length mismatch: the frame has 5 rows but y_true and y_prob have 200"),
         (lambda f, y, p, i, s: plot_slice_examples(s, f, i, y_true=y, threshold=-1), DataError,

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pneumoxai._lungs import ZONE_NAMES, lung_mask, zones
+from pneumoxai.lungs import ZONE_NAMES, lung_mask, zones
 from pneumoxai.errors import DataError
 
 
@@ -115,5 +115,5 @@ def test_bad_inputs(call, match):
 
 
 def test_module_does_not_import_tensorflow():
-    code = "import sys, pneumoxai._lungs; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    code = "import sys, pneumoxai.lungs; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

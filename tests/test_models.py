@@ -133,7 +133,7 @@ def test_train_member_rejects_single_class_and_shape_mismatch(generated_images):
     model = models.build_member(32, weights=None, dense_units=(8,))
     with pytest.raises(DataError, match="single class"):
         models.train_member(model, images, np.ones(48), images, labels, tiny_config(), verbose=0)
-    with pytest.raises(DataError, match="expects 32x32"):
+    with pytest.raises(DataError, match="model expects 32x32"):
         models.train_member(model, images[:, :16, :16], labels, images, labels, tiny_config(), verbose=0)
     with pytest.raises(DataError, match="48 images but 47 labels"):
         models.train_member(model, images, labels[:47], images, labels, tiny_config(), verbose=0)

@@ -1,7 +1,10 @@
 """End to end: `pneumoxai run` on a small real subset with tiny members (smoke config)."""
 
+import base64
+import html
 import html.parser
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +16,8 @@ import pytest
 
 from pneumoxai import cli, models
 from pneumoxai.errors import RunFolderError
+from pneumoxai.report import write_report
+from pneumoxai.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +28,12 @@ TABLES = ("dataset.csv", "results.csv", "results.md", "predictions_val.csv", "pr
           "slice_features.csv", "timings.csv")
 FIGURES = ("roc", "pr", "confusion", "reliability", "threshold", "diversity", "ensemble_size", "gallery",
            "mean_maps", "zone_attention", "slices_features")
+
+
+def assert_lock_free(folder):
+    """The lock file may stay behind; what matters is that no process holds it."""
+    with RunFolder(folder).lock():
+        pass
 
 
 def _wait_for(path, process):
@@ -65,7 +76,8 @@ def test_run_writes_every_table_and_figure(smoke_run):
     dataset = pd.read_csv(out / "tables" / "dataset.csv")
     assert dataset.groupby(["role", "label"]).size().loc["test"].tolist() == [30, 30]
     assert not set(dataset[dataset.role == "train"].patient_id) & set(dataset[dataset.role == "val"].patient_id)
-    assert not list(out.rglob(".*.tmp")) and not (out / ".lock").exists()
+    assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".write-test-*"))
+    assert_lock_free(out)
     timings = pd.read_csv(out / "tables" / "timings.csv", index_col="stage")
     assert list(timings.index) == ["train", "evaluate", "explain", "slices"]
     assert (timings["seconds"] > 0).all() and (timings["peak_rss_mb"] > 100).all()
@@ -130,8 +142,26 @@ def test_rerun_does_no_training_and_no_prediction(smoke_run, monkeypatch, capsys
 
 def test_run_folder_from_another_config_is_not_mixed(smoke_run, capsys):
     out, argv, _ = smoke_run
+    recorded = (out / "config.json").read_bytes()
     code = cli.main([*argv, "--set", "data.split_seed=1"])
     assert code == cli.EXIT_ERROR
     assert "different data config" in capsys.readouterr().err
+    # The rejected call must not leave its config behind for the next `evaluate`.
+    assert (out / "config.json").read_bytes() == recorded
     with pytest.raises(RunFolderError):
         cli.main([*argv, "--set", "data.split_seed=1", "--debug"])
+
+
+def test_report_of_a_copied_run_embeds_every_figure_and_names_the_top_finding(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    run = Path(shutil.copytree(out, tmp_path / "run", ignore=shutil.ignore_patterns("cache", "*.pdf", "members")))
+    text = write_report(run).read_text(encoding="utf-8")
+    parser = _Collector()
+    parser.feed(text)
+    assert len(parser.sources) == len(list((run / "figures").glob("*.png")))
+    assert all(base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n") for s in parser.sources)
+    results = pd.read_csv(run / "tables" / "results.csv", index_col="model")
+    assert f"{results.loc['smoke_a', 'accuracy']:.3f}" in text
+    findings = pd.read_csv(run / "tables" / "failure_slices.csv")
+    if findings["finding"].any():
+        assert html.escape(findings.loc[findings["finding"], "slice"].iloc[0]) in text

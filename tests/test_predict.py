@@ -4,7 +4,7 @@ import pytest
 import keras
 
 from pneumoxai import data, models
-from pneumoxai.ensemble import predict_members
+from pneumoxai.predict import predict_members
 from pneumoxai.errors import DataError
 
 
@@ -27,6 +27,22 @@ def images():
 
 def expected(images, scale=4.0):
     return 1 / (1 + np.exp(-scale * (images[:, :, :8].mean(axis=(1, 2, 3)) - 0.5)))
+
+
+def test_every_batch_has_one_shape_so_the_model_is_traced_once(images):
+    model = mean_model()
+    shapes, original = [], model.predict_on_batch
+
+    def recording(batch):
+        shapes.append(np.shape(batch))
+        return original(batch)
+
+    model.predict_on_batch = recording
+    P = predict_members([model], images, batch_size=4, tta=True, progress=False)  # 10 = 4 + 4 + 2 images
+    assert set(shapes) == {(4, 16, 16, 3)} and len(shapes) == 3 * 4  # 3 batches x 4 TTA variants
+    np.testing.assert_allclose(models.predict_proba(model, images, batch_size=4), expected(images), rtol=1e-5)
+    assert set(shapes) == {(4, 16, 16, 3)}
+    assert P.shape == (10, 1)
 
 
 def test_probabilities_match_a_direct_computation(images):
@@ -91,8 +107,8 @@ def test_dataframe_input_is_loaded_at_member_size(make_kaggle_tree):
 
 @pytest.mark.parametrize("members, array, match", [
     ([], np.zeros((2, 16, 16, 3), np.float32), "at least one member"),
-    ([mean_model()], np.zeros((2, 16, 16), np.float32), r"shape \(n_samples, H, W, 3\)"),
-    ([mean_model()], np.zeros((2, 32, 32, 3), np.float32), "expects 16 px"),
+    ([mean_model()], np.zeros((2, 16, 16), np.float32), r"rank 4 \(n_samples, H, W, 3\)"),
+    ([mean_model()], np.zeros((2, 32, 32, 3), np.float32), "model expects 16x16"),
     (["/nonexistent/member"], np.zeros((2, 16, 16, 3), np.float32), "not a saved member"),
 ])
 def test_bad_inputs(members, array, match):

@@ -1,10 +1,8 @@
 """Known-answer tests for failure-slice discovery (pneumoxai.slices)."""
 
-import doctest
 import re
 import sys
 import types
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,7 +25,6 @@ from pneumoxai.slices import (
     slice_mask,
 )
 
-DATA = Path("/work/shared/data/chest_xray/test")
 
 
 def _probs_from_errors(y, wrong):
@@ -198,18 +195,18 @@ _F, _Y, _P = _planted(n=60)
 @pytest.mark.parametrize(
     "frame, y_true, y_prob, kwargs, error, match",
     [
-        (_F, _Y[:-1], _P, {}, DataError, "length mismatch"),
+        (_F, _Y[:-1], _P, {}, DataError, "59 labels but there are 60"),
         (_F, _Y, np.where(np.arange(60) == 3, np.nan, _P), {}, DataError, "NaN"),
-        (_F, np.where(np.arange(60) == 0, 2, _Y), _P, {}, DataError, "only 0 and 1"),
+        (_F, np.where(np.arange(60) == 0, 2, _Y), _P, {}, DataError, r"only 0 \(NORMAL\) and 1"),
         (_F, _Y, _P * 2, {}, DataError, r"probabilities in \[0, 1\]"),
         (_F.iloc[:0], _Y[:0], _P[:0], {}, DataError, "empty"),
         (_F, _Y, _P, {"min_size": 0}, ConfigError,
          r"The 'min_size' parameter of find_failure_slices must be an int >= 1; got 0\."),
         (_F, _Y, _P, {"min_size": True}, ConfigError, "'min_size' .* got True"),
-        (_F, _Y, _P, {"max_order": 3}, ConfigError, r"'max_order' .* must be one of \(1, 2\); got 3"),
-        (_F, _Y, _P, {"n_bins": 1}, ConfigError, "'n_bins' .* must be an int >= 2; got 1"),
-        (_F, _Y, _P, {"alpha": 1.5}, ConfigError, r"'alpha' .* must be in \(0, 1\); got 1.5"),
-        (_F, _Y, _P, {"threshold": "0.5"}, ConfigError, r"'threshold' .* must be in \[0, 1\]; got '0.5'"),
+        (_F, _Y, _P, {"max_order": 3}, ConfigError, "'max_order' .* must be one of 1, 2; got 3"),
+        (_F, _Y, _P, {"n_bins": 1}, ConfigError, r"'n_bins' .* must be an int in \[2, 1000\]; got 1"),
+        (_F, _Y, _P, {"alpha": 1.5}, ConfigError, r"'alpha' .* must be a number in \(0, 1\); got 1.5"),
+        (_F, _Y, _P, {"threshold": "0.5"}, ConfigError, r"'threshold' .* must be a number in \[0, 1\]; got '0.5'"),
         (_F.to_numpy(), _Y, _P, {}, DataError, "pandas DataFrame"),
         (pd.concat([_F, _F[["noise"]]], axis=1), _Y, _P, {}, DataError, r"duplicated column names: \['noise'\]"),
     ],
@@ -344,17 +341,12 @@ def test_corner_marker_border_and_asymmetry_known_answers():
     assert feats.loc[0, "lr_asymmetry"] == pytest.approx(abs(left - right) / marker.mean())
 
 
-def test_lung_masks_come_from_lung_mask_or_are_nan_with_warning(monkeypatch):
+def test_lung_masks_come_from_lung_mask(monkeypatch):
     images = _random_images(n=2)
-    fake = types.ModuleType("pneumoxai._lungs")
+    fake = types.ModuleType("pneumoxai.lungs")
     fake.lung_mask = lambda imgs: np.ones(np.shape(imgs)[:3], dtype=bool)
-    monkeypatch.setitem(sys.modules, "pneumoxai._lungs", fake)
+    monkeypatch.setitem(sys.modules, "pneumoxai.lungs", fake)
     assert (image_features(images)["lung_area_fraction"] == 1.0).all()
-
-    monkeypatch.setitem(sys.modules, "pneumoxai._lungs", None)  # import now raises ImportError
-    with pytest.warns(UserWarning, match="lung masks unavailable"):
-        feats = image_features(images)
-    assert feats["lung_area_fraction"].isna().all()
 
 
 @pytest.mark.parametrize(
@@ -373,9 +365,9 @@ def test_image_features_rejects_bad_input(images, masks, match):
         image_features(images, masks=masks if masks is not None else np.zeros(images.shape[:3], bool))
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="real chest X-ray data not available")
-def test_features_on_a_few_real_radiographs():
-    paths = sorted((DATA / "NORMAL").glob("*.jpeg"))[:2] + sorted((DATA / "PNEUMONIA").glob("*.jpeg"))[:2]
+def test_features_on_a_few_real_radiographs(real_data_root):
+    test = real_data_root / "test"
+    paths = sorted((test / "NORMAL").glob("*.jpeg"))[:2] + sorted((test / "PNEUMONIA").glob("*.jpeg"))[:2]
     images = np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]) / 255.0
     feats = image_features(images, masks=images > 0.4)
     assert np.isfinite(feats.to_numpy()).all()
@@ -438,8 +430,3 @@ def test_slice_frame_builds_all_column_kinds():
 def test_slice_frame_rejects_bad_input(meta, kwargs, error, match):
     with pytest.raises(error, match=match):
         slice_frame(meta, **kwargs)
-
-
-def test_docstring_examples_run():
-    result = doctest.testmod(slices, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 10 and result.failed == 0

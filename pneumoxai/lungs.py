@@ -28,13 +28,15 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["ZONE_NAMES", "lung_mask", "zones"]
+__all__ = ["ZONE_NAMES", "ZONE_COLUMNS", "lung_mask", "zones"]
 
 #: Zone ids 1..6 in :func:`zones` index this tuple at ``id - 1``; 0 is outside the lungs.
 ZONE_NAMES = (
     "right_upper", "right_middle", "right_lower",
     "left_upper", "left_middle", "left_lower",
 )
+#: Columns of the zone-attention tables: the six zones' shares, then the share outside the lungs.
+ZONE_COLUMNS = ZONE_NAMES + ("off_lung_attention",)
 
 _WORK = 128  # working resolution of the segmentation
 _DARK_PERCENTILE = 42  # lung cores are at most this darkest share of the search region
@@ -175,9 +177,9 @@ def lung_mask(images, *, return_fallback=False):
 
     Parameters
     ----------
-    images : array_like, shape (n, H, W) or (n, H, W, 1 | 3)
+    images : array-like, shape (n, H, W) or (n, H, W, 1 | 3)
         Radiographs scaled to [0, 1]; colour channels are averaged.
-    return_fallback : bool, default False
+    return_fallback : bool, default=False
         Also return which images used the elliptical prior for at least one lung.
 
     Returns
@@ -224,7 +226,7 @@ def zones(masks):
 
     Parameters
     ----------
-    masks : array_like of bool, shape (n, H, W)
+    masks : array-like of bool, shape (n, H, W)
         Lung masks, e.g. from :func:`lung_mask`.
 
     Returns

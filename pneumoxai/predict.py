@@ -1,6 +1,9 @@
 """Member predictions computed once: batched, optionally test-time augmented, cached by content hash."""
 
 import hashlib
+import json
+import marshal
+import pickle
 import warnings
 from pathlib import Path
 
@@ -9,6 +12,10 @@ import pandas as pd
 
 from . import _io
 from .errors import CacheError, DataError
+from .models import predict_on_padded_batch
+from .validation import Interval, check_images, check_param
+
+__all__ = ["TTA_ROTATIONS", "predict_members", "predict_embeddings"]
 
 TTA_ROTATIONS = (-5.0, 5.0)
 
@@ -26,25 +33,60 @@ def _tta_variants(images):
                         for image in images]).reshape(images.shape)
 
 
-def _model_key(member):
+def _model_key(member, owner):
     """(model loader, content key, input size) for a Keras model or a saved member folder.
 
     A folder's key is the model file's hash verified against its card, so a cache hit
-    never pays for deserializing the network.
+    never pays for deserializing the network; the file holds the architecture and the
+    weights. A model's key hashes the same: its config (layers, preprocessing) and weights.
     """
-    from . import _io, models
+    from . import models
 
     if isinstance(member, (str, Path)):
         directory = Path(member)
         if not models.is_member_dir(directory):
             raise DataError(f"{str(directory)!r} is not a saved member (needs model.keras and card.json).")
-        card = _io.read_json(directory / models.CARD_FILE)
+        card = models.read_card(directory)
+        if card.get("kind") == "predictions":
+            raise DataError(f"{str(directory)!r} holds imported predictions, not a model to run.")
         digest = _io.sha256_file(directory / models.MODEL_FILE)
-        return (lambda: models.load_member(directory)[0]), digest, int(card["input_size"])
-    digest = hashlib.sha256()
+        return (lambda: _member_model(directory, owner)), digest, int(card["input_size"])
+    models.check_classifier(member, owner)
+    digest = hashlib.sha256(_architecture(member).encode())
     for weight in member.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return (lambda: member), digest.hexdigest(), int(member.input_shape[1])
+
+
+def _member_model(directory, owner):
+    from . import models
+
+    model = models.load_member(directory)[0]
+    models.check_classifier(model, owner)
+    return model
+
+
+def _architecture(model):
+    """The model's JSON config, plus the code and captured values of any preprocessing function.
+
+    Keras records a named function by its name only, so two ``adapt(model,
+    preprocess=f)`` with different ``f`` of one name would otherwise share a key.
+    """
+    try:
+        parts = [model.to_json()]
+    except (TypeError, ValueError):  # a config Keras cannot serialize: describe it without reuse across objects
+        parts = [json.dumps(model.get_config(), sort_keys=True, default=repr)]
+    for layer in model.layers:
+        function = getattr(layer, "function", None)  # pneumoxai's callable preprocess, keras.layers.Lambda
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            captured = [cell.cell_contents for cell in function.__closure__ or ()] + list(function.__defaults__ or ())
+            try:
+                captured_bytes = pickle.dumps(captured)
+            except (pickle.PicklingError, TypeError, AttributeError):  # their repr, which names their id
+                captured_bytes = repr(captured).encode()
+            parts.append(hashlib.sha256(marshal.dumps(code) + captured_bytes).hexdigest())
+    return "|".join(parts)
 
 
 def _images_for(images, size, loaded):
@@ -59,11 +101,7 @@ def _images_for(images, size, loaded):
                                 "drop them from the table first so predictions stay row-aligned.")
             loaded[size] = (array, manifest_hash(images))
         return loaded[size]
-    array = np.asarray(images, dtype=np.float32)
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise DataError(f"Images must have shape (n_samples, H, W, 3); got {array.shape}.")
-    if array.shape[1] != size:
-        raise DataError(f"Images are {array.shape[1]} px but a member expects {size} px.")
+    array = check_images(images, owner="predict_members", size=(size, size))
     if "array" not in loaded:
         loaded["array"] = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
     return array, loaded["array"]
@@ -82,25 +120,40 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
     batch_size : int, default=64
     tta : bool, default=False
         Average over test-time augmentations (identity, horizontal flip, +-5 degree rotations).
-    cache_dir : path, optional
+    cache_dir : path, default=None
         Cache folder. Each member's column is stored as ``<key>.npz`` with ``key`` the
-        SHA-256 of the model file (or weights), the data manifest (or array bytes), the
-        TTA flag; a changed member or dataset gets a new key. Corrupt files are
-        reported and recomputed.
+        SHA-256 of the model file (or of the model's config, preprocessing included, and
+        weights), the data manifest (or array bytes), the TTA flag; a changed member or
+        dataset gets a new key. Corrupt files are reported and recomputed.
     progress : bool, default=True
-        Show a tqdm progress bar over batches.
+        Show a tqdm progress bar over batches when stderr is a terminal.
 
     Returns
     -------
     numpy.ndarray of shape (n_samples, n_members), float64
+
+    Raises
+    ------
+    ModelContractError
+        A member that does not output one probability per image (see
+        :func:`pneumoxai.models.adapt`).
+
+    Warns
+    -----
+    ConstantPredictionsWarning
+        A member gives nearly the same probability to 8 or more images (checked when
+        computed, not on cache hits).
     """
     from tqdm.auto import tqdm
 
+    from . import models
+
     if len(members) == 0:
         raise DataError("predict_members needs at least one member.")
+    check_param("predict_members", "batch_size", batch_size, Interval("int", 1, 4096))
     loaded, columns = {}, []
     for index, member in enumerate(members):
-        load_model, model_key, size = _model_key(member)
+        load_model, model_key, size = _model_key(member, "predict_members")
         array, data_key = _images_for(images, size, loaded)
         key = hashlib.sha256(f"{model_key}|{data_key}|tta={bool(tta)}|v1".encode()).hexdigest()[:32]
         cache_path = Path(cache_dir) / f"{key}.npz" if cache_dir is not None else None
@@ -111,15 +164,16 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
         model = load_model()
         variants = 4 if tta else 1
         bar = tqdm(total=len(array) * variants, desc=f"predict member {index + 1}/{len(members)}",
-                   unit="img", disable=not progress, leave=False)
+                   unit="img", disable=None if progress else True, leave=False)  # None: only on a terminal
         probs = np.zeros(len(array))
         for start in range(0, len(array), batch_size):
             batch = array[start:start + batch_size]
-            outputs = [np.asarray(model.predict_on_batch(variant)).reshape(-1) for variant in
+            outputs = [predict_on_padded_batch(model, variant, batch_size).reshape(-1) for variant in
                        (_tta_variants(batch) if tta else (batch,))]
             probs[start:start + batch_size] = np.mean(outputs, axis=0)
             bar.update(len(batch) * variants)
         bar.close()
+        probs = models.check_classifier(model, "predict_members", probabilities=probs, warn_constant=True)
         if cache_path is not None:
             _io.save_npz(cache_path, proba=probs, key=np.array(key))
         columns.append(probs)
@@ -150,7 +204,7 @@ def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, c
 
     loaded, blocks = {}, []
     for member in members:
-        load_model, model_key, size = _model_key(member)
+        load_model, model_key, size = _model_key(member, "predict_embeddings")
         array, data_key = _images_for(images, size, loaded)
         key = hashlib.sha256(f"{model_key}|{data_key}|layer={layer}|v1".encode()).hexdigest()[:32]
         cache_path = Path(cache_dir) / f"emb-{key}.npz" if cache_dir is not None else None
@@ -169,7 +223,7 @@ def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, c
         except ValueError as exc:
             raise DataError(f"Member has no layer named {layer!r}.") from exc
         extractor = keras.Model(model.inputs, output)
-        embeddings = np.concatenate([np.asarray(extractor.predict_on_batch(array[start:start + batch_size]))
+        embeddings = np.concatenate([predict_on_padded_batch(extractor, array[start:start + batch_size], batch_size)
                                      for start in range(0, len(array), batch_size)]).astype(np.float32)
         if cache_path is not None:
             _io.save_npz(cache_path, embeddings=embeddings, key=np.array(key))

@@ -1,0 +1,233 @@
+"""Stage 4: class-activation and SHAP maps of the ensemble's errors, zone attention, faithfulness."""
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from .. import _io
+from ..errors import ConfigError
+from ._common import DISPLAY_SIZE, evaluation_record, load_table, logger, member_dirs, member_kind_of
+
+
+def explain_stage(run, config, *, methods=None, max_images=None):
+    """Grad-CAM / Grad-CAM++ / SHAP maps of the primary ensemble's errors on the test split.
+
+    - Every test image gets the ensemble's Grad-CAM of its predicted class (the class
+      that drove the call) and its lung-zone attention shares
+      (``tables/zone_attention_all.csv``, ``maps/gradcam_test.npz``): the slices stage
+      uses the off-lung share as a slicing column.
+    - False negatives, false positives and a class-matched sample of correct calls
+      (``explain.max_images`` in all) get every configured method (ensemble maps are
+      member maps averaged with the soft-voting weights; the SHAP map of the ensemble is
+      the mean of the members' logit SHAP maps, an approximation since SHAP values of
+      an averaged probability are not the average of logit attributions), saved to
+      ``maps/explain.npz`` with ``tables/zone_attention.csv``.
+    - Faithfulness for the best member: deletion AUC of its Grad-CAM against random maps
+      (``tables/explain_summary.csv``).
+    """
+    from ..lungs import lung_mask
+    from ..models import load_member
+
+    started = time.perf_counter()
+    explain_cfg = config["explain"]
+    predictions, record = evaluation_record(run)
+    y = predictions["label"].to_numpy()
+    p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
+    threshold = record["thresholds"][record["primary"]]
+    predicted = (p_ens >= threshold).astype(int)
+    model_dirs = [d for d in member_dirs(run, config) if member_kind_of(d) == "model"]
+    if not model_dirs:
+        raise ConfigError("explain: every member is an imported predictions file; maps need models "
+                          "(import a .keras model, or leave the stage out with `pneumoxai run --skip explain`).")
+    left_out = sorted({d.name for d in member_dirs(run, config)} - {d.name for d in model_dirs})
+    if left_out:
+        logger.info("explain: member(s) %s are prediction files; the maps come from the model members only",
+                    ", ".join(left_out))
+    member_models = [load_member(d)[0] for d in model_dirs]
+    _check_explainable(member_models)
+    images = _ImagesBySize(predictions["path"].tolist())
+    masks = lung_mask(images.at(DISPLAY_SIZE))
+    all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks)
+    chosen = _select_for_gallery(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
+    subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen), predicted[chosen].astype(bool),
+                                methods or explain_cfg["methods"])
+    _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
+    _faithfulness_summary(run, record, member_models, images.subset(chosen), predicted[chosen].astype(bool),
+                          zones_all, predicted != y, masks)
+    _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
+    logger.info("explain: %d images x %d methods, all %d test images with Grad-CAM, %.1f s", len(chosen),
+                len(subset_maps), len(images.paths), time.perf_counter() - started)
+
+
+#: Below this input side a ResNet50's last convolutional map is 1x1 and every class-activation map is constant.
+MIN_EXPLAIN_SIZE = 64
+
+
+def too_small_to_explain(config):
+    return [m["name"] for m in config["members"] if m["image_size"] < MIN_EXPLAIN_SIZE]
+
+
+def _check_explainable(member_models):
+    from ..explain import feature_map_size
+
+    flat = [(m.name, feature_map_size(m)) for m in member_models]
+    too_coarse = [f"{name} ({h}x{w})" for name, (h, w) in flat if min(h, w) < 2]
+    if too_coarse:
+        raise ConfigError(f"explain: the last convolutional map of member(s) {', '.join(too_coarse)} is 1 pixel "
+                          f"wide, so every class-activation map is constant; train with image_size >= "
+                          f"{MIN_EXPLAIN_SIZE}, or leave the stage out (pneumoxai run --skip explain).")
+
+
+class _ImagesBySize:
+    """The test images decoded once per input size; :meth:`subset` shares the decoded arrays."""
+
+    def __init__(self, paths, index=None, decoded=None):
+        self.paths = paths
+        self.index = index
+        self._decoded = {} if decoded is None else decoded
+
+    def at(self, size):
+        from ..data import load_images
+
+        if size not in self._decoded:
+            self._decoded[size] = load_images(self.paths, size)
+        array = self._decoded[size]
+        return array if self.index is None else array[self.index]
+
+    def for_models(self, models):
+        """``{input side: images}`` for every input side among ``models``."""
+        return {int(m.input_shape[1]): self.at(int(m.input_shape[1])) for m in models}
+
+    def subset(self, index):
+        return _ImagesBySize(self.paths, index, self._decoded)
+
+
+def _test_split_maps(run, member_models, images, predicted, masks):
+    """Ensemble Grad-CAM of the predicted class for every test image, and its zone attention."""
+    from ..explain import ensemble_gradcam, zone_attention
+
+    all_maps, _ = ensemble_gradcam(member_models, images.for_models(member_models), target=predicted.astype(bool),
+                                   size=DISPLAY_SIZE)
+    zones_all = zone_attention(all_maps, masks)
+    zones_all.insert(0, "path", images.paths)
+    _io.write_csv(run.table("zone_attention_all.csv"), zones_all, index=False)
+    _io.save_npz(run.maps("gradcam_test.npz"), maps=all_maps.astype(np.float16),
+                 paths=np.array(images.paths, dtype=str))
+    return all_maps, zones_all
+
+
+def _select_for_gallery(y, predicted, max_images, seed=0):
+    """Indices of false negatives, false positives and a matched sample of correct calls.
+
+    Errors take two thirds of the budget (split between FN and FP); correct calls are
+    drawn with the same class mix as the chosen errors, so maps compare like with like.
+    """
+    from ..outcomes import outcome_groups
+
+    rng = np.random.default_rng(seed)
+    outcome = outcome_groups(y, predicted, threshold=0.5)
+    per_error = max(1, max_images // 3)
+    chosen_fn = rng.permutation(np.flatnonzero(outcome == "false_negative"))[:per_error]
+    chosen_fp = rng.permutation(np.flatnonzero(outcome == "false_positive"))[:per_error]
+    n_correct = max(1, max_images - len(chosen_fn) - len(chosen_fp))
+    n_errors = len(chosen_fn) + len(chosen_fp)
+    k_pos = int(round(n_correct * (len(chosen_fn) / n_errors if n_errors else 0.5)))
+    correct = outcome == "correct"
+    correct_pos = rng.permutation(np.flatnonzero(correct & (y == 1)))
+    correct_neg = rng.permutation(np.flatnonzero(correct & (y == 0)))
+    chosen_correct = np.concatenate([correct_pos[:k_pos], correct_neg[:n_correct - k_pos]])
+    return np.concatenate([chosen_fn, chosen_fp, chosen_correct]).astype(int)
+
+
+_METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
+                  "saliency": "Saliency", "shap": "SHAP"}
+
+
+def _gallery_maps(run, config, member_models, images, target, methods):
+    """``{method label: ensemble maps at DISPLAY_SIZE}`` for the gallery images."""
+    from ..explain import ensemble_gradcam, resize_maps, saliency
+
+    maps = {}
+    for method in methods:
+        if method in ("gradcam", "gradcam++", "scorecam"):
+            maps[_METHOD_LABELS[method]] = ensemble_gradcam(member_models, images.for_models(member_models),
+                                                            method=method, target=target, size=DISPLAY_SIZE)[0]
+        elif method == "shap":
+            maps["SHAP"] = _ensemble_shap(run, config["explain"], member_models, images, target)
+        elif method == "saliency":
+            maps["Saliency"] = np.mean([resize_maps(saliency(m, images.at(int(m.input_shape[1])), target=target),
+                                                    DISPLAY_SIZE) for m in member_models], axis=0)
+    return maps
+
+
+def _ensemble_shap(run, explain_cfg, member_models, images, target):
+    """Mean of the members' logit SHAP maps, each against a class-balanced training background."""
+    from ..data import load_images
+    from ..explain import background_sample, resize_maps, shap_maps
+
+    table = load_table(run)
+    train_rows = table[table["role"] == "train"]
+    pool = train_rows.sample(n=min(len(train_rows), 20 * explain_cfg["shap_background"]),
+                             random_state=explain_cfg["seed"])
+    per_member = []
+    for model in member_models:
+        size = int(model.input_shape[1])
+        background = background_sample(load_images(pool["path"], size), pool["label"].to_numpy(),
+                                       n=explain_cfg["shap_background"], seed=explain_cfg["seed"])
+        maps = shap_maps(model, images.at(size), background, n_samples=explain_cfg["shap_samples"], target=target,
+                         seed=explain_cfg["seed"])
+        per_member.append(resize_maps(maps, DISPLAY_SIZE))
+    return np.mean(per_member, axis=0).astype(np.float32)
+
+
+def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
+    from ..explain import zone_attention
+    from ..outcomes import outcome_groups
+
+    group = outcome_groups(y[chosen], predicted[chosen], threshold=0.5)
+    chosen_paths = [paths[i] for i in chosen]
+    arrays = {f"map_{i}": maps for i, maps in enumerate(subset_maps.values())}
+    _io.save_npz(run.maps("explain.npz"), paths=np.array(chosen_paths, dtype=str), group=group.astype(str),
+                 methods=np.array(list(subset_maps), dtype=str), **arrays)
+    zone_rows = []
+    for label, maps in subset_maps.items():
+        shares = zone_attention(np.clip(maps, 0, None), masks[chosen])
+        shares.insert(0, "method", label)
+        shares.insert(0, "group", group)
+        shares.insert(0, "path", chosen_paths)
+        zone_rows.append(shares)
+    _io.write_csv(run.table("zone_attention.csv"), pd.concat(zone_rows, ignore_index=True), index=False)
+
+
+def _faithfulness_summary(run, record, member_models, images, target, zones_all, errors, masks):
+    """Off-lung attention of errors vs correct calls, and deletion AUC of the best member against random maps."""
+    from ..explain import deletion_auc, gradcam, random_map_baseline
+
+    best_name = record["best_member"]
+    best_model = member_models[record["members"].index(best_name)]
+    x = images.at(int(best_model.input_shape[1]))
+    deletion = deletion_auc(best_model, x, gradcam(best_model, x, target=target), target=target)
+    random_deletion = random_map_baseline(best_model, x, metric="deletion", target=target)
+    off_lung = zones_all["off_lung_attention"]
+    summary = pd.DataFrame([
+        {"measure": "off_lung_attention (Grad-CAM, ensemble), errors", "value": off_lung[errors].mean(),
+         "n": int(errors.sum())},
+        {"measure": "off_lung_attention (Grad-CAM, ensemble), correct", "value": off_lung[~errors].mean(),
+         "n": int((~errors).sum())},
+        {"measure": f"deletion AUC, Grad-CAM of {best_name} (lower = more faithful)",
+         "value": float(np.mean(deletion)), "n": len(x)},
+        {"measure": f"deletion AUC, random maps, {best_name}", "value": float(np.mean(random_deletion)), "n": len(x)},
+        {"measure": "lung mask area fraction (test mean)", "value": float(masks.mean()), "n": len(masks)},
+    ])
+    _io.write_csv(run.table("explain_summary.csv"), summary, index=False)
+
+
+def _explain_figures(run, display, chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold):
+    from .. import figures
+
+    figures.plot_explanation_gallery(display[chosen], subset_maps, y[chosen], p_ens[chosen], threshold=threshold,
+                                     n_per_group=3, path=run.figure_stem("gallery"))
+    figures.plot_mean_maps(all_maps, y, p_ens, images=display, threshold=threshold, path=run.figure_stem("mean_maps"))
+    figures.plot_zone_attention(zones_all.drop(columns=["path"]), y, p_ens, threshold=threshold,
+                                path=run.figure_stem("zone_attention"))

@@ -1,0 +1,226 @@
+"""The run folder: its layout, the names of the things in it, and the lock that guards it.
+
+Everything a run produces lives in one folder, so any stage can be re-run alone::
+
+    RUN_DIR/
+      run.json                  data root, data config and manifest hashes
+      config.json               the resolved config of the last invocation
+      members/<name>/           model.keras, card.json, train_paths.json
+      cache/predictions/        member probabilities keyed by model + data + preprocessing
+      cache/embeddings/         penultimate-layer activations for the slices stage
+      cache/stages/<stage>.json input key, duration and peak memory of each finished stage
+      tables/*.csv, *.md, *.json
+      figures/*.png, *.pdf
+      maps/*.npz                explanation maps
+      report.html
+
+This module is the only place that spells these names; the stages, the report and the
+command line ask :class:`RunFolder` for paths. It never imports TensorFlow.
+"""
+
+import contextlib
+import fcntl
+import os
+import shlex
+import socket
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from . import _io
+from .errors import CacheError, RunFolderError
+
+__all__ = [
+    "RunFolder",
+    "RUN_FORMAT",
+    "PRIMARY",
+    "STAGES",
+]
+
+RUN_FORMAT = 1
+#: The combiner whose predictions the analyses (slices, explain, report) follow.
+PRIMARY = "soft voting"
+#: Stages in the order ``pneumoxai run`` runs them.
+STAGES = ("train", "evaluate", "explain", "slices")
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.json"
+REPORT_FILE = "report.html"
+LOCK_FILE = ".lock"
+
+
+class RunFolder:
+    """Paths into one run folder, its lock, and tolerant readers of what the stages wrote.
+
+    The folder itself is created by :meth:`lock` (or :meth:`check_writable`) when missing,
+    so read-only uses never create an empty folder by accident.
+
+    Parameters
+    ----------
+    root : path-like
+        The run folder. An empty string is refused: it would silently mean the current
+        directory.
+
+    Examples
+    --------
+    >>> run = RunFolder("runs/example")
+    >>> run.table("results.csv").relative_to(run.root.resolve()).as_posix()
+    'tables/results.csv'
+    >>> RunFolder("")
+    Traceback (most recent call last):
+    ...
+    pneumoxai.errors.RunFolderError: The run folder path is empty; pass a folder name such as --out runs/cpu.
+    """
+
+    def __init__(self, root):
+        if not str(root).strip():
+            raise RunFolderError("The run folder path is empty; pass a folder name such as --out runs/cpu.")
+        self.root = Path(root)
+
+    def __repr__(self):
+        return f"RunFolder({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ paths
+
+    def path(self, *parts):
+        """A path inside the run folder; refuses names that would escape it."""
+        target = self.root.joinpath(*map(str, parts)).resolve()
+        root = self.root.resolve()
+        if target != root and root not in target.parents:
+            raise RunFolderError(f"Path {'/'.join(map(str, parts))!r} would leave the run folder {str(self.root)!r}.")
+        return target
+
+    @property
+    def run_file(self):
+        return self.path(RUN_FILE)
+
+    @property
+    def config_file(self):
+        return self.path(CONFIG_FILE)
+
+    @property
+    def report_file(self):
+        return self.path(REPORT_FILE)
+
+    def member_dir(self, name):
+        return self.path("members", name)
+
+    def table(self, name):
+        return self.path("tables", name)
+
+    def figure_stem(self, name):
+        """Figure path without suffix; the plotting functions add ``.png`` / ``.pdf``."""
+        return self.path("figures", name)
+
+    def figure(self, name):
+        """The PNG of figure ``name`` if a stage wrote it, else None."""
+        path = self.path("figures", f"{name}.png")
+        return path if path.is_file() else None
+
+    def cache(self, kind):
+        """Cache folder of one kind: ``predictions``, ``embeddings`` or ``stages``."""
+        return self.path("cache", kind)
+
+    def maps(self, name):
+        return self.path("maps", name)
+
+    def stage_marker(self, stage):
+        return self.cache("stages") / f"{stage}.json"
+
+    def command(self, stage):
+        """The command line that (re-)runs ``stage`` on this folder, for messages."""
+        flag = "--out" if stage in ("train", "run") else "--run"
+        return f"pneumoxai {stage} {flag} {shlex.quote(str(self.root))}"
+
+    # ------------------------------------------------------------------ reading
+
+    def read_json(self, path, *, required=None):
+        """A JSON file of the run folder, None when absent (or an error naming ``required``).
+
+        A damaged file raises :class:`~pneumoxai.errors.CacheError` naming it.
+        """
+        path = Path(path)
+        if not path.is_file():
+            if required is None:
+                return None
+            raise RunFolderError(f"{str(self.root)!r} has no {path.relative_to(self.root.resolve())}; {required}.")
+        data = _io.read_json(path)
+        if not isinstance(data, dict):
+            raise CacheError(f"{path} does not hold a JSON object; delete it to rebuild.")
+        return data
+
+    def read_table(self, name, *, columns=(), required=None, **read_csv):
+        """``tables/<name>`` as a DataFrame, None when absent (or an error naming ``required``).
+
+        Parameters
+        ----------
+        name : str
+        columns : sequence of str, default=()
+            Columns the caller needs; a file without them (damaged, or from another
+            tool) raises :class:`~pneumoxai.errors.CacheError` naming the file and the
+            command that rebuilds it, instead of a KeyError deep in a stage.
+        required : str, default=None
+            What to do when the table is missing ("run `pneumoxai evaluate` first");
+            without it a missing table gives None.
+        """
+        path = self.table(name)
+        if not path.is_file():
+            if required is None:
+                return None
+            raise RunFolderError(f"{str(self.root)!r} has no tables/{name}; {required}.")
+        try:
+            frame = pd.read_csv(path, **read_csv)
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise CacheError(f"{path} is not a readable CSV table ({str(exc).splitlines()[0]}); "
+                             "delete it and re-run the stage that writes it.") from exc
+        missing = [c for c in columns if c not in frame.columns and c != frame.index.name]
+        if missing:
+            raise CacheError(f"{path} lacks column(s) {missing}: it is damaged or was not written by pneumoxai; "
+                             "delete it and re-run the stage that writes it.")
+        return frame
+
+    # ------------------------------------------------------------------ writing and locking
+
+    def _remove_orphans(self):
+        """Temporary files of writers killed mid-write; members are cleaned under their own locks."""
+        for folder in (self.root, self.root / "tables", self.root / "figures", self.root / "maps",
+                       *(self.root / "cache" / kind for kind in ("predictions", "embeddings", "stages"))):
+            _io.remove_orphan_temp_files(folder)
+
+    def check_writable(self):
+        """Create the folder if needed and fail before any work when it cannot be written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise RunFolderError(f"Run folder {str(self.root)!r} is not writable: {exc.strerror or exc}.") from exc
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's lock for the duration; a second process gets a clear error.
+
+        The lock is an OS-level ``flock`` on ``.lock``: the kernel releases it when its
+        holder exits or is killed, so a crashed run never leaves a stale lock and two
+        processes can never both hold it. The file records the holder for the message.
+        """
+        self.check_writable()
+        lock_path = self.root / LOCK_FILE
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+                raise RunFolderError(
+                    f"Run folder {str(self.root)!r} is in use by process {owner}. Wait for it to finish; "
+                    "the lock is released when that process ends."
+                ) from None
+            # The host name matters when jobs on several machines share one run folder.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}".encode(), 0)
+            self._remove_orphans()
+            yield self
+        finally:
+            os.close(fd)  # releases the flock; the file stays, so no unlink race between holders

@@ -1,0 +1,138 @@
+"""`pneumoxai import` / `analyse`: members trained elsewhere, analysed without ever being retrained."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumoxai import cli, data, models, pipeline
+from pneumoxai.config import parse_config
+from pneumoxai.errors import DataError
+from pneumoxai.importing import read_predictions_file
+from pneumoxai.run_folder import RunFolder
+
+FAST = ["--set", "evaluate.n_boot=20", "--set", "evaluate.stacking_cv=2", "--set", "slices.min_size=2",
+        "--set", "explain.max_images=4", "--set", "explain.methods=[gradcam]"]
+
+
+def run_cli(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _planted_predictions(root, path, seed, strength=0.35):
+    """Probabilities that rank PNEUMONIA above NORMAL with noise; relative paths, as another framework writes."""
+    frame = data.scan_dataset(root)
+    rng = np.random.default_rng(seed)
+    prob = np.clip(0.5 + strength * (2 * frame["label"] - 1) + rng.normal(0, 0.2, len(frame)), 0, 1)
+    rel = [os.path.relpath(p, root) for p in frame["path"]]
+    pd.DataFrame({"path": rel, "probability": prob}).to_csv(path, index=False)
+    return frame.assign(probability=prob)
+
+
+@pytest.fixture
+def imported(make_kaggle_tree, tmp_path, capsys):
+    root = make_kaggle_tree(n_per_class=12, size=32)
+    truth = {name: _planted_predictions(root, tmp_path / f"{name}.csv", seed)
+             for name, seed in (("vendor_a", 0), ("vendor_b", 1))}
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "import", "--data", root, "--out", run,
+                             "--member", f"vendor_a={tmp_path / 'vendor_a.csv'}",
+                             "--member", f"vendor_b={tmp_path / 'vendor_b.csv'}", *FAST)
+    assert code == 0, err
+    assert "pneumoxai analyse --run" in out
+    return root, run, truth
+
+
+def test_imported_predictions_are_evaluated_as_given(imported, capsys):
+    root, run, truth = imported
+    code, _, err = run_cli(capsys, "analyse", "--run", run)
+    assert code == 0, err
+    assert "explain: skipped: every member is an imported predictions file" in err
+    predictions = pd.read_csv(run / "tables" / "predictions_test.csv")
+    for name, frame in truth.items():
+        expected = frame.set_index("path").loc[predictions["path"], "probability"].to_numpy()
+        np.testing.assert_allclose(predictions[f"p[{name}]"], expected)  # merged on path, row-aligned
+    results = pd.read_csv(run / "tables" / "results.csv", index_col="model")
+    assert "origin (reported)" not in results.index  # not the origin's recipe
+    assert {"vendor_a", "vendor_b", "soft voting"} <= set(results.index)
+    assert (run / "report.html").is_file() and (run / "tables" / "failure_slices.csv").is_file()
+
+
+def test_imported_members_are_read_only_and_never_retrained(imported, capsys, monkeypatch):
+    root, run, _ = imported
+    card = run / "members" / "vendor_a" / "card.json"
+    assert not os.access(card, os.W_OK) or os.geteuid() == 0  # root ignores permission bits
+    assert not (os.stat(card).st_mode & 0o222)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an imported member was trained")
+
+    monkeypatch.setattr(models, "train_member", forbidden)
+    config = run.parent / "clash.yaml"
+    config.write_text("defaults: {weights: null, image_size: 32, dense_units: [8], epochs_frozen: 1, "
+                      "epochs_finetune: 0, batch_size: 8}\nmembers:\n  - name: vendor_a\n")
+    code, _, err = run_cli(capsys, "train", "--data", root, "--config", config, "--out", run)
+    assert code == cli.EXIT_ERROR and "were imported; pneumoxai never retrains or overwrites" in err
+    before = card.read_bytes()
+    code, _, err = run_cli(capsys, "import", "--data", root, "--out", run, "--member", f"vendor_a={config}")
+    assert code == cli.EXIT_ERROR and "neither a model" in err
+    other = run.parent / "other.csv"
+    _planted_predictions(root, other, seed=5)
+    code, _, err = run_cli(capsys, "import", "--data", root, "--out", run, "--member", f"vendor_a={other}")
+    assert code == cli.EXIT_ERROR and "never overwrites a member" in err
+    assert card.read_bytes() == before
+
+
+def test_a_training_config_keeps_the_imported_members(imported):
+    _, run, _ = imported
+    trained = parse_config({"members": [{"name": "own", "weights": None, "image_size": 32}]})
+    merged = pipeline.with_imported_members(RunFolder(run), trained)
+    assert [m["name"] for m in merged["members"]] == ["own", "vendor_a", "vendor_b"]
+    assert [m["imported"] for m in merged["members"]] == [False, True, True]
+
+
+@pytest.mark.parametrize("content, match", [
+    ("path,prob\nx,0.5\n", r"lacks column\(s\) \['probability'\]"),
+    ("path,probability\nx,1.5\n", r"probabilities in \[0, 1\]"),
+    ("path,probability\nx,0.5\nx,0.6\n", "lists 1 image"),
+    ("path,probability\nx,abc\n", "numeric probabilities"),
+])
+def test_bad_prediction_files_are_refused(tmp_path, content, match):
+    path = tmp_path / "p.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match):
+        read_predictions_file(path, data_root=tmp_path)
+
+
+def test_predictions_missing_for_test_images_are_refused(make_kaggle_tree, tmp_path, capsys):
+    root = make_kaggle_tree(n_per_class=6, size=32)
+    _planted_predictions(root, tmp_path / "p.csv", seed=0)
+    frame = pd.read_csv(tmp_path / "p.csv")
+    frame[~frame["path"].str.startswith("test/")].to_csv(tmp_path / "p.csv", index=False)
+    code, _, err = run_cli(capsys, "import", "--data", root, "--out", tmp_path / "run", "--member",
+                           f"p={tmp_path / 'p.csv'}")
+    assert code == cli.EXIT_ERROR and "has no probability for 12 of the" in err
+
+
+def test_user_given_validation_and_test_lists(make_kaggle_tree, tmp_path, capsys):
+    root = make_kaggle_tree(n_per_class=8, size=32)
+    frame = data.scan_dataset(root)
+    val = frame[frame["split"] == "train"][["path", "label", "patient_id"]]
+    test = frame[frame["split"] == "test"][["path", "label"]]
+    val.to_csv(tmp_path / "val.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    _planted_predictions(root, tmp_path / "p.csv", seed=0)
+    preds = pd.read_csv(tmp_path / "p.csv")
+    preds["path"] = [str(root / p) for p in preds["path"]]
+    preds.to_csv(tmp_path / "p.csv", index=False)
+    code, _, err = run_cli(capsys, "import", "--val-list", tmp_path / "val.csv", "--test-list", tmp_path / "test.csv",
+                           "--out", tmp_path / "run", "--member", f"p={tmp_path / 'p.csv'}", *FAST)
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "run" / "tables" / "dataset.csv")
+    assert table.groupby("role").size().to_dict() == {"test": 16, "val": 16}
+    card = json.loads((tmp_path / "run" / "members" / "p" / "card.json").read_text())
+    assert card["kind"] == "predictions" and card["imported"] and card["n_predictions"] == 32

@@ -1,0 +1,270 @@
+"""Bad-input corpus: every class of failure the reliability audit found, one parametrised case each.
+
+Each case is fed through the public entry point a user would call (the CLI or the Python
+API) and must end in a pneumoxai error (one line from the CLI) or a correct result, never a
+traceback from deep inside NumPy, pandas or Keras, and never a half-written artifact.
+"""
+
+import json
+import os
+import re
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumoxai import _io, cli, data, models, pipeline
+from pneumoxai.config import parse_config
+from pneumoxai.errors import CacheError, ConfigError, DataError, PneumoxaiError, RunFolderError, SkippedFilesWarning
+from pneumoxai.predict import predict_members
+from pneumoxai.run_folder import RunFolder
+
+TINY = {"defaults": {"weights": None, "image_size": 32, "dense_units": [8], "epochs_frozen": 1,
+                     "epochs_finetune": 0, "batch_size": 8, "balancing": "class_weight"},
+        "members": [{"name": "m"}]}
+
+
+def one_line_error(capsys, argv):
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_ERROR, err
+    assert len(err) == 1 and err[0].startswith("pneumoxai: error: "), err
+    return err[0]
+
+
+# --------------------------------------------------------------------------- silent wrong results
+
+
+def test_same_bytes_under_both_labels_is_refused(make_kaggle_tree, tmp_path):
+    root = make_kaggle_tree(n_per_class=6)
+    normal = sorted((root / "train" / "NORMAL").iterdir())[0]
+    (root / "train" / "PNEUMONIA" / "person9999_bacteria_1.jpeg").write_bytes(normal.read_bytes())
+    with pytest.raises(DataError, match="under both NORMAL and PNEUMONIA"):
+        pipeline.prepare(RunFolder(tmp_path / "run"), root, parse_config({**TINY, "data": {"val_fraction": 0.3}}))
+    assert not (tmp_path / "run" / "tables" / "dataset.csv").exists()
+
+
+def test_symlink_from_the_other_label_is_refused(make_kaggle_tree):
+    root = make_kaggle_tree(n_per_class=4)
+    target = sorted((root / "test" / "PNEUMONIA").iterdir())[0]
+    os.symlink(target, root / "test" / "NORMAL" / "IM-7777-0001.jpeg")
+    with pytest.raises(DataError, match="reached from both NORMAL/ and PNEUMONIA/"):
+        data.scan_dataset(root)
+
+
+@pytest.mark.parametrize("make_link, reason", [
+    (lambda folder: os.symlink(folder / "missing.jpeg", folder / "IM-8888-0001.jpeg"), "dangling symbolic link"),
+    (lambda folder: (os.symlink(folder / "IM-8888-0002.jpeg", folder / "IM-8888-0001.jpeg"),
+                     os.symlink(folder / "IM-8888-0001.jpeg", folder / "IM-8888-0002.jpeg")), "unreadable"),
+], ids=["dangling", "loop"])
+def test_broken_links_are_skipped_and_named(make_kaggle_tree, make_link, reason):
+    root = make_kaggle_tree(n_per_class=4)
+    make_link(root / "train" / "NORMAL")
+    with pytest.warns(SkippedFilesWarning, match=f"IM-8888-0001.jpeg \\({reason}"):
+        frame = data.scan_dataset(root)
+    assert len(frame) == 16 and frame["path"].is_unique
+
+
+def test_a_file_linked_twice_under_one_label_is_scored_once(make_kaggle_tree):
+    root = make_kaggle_tree(n_per_class=4)
+    target = sorted((root / "test" / "NORMAL").iterdir())[0]
+    os.symlink(target, root / "test" / "NORMAL" / "IM-6666-0001.jpeg")
+    with pytest.warns(SkippedFilesWarning, match="reached twice"):
+        frame = data.scan_dataset(root)
+    assert frame["path"].is_unique and (frame["split"] == "test").sum() == 8
+
+
+@pytest.mark.parametrize("labels, match", [
+    ([0, 0.5, 1, 1], r"labels must hold only 0 \(NORMAL\) and 1 \(PNEUMONIA\); found 0.5"),
+    ([0, 1, 1], "4 images but 3 labels"),
+    (["0", "1", "1", "0"], "found '0', '1'"),
+])
+def test_balance_refuses_labels_it_would_silently_change(labels, match):
+    with pytest.raises(DataError, match=match):
+        data.balance(np.zeros((4, 8, 8, 3), np.float32), labels, "oversample")
+
+
+def _mean_model(size=8):
+    import keras
+
+    inputs = keras.Input((size, size, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(pooled))
+
+
+@pytest.mark.parametrize("images, match", [
+    (np.full((2, 8, 8, 3), np.nan, np.float32), "has 384 NaN or infinite values"),
+    (np.full((2, 8, 8, 3), 200.0, np.float32), r"must be scaled to \[0, 1\]"),
+    ([np.zeros((8, 8, 3)), np.zeros((4, 8, 3))], "ragged sequence"),
+    (np.full((2, 8, 8, 3), "x"), "real numeric array"),
+])
+def test_predict_members_refuses_images_it_would_score_wrongly(images, match):
+    with pytest.raises(DataError, match=match):
+        predict_members([_mean_model()], images, progress=False)
+
+
+def test_unknown_card_format_is_refused_even_when_the_cache_hits(tmp_path):
+    member = tmp_path / "member"
+    models.save_member(member, _mean_model(), {"name": "m"})
+    images = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
+    cache = tmp_path / "cache"
+    predict_members([member], images, cache_dir=cache, progress=False)
+    card = json.loads((member / "card.json").read_text())
+    (member / "card.json").write_text(json.dumps({**card, "format": 99}))
+    with pytest.raises(RunFolderError, match="card format 99"):
+        predict_members([member], images, cache_dir=cache, progress=False)
+
+
+def test_a_corrupt_prediction_cache_is_rebuilt(tmp_path):
+    images = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
+    model = _mean_model()
+    first = predict_members([model], images, cache_dir=tmp_path, progress=False)
+    (entry,) = tmp_path.glob("*.npz")
+    raw = bytearray(entry.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 16] = b"\x00" * 16  # damage the compressed stream, not the zip index
+    entry.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = predict_members([model], images, cache_dir=tmp_path, progress=False)
+    np.testing.assert_allclose(again, first)
+
+
+def test_empty_output_folder_is_refused(capsys, tmp_path):
+    line = one_line_error(capsys, ["run", "--out", "", "--data", tmp_path])
+    assert "run folder path is empty" in line
+
+
+# --------------------------------------------------------------------------- one line instead of a traceback
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: data.split_by_patient(pd.DataFrame({"patient_id": ["a"], "label": [0]}), seed=-1), ConfigError,
+     "'seed' parameter of split_by_patient"),
+    (lambda: data.load_images([], size="abc"), ConfigError, "'size' parameter of load_images"),
+    (lambda: data.load_images([], size=10**6), ConfigError, r"an int in \[8, 4096\]; got 1000000"),
+    (lambda: predict_members([_mean_model()], np.zeros((1, 8, 8, 3)), batch_size=0), ConfigError,
+     "'batch_size' parameter of predict_members"),
+    (lambda: models.build_member(32, weights=None, seed=0, precision="int8"), ConfigError,
+     "'precision' parameter of build_member"),
+])
+def test_api_parameters_are_checked_at_the_boundary(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def _run_folder_with(tmp_path, **files):
+    run = tmp_path / "run"
+    (run / "tables").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(TINY))
+    for name, text in files.items():
+        path = run / name.replace("__", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return run
+
+
+@pytest.mark.parametrize("command, files, match", [
+    ("report", {"tables__results.csv": "a,b\n1,2\n"}, "not a readable CSV table"),
+    ("report", {"tables__results.csv": b"\x00\xff\xfe garbage"}, "lacks column|not a readable CSV"),
+    ("slices", {"tables__predictions_test.csv": "path\nx\n", "tables__ensemble.json": "{}"}, "lacks column"),
+    ("slices", {"tables__predictions_test.csv": "path,label,patient_id,subtype\nx,0,p,normal\n",
+                "tables__ensemble.json": "[1, 2]"}, "does not hold a JSON object"),
+    ("explain", {"tables__predictions_test.csv": "path,label,patient_id,subtype\nx,0,p,normal\n",
+                 "tables__ensemble.json": "{\"primary\": \"soft voting\"}"}, "lacks 'members'"),
+    ("evaluate", {"tables__dataset.csv": "path,label\nx,0\n"}, "lacks column"),
+    ("evaluate", {"config.json": "{not json"}, "is not valid JSON"),
+])
+def test_damaged_run_folder_files_give_one_line(capsys, tmp_path, command, files, match):
+    run = _run_folder_with(tmp_path, **files)
+    line = one_line_error(capsys, [command, "--run", run])
+    assert re.search(match, line), line
+
+
+def _hostile_keras_file(path, patch):
+    """A real .keras archive whose config names ``patch`` (module, class) where a layer should be."""
+    models.save_member(path.parent, _mean_model(), {"name": "m"})
+    archive = path.parent / "model.keras"
+    with zipfile.ZipFile(archive) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    config = json.loads(entries["config.json"])
+    config["config"]["layers"][1].update(patch)
+    entries["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, payload in entries.items():
+            zf.writestr(name, payload)
+    card = json.loads((path.parent / "card.json").read_text())
+    card["model_sha256"] = _io.sha256_file(archive)  # the attacker also rewrote the card
+    (path.parent / "card.json").write_text(json.dumps(card))
+    return path.parent
+
+
+@pytest.mark.parametrize("patch", [
+    {"module": "os", "class_name": "system", "registered_name": None},
+    {"module": "builtins", "class_name": "eval", "registered_name": None},
+    {"module": None, "class_name": "NotRegisteredAnywhere", "registered_name": "evil>NotRegisteredAnywhere"},
+    {"class_name": "TFSMLayer", "module": "keras.layers"},
+], ids=["os.system", "eval", "unregistered", "tfsm"])
+def test_hostile_model_files_are_refused_in_one_error(tmp_path, patch):
+    member = _hostile_keras_file(tmp_path / "member" / "model.keras", patch)
+    with pytest.raises(PneumoxaiError) as info:
+        models.load_member(member)
+    assert "\n" not in str(info.value) and "model.keras" in str(info.value)
+    if patch["class_name"] == "TFSMLayer":
+        assert "TFSMLayer" in str(info.value)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_orphan_temp_files_are_removed_when_the_folder_is_locked_again(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    with run.lock():
+        pass
+    orphan = run.root / "tables" / ".results.csv.ab12cd34.csv"
+    orphan.parent.mkdir()
+    orphan.write_text("half")
+    keep = run.root / "tables" / "results.csv"
+    keep.write_text("whole")
+    with run.lock():
+        assert not orphan.exists() and keep.exists()
+    assert not list(run.root.glob(".write-test-*"))
+
+
+def test_a_full_disk_names_the_artifact(tmp_path, monkeypatch):
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    target = tmp_path / "tables" / "results.csv"
+    with pytest.raises(OSError, match="No space left on device") as info:
+        _io.write_text(target, "x")
+    assert info.value.filename == str(target)
+    assert not target.exists() and not list(target.parent.iterdir())
+
+
+def test_damaged_json_cache_files_are_cache_errors(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("{")
+    with pytest.raises(CacheError, match="not valid JSON"):
+        _io.read_json(path)
+    assert RunFolder(tmp_path).read_json(tmp_path / "missing.json") is None
+
+
+def test_config_errors_never_echo_a_huge_value():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"members": [{"name": "m", "seed": "9" * 10**6}]})
+    assert len(str(info.value)) < 400
+
+
+def test_cli_error_after_tensorflow_loaded_is_one_line(tmp_path):
+    """A subprocess, so TensorFlow's start-up output (on file descriptor 2) would show if not silenced."""
+    import subprocess
+    import sys
+
+    run = _run_folder_with(tmp_path, **{"tables__dataset.csv": "path,label\nx,0\n"})
+    result = subprocess.run([sys.executable, "-m", "pneumoxai.cli", "evaluate", "--run", str(run)],
+                            capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == cli.EXIT_ERROR
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith("pneumoxai: error: ") and "lacks column" in result.stderr

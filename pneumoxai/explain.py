@@ -1,19 +1,28 @@
 """Visual explanations for pneumoxai members, and checks that the explanations mean something.
 
 Maps
-    Grad-CAM, Grad-CAM++, (Faster) Score-CAM and vanilla/SmoothGrad saliency wrap
-    ``tf-keras-vis``; expected-gradients and partition SHAP wrap ``shap``. Each method is
-    one small class on :class:`MapExplainer`, which validates the model once and the
-    images on every call, then explains them in batches (never one image per call).
+    Grad-CAM, Grad-CAM++, LayerCAM, HiResCAM, (Faster) Score-CAM and vanilla/SmoothGrad
+    saliency wrap ``tf-keras-vis``; expected-gradients and partition SHAP wrap ``shap``.
+    Each method is one small class on :class:`MapExplainer`, which validates the model
+    once and the images on every call, then explains them in batches (never one image
+    per call). Every CAM takes ``layers=``: per-layer maps, upsampled and min-max
+    scaled, fused by element-wise maximum (LayerCAM's fusion), so a conv3 map gives the
+    fused map 1/8 of the input side (:func:`fusion_layers` names the layers).
 Where the model looks
     :func:`zone_attention` splits each map's positive mass over the six lung zones of
     :mod:`pneumoxai.lungs` and the area outside the lungs.
 Are the maps faithful?
     :func:`deletion_auc` / :func:`insertion_auc` (Petsiuk, Das & Saenko, "RISE:
     Randomized Input Sampling for Explanation of Black-box Models", BMVC 2018) against
-    :func:`random_map_baseline`, and the model-parameter randomization test
-    :func:`randomization_check` (Adebayo et al., "Sanity Checks for Saliency Maps",
-    NeurIPS 2018).
+    :func:`random_map_baseline`; ROAD (:func:`road`, Rong et al., "A Consistent and
+    Efficient Evaluation Strategy for Attribution Methods", ICML 2022), which fills the
+    removed pixels from their neighbours instead of black; the model-parameter
+    randomization test :func:`randomization_check` (Adebayo et al., "Sanity Checks for
+    Saliency Maps", NeurIPS 2018); all of them per method and layer in :func:`compare_layers`.
+Per failure slice
+    :func:`slice_explanations`: mean map, zone attention against correct calls of the
+    same class and faithfulness of each significant slice of
+    :func:`pneumoxai.slices.find_failure_slices`.
 
 Model contract: one input ``(H, W, 3)`` in [0, 1] and one sigmoid output ``(n, 1)`` =
 P(PNEUMONIA), its activation carried by the output layer (``"prediction"``), and a flat
@@ -39,12 +48,15 @@ that is silenced locally. ``shap.DeepExplainer`` is not used: it fails on ResNet
 
 import contextlib
 import io
+import time
 import warnings
 
 import keras
 import numpy as np
 import pandas as pd
 import scipy.ndimage
+import scipy.sparse
+import scipy.sparse.linalg
 import scipy.stats
 
 with warnings.catch_warnings():
@@ -52,6 +64,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
     from tf_keras_vis.saliency import Saliency
     from tf_keras_vis.scorecam import Scorecam
     from tf_keras_vis.utils.model_modifiers import ModelModifier, ReplaceToLinear
@@ -73,10 +86,15 @@ __all__ = [
     "MapExplainer",
     "GradCAM",
     "GradCAMPlusPlus",
+    "LayerCAM",
+    "HiResCAM",
     "ScoreCAM",
     "SaliencyMap",
     "GradientSHAP",
     "PartitionSHAP",
+    "ROAD_ORDERS",
+    "RESNET50_FUSION_LAYERS",
+    "fusion_layers",
     "gradcam",
     "ensemble_gradcam",
     "resize_maps",
@@ -90,14 +108,22 @@ __all__ = [
     "deletion_auc",
     "insertion_auc",
     "random_map_baseline",
+    "road_impute",
+    "road",
     "randomization_check",
+    "compare_layers",
+    "slice_explanations",
 ]
 
 # Allowed option values, declared once.
-CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
+CAM_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam", "scorecam")
 SHAP_METHODS = ("gradient", "partition")
 TARGETS = ("pneumonia", "normal", "predicted")
 FAITHFULNESS_METRICS = ("deletion", "insertion")
+ROAD_ORDERS = ("morf", "lerf")
+#: What :func:`fusion_layers` picks for a ResNet50 member (1/8, 1/16, 1/32 of the input side). Not the
+#: conv3/conv4 stage outputs: they feed only stride-2 1x1 convolutions, so their gradient is a checkerboard.
+RESNET50_FUSION_LAYERS = ("conv3_block4_1_relu", "conv4_block6_1_relu", "conv5_block3_out")
 RANDOMIZATION_METHODS = CAM_METHODS + ("saliency",)
 
 _THRESHOLD = 0.5  # target="predicted": PNEUMONIA when P(PNEUMONIA) >= this
@@ -170,6 +196,95 @@ def _feature_layer(model, layer):
     if layer not in four_d:
         raise ConfigError(f"layer {layer!r} must have a 4-D (n, h, w, c) output to be explained")
     return layer
+
+
+def _feature_layers(owner, model, layer, layers):
+    """The explained layers as a tuple: ``(layer,)`` or ``tuple(layers)``, each checked."""
+    if layers is None:
+        return (_feature_layer(model, layer),)
+    if layer is not None:
+        raise ConfigError(f"{owner}: pass either layer= or layers=, not both; got layer={layer!r}, layers={layers!r}")
+    if isinstance(layers, str) or not hasattr(layers, "__len__") or len(layers) == 0:
+        raise param_error(owner, "layers", "a non-empty list of layer names", layers)
+    return tuple(_feature_layer(model, name) for name in layers)
+
+
+def _lattice_only_gradient(model, names):
+    """For each layer: is its logit gradient zero off one stride-2 lattice (rows and columns of one parity)?
+
+    Such a layer feeds only strided 1x1 convolutions (ResNet v1 stage outputs do), so a
+    gradient-weighted map of it is a checkerboard with half its nominal resolution.
+    Checked on one random probe image: the pattern is structural, not data-dependent.
+    """
+    import tensorflow as tf
+
+    head = model.get_layer(_check_model(model, "fusion_layers"))
+    probe = np.random.default_rng(0).random((1,) + tuple(model.inputs[0].shape[1:]), dtype=np.float32)
+    sub = keras.Model(model.inputs, [model.get_layer(n).output for n in names] + [head.input])
+    with tf.GradientTape() as tape:
+        *features, penultimate = sub(tf.convert_to_tensor(probe), training=False)
+        # The logit without its bias: a saturated sigmoid would have a zero gradient everywhere.
+        score = tf.reduce_sum(tf.matmul(penultimate, tf.cast(head.kernel, penultimate.dtype)))
+    flags = []
+    for grad in tape.gradient(score, features):
+        support = np.abs(keras.ops.convert_to_numpy(grad)[0]).sum(axis=-1) > 0
+        h, w = support.shape
+        rows, cols = np.nonzero(support)
+        flags.append(bool(h > 1 and w > 1 and support.any() and len(set(rows % 2)) == 1
+                          and len(set(cols % 2)) == 1))
+    return flags
+
+
+def fusion_layers(model, *, n_layers=3):
+    """Default layers of a multi-layer CAM: one per resolution, for the ``n_layers`` coarsest resolutions.
+
+    Layers with a 4-D output are grouped by spatial size in graph order; each group
+    gives its last layer (a stage output), unless that layer's gradient is zero off a
+    stride-2 lattice (it feeds only strided 1x1 convolutions, as ResNet v1 stage
+    outputs do, and its map would be a checkerboard of half the resolution): then the
+    group's latest layer without that pattern. For a ResNet50 member this gives
+    :data:`RESNET50_FUSION_LAYERS`: the first ReLU of the last block of conv3 and
+    conv4 (8x8 and 4x4 at 64 px; 28x28 and 14x14 at 224 px) and ``conv5_block3_out``,
+    so the fused map has 1/8 of the input side.
+
+    Parameters
+    ----------
+    model : keras.Model
+    n_layers : int, default 3
+
+    Returns
+    -------
+    tuple of str
+        Finest first; fewer when the model has fewer resolutions.
+
+    Examples
+    --------
+    >>> import keras
+    >>> inputs = keras.Input((16, 16, 3), name="image")
+    >>> h = keras.layers.Conv2D(4, 3, padding="same", name="conv_a")(inputs)
+    >>> h = keras.layers.MaxPooling2D(name="pool_a")(h)
+    >>> h = keras.layers.Conv2D(4, 3, padding="same", name="conv_b")(h)
+    >>> h = keras.layers.GlobalAveragePooling2D(name="head_pool")(h)
+    >>> fusion_layers(keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(h)))
+    ('conv_a', 'conv_b')
+    """
+    n_layers = _positive_int("fusion_layers", "n_layers", n_layers)
+    groups = {}
+    for lyr in model.layers:
+        if not isinstance(lyr, keras.layers.InputLayer) and len(lyr.output.shape) == 4:
+            size = tuple(lyr.output.shape[1:3])
+            groups.setdefault(size, []).append(lyr.name)
+            groups[size] = groups.pop(size)  # dict order = order of each size's last layer
+    if not groups:
+        raise ConfigError("model has no layer with a 4-D (n, h, w, c) output to explain")
+    chosen = list(groups.values())[-n_layers:]
+    candidates = [name for group in chosen for name in group]
+    checkerboard = dict(zip(candidates, _lattice_only_gradient(model, candidates)))
+    picked = []
+    for group in chosen:
+        dense = [name for name in group if not checkerboard[name]]
+        picked.append(dense[-1] if dense else group[-1])
+    return tuple(picked)
 
 
 def feature_map_size(model, layer=None):
@@ -275,6 +390,19 @@ def _upsample(cams, size):
     return _minmax(keras.ops.convert_to_numpy(resized)[..., 0])
 
 
+def _fuse(maps):
+    """Element-wise maximum of per-layer [0, 1] maps, ties broken toward agreement.
+
+    A maximum of min-max scaled maps equals 1 at every layer's own peak; adding
+    1e-3 x their mean makes the peak the pixel where the layers agree most (and
+    leaves a single map unchanged after rescaling).
+    """
+    if len(maps) == 1:
+        return maps[0]
+    stacked = np.stack(maps)
+    return _minmax(stacked.max(axis=0) + 1e-3 * stacked.mean(axis=0))
+
+
 def _logit_model(model, output_name):
     """A copy of ``model`` whose output is the pre-sigmoid logit (the original is untouched)."""
     clone = keras.models.clone_model(model)
@@ -366,23 +494,43 @@ class GradCAM(MapExplainer):
         Feature layer; default the last layer with a 4-D output (``conv5_block3_out``
         for ResNet50 members). Used as given: tf-keras-vis' search for a ``Conv`` layer
         is disabled because it would skip ResNet's post-residual activation.
+    layers : sequence of str, default=None
+        Instead of ``layer``: several feature layers (e.g. :func:`fusion_layers`).
+        Each layer's map is upsampled to the input and min-max scaled; the maps are
+        fused by element-wise maximum (Jiang et al., LayerCAM, IEEE TIP 2021).
     batch_size : int, default=16
+
+    Attributes
+    ----------
+    layers : tuple of str
+        The explained layers.
+    layer : str
+        The explained layer, or the last of ``layers``.
     """
 
     _visualization = Gradcam
+    _call_options = {}
 
-    def __init__(self, model, *, layer=None, batch_size=16):
+    def __init__(self, model, *, layer=None, layers=None, batch_size=16):
         super().__init__(model, batch_size=batch_size)
-        self.layer = _feature_layer(model, layer)
-        self._vis = self._visualization(model, model_modifier=ReplaceToLinear(), clone=True)
+        self.layers = _feature_layers(type(self).__name__, model, layer, layers)
+        self.layer = self.layers[-1]
+        self._vis = self._make_visualization(model)
+
+    def _make_visualization(self, model):
+        return self._visualization(model, model_modifier=ReplaceToLinear(), clone=True)
 
     def _explain_batch(self, x, is_pneumonia):
+        return _fuse([_upsample(self._layer_cams(x, is_pneumonia, layer), x.shape[1:3]) for layer in self.layers])
+
+    def _layer_cams(self, x, is_pneumonia, layer):
+        """Low-resolution CAMs (b, h, w) of one layer."""
         with _quiet_keras_inputs():
-            cams = self._vis(
+            return self._vis(
                 BinaryScore(is_pneumonia.tolist()), x,
-                penultimate_layer=self.layer, seek_penultimate_conv_layer=False, expand_cam=False,
+                penultimate_layer=layer, seek_penultimate_conv_layer=False, expand_cam=False,
+                **self._call_options,
             )
-        return _upsample(cams, x.shape[1:3])
 
 
 class GradCAMPlusPlus(GradCAM):
@@ -391,7 +539,29 @@ class GradCAMPlusPlus(GradCAM):
     _visualization = GradcamPlusPlus
 
 
-class ScoreCAM(MapExplainer):
+class LayerCAM(GradCAM):
+    """LayerCAM (Jiang et al., IEEE TIP 2021): ``ReLU(sum_c ReLU(grad_c) * A_c)`` per position.
+
+    Positive gradients weight each position separately instead of one weight per
+    channel, so shallow layers give usable maps. Same options as :class:`GradCAM`.
+    """
+
+    _visualization = Layercam
+
+
+class HiResCAM(GradCAM):
+    """HiResCAM (Draelos & Carin, 2020): ``ReLU(sum_c grad_c * A_c)`` per position.
+
+    The element-wise product with signed gradients; for a global-average-pooled head it
+    equals the exact contribution of each position to the logit (CAM). Same options as
+    :class:`GradCAM`.
+    """
+
+    _visualization = Layercam
+    _call_options = {"gradient_modifier": None}
+
+
+class ScoreCAM(GradCAM):
     """Faster Score-CAM (Wang et al., CVPR-W 2020): weights the ``max_n`` most varied channels.
 
     Channel weights are the target-class probability of the masked input (``p`` or
@@ -400,7 +570,7 @@ class ScoreCAM(MapExplainer):
     Parameters
     ----------
     model : keras.Model
-    layer : str, default=None
+    layer, layers : default=None
         As in :class:`GradCAM`.
     max_n : int, default=32
         Channels kept per image (by spatial std); capped at the layer's channel count.
@@ -410,12 +580,13 @@ class ScoreCAM(MapExplainer):
         masked copies stay under 1 GiB.
     """
 
-    def __init__(self, model, *, layer=None, max_n=32, batch_size=16):
-        super().__init__(model, batch_size=batch_size)
-        self.layer = _feature_layer(model, layer)
-        self.channels = int(model.get_layer(self.layer).output.shape[-1])
+    def __init__(self, model, *, layer=None, layers=None, max_n=32, batch_size=16):
+        super().__init__(model, layer=layer, layers=layers, batch_size=batch_size)
+        self.channels = max(int(model.get_layer(name).output.shape[-1]) for name in self.layers)
         self.max_n = min(_positive_int("ScoreCAM", "max_n", max_n), self.channels)
-        self._vis = Scorecam(model, model_modifier=[ReplaceToLinear(), _TwoClassLogits()], clone=True)
+
+    def _make_visualization(self, model):
+        return Scorecam(model, model_modifier=[ReplaceToLinear(), _TwoClassLogits()], clone=True)
 
     def _images_per_call(self, shape):
         image_bytes = 4 * int(np.prod(shape[1:]))
@@ -424,15 +595,14 @@ class ScoreCAM(MapExplainer):
             n -= 1
         return n
 
-    def _explain_batch(self, x, is_pneumonia):
+    def _layer_cams(self, x, is_pneumonia, layer):
         # Scorecam calls model.predict() without verbose=0; keep its progress bar quiet.
         with _quiet_keras_inputs(), contextlib.redirect_stdout(io.StringIO()):
-            cams = self._vis(
+            return self._vis(
                 CategoricalScore(is_pneumonia.astype(int).tolist()), x,
-                penultimate_layer=self.layer, seek_penultimate_conv_layer=False,
+                penultimate_layer=layer, seek_penultimate_conv_layer=False,
                 max_N=self.max_n, batch_size=self.batch_size, expand_cam=False,
             )
-        return _upsample(cams, x.shape[1:3])
 
 
 class SaliencyMap(MapExplainer):
@@ -564,19 +734,20 @@ class PartitionSHAP(MapExplainer):
         return values * np.where(is_pneumonia, 1, -1)[:, None, None]
 
 
-_CAM_CLASSES = dict(zip(CAM_METHODS, (GradCAM, GradCAMPlusPlus, ScoreCAM)))
+_CAM_CLASSES = dict(zip(CAM_METHODS, (GradCAM, GradCAMPlusPlus, LayerCAM, HiResCAM, ScoreCAM)))
 
 
-def _cam_explainer(owner, model, method, layer, batch_size, max_n):
+def _cam_explainer(owner, model, method, layer, batch_size, max_n, layers=None):
     cls = _CAM_CLASSES[_choice(owner, "method", method, CAM_METHODS)]
     options = {"max_n": max_n} if cls is ScoreCAM else {}
-    return cls(model, layer=layer, batch_size=batch_size, **options)
+    return cls(model, layer=layer, layers=layers, batch_size=batch_size, **options)
 
 
 # --------------------------------------------------------------------------- functions
 
 
-def gradcam(model, images, *, method="gradcam", layer=None, target="pneumonia", batch_size=16, max_n=32):
+def gradcam(model, images, *, method="gradcam", layer=None, layers=None, target="pneumonia", batch_size=16,
+            max_n=32):
     """Class-activation maps of one model.
 
     Parameters
@@ -585,10 +756,13 @@ def gradcam(model, images, *, method="gradcam", layer=None, target="pneumonia", 
         Single-input, single-sigmoid-output member (see the module docstring).
     images : array-like, shape (n, H, W, 3)
         Float images in [0, 1].
-    method : {"gradcam", "gradcam++", "scorecam"}, default="gradcam"
+    method : {"gradcam", "gradcam++", "layercam", "hirescam", "scorecam"}, default="gradcam"
         ``"scorecam"`` is Faster Score-CAM (``max_n`` channels).
     layer : str, default=None
         Feature layer; default the last layer with a 4-D output.
+    layers : sequence of str, default=None
+        Several feature layers instead, fused by element-wise maximum of their
+        upsampled, min-max scaled maps (see :class:`GradCAM`, :func:`fusion_layers`).
     target : {"pneumonia", "normal", "predicted"} or array-like of bool, shape (n,)
         Gradient methods explain the pre-sigmoid logit (PNEUMONIA) or its negation
         (NORMAL); Score-CAM weights by ``p`` or ``1 - p``.
@@ -619,10 +793,10 @@ def gradcam(model, images, *, method="gradcam", layer=None, target="pneumonia", 
     >>> maps.shape, maps.dtype, bool(0 <= maps.min() and maps.max() <= 1)
     ((2, 8, 8), dtype('float32'), True)
     """
-    return _cam_explainer("gradcam", model, method, layer, batch_size, max_n)(images, target=target)
+    return _cam_explainer("gradcam", model, method, layer, batch_size, max_n, layers)(images, target=target)
 
 
-def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=None,
+def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=None, layers=None,
                      target="pneumonia", batch_size=16, max_n=32, size=None):
     """Weighted mean and spread of the members' class-activation maps.
 
@@ -635,8 +809,9 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
     weights : array-like of shape (n_models,), default=None
         Non-negative member weights (normalised to sum 1), e.g. a combiner's
         ``weights_``; None gives every member the same weight.
-    method, layer, batch_size, max_n
-        As in :func:`gradcam`; ``layer=None`` picks each member's own feature layer.
+    method, layer, layers, batch_size, max_n
+        As in :func:`gradcam`; ``layer=None`` picks each member's own feature layer,
+        ``layers="auto"`` each member's own :func:`fusion_layers`.
     target : {"pneumonia", "normal", "predicted"} or array-like of bool of shape (n_samples,)
         "predicted" uses the ensemble's weighted mean probability, so every member
         explains the same class.
@@ -683,7 +858,9 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
         proba = sum(wi * _predict_proba(m, x, batch_size) for wi, m, x in zip(w, models, inputs))
         target = proba >= _THRESHOLD
     maps = np.stack([
-        resize_maps(_cam_explainer(owner, m, method, layer, batch_size, max_n)(x, target=target), size)
+        resize_maps(_cam_explainer(owner, m, method, layer, batch_size, max_n,
+                                   fusion_layers(m) if isinstance(layers, str) and layers == "auto" else layers)
+                    (x, target=target), size)
         for m, x in zip(models, inputs)
     ])
     combined = np.tensordot(w, maps, axes=1)
@@ -976,6 +1153,155 @@ def random_map_baseline(model, images, *, metric="deletion", n_maps=3, steps=20,
     return auc.reshape(n_maps, len(x)).mean(axis=0)
 
 
+# ROAD's neighbour weights (Rong et al., 2022): 1/6 for the 4 direct, 1/12 for the 4 diagonal neighbours.
+_ROAD_NEIGHBOURS = tuple((dr, dc, 1 / 6 if dr == 0 or dc == 0 else 1 / 12)
+                         for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0))
+
+
+def _impute_one(image, removed):
+    """Solve ``x_p = weighted mean of x_q over p's in-image 8-neighbours q`` for every removed p."""
+    height, width = removed.shape
+    unknown = np.flatnonzero(removed.ravel())
+    if unknown.size == 0:
+        return image
+    slot = np.full(height * width, -1)
+    slot[unknown] = np.arange(unknown.size)
+    rows, cols = np.divmod(unknown, width)
+    flat = image.reshape(height * width, -1).astype(np.float64)
+    diag = np.zeros(unknown.size)
+    rhs = np.zeros((unknown.size, flat.shape[1]))
+    a_rows, a_cols, a_vals = [], [], []
+    for dr, dc, weight in _ROAD_NEIGHBOURS:
+        r, c = rows + dr, cols + dc
+        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+        who = np.flatnonzero(inside)
+        neighbour = r[inside] * width + c[inside]
+        diag[who] += weight
+        is_unknown = slot[neighbour] >= 0
+        a_rows.append(who[is_unknown])
+        a_cols.append(slot[neighbour[is_unknown]])
+        a_vals.append(np.full(is_unknown.sum(), -weight))
+        np.add.at(rhs, who[~is_unknown], weight * flat[neighbour[~is_unknown]])
+    a_rows.append(np.arange(unknown.size))
+    a_cols.append(np.arange(unknown.size))
+    a_vals.append(diag)
+    system = scipy.sparse.csc_matrix(
+        (np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))), shape=(unknown.size,) * 2
+    )
+    solved = scipy.sparse.linalg.splu(system).solve(rhs)
+    out = flat.copy()
+    out[unknown] = solved
+    return out.reshape(image.shape)
+
+
+def road_impute(images, removed, *, noise=0.0, seed=0):
+    """ROAD's noisy linear imputation: removed pixels from their neighbours, not black.
+
+    Every removed pixel equals the weighted mean of its in-image 8-neighbours
+    (weight 1/6 direct, 1/12 diagonal), removed neighbours included; the resulting
+    sparse linear system is solved exactly (``scipy.sparse.linalg.splu``), so holes
+    are filled smoothly from their borders. Gaussian noise of std ``noise`` is then
+    added to the imputed pixels, as in Rong et al. (ICML 2022).
+
+    Parameters
+    ----------
+    images : array_like, shape (n, H, W, 3)
+        Float images in [0, 1].
+    removed : array_like of bool, shape (n, H, W)
+        Pixels to impute; each image must keep at least one pixel.
+    noise : float, default 0.0
+        Std of the noise on imputed pixels (ROAD uses 0.01 on [0, 1] images).
+    seed : int, default 0
+
+    Returns
+    -------
+    ndarray of float32, shape (n, H, W, 3)
+        Clipped to [0, 1]; pixels not removed are unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.zeros((1, 5, 5, 3), np.float32)
+    >>> x[0, :, 3:] = 1.0                       # dark left, bright right
+    >>> hole = np.zeros((1, 5, 5), bool)
+    >>> hole[0, :, 1:4] = True
+    >>> road_impute(x, hole)[0, 2, :, 0].round(2)  # a ramp, not a black hole
+    array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
+    """
+    x = _check_images(images, owner="road_impute")
+    mask = np.asarray(removed)
+    if mask.shape != x.shape[:3] or mask.dtype != bool:
+        raise DataError(f"removed must be a bool array of shape {x.shape[:3]} (n, H, W); got {mask.dtype} "
+                        f"{mask.shape}")
+    if mask.reshape(len(x), -1).all(axis=1).any():
+        raise DataError("removed covers every pixel of an image: there is nothing to impute from")
+    if not np.isfinite(noise) or noise < 0:
+        raise param_error("road_impute", "noise", "a number >= 0", noise)
+    out = np.stack([_impute_one(image, m) for image, m in zip(x, mask)])
+    if noise > 0:
+        rng = np.random.default_rng(seed)
+        out = np.where(mask[..., None], out + rng.normal(0.0, noise, out.shape), out)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def road(model, images, maps, *, order="morf", fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+         noise=0.01, target="pneumonia", batch_size=32, seed=0):
+    """ROAD, remove and debias (Rong et al., ICML 2022): the target-class probability as pixels go.
+
+    For each fraction the most (``"morf"``) or least (``"lerf"``) relevant pixels of
+    each map are removed and imputed by :func:`road_impute`; all perturbed images of a
+    chunk of images are predicted in one call. A faithful map makes the MoRF curve fall
+    fast and the LeRF curve stay high. Unlike deletion to black, the imputed image
+    carries no hole whose shape leaks which pixels were removed.
+
+    Parameters
+    ----------
+    model : keras.Model
+    images : array_like, shape (n, H, W, 3)
+    maps : array_like, shape (n, H, W)
+        Higher = more relevant.
+    order : {"morf", "lerf"}, default "morf"
+    fractions : sequence of float in [0, 1), default 0.1, 0.2, ..., 0.9
+    noise : float, default 0.01
+        Imputation noise (see :func:`road_impute`).
+    target : {"pneumonia", "normal", "predicted"} or array_like of bool, shape (n,)
+        Whose probability is tracked (``p`` or ``1 - p``).
+    batch_size : int, default 32
+    seed : int, default 0
+
+    Returns
+    -------
+    ndarray of float64, shape (n, len(fractions))
+        Target-class probability after each removal fraction.
+    """
+    _choice("road", "order", order, ROAD_ORDERS)
+    _check_model(model, "road")
+    x = _check_images(images, model, owner="road")
+    m = _check_maps(maps, x)
+    f = np.asarray(fractions, np.float64)
+    if f.ndim != 1 or len(f) == 0 or not np.isfinite(f).all() or (f < 0).any() or (f >= 1).any():
+        raise param_error("road", "fractions", "a non-empty sequence of numbers in [0, 1)", fractions)
+    batch_size = _positive_int("road", "batch_size", batch_size)
+    is_pneumonia = _target_is_pneumonia("road", target, model, x, batch_size)
+    n, height, width = m.shape
+    relevance = m.reshape(n, -1) if order == "morf" else -m.reshape(n, -1)
+    order_idx = np.argsort(-relevance, axis=1, kind="stable")
+    rank = np.empty_like(order_idx)
+    np.put_along_axis(rank, order_idx, np.arange(height * width)[None, :], axis=1)
+    counts = np.round(f * height * width).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _PERTURBATION_MAX_BYTES // (len(f) * x[0].nbytes))
+    scores = np.empty((n, len(f)))
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        removed = rank[sl, None, :] < counts[None, :, None]  # (b, k, H*W)
+        b = removed.shape[0]
+        perturbed = road_impute(np.repeat(x[sl], len(f), axis=0), removed.reshape(b * len(f), height, width),
+                                noise=noise, seed=int(rng.integers(2**31 - 1)))
+        scores[sl] = _predict_proba(model, perturbed, batch_size).reshape(b, len(f))
+    return np.where(is_pneumonia[:, None], scores, 1 - scores)
+
+
 # --------------------------------------------------------------------------- randomization
 
 
@@ -1019,8 +1345,8 @@ def _spearman_rows(a, b):
         return np.where(denom > 0, (ra * rb).sum(axis=1) / denom, np.nan)
 
 
-def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=None, target="pneumonia",
-                        batch_size=16, max_n=32, seed=0):
+def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=None, layers=None,
+                        target="pneumonia", batch_size=16, max_n=32, seed=0):
     """Model-parameter randomization test (Adebayo et al., NeurIPS 2018).
 
     The model is cloned, its top ``n_layers`` layers with weights (counted from the
@@ -1033,10 +1359,10 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
     ----------
     model : keras.Model
     images : array-like, shape (n, H, W, 3)
-    method : {"gradcam", "gradcam++", "scorecam", "saliency"}, default="gradcam"
+    method : {"gradcam", "gradcam++", "layercam", "hirescam", "scorecam", "saliency"}, default="gradcam"
     n_layers : int, default=1
         Weighted layers to re-initialise, from the top (cascading randomization).
-    layer, target, batch_size, max_n
+    layer, layers, target, batch_size, max_n
         As in :func:`gradcam`; "predicted" follows the trained model for both maps.
     seed : int, default=0
         Seeds the re-initialisation.
@@ -1058,6 +1384,185 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
     def explain(m):
         if method == "saliency":
             return SaliencyMap(m, batch_size=batch_size)(x, target=target)
-        return _cam_explainer("randomization_check", m, method, layer, batch_size, max_n)(x, target=target)
+        return _cam_explainer("randomization_check", m, method, layer, batch_size, max_n, layers)(x, target=target)
 
     return _spearman_rows(explain(model), explain(randomized))
+
+
+# --------------------------------------------------------------------------- layer choice
+
+
+def _nanmedian(values):
+    """Median of the finite values; NaN, without a warning, when there is none."""
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float("nan")
+
+
+def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), target="predicted", steps=20,
+                   fractions=(0.1, 0.3, 0.5, 0.7, 0.9), n_randomized=1, batch_size=16, max_n=32, seed=0):
+    """Faithfulness, randomization and cost of each CAM method on each layer (or fused layers).
+
+    Layer choice by measurement: for every (method, layer) pair the maps of ``images``
+    are timed and scored by deletion AUC (lower is better), ROAD MoRF/LeRF
+    (:func:`road`; ``road_gap = road_lerf - road_morf``, higher is better) and the
+    model-randomization Spearman correlation (:func:`randomization_check`, lower is
+    better). A ``"random"`` row gives the chance level of uniformly random maps.
+
+    Parameters
+    ----------
+    model : keras.Model
+    images : array_like, shape (n, H, W, 3)
+    layers : sequence of (str or sequence of str)
+        Layers to compare; a sequence of names is one fused entry (e.g.
+        :func:`fusion_layers`), labelled by joining its names with ``"+"``.
+    methods : sequence of str, default ("gradcam", "layercam")
+        Drawn from :data:`CAM_METHODS`.
+    target : {"pneumonia", "normal", "predicted"} or array_like of bool, default "predicted"
+        Resolved once, so every method explains the same classes.
+    steps : int, default 20
+        Deletion steps.
+    fractions : sequence of float, default (0.1, 0.3, 0.5, 0.7, 0.9)
+        ROAD removal fractions.
+    n_randomized : int, default 1
+        Top weighted layers re-initialised by the randomization check.
+    batch_size, max_n, seed
+        As in :func:`gradcam` and :func:`randomization_check`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (method, layer) plus the ``"random"`` row; columns ``method``,
+        ``layer``, ``map_side`` (side of the finest feature map), ``deletion_auc``,
+        ``road_morf``, ``road_lerf``, ``road_gap`` (means over images and fractions),
+        ``randomization_spearman`` (median over images with a non-constant map; NaN
+        when re-initialisation leaves every map constant) and ``seconds_per_image``.
+    """
+    _check_model(model, "compare_layers")
+    x = _check_images(images, model, owner="compare_layers")
+    if isinstance(methods, str) or not len(methods):
+        raise param_error("compare_layers", "methods", "a non-empty list drawn from " + ", ".join(CAM_METHODS),
+                          methods)
+    for method in methods:
+        _choice("compare_layers", "methods", method, CAM_METHODS)
+    if isinstance(layers, str) or not len(layers):
+        raise param_error("compare_layers", "layers", "a non-empty list of layer names or lists of names", layers)
+    specs = [(entry,) if isinstance(entry, str) else tuple(entry) for entry in layers]
+    is_pneumonia = _target_is_pneumonia("compare_layers", target, model, x, batch_size)
+
+    def scores(maps):
+        morf = road(model, x, maps, order="morf", fractions=fractions, target=is_pneumonia, seed=seed).mean()
+        lerf = road(model, x, maps, order="lerf", fractions=fractions, target=is_pneumonia, seed=seed).mean()
+        deletion = deletion_auc(model, x, maps, steps=steps, target=is_pneumonia).mean()
+        return {"deletion_auc": deletion, "road_morf": morf, "road_lerf": lerf, "road_gap": lerf - morf}
+
+    rows = []
+    for method in methods:
+        for spec in specs:
+            explainer = _cam_explainer("compare_layers", model, method, None, batch_size, max_n, layers=spec)
+            started = time.perf_counter()
+            maps = explainer(x, target=is_pneumonia)
+            seconds = (time.perf_counter() - started) / len(x)
+            spearman = randomization_check(model, x, method=method, layers=spec, n_layers=n_randomized,
+                                           target=is_pneumonia, batch_size=batch_size, max_n=max_n, seed=seed)
+            rows.append({"method": method, "layer": "+".join(spec),
+                         "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),
+                         **scores(maps), "randomization_spearman": _nanmedian(spearman),
+                         "seconds_per_image": seconds})
+    chance = np.random.default_rng(seed).random(x.shape[:3], dtype=np.float32)
+    rows.append({"method": "random", "layer": "", "map_side": x.shape[1], **scores(chance),
+                 "randomization_spearman": np.nan, "seconds_per_image": np.nan})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- per failure slice
+
+
+def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, threshold=0.5, faithfulness=None,
+                       findings_only=True, max_slices=10):
+    """Where in the image each failure slice's errors look, against correct calls of the same class.
+
+    Links "which images" (:func:`pneumoxai.slices.find_failure_slices`) to "where in
+    the image" (:func:`zone_attention`). For each slice, its errors are compared with
+    the correct calls of the same true class, weighted to the errors' class mix (a
+    slice of false positives is compared with true negatives).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame, shape (n_samples, n_columns)
+        The slicing table the slices were found on.
+    slice_table : pandas.DataFrame
+        Output of :func:`pneumoxai.slices.find_failure_slices` (with ``conditions``).
+    maps : array_like, shape (n_samples, H, W)
+        One attention map per image (e.g. of the predicted class).
+    masks : array_like, shape (n_samples, H, W)
+        Bool lung masks or zone ids, as in :func:`zone_attention`.
+    y_true : array_like of {0, 1}, shape (n_samples,)
+    y_prob : array_like, shape (n_samples,)
+        P(PNEUMONIA); a call is PNEUMONIA when ``y_prob >= threshold``.
+    threshold : float, default 0.5
+    faithfulness : array_like, shape (n_samples,), optional
+        A per-image faithfulness score of ``maps`` (e.g. :func:`deletion_auc` or a ROAD
+        gap); its mean over the slice's errors and over the reference is reported.
+    findings_only : bool, default True
+        Only slices with ``finding`` True (q below the search's alpha).
+    max_slices : int, default 10
+        At most this many slices, in the table's order.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per slice: ``slice``, ``n_errors``, ``n_reference``, then for each
+        zone column ``z`` of :data:`ZONE_COLUMNS` the mean share ``errors:z`` and
+        ``correct:z``, ``off_lung_shift`` (errors minus correct), ``top_zone_shift``
+        (zone with the largest increase) and, with ``faithfulness``,
+        ``faithfulness_errors`` and ``faithfulness_correct``.
+    mean_maps : ndarray of float32, shape (n_slices, H, W)
+        Mean map of each slice's errors (zeros for a slice without errors).
+    """
+    from .slices import slice_mask
+
+    if not isinstance(slice_table, pd.DataFrame) or "conditions" not in slice_table:
+        raise DataError("slice_table must be the DataFrame of find_failure_slices, with its 'conditions' column")
+    m = np.asarray(maps, np.float64)
+    y = np.asarray(y_true)
+    p = np.asarray(y_prob, np.float64)
+    n = len(frame)
+    if m.ndim != 3 or len(m) != n or y.shape != (n,) or p.shape != (n,):
+        raise DataError(f"maps (n, H, W), y_true and y_prob (n,) must have n = len(frame) = {n} rows; got "
+                        f"{m.shape}, {y.shape}, {p.shape}")
+    faith = None if faithfulness is None else np.asarray(faithfulness, np.float64)
+    if faith is not None and faith.shape != (n,):
+        raise DataError(f"faithfulness must have shape ({n},); got {faith.shape}")
+    max_slices = _positive_int("slice_explanations", "max_slices", max_slices)
+    shares = zone_attention(m, masks)
+    wrong = (p >= threshold).astype(int) != y
+    chosen = slice_table[slice_table["finding"].astype(bool)] if findings_only else slice_table
+    rows, mean_maps = [], []
+    for _, found in chosen.head(max_slices).iterrows():
+        errors = slice_mask(frame, found["conditions"]) & wrong
+        mix = np.bincount(y[errors], minlength=2) / max(1, errors.sum())
+        row = {"slice": found["slice"], "n_errors": int(errors.sum()), "n_reference": int((~wrong).sum())}
+        reference_weight = np.zeros(n)
+        for c in (0, 1):  # each correct call of class c weighs mix[c] / n(correct calls of c)
+            correct = ~wrong & (y == c)
+            if correct.any():
+                reference_weight[correct] = mix[c] / correct.sum()
+        for column in ZONE_COLUMNS:
+            values = shares[column].to_numpy()
+            row[f"errors:{column}"] = float(np.nanmean(values[errors])) if errors.any() else np.nan
+            ok = np.isfinite(values) & (reference_weight > 0)
+            row[f"correct:{column}"] = (float(np.average(values[ok], weights=reference_weight[ok]))
+                                        if ok.any() else np.nan)
+        row["off_lung_shift"] = row["errors:off_lung_attention"] - row["correct:off_lung_attention"]
+        shifts = {z: row[f"errors:{z}"] - row[f"correct:{z}"] for z in ZONE_COLUMNS}
+        finite = {z: v for z, v in shifts.items() if np.isfinite(v)}
+        row["top_zone_shift"] = max(finite, key=finite.get) if finite else None
+        if faith is not None:
+            row["faithfulness_errors"] = float(np.nanmean(faith[errors])) if errors.any() else np.nan
+            ok = np.isfinite(faith) & (reference_weight > 0)
+            row["faithfulness_correct"] = (float(np.average(faith[ok], weights=reference_weight[ok]))
+                                           if ok.any() else np.nan)
+        rows.append(row)
+        mean_maps.append(m[errors].mean(axis=0) if errors.any() else np.zeros(m.shape[1:]))
+    table = pd.DataFrame(rows, columns=None if rows else ["slice", "n_errors", "n_reference"])
+    return table, np.asarray(mean_maps, np.float32).reshape((-1,) + m.shape[1:])

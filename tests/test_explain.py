@@ -98,6 +98,8 @@ def patch_share(maps, boxes):
 POINTING_CASES = {
     "gradcam": (lambda m, d: explain.gradcam(m, d["x"]), 0.9),
     "gradcam++": (lambda m, d: explain.gradcam(m, d["x"], method="gradcam++"), 0.9),
+    "layercam": (lambda m, d: explain.gradcam(m, d["x"], method="layercam"), 0.9),
+    "hirescam": (lambda m, d: explain.gradcam(m, d["x"], method="hirescam"), 0.9),
     "scorecam": (lambda m, d: explain.gradcam(m, d["x"], method="scorecam", max_n=8), 0.9),
     "saliency": (lambda m, d: explain.saliency(m, d["x"]), 0.8),
     "smoothgrad": (lambda m, d: explain.saliency(m, d["x"], smooth_samples=8), 0.75),
@@ -325,7 +327,8 @@ BAD_INPUTS = [
      "does not exist"),
     ("2-D layer", lambda m: explain.gradcam(m, GOOD, layer="head_pool"), ConfigError, "4-D"),
     ("unknown cam method", lambda m: explain.gradcam(m, GOOD, method="lime"), ConfigError,
-     r"The 'method' parameter of gradcam must be one of 'gradcam', 'gradcam\+\+', 'scorecam'; got 'lime'\."),
+     r"The 'method' parameter of gradcam must be one of 'gradcam', 'gradcam\+\+', 'layercam', 'hirescam', "
+     r"'scorecam'; got 'lime'\."),
     ("unknown shap method", lambda m: explain.shap_maps(m, GOOD, GOOD, method="deep"), ConfigError,
      "'method' parameter of shap_maps .* got 'deep'"),
     ("unknown target", lambda m: explain.gradcam(m, GOOD, target="virus"), ConfigError,

@@ -1,0 +1,336 @@
+"""Planted-shortcut audit on real X-rays: does the analysis find a marker we put there?
+
+A bright "L" tag (:func:`pneumoxai.audit.stamp_marker`) is stamped into the top-left
+corner of half of the PNEUMONIA training images, and a CPU member (ResNet50 from
+scratch, 64 px) is trained on them; a control member is trained on the same images
+without the marker. On the official test split the tag is stamped onto 30% of the
+NORMAL images (the "audit" copy; a clean copy is scored too). The analysis is then run
+without being told about the marker:
+
+(a) failure slices (:func:`pneumoxai.slices.find_failure_slices` on the slice frame
+    the pipeline builds: image features and lung masks at 224 px, confidence bin,
+    k-means clusters of the penultimate embeddings): is a slice that isolates the
+    marked images among the top 3, with q < 0.05?
+(b) maps (fused LayerCAM over conv3/conv4/conv5): share of the marked false
+    positives whose map peaks inside the marker box, and their off-lung share
+    (:func:`pneumoxai.explain.zone_attention`) against the same images' clean copies;
+(c) counterfactual: share of those errors that become correct once the marker is
+    inpainted away (:func:`pneumoxai.audit.counterfactual_flip_rate`);
+(d) the same numbers for the control member.
+
+    python experiments/shortcut_audit.py --data ../shared/data/chest_xray --out runs/shortcut_audit \
+        [--n-train 800] [--epochs 3]
+
+Writes ``figures/shortcut_audit/``: audit.csv, audit.md, slices_marked.csv,
+slices_control.csv, examples.png and provenance.json. Members are cached in ``--out``:
+re-running trains nothing.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import yaml
+
+from pneumoxai import __version__, audit, explain, models, slices
+from pneumoxai import config as cfg
+from pneumoxai._io import write_csv, write_json, write_text
+from pneumoxai.lungs import lung_mask
+from pneumoxai.data import balance, load_images, scan_dataset, split_by_patient
+from pneumoxai.figures import save_figure, style
+from pneumoxai.metrics import choose_threshold
+
+from _provenance import machine  # experiments/, on sys.path when run as a script
+
+HERE = Path(__file__).resolve().parent
+FULL = 224  # the copy's resolution: markers are burnt in here, as on a film, then downsampled
+
+
+def _downsample(images, size):
+    # INTER_AREA can overshoot 1 by a float32 ulp
+    return np.clip(np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]), 0, 1)
+
+
+def _sample(frame, n, rng):
+    return frame.iloc[np.sort(rng.choice(len(frame), min(n, len(frame)), replace=False))].reset_index(drop=True)
+
+
+def _marked_rows(labels, label, fraction, rng):
+    """Bool mask: a random ``fraction`` of the rows with ``labels == label``."""
+    rows = np.flatnonzero(np.asarray(labels) == label)
+    chosen = rng.choice(rows, int(round(fraction * len(rows))), replace=False)
+    mask = np.zeros(len(labels), bool)
+    mask[chosen] = True
+    return mask
+
+
+def _stamp_some(images, mask):
+    out = images.copy()
+    if mask.any():
+        out[mask] = audit.stamp_marker(images[mask])
+    return out
+
+
+def _member_config(epochs, seed):
+    raw = yaml.safe_load((HERE / "configs" / "cpu.yaml").read_text())
+    raw["defaults"]["epochs_frozen"] = epochs
+    # No flips: a flip would move the marker to another corner (real markers do not move either).
+    raw["defaults"]["augment"] = {"rotation": 0.0, "flip": False, "contrast": 0.1}
+    raw["members"] = [{"name": "audit", "seed": seed}]
+    return cfg.parse_config(raw)["members"][0]
+
+
+def train_or_load(directory, images, labels, val_images, val_labels, member_cfg, size):
+    if models.is_member_dir(directory):
+        model, card = models.load_member(directory)
+        return model, card
+    model = models.build_member(size, weights=None, seed=member_cfg["seed"], bn_momentum=member_cfg["bn_momentum"])
+    _, _, class_weight = balance(images, labels, method=member_cfg["balancing"])
+    result = models.train_member(model, images, labels, val_images, val_labels, member_cfg,
+                                 class_weight=class_weight, verbose=2)
+    card = {"seconds_per_epoch": result["seconds_per_epoch"], "epochs_run": result["epochs_run"],
+            "n_train": len(images)}
+    models.save_member(directory, model, card)
+    return model, card
+
+
+def _embeddings(model, images):
+    import keras
+
+    head = keras.Model(model.inputs, model.get_layer("head_dense2").output)
+    return head.predict(images, batch_size=64, verbose=0)
+
+
+def audit_member(name, model, test, threshold, box, layers):
+    """(a)-(c) of the audit for one member; returns (summary dict, slice table, example maps)."""
+    y, marked = test["y"], test["marked"]
+    p = models.predict_proba(model, test["x"])
+    p_clean = models.predict_proba(model, test["x_clean"])
+    frame = slices.slice_frame(test["meta"], images=test["x_full"], masks=test["masks_full"], ensemble_prob=p,
+                               embeddings=_embeddings(model, test["x"]), n_clusters=6, seed=0)
+    found = slices.find_failure_slices(frame, y, p, threshold=threshold, min_size=20, max_order=2, alpha=0.05)
+    # How well each slice isolates the marked images.
+    members = np.array([slices.slice_mask(frame, c) for c in found["conditions"]])
+    found["marked_precision"] = (members & marked).sum(axis=1) / members.sum(axis=1)
+    found["marked_recall"] = (members & marked).sum(axis=1) / marked.sum()
+    # "Isolates": a finding holding at least half of the marked images, at least 80% of it marked.
+    isolating = (found["marked_precision"] >= 0.8) & (found["marked_recall"] >= 0.5) & found["finding"]
+    top3 = found.head(3)
+    hit = np.flatnonzero(isolating.to_numpy()[:3])
+    best = top3.iloc[hit[0]] if len(hit) else None
+
+    # Sensitivity: finer quantile bins (the marked images are 11% of the test split, finer than a quartile).
+    fine = slices.find_failure_slices(frame, y, p, threshold=threshold, min_size=20, max_order=2, alpha=0.05,
+                                      n_bins=8).head(3)
+    fine_masks = np.array([slices.slice_mask(frame, c) for c in fine["conditions"]])
+    fine_precision = (fine_masks & marked).sum(axis=1) / fine_masks.sum(axis=1)
+    fine_recall = (fine_masks & marked).sum(axis=1) / marked.sum()
+
+    called = p >= threshold
+    marked_fp = marked & called & (y == 0)
+    marked_normal = marked & (y == 0)
+    # Errors the marker caused: marked false positives whose clean original is called NORMAL.
+    caused = marked_fp & (p_clean < threshold)
+    # Maps explain the PNEUMONIA call; on clean copies of the same images for comparison.
+    explain_rows = marked_fp if marked_fp.sum() >= 3 else marked_normal
+    started = time.perf_counter()
+    maps = explain.gradcam(model, test["x"][explain_rows], method="layercam", layers=layers)
+    seconds = (time.perf_counter() - started) / max(1, explain_rows.sum())
+    maps_clean = explain.gradcam(model, test["x_clean"][explain_rows], method="layercam", layers=layers)
+    others = {"hirescam_conv3": explain.gradcam(model, test["x"][explain_rows], method="hirescam", layer=layers[0]),
+              "gradcam_conv5": explain.gradcam(model, test["x"][explain_rows], method="gradcam")}
+    r0, c0, r1, c1 = box
+    def box_share(m):
+        with np.errstate(invalid="ignore"):  # an all-zero map has no mass to share
+            return float(np.nanmean(m[:, r0:r1, c0:c1].sum(axis=(1, 2)) / m.sum(axis=(1, 2))))
+    masks = test["masks"][explain_rows]
+    off_marked = explain.zone_attention(maps, masks)["off_lung_attention"]
+    off_clean = explain.zone_attention(maps_clean, masks)["off_lung_attention"]
+    true_neg = ~marked & ~called & (y == 0)
+    off_tn = explain.zone_attention(
+        explain.gradcam(model, test["x"][true_neg][:64], method="layercam", layers=layers),
+        test["masks"][true_neg][:64])["off_lung_attention"]
+    with np.errstate(all="ignore"):
+        flip = (audit.counterfactual_flip_rate(model, test["x"][marked_fp], y[marked_fp], box,
+                                               threshold=threshold) if marked_fp.any() else float("nan"))
+        flip_05 = (audit.counterfactual_flip_rate(model, test["x"][marked_fp], y[marked_fp], box, threshold=0.5)
+                   if (marked_fp & (p >= 0.5)).any() else float("nan"))
+        flip_caused = (audit.counterfactual_flip_rate(model, test["x"][caused], y[caused], box, threshold=threshold)
+                       if caused.any() else float("nan"))
+        # The marker was burnt in at 224 px: inpaint it there too, then downsample as for the model.
+        size = int(model.input_shape[1])
+        flip_full = (audit.counterfactual_flip_rate(
+            lambda full: models.predict_proba(model, _downsample(full, size)), test["x_full"][marked_fp],
+            y[marked_fp], audit.marker_box(FULL), threshold=threshold) if marked_fp.any() else float("nan"))
+    summary = {
+        "member": name,
+        "threshold": threshold,
+        "test_accuracy_audit": float((called == y).mean()),
+        "test_accuracy_clean": float(((p_clean >= threshold) == y).mean()),
+        "fpr_marked_normals": float(called[marked_normal].mean()),
+        "fpr_clean_normals": float(called[~marked & (y == 0)].mean()),
+        "n_marked_normals": int(marked_normal.sum()),
+        "n_marked_false_positives": int(marked_fp.sum()),
+        "a_marker_slice_in_top3": best is not None,
+        "a_marker_slice_rank": int(hit[0]) + 1 if len(hit) else None,
+        "a_marker_slice": None if best is None else best["slice"],
+        "a_marker_slice_q": None if best is None else float(best["q_value"]),
+        "a_marker_slice_precision": None if best is None else float(best["marked_precision"]),
+        "a_marker_slice_recall": None if best is None else float(best["marked_recall"]),
+        "a_top1_slice": found["slice"].iloc[0] if len(found) else None,
+        "a_top1_q": float(found["q_value"].iloc[0]) if len(found) else None,
+        "a_n_findings": int(found["finding"].sum()) if len(found) else 0,
+        "b_maps_on": "marked false positives" if marked_fp.sum() >= 3 else "marked normals (too few errors)",
+        "a_top3_n_bins8": "; ".join(f"{s} (q={q:.1e}, precision={pr:.2f}, recall={rc:.2f})" for s, q, pr, rc in
+                                     zip(fine["slice"], fine["q_value"], fine_precision, fine_recall)),
+        "b_peak_in_box_layercam_fused": audit.peak_in_box(maps, box),
+        "b_peak_in_box_layercam_fused_tol4": audit.peak_in_box(maps, box, tolerance=4),
+        "b_peak_in_box_layercam_fused_tol4_caused_errors": (
+            audit.peak_in_box(maps[caused[explain_rows]], box, tolerance=4) if caused.any() else float("nan")),
+        "b_peak_in_box_hirescam_conv3_tol4": audit.peak_in_box(others["hirescam_conv3"], box, tolerance=4),
+        "b_peak_in_box_gradcam_conv5_tol4": audit.peak_in_box(others["gradcam_conv5"], box, tolerance=4),
+        "b_box_mass_layercam_fused": box_share(maps),
+        "b_box_mass_same_images_clean": box_share(maps_clean),
+        "b_box_mass_hirescam_conv3": box_share(others["hirescam_conv3"]),
+        "b_off_lung_marked": float(np.nanmean(off_marked)),
+        "b_off_lung_same_images_clean": float(np.nanmean(off_clean)),
+        "b_off_lung_true_negatives": float(np.nanmean(off_tn)),
+        "c_counterfactual_flip_rate": flip,
+        "c_counterfactual_flip_rate_at_0.5": flip_05,
+        "c_n_errors_caused_by_marker": int(caused.sum()),
+        "c_counterfactual_flip_rate_caused_errors": flip_caused,
+        "c_counterfactual_flip_rate_inpainted_at_224": flip_full,
+        "seconds_per_image_fused_layercam": seconds,
+    }
+    examples = {"x": test["x"][explain_rows][:4], "maps": maps[:4],
+                "x_removed": audit.remove_marker(test["x"][explain_rows][:4], box),
+                "p": p[explain_rows][:4]}
+    return summary, found, examples
+
+
+def plot_examples(examples, box, path):
+    import matplotlib.pyplot as plt
+
+    names = list(examples)
+    k = min(len(examples[n]["x"]) for n in names)
+    with style():
+        fig, axes = plt.subplots(len(names), 2 * k, figsize=(2.0 * 2 * k, 2.2 * len(names)), squeeze=False)
+    r0, c0, r1, c1 = box
+    for row, name in enumerate(names):
+        ex = examples[name]
+        for j in range(k):
+            ax_img, ax_map = axes[row, 2 * j], axes[row, 2 * j + 1]
+            ax_img.imshow(ex["x"][j, ..., 0], cmap="gray", vmin=0, vmax=1)
+            ax_img.set_title(f"{name}: p={ex['p'][j]:.2f}", fontsize=7)
+            ax_map.imshow(ex["x"][j, ..., 0], cmap="gray", vmin=0, vmax=1)
+            ax_map.imshow(ex["maps"][j], cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+            ax_map.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="#56B4E9", lw=1))
+            ax_map.set_title("fused LayerCAM", fontsize=7)
+            for ax in (ax_img, ax_map):
+                ax.set_axis_off()
+    fig.suptitle("Marked NORMAL test images called PNEUMONIA; box = planted marker", fontsize=9)
+    save_figure(fig, path, formats=("png",))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/chest_xray")
+    parser.add_argument("--out", default="runs/shortcut_audit")
+    parser.add_argument("--n-train", type=int, default=800)
+    parser.add_argument("--n-val", type=int, default=200)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-marked", type=float, default=0.5, help="share of PNEUMONIA train images marked")
+    parser.add_argument("--test-marked", type=float, default=0.3, help="share of NORMAL test images marked")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--figures", default=str(HERE.parent / "figures" / "shortcut_audit"))
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    out, figures = Path(args.out), Path(args.figures)
+
+    table = scan_dataset(args.data)
+    train_pool, val_pool = split_by_patient(table[table["split"] == "train"].reset_index(drop=True),
+                                            val_fraction=0.2, seed=args.seed)
+    train_rows, val_rows = _sample(train_pool, args.n_train, rng), _sample(val_pool, args.n_val, rng)
+    test_rows = table[table["split"] == "test"].reset_index(drop=True)
+    box = audit.marker_box(args.size)
+
+    member_cfg = _member_config(args.epochs, args.seed)
+    trained = {}
+    for name, fraction in (("marked", args.train_marked), ("control", 0.0)):
+        arrays = []
+        for rows in (train_rows, val_rows):
+            full = load_images(rows, FULL)
+            marked = _marked_rows(rows["label"], 1, fraction, np.random.default_rng(args.seed + 1))
+            arrays += [_downsample(_stamp_some(full, marked), args.size), rows["label"].to_numpy()]
+            del full
+        t0 = time.perf_counter()
+        model, card = train_or_load(out / "members" / name, *arrays, member_cfg, args.size)
+        val_p = models.predict_proba(model, arrays[2])
+        trained[name] = {"model": model, "card": card, "threshold": float(choose_threshold(arrays[3], val_p)),
+                         "train_seconds": time.perf_counter() - t0}
+        print(f"{name}: trained/loaded in {trained[name]['train_seconds']:.0f} s", file=sys.stderr, flush=True)
+    if args.train_only:
+        return
+
+    full = load_images(test_rows, FULL)
+    marked = _marked_rows(test_rows["label"], 0, args.test_marked, np.random.default_rng(args.seed + 2))
+    full_marked = _stamp_some(full, marked)
+    x_full_masks = lung_mask(full_marked)
+    test = {
+        "meta": test_rows[["path", "split", "label", "label_name", "patient_id", "subtype"]],
+        "y": test_rows["label"].to_numpy(), "marked": marked,
+        "x": _downsample(full_marked, args.size), "x_clean": _downsample(full, args.size),
+        "x_full": full_marked, "masks_full": x_full_masks,
+        "masks": np.stack([cv2.resize(m.astype(np.uint8), (args.size, args.size)) > 0 for m in x_full_masks]),
+    }
+    del full
+    layers = explain.fusion_layers(trained["marked"]["model"])
+    rows, examples = [], {}
+    for name in ("marked", "control"):
+        summary, found, ex = audit_member(name, trained[name]["model"], test, trained[name]["threshold"], box,
+                                          layers)
+        summary["seconds_per_epoch"] = trained[name]["card"].get("seconds_per_epoch")
+        rows.append(summary)
+        examples[name] = ex
+        write_csv(figures / f"slices_{name}.csv",
+                  found.drop(columns=["conditions"]).head(20), index=False)
+    result = pd.DataFrame(rows)
+    write_csv(figures / "audit.csv", result, index=False)
+    plot_examples(examples, box, figures / "examples")
+    write_text(figures / "audit.md", _markdown(result, args))
+    write_json(figures / "provenance.json", {
+        "command": " ".join(["python", "experiments/shortcut_audit.py"] + (argv or sys.argv[1:])),
+        "pneumoxai_version": __version__, "machine": machine(), "seconds": time.perf_counter() - started,
+        "n_train": len(train_rows), "n_val": len(val_rows), "n_test": len(test_rows),
+        "n_test_marked": int(marked.sum()), "marker_box": box, "fusion_layers": list(layers),
+        "member_config": member_cfg, "args": vars(args),
+    })
+
+
+def _markdown(result, args):
+    lines = [
+        "# Planted-shortcut audit",
+        "",
+        f"Marker: bright 'L' tag, top-left, box {audit.marker_box(args.size)} at {args.size} px; "
+        f"{args.train_marked:.0%} of PNEUMONIA train images marked (marked member), none (control); "
+        f"{args.test_marked:.0%} of NORMAL test images marked.",
+        "",
+        "| | marked member | control |",
+        "|---|---|---|",
+    ]
+    for column in result.columns[1:]:
+        values = [result.loc[i, column] for i in range(len(result))]
+        cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in values]
+        lines.append(f"| {column} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""Building blocks of a shortcut audit: plant a marker, remove it, and see what changes.
+
+Shortcut learning in chest radiographs (DeGrave, Janizek & Lee, "AI for radiographic
+COVID-19 detection selects shortcuts over signal", Nature Machine Intelligence 3, 2021)
+often runs through burnt-in text and laterality markers. These functions let an audit
+plant such a marker with a known answer and check the analysis finds it:
+
+- :func:`marker_box` and :func:`stamp_marker` draw a bright tag with a letter into
+  one corner (OpenCV), like the "L"/"R" tags hospitals put on films;
+- :func:`remove_marker` inpaints a box from its surrounding background
+  (``cv2.inpaint``, Telea's method), the counterfactual "same image, no marker";
+- :func:`counterfactual_flip_rate` is the share of a model's errors that become
+  correct calls once the marker is removed;
+- :func:`peak_in_box` is the share of attention maps whose maximum lies in the box.
+
+Boxes are ``(r0, c0, r1, c1)`` pixel rows/columns, end-exclusive, as NumPy slices.
+Images are float arrays ``(n, H, W, 3)`` in [0, 1], as everywhere in pneumoxai.
+"""
+
+import warnings
+
+import cv2
+import numpy as np
+
+from .errors import DataError, param_error
+from .validation import Interval, Options, check_images, check_param, is_valid
+
+__all__ = [
+    "CORNERS",
+    "marker_box",
+    "stamp_marker",
+    "remove_marker",
+    "counterfactual_flip_rate",
+    "peak_in_box",
+]
+
+#: Allowed values of the ``corner`` parameter.
+CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_LETTER_FILL = 0.7  # the letter's height as a share of the tag's side
+
+
+def _check_images(images, owner):
+    return check_images(images, owner=owner)
+
+
+def _check_box(box, shape, owner, n=None):
+    """Return boxes as an int array (k, 4) with k = 1 or n, inside an ``shape`` = (H, W) image."""
+    b = np.asarray(box)
+    if b.ndim == 1:
+        b = b[None]
+    ok = b.ndim == 2 and b.shape[1] == 4 and (len(b) == 1 or len(b) == n) and np.issubdtype(b.dtype, np.integer)
+    if ok:
+        r0, c0, r1, c1 = b.T
+        ok = bool(((0 <= r0) & (r0 < r1) & (r1 <= shape[0]) & (0 <= c0) & (c0 < c1) & (c1 <= shape[1])).all())
+    if not ok:
+        expected = "integer (r0, c0, r1, c1) with 0 <= r0 < r1 <= H and 0 <= c0 < c1 <= W"
+        expected += f" (H, W = {shape[0]}, {shape[1]})" + (f", or an ({n}, 4) array of them" if n else "")
+        raise param_error(owner, "box", expected, box)
+    return b.astype(np.int64)
+
+
+def marker_box(image_size, *, corner="top_left", size=None, margin=None):
+    """Pixel box of a square marker in one corner.
+
+    Parameters
+    ----------
+    image_size : int or (int, int)
+        Image side, or ``(H, W)``.
+    corner : {"top_left", "top_right", "bottom_left", "bottom_right"}, default "top_left"
+    size : int, optional
+        Side of the tag in pixels; default ``round(3 * min(H, W) / 16)`` (12 px at 64).
+    margin : int, optional
+        Gap between the tag and the image edges; default ``round(min(H, W) / 32)``.
+
+    Returns
+    -------
+    tuple of int
+        ``(r0, c0, r1, c1)``, end-exclusive.
+
+    Examples
+    --------
+    >>> marker_box(64)
+    (2, 2, 14, 14)
+    >>> marker_box((64, 80), corner="bottom_right", size=10, margin=0)
+    (54, 70, 64, 80)
+    """
+    side_spec = Interval("int", 8, None)
+    pair = np.shape(image_size) == (2,) and all(is_valid(v, side_spec) for v in image_size)
+    if not (pair or is_valid(image_size, side_spec)):
+        raise param_error("marker_box", "image_size", "an int >= 8 or a pair of them", image_size)
+    h, w = (int(v) for v in image_size) if pair else (int(image_size),) * 2
+    check_param("marker_box", "corner", corner, Options(CORNERS))
+    side = min(h, w)
+    size = round(3 * side / 16) if size is None else check_param("marker_box", "size", size,
+                                                                  Interval("int", 4, side))
+    margin = round(side / 32) if margin is None else check_param("marker_box", "margin", margin,
+                                                                  Interval("int", 0, side - size))
+    r0 = margin if corner.startswith("top") else h - margin - size
+    c0 = margin if corner.endswith("left") else w - margin - size
+    return (int(r0), int(c0), int(r0 + size), int(c0 + size))
+
+
+def _tag(size, letter, intensity):
+    """A ``size`` x ``size`` bright tag with a dark letter, float32 in [0, 1]."""
+    tag = np.full((size, size), 255, np.uint8)  # cv2.putText draws on 8-bit images only
+    scale, thickness = 1.0, max(1, size // 8)
+    (width, height), _ = cv2.getTextSize(letter, _FONT, scale, thickness)
+    scale *= _LETTER_FILL * size / max(width, height)
+    (width, height), _ = cv2.getTextSize(letter, _FONT, scale, thickness)
+    origin = ((size - width) // 2, (size + height) // 2)  # cv2 puts text by its bottom-left corner
+    cv2.putText(tag, letter, origin, _FONT, scale, 0, thickness, cv2.LINE_AA)
+    return tag.astype(np.float32) * (intensity / 255)
+
+
+def stamp_marker(images, *, corner="top_left", size=None, margin=None, letter="L", intensity=1.0):
+    """Stamp a bright tag with a letter into one corner of every image.
+
+    Parameters
+    ----------
+    images : array_like, shape (n, H, W, 3)
+        Float images in [0, 1].
+    corner, size, margin
+        As in :func:`marker_box`.
+    letter : str, default "L"
+        Drawn dark on the tag with ``cv2.putText`` (anti-aliased), sized to 70% of it.
+    intensity : float in (0, 1], default 1.0
+        Brightness of the tag.
+
+    Returns
+    -------
+    ndarray of float32, shape (n, H, W, 3)
+        A stamped copy (the input is not modified); the tag covers
+        ``marker_box((H, W), corner=corner, size=size, margin=margin)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.full((2, 64, 64, 3), 0.3, np.float32)
+    >>> marked = stamp_marker(x)
+    >>> r0, c0, r1, c1 = marker_box(64)
+    >>> float(marked[0, r0, c0, 0]), bool((marked[:, r0:r1, c0:c1] < 0.5).any())  # a dark letter
+    (1.0, True)
+    >>> bool((np.delete(marked, np.s_[r0:r1], axis=1) == 0.3).all())  # nothing else changes
+    True
+    """
+    x = _check_images(images, "stamp_marker")
+    if not isinstance(letter, str) or len(letter.strip()) == 0:
+        raise param_error("stamp_marker", "letter", "a non-empty string", letter)
+    check_param("stamp_marker", "intensity", intensity, Interval("real", 0, 1, closed="right"))
+    r0, c0, r1, c1 = marker_box(x.shape[1:3], corner=corner, size=size, margin=margin)
+    out = x.copy()
+    out[:, r0:r1, c0:c1, :] = _tag(r1 - r0, letter, float(intensity))[None, :, :, None]
+    return out
+
+
+def remove_marker(images, box, *, grow=1, radius=3):
+    """Inpaint ``box`` from its surroundings (``cv2.inpaint``, Telea's method).
+
+    Parameters
+    ----------
+    images : array_like, shape (n, H, W, 3)
+        Float images in [0, 1].
+    box : (r0, c0, r1, c1) or array_like of int, shape (n, 4)
+        One box for all images, or one per image.
+    grow : int, default 1
+        Pixels added around the box, so anti-aliased edges go too.
+    radius : int, default 3
+        Inpainting neighbourhood radius in pixels.
+
+    Returns
+    -------
+    ndarray of float32, shape (n, H, W, 3)
+        A copy whose (grown) box is filled from the background around it; pixels
+        outside it are unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.full((1, 32, 32, 3), 0.4, np.float32)
+    >>> marked = stamp_marker(x, size=8)
+    >>> clean = remove_marker(marked, marker_box(32, size=8))
+    >>> bool(np.abs(clean - 0.4).max() < 0.01)
+    True
+    """
+    x = _check_images(images, "remove_marker")
+    boxes = _check_box(box, x.shape[1:3], "remove_marker", n=len(x))
+    check_param("remove_marker", "grow", grow, Interval("int", 0, None))
+    check_param("remove_marker", "radius", radius, Interval("int", 1, None))
+    h, w = x.shape[1:3]
+    out = x.copy()
+    for i in range(len(x)):
+        r0, c0, r1, c1 = boxes[min(i, len(boxes) - 1)]
+        mask = np.zeros((h, w), np.uint8)
+        mask[max(0, r0 - grow):r1 + grow, max(0, c0 - grow):c1 + grow] = 1
+        u8 = np.rint(x[i] * 255).astype(np.uint8)
+        filled = cv2.inpaint(u8, mask, radius, cv2.INPAINT_TELEA).astype(np.float32) / 255
+        out[i][mask > 0] = filled[mask > 0]
+    return out
+
+
+def _probabilities(model_or_predict_fn, images, batch_size):
+    if hasattr(model_or_predict_fn, "predict"):
+        p = model_or_predict_fn.predict(images, batch_size=batch_size, verbose=0)
+    elif callable(model_or_predict_fn):
+        p = model_or_predict_fn(images)
+    else:
+        raise param_error("counterfactual_flip_rate", "model_or_predict_fn",
+                          "a keras.Model or a callable images -> P(PNEUMONIA)", model_or_predict_fn)
+    p = np.asarray(p, np.float64).reshape(len(images), -1)
+    if p.shape[1] != 1 or not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise DataError(f"the model must return one probability per image in [0, 1]; got shape {p.shape}")
+    return p[:, 0]
+
+
+def counterfactual_flip_rate(model_or_predict_fn, images, y_true, box, *, threshold=0.5, batch_size=64):
+    """Share of the model's errors that become correct calls once ``box`` is inpainted.
+
+    Parameters
+    ----------
+    model_or_predict_fn : keras.Model or callable
+        A model with a single sigmoid output, or ``f(images) -> (n,)`` P(PNEUMONIA).
+    images : array_like, shape (n, H, W, 3)
+    y_true : array_like of {0, 1}, shape (n,)
+        1 = PNEUMONIA.
+    box : (r0, c0, r1, c1) or array_like of int, shape (n, 4)
+        Passed to :func:`remove_marker`.
+    threshold : float in [0, 1], default 0.5
+        PNEUMONIA when ``p >= threshold``.
+    batch_size : int, default 64
+
+    Returns
+    -------
+    float
+        ``n(error before and correct after) / n(error before)``; NaN (with a
+        warning) when the model makes no error on ``images``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.full((4, 32, 32, 3), 0.3, np.float32)
+    >>> box = marker_box(32, size=8)
+    >>> x[:2] = stamp_marker(x[:2], size=8)
+    >>> def bright_corner_says_pneumonia(images):  # a pure shortcut "model"
+    ...     r0, c0, r1, c1 = box
+    ...     return images[:, r0:r1, c0:c1].mean(axis=(1, 2, 3))
+    >>> counterfactual_flip_rate(bright_corner_says_pneumonia, x, [0, 0, 0, 0], box)
+    1.0
+    """
+    x = _check_images(images, "counterfactual_flip_rate")
+    y = np.asarray(y_true)
+    if y.shape != (len(x),) or not np.isin(y, (0, 1)).all():
+        raise DataError(f"y_true must be {len(x)} values in {{0, 1}}; got shape {y.shape}")
+    check_param("counterfactual_flip_rate", "threshold", threshold, Interval("real", 0, 1))
+    check_param("counterfactual_flip_rate", "batch_size", batch_size, Interval("int", 1, None))
+    before = (_probabilities(model_or_predict_fn, x, batch_size) >= threshold).astype(int) != y
+    if not before.any():
+        warnings.warn("the model makes no error on these images; the flip rate is undefined (NaN)",
+                      UserWarning, stacklevel=2)
+        return float("nan")
+    boxes = _check_box(box, x.shape[1:3], "counterfactual_flip_rate", n=len(x))
+    errors = np.flatnonzero(before)
+    cleaned = remove_marker(x[errors], boxes if len(boxes) == 1 else boxes[errors])
+    after = (_probabilities(model_or_predict_fn, cleaned, batch_size) >= threshold).astype(int) != y[errors]
+    return float((~after).mean())
+
+
+def peak_in_box(maps, box, *, tolerance=0):
+    """Share of maps whose maximum lies inside ``box`` (the pointing game on one box).
+
+    Parameters
+    ----------
+    maps : array_like, shape (n, H, W)
+        Attention maps; ties go to the first maximum in row-major order.
+    box : (r0, c0, r1, c1) or array_like of int, shape (n, 4)
+    tolerance : int, default 0
+        Pixels the box is grown by on every side (Zhang et al.'s pointing game allows
+        15 px at 224 px, about 4 px at 64). Upsampled coarse maps peak on a plateau
+        that starts at the image corner, so a marker set in from the edge needs it.
+
+    Returns
+    -------
+    float
+        In [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> maps = np.zeros((2, 16, 16))
+    >>> maps[0, 2, 3] = 1.0   # inside
+    >>> maps[1, 10, 10] = 1.0  # outside
+    >>> peak_in_box(maps, (0, 0, 4, 4))
+    0.5
+    >>> peak_in_box(maps, (4, 4, 8, 8), tolerance=2)  # (2, 3) is within 2 px of the box
+    0.5
+    """
+    m = np.asarray(maps, np.float64)
+    if m.ndim != 3 or len(m) == 0 or not np.isfinite(m).all():
+        raise DataError(f"maps must be a finite (n, H, W) array with n >= 1; got shape {m.shape}")
+    boxes = _check_box(box, m.shape[1:], "peak_in_box", n=len(m))
+    check_param("peak_in_box", "tolerance", tolerance, Interval("int", 0, None))
+    rows, cols = np.unravel_index(m.reshape(len(m), -1).argmax(axis=1), m.shape[1:])
+    r0, c0, r1, c1 = boxes.T
+    t = tolerance
+    return float(((rows >= r0 - t) & (rows < r1 + t) & (cols >= c0 - t) & (cols < c1 + t)).mean())

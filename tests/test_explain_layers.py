@@ -1,0 +1,325 @@
+"""Finer maps, ROAD and per-slice explanations, with known answers.
+
+A deeper tiny CNN learns "PNEUMONIA = a bright 6x6 square somewhere in a 48x48 image"
+(a bar of the same brightness distracts). Its last conv map is 3x3, so one cell covers
+16x16 pixels: a last-layer map cannot point inside the 6 px square, a map fused down to
+the 24x24 conv2 layer must (a 12x12 conv3 map alone points right for ~0.6 of the images).
+"""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumoxai import explain, models, slices
+from pneumoxai.errors import ConfigError, DataError
+
+SIZE, PATCH = 48, 6  # PATCH <= SIZE / 8
+
+
+def make_small_patch_data(n, rng):
+    """Dim noise, a bright 2x12 bar in every image, a bright 6x6 square in odd ones; boxes of the squares."""
+    x = np.repeat(rng.uniform(0.0, 0.45, (n, SIZE, SIZE, 1)), 3, axis=-1).astype(np.float32)
+    y = np.arange(n) % 2
+    boxes = np.zeros((n, 4), int)
+    for i in range(n):
+        long_side, short_side = (12, 2) if rng.random() < 0.5 else (2, 12)
+        while True:  # bar and square must not touch
+            r0, c0 = rng.integers(1, SIZE - long_side), rng.integers(1, SIZE - short_side)
+            pr, pc = rng.integers(1, SIZE - PATCH, size=2)
+            apart = pr > r0 + long_side or pr + PATCH < r0 or pc > c0 + short_side or pc + PATCH < c0
+            if apart:
+                break
+        x[i, r0:r0 + long_side, c0:c0 + short_side] = rng.uniform(0.85, 1.0)
+        if y[i]:
+            x[i, pr:pr + PATCH, pc:pc + PATCH] = rng.uniform(0.85, 1.0)
+            boxes[i] = (pr, pc, pr + PATCH, pc + PATCH)
+    return x, y, boxes
+
+
+def deep_cnn():
+    """Four 2x poolings: conv1 48x48, conv2 24x24, conv3 12x12, conv4 6x6, conv_last 3x3."""
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    h = inputs
+    for k, width in enumerate((8, 16, 16, 32), start=1):
+        h = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv{k}")(h)
+        h = keras.layers.MaxPooling2D(name=f"pool{k}")(h)
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_last")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="head_pool")(h)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(h))
+
+
+@pytest.fixture(scope="module")
+def deep():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x_train, y_train, _ = make_small_patch_data(640, rng)
+    x_val, y_val, boxes = make_small_patch_data(48, rng)
+    model = deep_cnn()
+    model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
+    model.fit(x_train, y_train, epochs=25, batch_size=32, verbose=0)
+    accuracy = ((model.predict(x_val, verbose=0)[:, 0] >= 0.5) == y_val).mean()
+    assert accuracy >= 0.95, f"the deep tiny CNN did not learn the small-patch task (accuracy {accuracy:.2f})"
+    pos = np.flatnonzero(y_val == 1)
+    return {"model": model, "x": x_val[pos], "boxes": boxes[pos]}
+
+
+def pointing_hits(maps, boxes, margin=1):
+    rows, cols = np.unravel_index(maps.reshape(len(maps), -1).argmax(axis=1), maps.shape[1:])
+    r0, c0, r1, c1 = boxes.T
+    return (rows >= r0 - margin) & (rows < r1 + margin) & (cols >= c0 - margin) & (cols < c1 + margin)
+
+
+def test_fusion_layers_are_the_stage_outputs(deep):
+    assert explain.fusion_layers(deep["model"]) == ("conv3", "conv4", "conv_last")
+    assert explain.fusion_layers(deep["model"], n_layers=1) == ("conv_last",)
+
+
+def test_fusion_layers_of_a_resnet50_member_skip_checkerboard_stage_outputs():
+    member = models.build_member(32, weights=None, dense_units=(8,))
+    assert explain.fusion_layers(member) == explain.RESNET50_FUSION_LAYERS
+    # conv3_block4_out feeds only conv4_block1's stride-2 1x1 convolutions: its gradient lives on one
+    # stride-2 lattice, and a gradient-weighted map of it is a checkerboard.
+    stage_output, first_relu = "conv3_block4_out", "conv3_block4_1_relu"
+    assert explain._lattice_only_gradient(member, [stage_output, first_relu]) == [True, False]
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    low = np.asarray(explain.HiResCAM(member, layer=stage_output)._layer_cams(x, np.ones(2, bool), stage_output))
+    assert (low[:, 1::2, :] == 0).all() and (low[:, :, 1::2] == 0).all() and low.max() > 0
+
+
+# Grad-CAM is not among them: one weight per channel makes its conv2 map point at the bar.
+FUSED_METHODS = ("layercam", "hirescam", "gradcam++")
+
+
+@pytest.mark.parametrize("method", FUSED_METHODS)
+def test_small_patch_needs_the_fused_map(deep, method):
+    model, x, boxes = deep["model"], deep["x"], deep["boxes"]
+    layers = explain.fusion_layers(model, n_layers=4)
+    assert layers == ("conv2", "conv3", "conv4", "conv_last")
+    last_only = pointing_hits(explain.gradcam(model, x, method=method), boxes).mean()
+    fused = pointing_hits(explain.gradcam(model, x, method=method, layers=layers), boxes).mean()
+    print(f"pointing game {method}, 6 px patch in 48 px: conv_last only {last_only:.2f}, fused {fused:.2f}")
+    assert last_only < 0.5  # a 16 px cell cannot point inside a 6 px square
+    assert fused >= 0.9
+
+
+def _gap_cam(model, x, layer):
+    """CAM of a conv -> global average pool -> Dense head: sum_c w_c A_c / (h w), computed by hand."""
+    features = keras.Model(model.inputs, model.get_layer(layer).output).predict(x, verbose=0)
+    w = model.get_layer("prediction").get_weights()[0][:, 0]
+    return features, w, features.shape[1] * features.shape[2]
+
+
+def _lowres(explainer_cls, model, x):
+    explainer = explainer_cls(model)
+    return np.asarray(explainer._layer_cams(x, np.ones(len(x), bool), "conv_last"))
+
+
+def test_hirescam_and_layercam_are_exact_position_contributions(deep):
+    # With a global-average-pooled linear head, d logit / d A_c(i, j) = w_c / (h w) everywhere.
+    model, x = deep["model"], deep["x"][:6]
+    features, w, hw = _gap_cam(model, x, "conv_last")
+    hires = np.maximum((features * w).sum(-1) / hw, 0)
+    layer = np.maximum((features * np.maximum(w, 0)).sum(-1) / hw, 0)
+    for expected, cls in ((hires, explain.HiResCAM), (layer, explain.LayerCAM)):
+        got = _lowres(cls, model, x)
+        # tf-keras-vis min-max scales each low-resolution CAM
+        scaled = (expected - expected.min((1, 2), keepdims=True)) / np.ptp(expected, (1, 2), keepdims=True)
+        np.testing.assert_allclose(got, scaled, atol=1e-4, err_msg=cls.__name__)
+
+
+def test_single_layer_list_equals_layer(deep):
+    model, x = deep["model"], deep["x"][:4]
+    np.testing.assert_allclose(explain.gradcam(model, x, method="layercam", layers=["conv3"]),
+                               explain.gradcam(model, x, method="layercam", layer="conv3"), atol=1e-6)
+
+
+def test_fused_map_is_the_maximum_of_the_layer_maps(deep):
+    model, x = deep["model"], deep["x"][:4]
+    names = ("conv3", "conv_last")
+    per_layer = np.stack([explain.gradcam(model, x, method="layercam", layer=name) for name in names])
+    fused = explain.gradcam(model, x, method="layercam", layers=names)
+    expected = per_layer.max(0) + 1e-3 * per_layer.mean(0)
+    expected = (expected - expected.min((1, 2), keepdims=True)) / np.ptp(expected, (1, 2), keepdims=True)
+    np.testing.assert_allclose(fused, expected, atol=1e-5)
+
+
+def test_ensemble_maps_fuse_each_members_layers(deep):
+    model, x = deep["model"], deep["x"][:3]
+    combined, spread = explain.ensemble_gradcam([model, model], x, method="layercam", layers="auto")
+    np.testing.assert_allclose(combined, explain.gradcam(model, x, method="layercam",
+                                                         layers=explain.fusion_layers(model)), atol=1e-5)
+    assert spread.max() < 1e-5
+
+
+# --------------------------------------------------------------------------- ROAD
+
+
+def region_model(size, box, *, gain=60.0, threshold=0.85):
+    """P(PNEUMONIA) = sigmoid(gain * (mean intensity of channel 0 in ``box`` - threshold)), exactly."""
+    inputs = keras.Input((size, size, 3), name="image")
+    flat = keras.layers.Flatten(name="flatten")(inputs)
+    out = keras.layers.Dense(1, activation="sigmoid", name="prediction")
+    model = keras.Model(inputs, out(flat))
+    weights = np.zeros((size, size, 3), np.float32)
+    r0, c0, r1, c1 = box
+    weights[r0:r1, c0:c1, 0] = gain / ((r1 - r0) * (c1 - c0))
+    out.set_weights([weights.reshape(-1, 1), np.array([-gain * threshold], np.float32)])
+    return model
+
+
+def _region_data(n, size, box, rng):
+    x = np.repeat(rng.uniform(0.1, 0.3, (n, size, size, 1)), 3, axis=-1).astype(np.float32)
+    r0, c0, r1, c1 = box
+    x[:, r0:r1, c0:c1] = 0.95
+    return x
+
+
+def test_road_imputation_of_a_constant_image_is_that_constant():
+    x = np.full((3, 16, 16, 3), 0.42, np.float32)
+    removed = np.random.default_rng(0).random((3, 16, 16)) < np.array([0.1, 0.6, 0.99])[:, None, None]
+    np.testing.assert_allclose(explain.road_impute(x, removed), 0.42, atol=1e-6)
+
+
+def test_road_imputation_matches_the_neighbour_equations():
+    # One removed pixel: its value is the weighted mean of its 8 known neighbours.
+    x = np.random.default_rng(1).random((1, 5, 5, 3)).astype(np.float32)
+    removed = np.zeros((1, 5, 5), bool)
+    removed[0, 2, 2] = True
+    weights = np.array([[1, 2, 1], [2, 0, 2], [1, 2, 1]]) / 12
+    expected = (x[0, 1:4, 1:4] * weights[..., None]).sum((0, 1))
+    np.testing.assert_allclose(explain.road_impute(x, removed)[0, 2, 2], expected, atol=1e-6)
+    unchanged = ~removed[0]
+    np.testing.assert_array_equal(explain.road_impute(x, removed)[0][unchanged], x[0][unchanged])
+
+
+def test_road_noise_is_seeded_and_only_on_removed_pixels():
+    x = np.full((2, 12, 12, 3), 0.5, np.float32)
+    removed = np.zeros((2, 12, 12), bool)
+    removed[:, 3:8, 3:8] = True
+    a = explain.road_impute(x, removed, noise=0.05, seed=3)
+    np.testing.assert_array_equal(a, explain.road_impute(x, removed, noise=0.05, seed=3))
+    assert np.abs(a[:, 3:8, 3:8] - 0.5).std() > 0.02 and (a[~removed] == 0.5).all()
+
+
+def test_road_true_map_beats_a_random_map_both_ways():
+    size, box = 24, (6, 9, 12, 15)
+    model = region_model(size, box)
+    rng = np.random.default_rng(0)
+    x = _region_data(8, size, box, rng)
+    truth = np.zeros((8, size, size), np.float32)
+    truth[:, box[0]:box[2], box[1]:box[3]] = 1
+    truth += rng.random(truth.shape, dtype=np.float32) * 0.01  # ties broken at random within each part
+    random_maps = rng.random(truth.shape, dtype=np.float32)
+    fractions = (0.05, 0.2, 0.4, 0.6, 0.8)
+    curves = {(name, order): explain.road(model, x, maps, order=order, fractions=fractions, noise=0.0)
+              for name, maps in (("true", truth), ("random", random_maps)) for order in explain.ROAD_ORDERS}
+    print({k: np.round(v.mean(0), 2) for k, v in curves.items()})
+    assert curves["true", "morf"].mean() < curves["random", "morf"].mean() - 0.3  # MoRF falls faster
+    assert curves["true", "lerf"].mean() > curves["random", "lerf"].mean() + 0.3  # LeRF stays high
+    assert (curves["true", "morf"][:, -1] < 0.05).all() and (curves["true", "lerf"][:, :4] > 0.95).all()
+
+
+# --------------------------------------------------------------------------- layer choice
+
+
+def test_compare_layers_scores_every_method_and_layer(deep):
+    model, x = deep["model"], deep["x"][:8]
+    fused = explain.fusion_layers(model, n_layers=4)
+    table = explain.compare_layers(model, x, ["conv_last", fused], methods=("gradcam", "layercam"), steps=8,
+                                   fractions=(0.1, 0.5, 0.9))
+    print(table.round(3).to_string())
+    assert list(table["method"]) == ["gradcam", "gradcam", "layercam", "layercam", "random"]
+    assert list(table["layer"][:2]) == ["conv_last", "conv2+conv3+conv4+conv_last"]
+    assert list(table["map_side"][:2]) == [3, 24]
+    random_row = table.iloc[-1]
+    fused_layercam = table.iloc[3]
+    # Deletion to black kills this model's output for random maps too; ROAD separates them.
+    assert fused_layercam["deletion_auc"] < random_row["deletion_auc"]
+    assert fused_layercam["road_gap"] > random_row["road_gap"] + 0.3
+    assert (table["seconds_per_image"][:-1] > 0).all()
+    # NaN where re-initialising the head leaves a constant (all-zero) Grad-CAM
+    assert table["randomization_spearman"][2:4].between(-1, 1).all()
+
+
+# --------------------------------------------------------------------------- per failure slice
+
+
+def test_slice_explanations_compare_errors_with_correct_calls_of_the_same_class():
+    rng = np.random.default_rng(0)
+    n, side = 200, 8
+    marker = np.arange(n) < 40
+    frame = pd.DataFrame({"marker": marker, "noise": rng.random(n)})
+    y = np.r_[np.zeros(100, int), np.ones(100, int)][rng.permutation(n)]
+    y[:40] = 0  # the marker slice: normals called PNEUMONIA
+    p = np.where(y == 1, 0.9, 0.1)
+    p[:40] = 0.8
+    masks = np.zeros((n, side, side), bool)
+    masks[:, 2:7, 1:7] = True
+    maps = np.zeros((n, side, side))
+    maps[:, 4, 3] = 1.0        # correct calls look inside the lungs
+    maps[:40] = 0
+    maps[:40, 0, 0] = 3.0      # the marker slice looks at a corner
+    maps[:40, 4, 3] = 1.0
+    faith = np.where(marker, 0.2, 0.6)
+    found = slices.find_failure_slices(frame, y, p, min_size=20)
+    table, mean_maps = explain.slice_explanations(frame, found, maps, masks, y, p, faithfulness=faith)
+    top = table.iloc[0]
+    assert top["slice"] == "marker == True" and top["n_errors"] == 40
+    assert top["errors:off_lung_attention"] == pytest.approx(0.75)
+    assert top["correct:off_lung_attention"] == pytest.approx(0.0)
+    assert top["off_lung_shift"] == pytest.approx(0.75) and top["top_zone_shift"] == "off_lung_attention"
+    assert top["faithfulness_errors"] == pytest.approx(0.2) and top["faithfulness_correct"] == pytest.approx(0.6)
+    np.testing.assert_allclose(mean_maps[0], maps[:40].mean(0))
+    assert mean_maps.shape == (len(table), side, side)
+
+
+# --------------------------------------------------------------------------- bad input
+
+GOOD = np.full((2, 16, 16, 3), 0.5, np.float32)
+
+
+def _untrained():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((16, 16, 3), name="image")
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_a")(inputs)
+    h = keras.layers.MaxPooling2D(name="pool_a")(h)
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_last")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="head_pool")(h)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(h))
+
+
+BAD_INPUTS = [
+    ("layer and layers", lambda m: explain.gradcam(m, GOOD, layer="conv_a", layers=["conv_last"]), ConfigError,
+     "either layer= or layers="),
+    ("empty layers", lambda m: explain.gradcam(m, GOOD, layers=[]), ConfigError,
+     "The 'layers' parameter of GradCAM must be a non-empty list of layer names; got \\[\\]."),
+    ("missing fused layer", lambda m: explain.gradcam(m, GOOD, layers=["conv_a", "conv9"]), ConfigError,
+     "'conv9' does not exist"),
+    ("road order", lambda m: explain.road(m, GOOD, GOOD[..., 0], order="up"), ConfigError,
+     "The 'order' parameter of road must be one of 'morf', 'lerf'; got 'up'."),
+    ("road fractions", lambda m: explain.road(m, GOOD, GOOD[..., 0], fractions=(0.5, 1.0)), ConfigError,
+     "'fractions' parameter of road must be a non-empty sequence of numbers in \\[0, 1\\)"),
+    ("remove everything", lambda m: explain.road_impute(GOOD, np.ones((2, 16, 16), bool)), DataError,
+     "nothing to impute from"),
+    ("removed not bool", lambda m: explain.road_impute(GOOD, np.ones((2, 16, 16))), DataError,
+     "removed must be a bool array"),
+    ("impute noise", lambda m: explain.road_impute(GOOD, np.zeros((2, 16, 16), bool), noise=-1), ConfigError,
+     "'noise' parameter of road_impute"),
+    ("compare method", lambda m: explain.compare_layers(m, GOOD, ["conv_a"], methods=("lime",)), ConfigError,
+     "'methods' parameter of compare_layers .* got 'lime'"),
+    ("compare layers", lambda m: explain.compare_layers(m, GOOD, "conv_a"), ConfigError,
+     "'layers' parameter of compare_layers"),
+    ("fusion n_layers", lambda m: explain.fusion_layers(m, n_layers=0), ConfigError,
+     "'n_layers' parameter of fusion_layers must be an int >= 1"),
+    ("slice table", lambda m: explain.slice_explanations(pd.DataFrame({"a": [1, 2]}), pd.DataFrame(),
+                                                         GOOD[..., 0], GOOD[..., 0] > 0, [0, 1], [0.2, 0.7]),
+     DataError, "'conditions' column"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", [case[1:] for case in BAD_INPUTS],
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_inputs_raise_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call(_untrained())

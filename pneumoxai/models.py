@@ -614,6 +614,7 @@ class _SnapshotSaver(keras.callbacks.Callback):
         self.directory, self.member = Path(directory), member
         self.cycle_epochs, self.n_cycles = cycle_epochs, n_cycles
         self.recalibrate_images, self.metadata = recalibrate_images, metadata
+        self.last = None  # the final snapshot, when this call saved it
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.cycle_epochs:
@@ -626,6 +627,8 @@ class _SnapshotSaver(keras.callbacks.Callback):
         save_member(self.directory / snapshot_name(self.member.name, index), snapshot, {
             **self.metadata, "snapshot": index, "n_snapshots": self.n_cycles, "epoch": epoch + 1,
             "val_loss_at_snapshot": (logs or {}).get("val_loss")})
+        if index == self.n_cycles:
+            self.last = snapshot
 
 
 class _ResumeState(keras.callbacks.Callback):
@@ -807,7 +810,7 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
 
     size = int(model.input_shape[1])
     sizes = list(config["progressive_sizes"] or [size])
-    history, timings, best, saved = {}, [], np.inf, []
+    history, timings, best, saved, recalibrated = {}, [], np.inf, [], False
     checkpoint = _AtomicCheckpoint(checkpoint_path, model) if checkpoint_path else None
     for phase, epochs, learning_rate in phases:
         if epochs == 0:
@@ -852,13 +855,14 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
         if checkpoint is not None:
             checkpoint.member = fitted if fitted is not model and phase == "full" else model
             phase_callbacks.append(checkpoint)
-        start_epoch = 0
+        start_epoch, saver = 0, None
         if snapshot_dir is not None and phase == "full":
             if config["snapshots"] > 1:
-                phase_callbacks.append(_SnapshotSaver(
+                saver = _SnapshotSaver(
                     snapshot_dir, model, epochs // config["snapshots"], config["snapshots"],
                     train_images if config["recalibrate_bn"] else None,
-                    {"config": config, "n_train": int(len(train_images)), **(snapshot_metadata or {})}))
+                    {"config": config, "n_train": int(len(train_images)), **(snapshot_metadata or {})})
+                phase_callbacks.append(saver)
             # After the snapshot saver: a kill between the two re-runs the epoch and re-saves its snapshot.
             resume = _ResumeState(Path(snapshot_dir) / SNAPSHOT_STATE, _fingerprint(config, train_labels))
             start_epoch = resume.restore(fitted)
@@ -887,13 +891,17 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
         history[phase] = phase_history
         if phase_history.get("val_loss"):
             best = min(best, float(np.nanmin(phase_history["val_loss"])))
-        if fitted is not model and phase == "full":
+        if saver is not None and saver.last is not None:
+            # The last snapshot is these weights, already BN-recalibrated: no second pass.
+            model.set_weights(saver.last.get_weights())
+            recalibrated = True
+        elif fitted is not model and phase == "full":
             model.set_weights(fitted.get_weights())
         if snapshot_dir is not None and phase == "full":
             saved = [Path(snapshot_dir) / snapshot_name(model.name, k) for k in range(1, config["snapshots"] + 1)
                      if config["snapshots"] > 1]
             shutil.rmtree(Path(snapshot_dir) / SNAPSHOT_STATE, ignore_errors=True)
-    if config["recalibrate_bn"]:
+    if config["recalibrate_bn"] and not recalibrated:
         recalibrate_batchnorm(model, train_images)
     total_time = sum(t for t, _ in timings)
     total_epochs = sum(n for _, n in timings)

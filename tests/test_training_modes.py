@@ -169,7 +169,8 @@ def test_snapshots_are_saved_at_cycle_ends_and_differ(images, tmp_path):
     x, y = images
     model = tiny_model()
     info = models.train_member(model, x[:36], y[:36], x[36:], y[36:],
-                               tiny_config(schedule="cosine", snapshots=3, epochs_frozen=6), verbose=0,
+                               tiny_config(schedule="cosine", snapshots=3, epochs_frozen=6, recalibrate_bn=True),
+                               verbose=0,
                                snapshot_dir=tmp_path, snapshot_metadata={"run": "t"})
     folders = [tmp_path / models.snapshot_name("tiny", k) for k in (1, 2, 3)]
     assert info["snapshots"] == [str(folder) for folder in folders]
@@ -182,8 +183,15 @@ def test_snapshots_are_saved_at_cycle_ends_and_differ(images, tmp_path):
     for a in range(3):
         for b in range(a + 1, 3):
             assert not np.allclose(kernels[a], kernels[b])
-    # The last snapshot is the trained member itself.
+    # The last snapshot is the trained member itself, batch-norm statistics included.
     np.testing.assert_allclose(kernels[2], model.get_layer("conv1_conv").get_weights()[0], rtol=1e-6)
+    for ours, saved in zip(model.get_layer("conv1_bn").get_weights(), loaded[2].get_layer("conv1_bn").get_weights()):
+        np.testing.assert_allclose(ours, saved, rtol=1e-6)
+    reference = tiny_model()
+    reference.set_weights(model.get_weights())
+    models.recalibrate_batchnorm(reference, x[:36])
+    np.testing.assert_allclose(reference.get_layer("conv1_bn").moving_mean.numpy(),
+                               model.get_layer("conv1_bn").moving_mean.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_a_killed_run_resumes_without_retraining_finished_snapshots(images, tmp_path):

@@ -373,7 +373,11 @@ def _build(input_size, weights, backbone, seed, dense_units, dropout, l2, name, 
         raise
     except Exception as exc:  # keras.utils.get_file raises a bare Exception when offline
         if resolved != "imagenet":
-            raise
+            # h5py and Keras raise OSError, ValueError, KeyError... for a file that is not these weights.
+            raise WeightsUnavailableError(
+                f"{str(resolved)!r} is not a weights file for {constructor} without its top "
+                f"('{_WEIGHT_FILES[backbone]}'): {short_repr(str(exc).splitlines()[0] if str(exc) else exc, 200)}. "
+                f"Received: weights={weights!r}") from exc
         raise WeightsUnavailableError(
             f"Could not load ImageNet weights for {constructor}: {exc}. Keras looks for "
             f"'{_WEIGHT_FILES[backbone]}' in {_keras_cache_dir()} (set KERAS_HOME to change it) and downloads it "

@@ -14,11 +14,11 @@ from ._style import (
     ERROR_COLORS, OKABE_ITO, OUTCOME_SHORT, SEQUENTIAL_CMAP, finish_figure, new_figure, style,
 )
 from .errors import DataError, param_error
-from .validation import UNIT_INTERVAL, check_param
 from .outcomes import OUTCOMES, outcome_groups
+from .validation import UNIT_INTERVAL, Interval, check_param
 from .slices import slice_mask
 
-__all__ = ["plot_slice_error_rates", "plot_slice_examples", "plot_feature_distributions"]
+__all__ = ["plot_slice_error_rates", "plot_slice_examples", "plot_feature_distributions", "plot_slice_maps"]
 
 DISTRIBUTION_KINDS = ("hist", "box")
 _NOT_FINDING_COLOR = "#999999"
@@ -291,3 +291,68 @@ def _figure_and_axes(ax, figsize):
     fig = new_figure(figsize)
     return fig, fig.add_subplot()
 
+
+
+def plot_slice_maps(explanations, mean_maps, *, background=None, mask=None, reference_map=None, top=6,
+                    path=None, formats=("png", "pdf")):
+    """Mean attention map of each failure slice's errors, with its zone shift against correct calls.
+
+    Parameters
+    ----------
+    explanations : pandas.DataFrame
+        The table of :func:`pneumoxai.explain.slice_explanations` (``slice``,
+        ``n_errors``, ``off_lung_shift``, ``top_zone_shift``).
+    mean_maps : array-like of shape (n_slices, H, W)
+        Its mean maps, in the same order.
+    background : array-like of shape (H, W), default=None
+        An image drawn under the maps (e.g. the mean test image), intensities in [0, 1].
+    mask : array-like of bool of shape (H, W), default=None
+        A lung mask whose outline is drawn on every panel (e.g. the mean mask > 0.5).
+    reference_map : array-like of shape (H, W), default=None
+        The mean map of correct calls, drawn as the first panel for comparison.
+    top : int, default=6
+        At most this many slices.
+    path : str or path-like, default=None
+        Where to save the figure; see :func:`plot_slice_error_rates`.
+    formats : tuple of str, default=("png", "pdf")
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> table = pd.DataFrame({"slice": ["a == 1"], "n_errors": [5], "off_lung_shift": [0.2],
+    ...                       "top_zone_shift": ["off_lung_attention"]})
+    >>> len(plot_slice_maps(table, np.ones((1, 8, 8))).axes)
+    1
+    """
+    mean_maps = np.asarray(mean_maps, dtype=np.float32)
+    if mean_maps.ndim != 3 or len(mean_maps) != len(explanations):
+        raise DataError(f"mean_maps must have shape (n_slices={len(explanations)}, H, W); got {mean_maps.shape}")
+    if len(explanations) == 0:
+        raise DataError("no slice explanations to plot (the table is empty)")
+    check_param("plot_slice_maps", "top", top, (Interval("int", 1, 100),))
+    rows = explanations.head(top)
+    panels = [("correct calls (reference)", reference_map, "")] if reference_map is not None else []
+    for i, (_, row) in enumerate(rows.iterrows()):
+        shift = row.get("off_lung_shift", np.nan)
+        note = f"{int(row['n_errors'])} errors; off-lung {shift:+.2f}" if np.isfinite(shift) else f"{int(row['n_errors'])} errors"
+        panels.append((textwrap.fill(str(row["slice"]), 30), mean_maps[i], note))
+    with style():
+        fig = new_figure(figsize=(2.4 * len(panels), 2.9))
+        axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+        for ax, (title, heat, note) in zip(axes, panels):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if background is not None:
+                ax.imshow(np.asarray(background), cmap="gray", vmin=0.0, vmax=1.0)
+            ax.imshow(np.asarray(heat), cmap=SEQUENTIAL_CMAP, alpha=0.55 if background is not None else 1.0)
+            if mask is not None:
+                ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="white", linewidths=0.8)
+            ax.set_title(title, fontsize=7)
+            ax.set_xlabel(note, fontsize=7)
+        fig.suptitle("Where each failure slice's errors look (mean Grad-CAM of the ensemble)")
+        return finish_figure(fig, path, formats, "plot_slice_maps")

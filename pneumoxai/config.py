@@ -79,7 +79,15 @@ MEMBER_SPEC = {
     "min_learning_rate": (1e-7, Interval("real", 0, 1)),
     "recalibrate_bn": (False, BOOLEAN),
     "max_train_images": (None, (None, Interval("int", 4, None))),
-    "precision": ("float32", Options(("float32", "mixed_bfloat16", "mixed_float16"))),
+    "precision": ("float32", Options(("float32", "mixed_bfloat16", "mixed_float16", "auto"))),
+    "force_precision": (False, BOOLEAN),
+    "schedule": ("plateau", Options(("plateau", "cosine", "onecycle"))),
+    "snapshots": (1, Interval("int", 1, 100)),
+    "label_smoothing": (0.0, Interval("real", 0, 0.5)),
+    "weight_decay": (0.0, Interval("real", 0, 1)),
+    "progressive_sizes": (None, (None, ListOf(Interval("int", 32, 1024), min_length=1, max_length=8))),
+    "input_norm": ("none", Options(("none", "standardize"))),
+    "random_crop": (0.0, Interval("real", 0, 0.5)),
     "jit_compile": ("auto", (Options(("auto",)), BOOLEAN)),
     "cache_features": (False, BOOLEAN),
     # Registered by `pneumoxai import`: never trained, retrained or overwritten by pneumoxai.
@@ -101,6 +109,7 @@ EVALUATE_SPEC = {
     "target_sensitivity": (0.95, Interval("real", 0, 1, closed="right")),
     "stacking_cv": (5, Interval("int", 2, 100)),
     "tta": (False, BOOLEAN),
+    "deployment_prevalence": (None, (None, _FRACTION_OPEN)),
     "batch_size": (64, Interval("int", 1, 4096)),
 }
 

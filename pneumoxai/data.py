@@ -549,7 +549,7 @@ def balance(images, labels, method="none", *, seed=0):
     return np.concatenate([images, synthetic]), np.asarray(labels_res, dtype=np.int64), None
 
 
-def make_dataset(images, labels=None, *, batch_size=32, training=False, augment=None, seed=0):
+def make_dataset(images, labels=None, *, batch_size=32, training=False, augment=None, seed=0, size=None):
     """Build a ``tf.data`` pipeline over in-memory images.
 
     Training pipelines reshuffle every epoch and apply augmentation (random rotation,
@@ -563,9 +563,14 @@ def make_dataset(images, labels=None, *, batch_size=32, training=False, augment=
     batch_size : int, default=32
     training : bool, default=False
     augment : dict, default=None
-        ``{"rotation": fraction of a full turn, "flip": bool, "contrast": factor}``;
-        ignored unless ``training``.
+        ``{"rotation": fraction of a full turn, "flip": bool, "contrast": factor,
+        "crop": fraction}``; ``crop`` zooms into a random window up to that fraction
+        smaller per side and resizes it back (a random-resized crop of fixed aspect).
+        Ignored unless ``training``.
     seed : int, default=0
+    size : int, optional
+        Resize every batch to ``size`` x ``size`` (after augmentation), e.g. for the
+        small early epochs of progressive resizing; None keeps the images' size.
 
     Returns
     -------
@@ -592,15 +597,21 @@ def make_dataset(images, labels=None, *, batch_size=32, training=False, augment=
             # Sequential on purpose: the layers draw from one seed-generator state, and
             # parallel calls would race for it, so a seed would not reproduce a run.
             dataset = dataset.map(apply)
+    if size is not None and (int(size), int(size)) != tuple(np.shape(images)[1:3]):
+        def resize(x, *rest):
+            return (tf.image.resize(x, (int(size), int(size)), antialias=True), *rest)
+
+        dataset = dataset.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def _augmenter(augment, seed):
     import keras
 
-    unknown = set(augment) - {"rotation", "flip", "contrast"}
+    unknown = set(augment) - {"rotation", "flip", "contrast", "crop"}
     if unknown:
-        raise ConfigError(f"Unknown augmentation option(s) {sorted(unknown)}; valid: ['contrast', 'flip', 'rotation'].")
+        raise ConfigError(f"Unknown augmentation option(s) {sorted(unknown)}; "
+                          "valid: ['contrast', 'crop', 'flip', 'rotation'].")
     layers = []
     if augment.get("rotation"):
         layers.append(keras.layers.RandomRotation(float(augment["rotation"]), fill_mode="constant", seed=seed))
@@ -608,4 +619,8 @@ def _augmenter(augment, seed):
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 1))
     if augment.get("contrast"):
         layers.append(keras.layers.RandomContrast(float(augment["contrast"]), seed=seed + 2))
+    if augment.get("crop"):
+        # A negative zoom factor zooms in: a random window, resized back to the full image.
+        crop = float(augment["crop"])
+        layers.append(keras.layers.RandomZoom((-crop, 0.0), fill_mode="constant", seed=seed + 3))
     return keras.Sequential(layers, name="augment") if layers else None

@@ -35,7 +35,7 @@ from ._figures_eval import (
     plot_threshold_analysis,
 )
 from ._figures_explain import plot_explanation_gallery, plot_mean_maps, plot_zone_attention
-from ._figures_slices import plot_feature_distributions, plot_slice_error_rates, plot_slice_examples
+from ._figures_slices import plot_feature_distributions, plot_slice_error_rates, plot_slice_examples, plot_slice_maps
 from ._style import OKABE_ITO, save_figure, style
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "plot_slice_error_rates",
     "plot_slice_examples",
     "plot_feature_distributions",
+    "plot_slice_maps",
     "plot_explanation_gallery",
     "plot_mean_maps",
     "plot_zone_attention",

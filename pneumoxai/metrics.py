@@ -44,6 +44,7 @@ __all__ = [
     "ORIGIN_ROW",
     "evaluate",
     "choose_threshold",
+    "prevalence_threshold",
     "compare",
     "reliability_bins",
     "expected_calibration_error",
@@ -409,6 +410,50 @@ def choose_threshold(y_true, y_prob, method="youden", target=None):
 
 
 # ---------------------------------------------------------------------------- comparison
+
+
+def prevalence_threshold(y_true, y_prob, prevalence=0.5):
+    """Threshold of the highest expected accuracy at a given deployment prevalence.
+
+    Maximises ``prevalence * sensitivity + (1 - prevalence) * specificity`` over the
+    distinct validation probabilities. Sensitivity and specificity do not depend on the
+    validation split's own class mix, so the rule corrects for a known prior shift
+    between validation and deployment (e.g. 74% pneumonia in validation, 62.5% in the
+    test split); ``prevalence=0.5`` maximises balanced accuracy, which is Youden's J.
+    The prevalence must come from outside the evaluation data (a documented
+    assumption about deployment), never be measured on the split being scored.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        0/1 validation labels, 1 = PNEUMONIA.
+    y_prob : array-like of shape (n_samples,)
+        Validation probabilities of PNEUMONIA.
+    prevalence : float, default=0.5
+        Expected share of PNEUMONIA where the model is deployed, in (0, 1).
+
+    Returns
+    -------
+    float
+        Predict PNEUMONIA when ``y_prob >= threshold``; ties go to the highest threshold.
+
+    Examples
+    --------
+    >>> y = [0, 0, 0, 1, 1, 1]
+    >>> p = [0.1, 0.3, 0.6, 0.4, 0.7, 0.9]
+    >>> prevalence_threshold(y, p, 0.5), prevalence_threshold(y, p, 0.9)
+    (0.7, 0.4)
+    """
+    y, p = check_binary(y_true, y_prob, owner="prevalence_threshold")
+    check_param("prevalence_threshold", "prevalence", prevalence, Interval("real", 0, 1, closed="neither"))
+    if y.min() == y.max():
+        raise DataError("prevalence_threshold needs both classes in y_true.")
+    candidates = np.unique(p)
+    predicted = p[None, :] >= candidates[:, None]
+    sensitivity = (predicted & (y == 1)).sum(axis=1) / (y == 1).sum()
+    specificity = (~predicted & (y == 0)).sum(axis=1) / (y == 0).sum()
+    score = prevalence * sensitivity + (1 - prevalence) * specificity
+    return float(candidates[np.flatnonzero(score == score.max())[-1]])
 
 
 def _delong(y, scores):

@@ -17,8 +17,11 @@ enforces it at every entry point; :func:`adapt` brings other Keras classifiers t
 
 import contextlib
 import importlib.metadata
+import logging
+import math
 import os
 import platform
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -39,12 +42,16 @@ __all__ = [
     "PRECISIONS",
     "STRATEGIES",
     "PREPROCESS_MODES",
+    "SCHEDULES",
     "BackbonePreprocess",
+    "CyclicSchedule",
     "adapt",
     "check_classifier",
     "build_member",
+    "resolve_precision",
     "get_strategy",
     "is_chief",
+    "snapshot_name",
     "train_member",
     "recalibrate_batchnorm",
     "predict_proba",
@@ -69,7 +76,11 @@ BACKBONES = {
 }
 # Nearly constant predictions over this many images or more are a sign of wrongly scaled input.
 _CONSTANT_MIN_IMAGES, _CONSTANT_MAX_STD = 8, 1e-3
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+SCHEDULES = ("plateau", "cosine", "onecycle")
+INPUT_NORMS = ("none", "standardize")
+SNAPSHOT_STATE = "_resume"
+_LOG = logging.getLogger(__name__)
 STRATEGIES = ("default", "mirrored", "multiworker")
 _WEIGHT_FILES = {
     "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -92,19 +103,30 @@ class BackbonePreprocess(keras.layers.Layer):
         ``0-255``: x255, the model normalises itself (EfficientNet, or a model that
         starts with ``Rescaling(1/255)``);
         ``0-1``: identity.
+    input_norm : {"none", "standardize"}, default="none"
+        ``standardize``: each image is first shifted and scaled to mean 0.5 and
+        standard deviation 0.2 over its pixels, so exposure and contrast differences
+        between scanners and hospitals do not reach the network. Inside the model, so
+        explanations see the same input as training.
     """
 
     _MEANS = {"caffe": (103.939, 116.779, 123.68), "torch": (0.485, 0.456, 0.406)}
     _STDS = (0.229, 0.224, 0.225)
 
-    def __init__(self, mode="caffe", **kwargs):
+    def __init__(self, mode="caffe", input_norm="none", **kwargs):
         super().__init__(**kwargs)
         if mode == "raw255":  # the name in members saved before "0-255"
             mode = "0-255"
         self.mode = check_param("BackbonePreprocess", "mode", mode, Options(PREPROCESS_MODES))
+        self.input_norm = check_param("BackbonePreprocess", "input_norm", input_norm, Options(INPUT_NORMS))
 
     def call(self, inputs):
         ops = keras.ops
+        if self.input_norm == "standardize":
+            mean = ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
+            # The floor keeps a flat (blank) image finite instead of dividing by zero.
+            std = ops.maximum(ops.std(inputs, axis=(1, 2, 3), keepdims=True), 1.0 / 255.0)
+            inputs = 0.5 + 0.2 * (inputs - mean) / std
         if self.mode == "0-1":
             return inputs
         if self.mode == "0-255":
@@ -119,7 +141,7 @@ class BackbonePreprocess(keras.layers.Layer):
         return (inputs - mean) / std
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "input_norm": self.input_norm}
 
 
 class _CallablePreprocess(keras.layers.Layer):
@@ -197,20 +219,66 @@ def _cpu_has_native_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _warn_if_emulated(precision):
-    """Mixed precision only pays off where the hardware computes in 16 bits natively."""
-    if precision == "float32":
-        return
+def _has_gpu():
     import tensorflow as tf
 
-    has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    if precision == "mixed_float16" and not has_gpu:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_precision(precision="auto", *, force=False):
+    """The Keras dtype policy a member is built with; ``"auto"`` picks it from the hardware.
+
+    Parameters
+    ----------
+    precision : {"auto", "float32", "mixed_bfloat16", "mixed_float16"}, default="auto"
+        ``auto``: ``mixed_bfloat16`` on a GPU or on a CPU whose ``/proc/cpuinfo``
+        lists ``avx512_bf16`` or ``amx_bf16`` (1.5-2.5x faster training steps on such a
+        CPU), ``float32`` elsewhere; the choice is logged. bfloat16 is never chosen
+        where it would be emulated (several times slower than float32).
+    force : bool, default=False
+        Accept ``mixed_bfloat16`` on a CPU without native support (for testing).
+
+    Returns
+    -------
+    str
+        ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``.
+
+    Raises
+    ------
+    ConfigError
+        ``mixed_bfloat16`` asked for on a CPU that would emulate it, without ``force``.
+
+    Examples
+    --------
+    >>> resolve_precision("float32")
+    'float32'
+    """
+    check_param("resolve_precision", "precision", precision, Options(PRECISIONS))
+    if precision == "float32":
+        return precision
+    native = _has_gpu() or _cpu_has_native_bf16()
+    if precision == "auto":
+        chosen = "mixed_bfloat16" if native else "float32"
+        _LOG.info("precision='auto' chose %r (%s).", chosen,
+                  "GPU or CPU with native bfloat16" if native else "no native bfloat16 on this CPU")
+        return chosen
+    if precision == "mixed_float16" and not _has_gpu():
         warnings.warn("precision='mixed_float16' without a GPU: float16 is emulated on CPUs and slower than "
-                      "float32; use 'mixed_bfloat16' on CPUs with AVX512-BF16/AMX, or 'float32'.",
-                      UserWarning, stacklevel=3)
-    elif precision == "mixed_bfloat16" and not has_gpu and not _cpu_has_native_bf16():
-        warnings.warn("precision='mixed_bfloat16' on a CPU without AVX512-BF16/AMX: bfloat16 is emulated and "
-                      "usually slower than float32 here.", UserWarning, stacklevel=3)
+                      "float32; use 'auto', 'mixed_bfloat16' on CPUs with AVX512-BF16/AMX, or 'float32'.",
+                      UserWarning, stacklevel=2)
+    if precision == "mixed_bfloat16" and not native and not force:
+        raise ConfigError("precision='mixed_bfloat16' needs a GPU or a CPU with native bfloat16 (avx512_bf16 or "
+                          "amx_bf16 in /proc/cpuinfo); this CPU would emulate it, several times slower than "
+                          "float32. Use precision='auto' or 'float32', or set force_precision=true to run it anyway.")
+    return precision
+
+
+def _model_precision(model):
+    """The dtype policy of a member's backbone (its first convolution), e.g. 'mixed_bfloat16'."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            return layer.dtype_policy.name
+    return keras.config.dtype_policy().name
 
 
 @contextlib.contextmanager
@@ -226,7 +294,7 @@ def _dtype_policy(precision):
 
 def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", seed=0,
                  dense_units=(512, 128), dropout=0.5, l2=1e-4, bn_momentum=None, precision="float32",
-                 name="member"):
+                 force_precision=False, input_norm="none", name="member"):
     """Build an ensemble member: backbone, global average pooling, and the origin's dense head.
 
     Head: for each width in ``dense_units``: Dense(ReLU, L2) -> BatchNorm -> Dropout;
@@ -250,11 +318,17 @@ def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", see
         Momentum of every batch-norm layer's moving statistics. Keras' 0.99 lags
         behind fast-changing weights when training from scratch (inference-mode
         predictions collapse to one class); 0.9 tracks them.
-    precision : {"float32", "mixed_bfloat16", "mixed_float16"}, default="float32"
+    precision : {"float32", "mixed_bfloat16", "mixed_float16", "auto"}, default="float32"
         Keras dtype policy of every layer but the output, which stays float32 so the
         probabilities and the loss keep full precision. Mixed precision speeds up GPUs
         (float16, with loss scaling that Keras adds at compile time) and CPUs with
-        AVX512-BF16/AMX (bfloat16); elsewhere it is emulated and slower (a warning says so).
+        AVX512-BF16/AMX (bfloat16); elsewhere it is emulated and slower, so bfloat16 is
+        refused there (see :func:`resolve_precision`; ``auto`` picks by hardware).
+    force_precision : bool, default=False
+        Build with ``mixed_bfloat16`` even where it would be emulated.
+    input_norm : {"none", "standardize"}, default="none"
+        Per-image contrast normalisation inside the ``preprocess`` layer
+        (see :class:`BackbonePreprocess`).
     name : str, default="member"
 
     Returns
@@ -277,9 +351,9 @@ def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", see
     check_param("build_member", "backbone", backbone, Options(tuple(BACKBONES)))
     check_param("build_member", "input_size", input_size, Interval("int", 32, 1024))
     check_param("build_member", "precision", precision, Options(PRECISIONS))
-    _warn_if_emulated(precision)
+    precision = resolve_precision(precision, force=force_precision)
     with _dtype_policy(precision):
-        model = _build(input_size, weights, backbone, seed, dense_units, dropout, l2, name)
+        model = _build(input_size, weights, backbone, seed, dense_units, dropout, l2, name, input_norm)
     if bn_momentum is not None:
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -287,11 +361,11 @@ def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", see
     return model
 
 
-def _build(input_size, weights, backbone, seed, dense_units, dropout, l2, name):
+def _build(input_size, weights, backbone, seed, dense_units, dropout, l2, name, input_norm="none"):
     constructor, mode, _ = BACKBONES[backbone]
     resolved = _resolve_weights(backbone, weights)
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = BackbonePreprocess(mode, name="preprocess")(inputs)
+    x = BackbonePreprocess(mode, input_norm=input_norm, name="preprocess")(inputs)
     application = getattr(keras.applications, constructor)
     try:
         base = application(include_top=False, weights=resolved, input_tensor=x)
@@ -299,7 +373,11 @@ def _build(input_size, weights, backbone, seed, dense_units, dropout, l2, name):
         raise
     except Exception as exc:  # keras.utils.get_file raises a bare Exception when offline
         if resolved != "imagenet":
-            raise
+            # h5py and Keras raise OSError, ValueError, KeyError... for a file that is not these weights.
+            raise WeightsUnavailableError(
+                f"{str(resolved)!r} is not a weights file for {constructor} without its top "
+                f"('{_WEIGHT_FILES[backbone]}'): {short_repr(str(exc).splitlines()[0] if str(exc) else exc, 200)}. "
+                f"Received: weights={weights!r}") from exc
         raise WeightsUnavailableError(
             f"Could not load ImageNet weights for {constructor}: {exc}. Keras looks for "
             f"'{_WEIGHT_FILES[backbone]}' in {_keras_cache_dir()} (set KERAS_HOME to change it) and downloads it "
@@ -802,24 +880,208 @@ def _single_logit(dense, activation, positive_index):
     return [w.astype(np.float32) for w in (kernel, *bias)]
 
 
+# --------------------------------------------------------------------------- training schedules and snapshots
+
+
+@keras.saving.register_keras_serializable(package="pneumoxai")
+class CyclicSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine (with warm restarts) or one-cycle learning rate, as a function of the step.
+
+    Parameters
+    ----------
+    base_lr : float
+        Peak learning rate.
+    total_steps : int
+        Optimiser steps of the whole run.
+    kind : {"cosine", "onecycle"}, default="cosine"
+        ``cosine``: ``cycles`` equal cycles, each decaying from ``base_lr`` to
+        ``min_lr`` along half a cosine, then restarting (SGDR, Loshchilov & Hutter 2017;
+        snapshot ensembles save a member at the end of each cycle, Huang et al. 2017).
+        ``onecycle``: linear warm-up from ``base_lr / 25`` to ``base_lr`` over the
+        first ``warmup_fraction`` of the steps, then a cosine decay to ``min_lr``
+        (Smith & Topin 2019).
+    cycles : int, default=1
+    min_lr : float, default=0.0
+    warmup_fraction : float, default=0.3
+
+    Examples
+    --------
+    >>> schedule = CyclicSchedule(1e-3, 100, cycles=2)
+    >>> [round(float(schedule(step)), 6) for step in (0, 25, 50, 75)]
+    [0.001, 0.0005, 0.001, 0.0005]
+    """
+
+    def __init__(self, base_lr, total_steps, kind="cosine", cycles=1, min_lr=0.0, warmup_fraction=0.3):
+        check_param("CyclicSchedule", "kind", kind, Options(("cosine", "onecycle")))
+        if not isinstance(total_steps, int) or total_steps < cycles or cycles < 1:
+            raise param_error("CyclicSchedule", "total_steps", f"an int >= cycles ({cycles})", total_steps)
+        self.base_lr, self.total_steps, self.kind = float(base_lr), total_steps, kind
+        self.cycles, self.min_lr, self.warmup_fraction = int(cycles), float(min_lr), float(warmup_fraction)
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        if self.kind == "cosine":
+            length = self.total_steps / self.cycles
+            position = ops.mod(step, length) / length
+            return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + ops.cos(math.pi * position))
+        warmup = max(1.0, self.warmup_fraction * self.total_steps)
+        start = self.base_lr / 25.0
+        rising = start + (self.base_lr - start) * step / warmup
+        position = ops.clip((step - warmup) / max(1.0, self.total_steps - warmup), 0.0, 1.0)
+        falling = self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + ops.cos(math.pi * position))
+        return ops.where(step < warmup, rising, falling)
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "total_steps": self.total_steps, "kind": self.kind,
+                "cycles": self.cycles, "min_lr": self.min_lr, "warmup_fraction": self.warmup_fraction}
+
+
+class _SnapshotSaver(keras.callbacks.Callback):
+    """At the end of every learning-rate cycle, save the weights as a member folder.
+
+    The folder is written by :func:`save_member` (model, then card last), so a folder
+    with a card always holds a finished snapshot.
+    """
+
+    def __init__(self, directory, member, cycle_epochs, n_cycles, recalibrate_images, metadata):
+        super().__init__()
+        self.directory, self.member = Path(directory), member
+        self.cycle_epochs, self.n_cycles = cycle_epochs, n_cycles
+        self.recalibrate_images, self.metadata = recalibrate_images, metadata
+        self.last = None  # the final snapshot, when this call saved it
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.cycle_epochs:
+            return
+        index = (epoch + 1) // self.cycle_epochs
+        snapshot = _uncompiled_copy(self.member)
+        snapshot.set_weights(self.model.get_weights())
+        if self.recalibrate_images is not None:
+            recalibrate_batchnorm(snapshot, self.recalibrate_images)
+        save_member(self.directory / snapshot_name(self.member.name, index), snapshot, {
+            **self.metadata, "snapshot": index, "n_snapshots": self.n_cycles, "epoch": epoch + 1,
+            "val_loss_at_snapshot": (logs or {}).get("val_loss")})
+        if index == self.n_cycles:
+            self.last = snapshot
+
+
+class _ResumeState(keras.callbacks.Callback):
+    """Save weights and optimiser state after every epoch, so a killed run resumes there.
+
+    The weights file is written before the small JSON record that names its epoch, each
+    atomically: a kill in between costs one epoch, never a mismatched state.
+    """
+
+    def __init__(self, directory, fingerprint):
+        super().__init__()
+        self.directory, self.fingerprint = Path(directory), fingerprint
+
+    @property
+    def weights_path(self):
+        return self.directory / "state.weights.h5"
+
+    @property
+    def record_path(self):
+        return self.directory / "state.json"
+
+    def restore(self, model):
+        """Load a saved state into ``model`` (compiled); return the epoch to resume from."""
+        if not self.record_path.is_file() or not self.weights_path.is_file():
+            return 0
+        record = _io.read_json(self.record_path)
+        if record.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"{str(self.directory)!r} holds the training state of another config or data "
+                              "set; delete it (or use another snapshot_dir) to start afresh.")
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.weights_path)
+        _LOG.info("Resuming training from epoch %d (state in %s).", record["epoch"], self.directory)
+        return int(record["epoch"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        with _io.atomic_path(self.weights_path, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+        _io.write_json(self.record_path, {"epoch": epoch + 1, "fingerprint": self.fingerprint})
+
+
+def snapshot_name(name, index):
+    """Folder name of snapshot ``index`` (1-based) of member ``name``: ``f"{name}_snap{index}"``."""
+    return f"{name}_snap{index}"
+
+
+def _flexible_twin(model):
+    """A copy of ``model`` accepting any image size (global pooling makes the weights size-free)."""
+    config = model.get_config()
+    config["layers"][0]["config"]["batch_shape"] = [None, None, None, 3]
+    twin = model.__class__.from_config(config)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _size_segments(sizes, epochs):
+    """Split ``epochs`` over ``sizes`` in order, the remainder going to the last: [(size, start, end)]."""
+    base, extra = divmod(epochs, len(sizes))
+    segments, start = [], 0
+    for position, size in enumerate(sizes):
+        end = start + base + (extra if position == len(sizes) - 1 else 0)
+        if end > start:
+            segments.append((size, start, end))
+        start = end
+    return segments
+
+
+def _check_training_modes(config, pretrained, epochs, snapshot_dir):
+    snapshots = config["snapshots"]
+    if snapshots > 1:
+        if config["schedule"] != "cosine":
+            raise ConfigError(f"snapshots={snapshots} needs schedule='cosine' (one cosine cycle per snapshot); "
+                              f"got schedule={config['schedule']!r}.")
+        if pretrained:
+            raise ConfigError("snapshots > 1 needs weights=None (one training phase); pretrained members train "
+                              "in two phases.")
+        if epochs % snapshots:
+            raise ConfigError(f"snapshots={snapshots} must divide the epochs ({epochs}) so that every cycle ends "
+                              "at an epoch end.")
+        if snapshot_dir is None:
+            raise ConfigError(f"snapshots={snapshots} needs a snapshot_dir to save the snapshot members in.")
+    if config["progressive_sizes"] and pretrained:
+        raise ConfigError("progressive_sizes needs weights=None (one training phase).")
+
+
 def train_member(model, train_images, train_labels, val_images, val_labels, config, *,
-                 checkpoint_path=None, class_weight=None, verbose="auto"):
-    """Train a member with the origin's two-phase recipe.
+                 checkpoint_path=None, class_weight=None, verbose="auto", snapshot_dir=None,
+                 snapshot_metadata=None, callbacks=()):
+    """Train a member with the origin's two-phase recipe, or a scheduled from-scratch run.
 
     Phase 1 trains the head with the backbone frozen (``epochs_frozen``), phase 2
     fine-tunes the backbone from ``finetune_from`` on (``epochs_finetune``, lower
-    learning rate, pretrained batch-norm layers kept in inference mode). Both phases
-    use Adam, binary cross-entropy, early stopping on val loss (best weights
-    restored), learning-rate reduction on plateau and a checkpoint at the lowest val
-    loss. With ``weights=None`` nothing is pretrained, so the backbone is trained from
-    the start (batch norm included) and only the first phase runs, for
+    learning rate, pretrained batch-norm layers kept in inference mode). With
+    ``weights=None`` nothing is pretrained, so the backbone is trained from the start
+    (batch norm included) and only the first phase runs, for
     ``epochs_frozen + epochs_finetune`` epochs.
+
+    ``schedule="plateau"`` (the origin's): Adam, early stopping on val loss (best
+    weights restored) and learning-rate reduction on plateau. ``"cosine"`` and
+    ``"onecycle"`` follow a planned :class:`CyclicSchedule` for the whole phase, with no
+    early stopping. ``weight_decay > 0`` uses AdamW; ``label_smoothing`` smooths the
+    binary cross-entropy targets. A checkpoint is kept at the lowest val loss.
+
+    Snapshot ensembles (``snapshots=N`` with ``schedule="cosine"``, ``weights=None``):
+    N cosine cycles in one run; at the end of cycle k the weights are saved as a
+    member folder ``snapshot_dir/{name}_snap{k}`` (BN recalibrated if
+    ``recalibrate_bn``), and after every epoch the weights and optimiser state go to
+    ``snapshot_dir/_resume``, so calling again after a kill resumes at the last finished
+    epoch without retraining finished snapshots.
+
+    ``progressive_sizes`` (``weights=None``): the epochs are split over these training
+    sizes in order (batches resized on the fly); the member keeps its own input size
+    ``image_size`` for inference, which may exceed the last training size (FixRes).
 
     With ``cache_features`` (pretrained weights only), phase 1 computes the frozen
     backbone's pooled features once and trains the head on them: an order of magnitude
-    faster, at the cost of no augmentation in phase 1 (the backbone would have to see
-    every augmented image). Phase 2 is unchanged. Call inside ``strategy.scope()`` (see
-    :func:`get_strategy`) to train on several devices; ``jit_compile`` turns on XLA.
+    faster, at the cost of no augmentation in phase 1. Call inside ``strategy.scope()``
+    (see :func:`get_strategy`) to train on several devices; ``jit_compile`` turns on XLA.
 
     Parameters
     ----------
@@ -835,18 +1097,27 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
         From :func:`pneumoxai.data.balance` with ``balancing="class_weight"``.
     verbose : "auto", 0, 1 or 2
         Keras progress display.
+    snapshot_dir : path, optional
+        Folder for snapshot members and the resume state; needed when ``snapshots > 1``,
+        optional otherwise (it then makes the run resumable).
+    snapshot_metadata : dict, optional
+        Added to every snapshot's card (e.g. config and data hashes).
+    callbacks : sequence of keras.callbacks.Callback, default=()
+        Extra callbacks, run after the built-in ones.
 
     Returns
     -------
     dict
         ``history`` (per-epoch metrics of each phase), ``seconds_per_epoch``,
-        ``epochs_run``, ``best_val_loss``.
+        ``epochs_run`` (this call), ``best_val_loss``, ``precision`` (the dtype policy
+        trained under), ``snapshots`` (saved snapshot folders).
     """
     from .data import make_dataset
 
     unknown = set(config) - set(MEMBER_SPEC)
     if unknown:
         raise ConfigError(f"Unknown member option(s) {sorted(unknown)}; valid: {sorted(MEMBER_SPEC)}.")
+    config = {key: config.get(key, default) for key, (default, _) in MEMBER_SPEC.items()}
     train_images = _check_images(train_images, model, owner="train_member", name="train_images")
     val_images = _check_images(val_images, model, owner="train_member", name="val_images")
     for name, labels, images in (("train", train_labels, train_images), ("val", val_labels, val_images)):
@@ -856,9 +1127,9 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
         if len(np.unique(labels)) < 2:
             raise DataError(f"The {name} data holds a single class; both NORMAL and PNEUMONIA are needed.")
     seed = int(config["seed"])
-    train_ds = make_dataset(train_images, train_labels, batch_size=config["batch_size"], training=True,
-                            augment=config["augment"], seed=seed)
-    val_ds = make_dataset(val_images, val_labels, batch_size=max(64, config["batch_size"]))
+    augment = dict(config["augment"] or {})
+    if config["random_crop"]:
+        augment["crop"] = config["random_crop"]
     pretrained = config["weights"] is not None
     phases = []
     if pretrained:
@@ -870,53 +1141,102 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
     if config["cache_features"] and not pretrained:
         raise ConfigError("cache_features needs pretrained backbone weights (a frozen phase 1); "
                           f"got weights={config['weights']!r}.")
+    _check_training_modes(config, pretrained, sum(epochs for _, epochs, _ in phases), snapshot_dir)
 
-    history, timings, best = {}, [], np.inf
+    size = int(model.input_shape[1])
+    sizes = list(config["progressive_sizes"] or [size])
+    history, timings, best, saved, recalibrated = {}, [], np.inf, [], False
     checkpoint = _AtomicCheckpoint(checkpoint_path, model) if checkpoint_path else None
     for phase, epochs, learning_rate in phases:
         if epochs == 0:
             continue
-        fitted, fit_train, fit_val = model, train_ds, val_ds
-        started = time.perf_counter()
+        fitted = model
         if phase == "frozen":
             _freeze_backbone(model, True)
-            if config["cache_features"]:
-                fitted = _head_model(model)
-                fit_train, fit_val = _feature_datasets(model, train_images, train_labels, val_images, val_labels,
-                                                       config)
         elif phase == "finetune":
             _set_trainable(model, config["finetune_from"])
         else:
             _freeze_backbone(model, False)
+            if sizes != [size]:
+                fitted = _flexible_twin(model)
+        segments = _size_segments(sizes, epochs) if phase == "full" else [(size, 0, epochs)]
+        if phase == "frozen" and config["cache_features"]:
+            fitted = _head_model(model)
+            fit_train, fit_val = _feature_datasets(model, train_images, train_labels, val_images, val_labels, config)
+            segments = [(None, 0, epochs)]
+        steps_per_epoch = math.ceil(len(train_images) / config["batch_size"])
+        if config["schedule"] != "plateau":
+            learning_rate = CyclicSchedule(learning_rate, steps_per_epoch * epochs, kind=config["schedule"],
+                                           cycles=config["snapshots"], min_lr=config["min_learning_rate"])
+        optimizer = (keras.optimizers.AdamW(learning_rate, weight_decay=config["weight_decay"])
+                     if config["weight_decay"] else keras.optimizers.Adam(learning_rate))
         fitted.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss="binary_crossentropy",
+            optimizer=optimizer,
+            loss=keras.losses.BinaryCrossentropy(label_smoothing=config["label_smoothing"]),
             metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
             jit_compile=config["jit_compile"],
         )
         guard = _NonFiniteLoss()
-        callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["early_stopping_patience"],
-                                          restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config["reduce_lr_factor"],
-                                              patience=config["reduce_lr_patience"],
-                                              min_lr=config["min_learning_rate"]),
-            guard,
-        ]
+        phase_callbacks = [guard]
+        if config["schedule"] == "plateau":
+            phase_callbacks = [
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["early_stopping_patience"],
+                                              restore_best_weights=True),
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config["reduce_lr_factor"],
+                                                  patience=config["reduce_lr_patience"],
+                                                  min_lr=config["min_learning_rate"]),
+                guard,
+            ]
         if checkpoint is not None:
-            callbacks.append(checkpoint)
-        # shuffle=False: the tf.data pipeline already reshuffles every epoch with its own seed.
-        fit = fitted.fit(fit_train, validation_data=fit_val, epochs=epochs, class_weight=class_weight,
-                         callbacks=callbacks, verbose=verbose, shuffle=False)
-        elapsed = time.perf_counter() - started
-        if getattr(guard, "nonfinite", False):
-            raise DataError("Training loss became NaN or infinite; lower the learning rate or check the images.")
-        n_epochs = len(fit.history.get("loss", []))
-        timings.append((elapsed, n_epochs))
-        history[phase] = {key: [float(v) for v in values] for key, values in fit.history.items()}
-        if fit.history.get("val_loss"):
-            best = min(best, float(np.nanmin(fit.history["val_loss"])))
-    if config["recalibrate_bn"]:
+            checkpoint.member = fitted if fitted is not model and phase == "full" else model
+            phase_callbacks.append(checkpoint)
+        start_epoch, saver = 0, None
+        if snapshot_dir is not None and phase == "full":
+            if config["snapshots"] > 1:
+                saver = _SnapshotSaver(
+                    snapshot_dir, model, epochs // config["snapshots"], config["snapshots"],
+                    train_images if config["recalibrate_bn"] else None,
+                    {"config": config, "n_train": int(len(train_images)), **(snapshot_metadata or {})})
+                phase_callbacks.append(saver)
+            # After the snapshot saver: a kill between the two re-runs the epoch and re-saves its snapshot.
+            resume = _ResumeState(Path(snapshot_dir) / SNAPSHOT_STATE, _fingerprint(config, train_labels))
+            start_epoch = resume.restore(fitted)
+            phase_callbacks.append(resume)
+        phase_callbacks.extend(callbacks)
+        started = time.perf_counter()
+        phase_history = {}
+        for segment_size, first, last in segments:
+            if last <= start_epoch:
+                continue
+            if segment_size is not None:
+                fit_train = make_dataset(train_images, train_labels, batch_size=config["batch_size"], training=True,
+                                         augment=augment, seed=seed + first, size=segment_size)
+                fit_val = make_dataset(val_images, val_labels, batch_size=max(64, config["batch_size"]),
+                                       size=segment_size)
+            # shuffle=False: the tf.data pipeline already reshuffles every epoch with its own seed.
+            fit = fitted.fit(fit_train, validation_data=fit_val, epochs=last, initial_epoch=max(first, start_epoch),
+                             class_weight=class_weight, callbacks=phase_callbacks, verbose=verbose, shuffle=False)
+            for key, values in fit.history.items():
+                phase_history.setdefault(key, []).extend(float(v) for v in values)
+            if getattr(guard, "nonfinite", False):
+                raise DataError("Training loss became NaN or infinite; lower the learning rate or check the images.")
+            if fitted.stop_training:
+                break
+        timings.append((time.perf_counter() - started, len(phase_history.get("loss", []))))
+        history[phase] = phase_history
+        if phase_history.get("val_loss"):
+            best = min(best, float(np.nanmin(phase_history["val_loss"])))
+        if saver is not None and saver.last is not None:
+            # The last snapshot is these weights, already BN-recalibrated: no second pass.
+            model.set_weights(saver.last.get_weights())
+            recalibrated = True
+        elif fitted is not model and phase == "full":
+            model.set_weights(fitted.get_weights())
+        if snapshot_dir is not None and phase == "full":
+            saved = [Path(snapshot_dir) / snapshot_name(model.name, k) for k in range(1, config["snapshots"] + 1)
+                     if config["snapshots"] > 1]
+            shutil.rmtree(Path(snapshot_dir) / SNAPSHOT_STATE, ignore_errors=True)
+    if config["recalibrate_bn"] and not recalibrated:
         recalibrate_batchnorm(model, train_images)
     total_time = sum(t for t, _ in timings)
     total_epochs = sum(n for _, n in timings)
@@ -927,7 +1247,18 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
         "train_seconds": total_time,
         "best_val_loss": best,
         "phase1_cached_features": bool(pretrained and config["cache_features"]),
+        "precision": _model_precision(model),
+        "snapshots": [str(path) for path in saved],
     }
+
+
+def _fingerprint(config, train_labels):
+    """What a resume state must match: the member config and the training labels."""
+    import hashlib
+    import json
+
+    text = json.dumps(config, sort_keys=True, default=str) + np.asarray(train_labels).tobytes().hex()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _head_model(model):
@@ -1007,6 +1338,7 @@ def save_member(directory, model, metadata=None):
         "model_file": MODEL_FILE,
         "model_sha256": _io.sha256_file(model_path),
         "input_size": int(model.input_shape[1]),
+        "precision": _model_precision(model),
         "versions": _versions(),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })

@@ -165,6 +165,9 @@ class _Run(RunFolder):
         self.slices = self.read_table("failure_slices.csv", columns=slice_columns)
         self.member_slices = self.read_table("member_failure_slices.csv", columns=slice_columns)
         self.explain_summary = self.read_table("explain_summary.csv", columns=("measure", "value"))
+        self.slice_explanations = self.read_table(
+            "slice_explanations.csv", columns=("slice", "n_errors", "errors:off_lung_attention",
+                                               "correct:off_lung_attention", "off_lung_shift", "top_zone_shift"))
         self.zones = self.read_table("zone_attention.csv")
         for frame in (self.slices, self.member_slices):
             if frame is not None:
@@ -520,6 +523,7 @@ def _slices_section(run):
     body.append(_figure(run, "slices_top", "Error rate of the top slices, with the overall error rate.", "slices"))
     body.append(_figure(run, "slices_examples", "Example images from the top slices.", "slices"))
     body.append(_figure(run, "slices_features", "Image features of errors against correct calls.", "slices"))
+    body.extend(_slice_explanations_part(run))
     body.append(_tag("h3", "Per-member failure slices"))
     members = run.member_slices
     if members is None:
@@ -534,6 +538,33 @@ def _slices_section(run):
         body.append(_table(["Member", "Slice", "Images", "Member error rate", "q (BH)", "Ensemble error rate",
                             "Ensemble repairs it"], rows, numeric=range(2, 6)))
     return _section("slices", "Failure slices", *body)
+
+
+def _slice_explanations_part(run):
+    """Which images (the slice) linked to where in the image (its errors' maps against correct calls)."""
+    table = run.slice_explanations
+    if table is None:
+        return []
+    body = [_tag("h3", "Where each failure slice's errors look")]
+    faithful = "faithfulness_errors" in table.columns
+    rows = []
+    for _, r in table.iterrows():
+        row = [r["slice"], _count(r["n_errors"]), _num(r["errors:off_lung_attention"], 2),
+               _num(r["correct:off_lung_attention"], 2), _num(r["off_lung_shift"], 2),
+               str(r["top_zone_shift"]).replace("_", " ")]
+        if faithful:
+            row += [_num(r["faithfulness_errors"], 3), _num(r["faithfulness_correct"], 3)]
+        rows.append(row)
+    headers = ["Slice", "Errors", "Off-lung share (errors)", "Off-lung share (correct)", "Shift", "Zone gaining most"]
+    if faithful:
+        headers += ["Deletion AUC (errors)", "Deletion AUC (correct)"]
+    body.append(_table(headers, rows, numeric=range(1, len(headers)), caption=(
+        "Ensemble Grad-CAM of the predicted class. Each slice's errors are compared with the correct calls of the "
+        "same true class, weighted to the errors' class mix. Deletion AUC of the best model member on a sample "
+        "(lower = the map points at what drives the call).")))
+    body.append(_figure(run, "slice_maps", "Mean map of each slice's errors beside the correct calls' mean map; "
+                                          "white: mean lung outline.", "slices"))
+    return body
 
 
 def _explain_section(run):

@@ -145,6 +145,9 @@ def _plot_calls():
             images, {"map": maps}, y, p, n_per_group=1, **kw),
         "plot_mean_maps": lambda **kw: figures.plot_mean_maps(maps, y, p, **kw),
         "plot_zone_attention": lambda **kw: figures.plot_zone_attention(zones, y, p, **kw),
+        "plot_slice_maps": lambda **kw: figures.plot_slice_maps(
+            pd.DataFrame({"slice": ["contrast <= 0.3"], "n_errors": [20], "off_lung_shift": [0.1]}),
+            maps[:1], background=images[0], mask=maps[0] > 0.5, reference_map=maps[1], **kw),
     }
 
 

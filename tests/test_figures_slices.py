@@ -9,6 +9,7 @@ from pneumoxai._figures_slices import (
     plot_slice_error_rates,
     plot_slice_examples,
 )
+from pneumoxai import figures
 from pneumoxai._style import ERROR_COLORS
 from pneumoxai.errors import ConfigError, DataError
 from pneumoxai.slices import find_failure_slices
@@ -106,3 +107,16 @@ def test_figures_reject_bad_input(planted, call, error, match):
     frame, y, prob, images, found = planted
     with pytest.raises(error, match=match):
         call(frame, y, prob, images, found)
+
+
+def test_slice_maps_panel_per_slice_with_the_reference_first():
+    table = pd.DataFrame({"slice": ["a == 1", "b > 2"], "n_errors": [5, 3], "off_lung_shift": [0.25, np.nan],
+                          "top_zone_shift": ["off_lung_attention", None]})
+    maps = np.stack([np.eye(8), np.fliplr(np.eye(8))])
+    fig = figures.plot_slice_maps(table, maps, reference_map=np.zeros((8, 8)))
+    axes = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in axes] == ["correct calls (reference)", "a == 1", "b > 2"]
+    assert axes[1].get_xlabel() == "5 errors; off-lung +0.25" and axes[2].get_xlabel() == "3 errors"
+    np.testing.assert_array_equal(axes[2].images[-1].get_array(), maps[1])
+    with pytest.raises(DataError, match=r"mean_maps must have shape \(n_slices=2"):
+        figures.plot_slice_maps(table, maps[:1])

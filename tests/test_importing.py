@@ -136,3 +136,39 @@ def test_user_given_validation_and_test_lists(make_kaggle_tree, tmp_path, capsys
     assert table.groupby("role").size().to_dict() == {"test": 16, "val": 16}
     card = json.loads((tmp_path / "run" / "members" / "p" / "card.json").read_text())
     assert card["kind"] == "predictions" and card["imported"] and card["n_predictions"] == 32
+
+
+def _caffe_softmax_model(size=32):
+    """A small classifier trained elsewhere: caffe-preprocessed input, 2-unit softmax head (unit 1 = PNEUMONIA)."""
+    import keras
+
+    small = keras.initializers.RandomNormal(stddev=0.002, seed=0)  # caffe input spans about +-150
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=small)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", kernel_initializer=small)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def test_an_imported_model_gives_its_own_probabilities_and_is_explained(make_kaggle_tree, tmp_path, capsys):
+    import keras
+
+    root = make_kaggle_tree(n_per_class=12, size=32)
+    model = _caffe_softmax_model()
+    model.save(tmp_path / "theirs.keras")
+    _planted_predictions(root, tmp_path / "vendor.csv", seed=3)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "import", "--data", root, "--out", run,
+                           "--member", f"theirs={tmp_path / 'theirs.keras'}", "--preprocess", "theirs=caffe",
+                           "--member", f"vendor={tmp_path / 'vendor.csv'}", *FAST)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "analyse", "--run", run)
+    assert code == 0, err
+    assert "member(s) vendor are prediction files; the maps come from the model members only" in err
+    predictions = pd.read_csv(run / "tables" / "predictions_test.csv")
+    x = data.load_images(predictions["path"], 32)
+    own = model.predict(keras.applications.resnet50.preprocess_input(x * 255.0), verbose=0)[:, 1]
+    assert np.abs(predictions["p[theirs]"].to_numpy() - own).max() < 1e-5
+    assert (run / "maps" / "gradcam_test.npz").is_file() and (run / "figures" / "gallery.png").is_file()
+    card = json.loads((run / "members" / "theirs" / "card.json").read_text())
+    assert card["imported"] and card["kind"] == "model" and card["preprocess"] == "caffe"

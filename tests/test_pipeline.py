@@ -78,6 +78,11 @@ def test_run_writes_every_table_and_figure(smoke_run):
     assert not set(dataset[dataset.role == "train"].patient_id) & set(dataset[dataset.role == "val"].patient_id)
     assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".write-test-*"))
     assert_lock_free(out)
+    findings = pd.read_csv(out / "tables" / "failure_slices.csv")["finding"]
+    if findings.any():  # each significant slice linked to where its errors look
+        explained = pd.read_csv(out / "tables" / "slice_explanations.csv")
+        assert len(explained) == min(10, int(findings.sum())) and (out / "figures" / "slice_maps.png").is_file()
+        assert explained["faithfulness_errors"].notna().any()
     timings = pd.read_csv(out / "tables" / "timings.csv", index_col="stage")
     assert list(timings.index) == ["train", "evaluate", "explain", "slices"]
     assert (timings["seconds"] > 0).all() and (timings["peak_rss_mb"] > 100).all()

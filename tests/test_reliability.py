@@ -16,7 +16,8 @@ import pytest
 
 from pneumoxai import _io, cli, data, models, pipeline
 from pneumoxai.config import parse_config
-from pneumoxai.errors import CacheError, ConfigError, DataError, PneumoxaiError, RunFolderError, SkippedFilesWarning
+from pneumoxai.errors import (CacheError, ConfigError, DataError, PneumoxaiError, RunFolderError, SkippedFilesWarning,
+                              WeightsUnavailableError)
 from pneumoxai.predict import predict_members
 from pneumoxai.run_folder import RunFolder
 
@@ -211,6 +212,24 @@ def test_hostile_model_files_are_refused_in_one_error(tmp_path, patch):
     assert "\n" not in str(info.value) and "model.keras" in str(info.value)
     if patch["class_name"] == "TFSMLayer":
         assert "TFSMLayer" in str(info.value)
+
+
+def test_a_file_that_is_not_a_weights_file_is_one_error(tmp_path):
+    fake = tmp_path / "resnet50_notop.h5"
+    fake.write_bytes(b"not an HDF5 file at all")
+    with pytest.raises(WeightsUnavailableError, match=r"is not a weights file for ResNet50 .*Received: weights="):
+        models.build_member(32, weights=str(fake))
+
+
+def test_members_too_small_for_class_activation_maps_are_refused_by_explain():
+    from pneumoxai.explain import feature_map_size
+    from pneumoxai.pipeline.explanations import _check_explainable
+
+    small, large = (models.build_member(side, weights=None, dense_units=(4,)) for side in (32, 64))
+    assert feature_map_size(small) == (1, 1) and feature_map_size(large) == (2, 2)
+    _check_explainable([large])
+    with pytest.raises(ConfigError, match=r"member\(s\) member \(1x1\) is 1 pixel wide.*image_size >= 64"):
+        _check_explainable([large, small])
 
 
 # --------------------------------------------------------------------------- faults

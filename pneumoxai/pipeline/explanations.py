@@ -53,8 +53,8 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen), predicted[chosen].astype(bool),
                                 methods or explain_cfg["methods"])
     _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
-    _faithfulness_summary(run, record, member_models, images.subset(chosen), predicted[chosen].astype(bool),
-                          zones_all, predicted != y, masks)
+    _faithfulness_summary(run, [d.name for d in model_dirs], member_models, images.subset(chosen),
+                          predicted[chosen].astype(bool), zones_all, predicted != y, masks)
     _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
     logger.info("explain: %d images x %d methods, all %d test images with Grad-CAM, %.1f s", len(chosen),
                 len(subset_maps), len(images.paths), time.perf_counter() - started)
@@ -65,7 +65,8 @@ MIN_EXPLAIN_SIZE = 64
 
 
 def too_small_to_explain(config):
-    return [m["name"] for m in config["members"] if m["image_size"] < MIN_EXPLAIN_SIZE]
+    """pneumoxai's own members below MIN_EXPLAIN_SIZE; an imported model's maps are checked in the stage."""
+    return [m["name"] for m in config["members"] if m["image_size"] < MIN_EXPLAIN_SIZE and not m["imported"]]
 
 
 def _check_explainable(member_models):
@@ -200,12 +201,14 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
     _io.write_csv(run.table("zone_attention.csv"), pd.concat(zone_rows, ignore_index=True), index=False)
 
 
-def _faithfulness_summary(run, record, member_models, images, target, zones_all, errors, masks):
-    """Off-lung attention of errors vs correct calls, and deletion AUC of the best member against random maps."""
+def _faithfulness_summary(run, names, member_models, images, target, zones_all, errors, masks):
+    """Off-lung attention of errors vs correct calls, and deletion AUC of the best model member against random maps."""
     from ..explain import deletion_auc, gradcam, random_map_baseline
 
-    best_name = record["best_member"]
-    best_model = member_models[record["members"].index(best_name)]
+    results = run.read_table("results.csv", columns=("model", "roc_auc"), index_col="model",
+                             required=f"run `{run.command('evaluate')}` first")
+    best_name = max(names, key=lambda name: results.loc[name, "roc_auc"])
+    best_model = member_models[names.index(best_name)]
     x = images.at(int(best_model.input_shape[1]))
     deletion = deletion_auc(best_model, x, gradcam(best_model, x, target=target), target=target)
     random_deletion = random_map_baseline(best_model, x, metric="deletion", target=target)

@@ -2,6 +2,8 @@
 
 import time
 
+import numpy as np
+
 from .. import _io
 from ._common import DISPLAY_SIZE, evaluation_record, load_table, logger, member_dirs, member_kind_of
 
@@ -14,6 +16,10 @@ def slices_stage(run, config):
     members' penultimate-layer embeddings, and off-lung attention when the explain
     stage has produced it. Writes ``tables/failure_slices.csv``,
     ``tables/member_failure_slices.csv``, ``tables/slice_features.csv`` and figures.
+    When the explain stage has mapped the test split, each significant slice also gets
+    its mean map, its zone attention against correct calls of the same class and the
+    faithfulness (deletion AUC) of its maps: ``tables/slice_explanations.csv``,
+    ``maps/slice_maps.npz`` and ``figures/slice_maps``.
 
     Returns
     -------
@@ -21,6 +27,7 @@ def slices_stage(run, config):
         The failure slices, findings first.
     """
     from ..data import load_images
+    from ..lungs import lung_mask
     from ..slices import find_failure_slices, member_failure_slices
 
     started = time.perf_counter()
@@ -32,7 +39,8 @@ def slices_stage(run, config):
     p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
     threshold = record["thresholds"][record["primary"]]
     images = load_images(predictions["path"], DISPLAY_SIZE)
-    frame = _slice_frame(run, config, predictions, images, P, p_ens)
+    masks = lung_mask(images)
+    frame = _slice_frame(run, config, predictions, images, masks, P, p_ens)
     options = dict(threshold=threshold, min_size=slices_cfg["min_size"], max_order=slices_cfg["max_order"],
                    alpha=slices_cfg["alpha"])
     found = find_failure_slices(frame, y, p_ens, **options)
@@ -41,27 +49,82 @@ def slices_stage(run, config):
     _io.write_csv(run.table("member_failure_slices.csv"),
                   per_member.drop(columns=["conditions"], errors="ignore"), index=False)
     _slice_figures(run, found, frame, images, y, p_ens, threshold, predictions["path"])
+    _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, predictions["path"])
     n_findings = int(found["finding"].sum()) if len(found) else 0
     logger.info("slices: %d slices tested-and-kept, %d significant after BH correction, %.1f s", len(found),
                 n_findings, time.perf_counter() - started)
     return found
 
 
-def _slice_frame(run, config, predictions, images, P, p_ens):
+def _slice_frame(run, config, predictions, images, masks, P, p_ens):
     """The slicing table: image features with lung masks, metadata, member disagreement, embedding clusters,
     and off-lung attention when the explain stage has run."""
-    from ..lungs import lung_mask
     from ..slices import slice_frame
 
     table = load_table(run)
     test_rows = table[table["role"] == "test"].set_index("path").loc[predictions["path"]].reset_index()
     embeddings = _embeddings(run, config, test_rows)
     frame = slice_frame(test_rows[["path", "split", "label", "label_name", "patient_id", "subtype"]],
-                        images=images, masks=lung_mask(images), member_probs=P, ensemble_prob=p_ens,
+                        images=images, masks=masks, member_probs=P, ensemble_prob=p_ens,
                         embeddings=embeddings, zone_scores=_off_lung_scores(run, predictions["path"]),
                         n_clusters=config["slices"]["n_clusters"], seed=0)
     _io.write_csv(run.table("slice_features.csv"), frame.assign(path=predictions["path"]), index=False)
     return frame
+
+
+#: Images whose per-image faithfulness is measured for the slice explanations (deletion AUC costs 21 predictions each).
+_FAITHFULNESS_IMAGES = 64
+
+
+def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, paths):
+    """Mean map, zone shift and map faithfulness of each significant slice (needs the explain stage's maps)."""
+    from ..explain import slice_explanations
+    from ..figures import plot_slice_maps
+
+    maps = _load_test_maps(run, paths)
+    if maps is None or not len(found) or not found["finding"].any():
+        why = "no significant slice" if maps is not None else "no Grad-CAM maps of the test split (run explain)"
+        logger.info("slices: no slice explanations: %s", why)
+        return
+    faithfulness = _per_image_deletion(run, config, found, frame, maps, y, p_ens, threshold, paths)
+    table, mean_maps = slice_explanations(frame, found, maps, masks, y, p_ens, threshold=threshold,
+                                          faithfulness=faithfulness)
+    _io.write_csv(run.table("slice_explanations.csv"), table, index=False)
+    _io.save_npz(run.maps("slice_maps.npz"), maps=mean_maps.astype(np.float16),
+                 slices=table["slice"].to_numpy(dtype=str))
+    correct = (p_ens >= threshold).astype(int) == y
+    plot_slice_maps(table, mean_maps, background=images.mean(axis=(0, 3)), mask=masks.mean(axis=0) > 0.5,
+                    reference_map=maps[correct].mean(axis=0), path=run.figure_stem("slice_maps"))
+
+
+def _per_image_deletion(run, config, found, frame, maps, y, p_ens, threshold, paths):
+    """Deletion AUC of the stored maps under the best model member, for the errors of the significant slices
+    and a sample of correct calls (NaN elsewhere; lower = more faithful)."""
+    from ..data import load_images
+    from ..explain import deletion_auc, resize_maps
+    from ..models import load_member
+    from ..slices import slice_mask
+
+    results = run.read_table("results.csv", columns=("model", "roc_auc"), index_col="model")
+    dirs = [d for d in member_dirs(run, config) if member_kind_of(d) == "model"]
+    if not dirs or results is None:
+        return None
+    best = max(dirs, key=lambda d: results.loc[d.name, "roc_auc"])
+    model = load_member(best)[0]
+    wrong = (p_ens >= threshold).astype(int) != y
+    in_slices = np.zeros(len(y), dtype=bool)
+    for conditions in found.loc[found["finding"].astype(bool), "conditions"]:
+        in_slices |= slice_mask(frame, conditions)
+    rng = np.random.default_rng(0)
+    errors = rng.permutation(np.flatnonzero(in_slices & wrong))[:_FAITHFULNESS_IMAGES // 2]
+    correct = rng.permutation(np.flatnonzero(~wrong))[:_FAITHFULNESS_IMAGES - len(errors)]
+    chosen = np.sort(np.concatenate([errors, correct]))
+    size = int(model.input_shape[1])
+    x = load_images([paths[i] for i in chosen], size)
+    target = p_ens[chosen] >= threshold
+    scores = np.full(len(y), np.nan)
+    scores[chosen] = deletion_auc(model, x, resize_maps(maps[chosen], size), target=target)
+    return scores
 
 
 def _embeddings(run, config, test_rows):

@@ -106,11 +106,11 @@ def member_table(member_dir, data, n_images, n_randomized):
     test = test[test["split"] == "test"]
     rows = test.iloc[np.linspace(0, len(test) - 1, n_images).astype(int)]
     x = load_images(rows, int(model.input_shape[1]))
-    # The conv3/conv4 stage outputs feed only stride-2 1x1 convolutions (checkerboard gradients);
-    # fusion_layers takes the first ReLU of each stage's last block instead. Both are measured.
-    stage_outputs = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
-    fused = explain.fusion_layers(model)
-    layers = [stage_outputs[2], stage_outputs[1], fused[1], stage_outputs[0], fused[0], stage_outputs, fused]
+    # The conv3/conv4 stage outputs feed only stride-2 1x1 convolutions, so their maps are
+    # checkerboards; the first ReLU of each stage's last block feeds a 3x3 conv and is dense.
+    stage_outputs = explain.fusion_layers(model)
+    dense = ("conv3_block4_1_relu", "conv4_block6_1_relu", stage_outputs[2])
+    layers = [stage_outputs[2], stage_outputs[1], dense[1], stage_outputs[0], dense[0], stage_outputs, dense]
     return explain.compare_layers(model, x, layers, methods=("gradcam", "layercam", "hirescam"), target="predicted",
                                   n_randomized=n_randomized)
 

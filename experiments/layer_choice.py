@@ -106,11 +106,11 @@ def member_table(member_dir, data, n_images, n_randomized):
     test = test[test["split"] == "test"]
     rows = test.iloc[np.linspace(0, len(test) - 1, n_images).astype(int)]
     x = load_images(rows, int(model.input_shape[1]))
-    fused = explain.fusion_layers(model)
-    # conv3_block4_out feeds only the stride-2 1x1 convs of conv4_block1, so its gradient is zero at
-    # every odd row and column (a checkerboard); conv3_block4_1_relu feeds a 3x3 conv and is dense.
-    dense = "conv3_block4_1_relu"
-    layers = [fused[-1], fused[1], fused[0], dense, fused, (dense,) + tuple(fused[1:])]
+    # The conv3/conv4 stage outputs feed only stride-2 1x1 convolutions, so their maps are
+    # checkerboards; the first ReLU of each stage's last block feeds a 3x3 conv and is dense.
+    stage_outputs = explain.fusion_layers(model)
+    dense = ("conv3_block4_1_relu", "conv4_block6_1_relu", stage_outputs[2])
+    layers = [stage_outputs[2], stage_outputs[1], dense[1], stage_outputs[0], dense[0], stage_outputs, dense]
     return explain.compare_layers(model, x, layers, methods=("gradcam", "layercam", "hirescam"), target="predicted",
                                   n_randomized=n_randomized)
 
@@ -127,11 +127,13 @@ def main(argv=None):
     parser.add_argument("--data", default="../shared/data/chest_xray")
     parser.add_argument("--n-images", type=int, default=24)
     parser.add_argument("--n-randomized", type=int, default=3)
+    parser.add_argument("--skip-tiny", action="store_true", help="keep an existing tiny_cnn.csv")
     parser.add_argument("--figures", default=str(HERE.parent / "figures" / "layer_choice"))
     args = parser.parse_args(argv)
     figures = Path(args.figures)
     started = time.perf_counter()
-    tables = {"tiny_cnn": tiny_cnn_table(args.n_images, args.n_randomized)}
+    tables = {"tiny_cnn": (pd.read_csv(figures / "tiny_cnn.csv") if args.skip_tiny
+                           else tiny_cnn_table(args.n_images, args.n_randomized))}
     if args.member:
         tables["resnet50_member"] = member_table(args.member, args.data, args.n_images, args.n_randomized)
     text = ["# Layer choice by measurement", ""]

@@ -121,9 +121,8 @@ SHAP_METHODS = ("gradient", "partition")
 TARGETS = ("pneumonia", "normal", "predicted")
 FAITHFULNESS_METRICS = ("deletion", "insertion")
 ROAD_ORDERS = ("morf", "lerf")
-#: What :func:`fusion_layers` picks for a ResNet50 member (1/8, 1/16, 1/32 of the input side). Not the
-#: conv3/conv4 stage outputs: they feed only stride-2 1x1 convolutions, so their gradient is a checkerboard.
-RESNET50_FUSION_LAYERS = ("conv3_block4_1_relu", "conv4_block6_1_relu", "conv5_block3_out")
+#: The stage outputs :func:`fusion_layers` picks for a ResNet50 member (1/8, 1/16, 1/32 of the input side).
+RESNET50_FUSION_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 RANDOMIZATION_METHODS = CAM_METHODS + ("saliency",)
 
 _THRESHOLD = 0.5  # target="predicted": PNEUMONIA when P(PNEUMONIA) >= this
@@ -209,48 +208,23 @@ def _feature_layers(owner, model, layer, layers):
     return tuple(_feature_layer(model, name) for name in layers)
 
 
-def _lattice_only_gradient(model, names):
-    """For each layer: is its logit gradient zero off one stride-2 lattice (rows and columns of one parity)?
-
-    Such a layer feeds only strided 1x1 convolutions (ResNet v1 stage outputs do), so a
-    gradient-weighted map of it is a checkerboard with half its nominal resolution.
-    Checked on one random probe image: the pattern is structural, not data-dependent.
-    """
-    import tensorflow as tf
-
-    head = model.get_layer(_check_model(model, "fusion_layers"))
-    probe = np.random.default_rng(0).random((1,) + tuple(model.inputs[0].shape[1:]), dtype=np.float32)
-    sub = keras.Model(model.inputs, [model.get_layer(n).output for n in names] + [head.input])
-    with tf.GradientTape() as tape:
-        *features, penultimate = sub(tf.convert_to_tensor(probe), training=False)
-        # The logit without its bias: a saturated sigmoid would have a zero gradient everywhere.
-        score = tf.reduce_sum(tf.matmul(penultimate, tf.cast(head.kernel, penultimate.dtype)))
-    flags = []
-    for grad in tape.gradient(score, features):
-        support = np.abs(keras.ops.convert_to_numpy(grad)[0]).sum(axis=-1) > 0
-        h, w = support.shape
-        rows, cols = np.nonzero(support)
-        flags.append(bool(h > 1 and w > 1 and support.any() and len(set(rows % 2)) == 1
-                          and len(set(cols % 2)) == 1))
-    return flags
-
-
 def fusion_layers(model, *, n_layers=3):
-    """Default layers of a multi-layer CAM: one per resolution, for the ``n_layers`` coarsest resolutions.
+    """Default layers of a multi-layer CAM: the last layer of each of the ``n_layers`` coarsest resolutions.
 
-    Layers with a 4-D output are grouped by spatial size in graph order; each group
-    gives its last layer (a stage output), unless that layer's gradient is zero off a
-    stride-2 lattice (it feeds only strided 1x1 convolutions, as ResNet v1 stage
-    outputs do, and its map would be a checkerboard of half the resolution): then the
-    group's latest layer without that pattern. For a ResNet50 member this gives
-    :data:`RESNET50_FUSION_LAYERS`: the first ReLU of the last block of conv3 and
-    conv4 (8x8 and 4x4 at 64 px; 28x28 and 14x14 at 224 px) and ``conv5_block3_out``,
-    so the fused map has 1/8 of the input side.
+    Layers with a 4-D output are grouped by spatial size in graph order; the last layer
+    of a group is the output of a network stage. For a ResNet50 member this gives
+    :data:`RESNET50_FUSION_LAYERS` (conv3, conv4 and conv5 stage outputs: 8x8, 4x4 and
+    2x2 at 64 px; 28x28, 14x14 and 7x7 at 224 px), so the fused map has 1/8 of the
+    input side. The conv3 and conv4 stage outputs feed only stride-2 1x1 convolutions,
+    so their gradient, and a gradient-weighted map of them, is zero on every odd row and
+    column: the checkerboard is what the network uses, and it measured more faithful
+    (ROAD) than the dense first ReLU of each stage's last block
+    (``figures/layer_choice/resnet50_member.csv``).
 
     Parameters
     ----------
     model : keras.Model
-    n_layers : int, default 3
+    n_layers : int, default=3
 
     Returns
     -------
@@ -269,22 +243,15 @@ def fusion_layers(model, *, n_layers=3):
     ('conv_a', 'conv_b')
     """
     n_layers = _positive_int("fusion_layers", "n_layers", n_layers)
-    groups = {}
+    last_of_size = {}
     for lyr in model.layers:
         if not isinstance(lyr, keras.layers.InputLayer) and len(lyr.output.shape) == 4:
             size = tuple(lyr.output.shape[1:3])
-            groups.setdefault(size, []).append(lyr.name)
-            groups[size] = groups.pop(size)  # dict order = order of each size's last layer
-    if not groups:
+            last_of_size.pop(size, None)  # re-inserted last: dict order = order of each size's last layer
+            last_of_size[size] = lyr.name
+    if not last_of_size:
         raise ConfigError("model has no layer with a 4-D (n, h, w, c) output to explain")
-    chosen = list(groups.values())[-n_layers:]
-    candidates = [name for group in chosen for name in group]
-    checkerboard = dict(zip(candidates, _lattice_only_gradient(model, candidates)))
-    picked = []
-    for group in chosen:
-        dense = [name for name in group if not checkerboard[name]]
-        picked.append(dense[-1] if dense else group[-1])
-    return tuple(picked)
+    return tuple(list(last_of_size.values())[-n_layers:])
 
 
 def feature_map_size(model, layer=None):

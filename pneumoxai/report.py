@@ -224,8 +224,12 @@ def _findings(run):
     return list(groups.values())
 
 
-def _finding_text(finding, overall):
-    """One plain-text sentence for a finding; only numbers from the table, no interpretation."""
+def _finding_text(finding, overall, run=None):
+    """One plain-text sentence for a finding; only numbers from the tables, no interpretation.
+
+    With the slice explanations of ``run``, a second sentence says where in the image the
+    slice's errors look compared with correct calls of the same class.
+    """
     row = finding["row"]
     parts = [f"{int(row['n_errors'])} of {int(row['size'])} images misclassified "
              f"(error rate {row['error_rate']:.2f} vs {overall['error_rate']:.2f} overall, q = {_p(row['q_value'])})"]
@@ -245,7 +249,27 @@ def _finding_text(finding, overall):
                  "comes from its share of normal images.")
     if len(finding["labels"]) > 1:
         text += f" Same counts: {'; '.join(finding['labels'][1:])}."
-    return text
+    return text + _where_text(run, finding["labels"])
+
+
+def _where_text(run, labels):
+    """Where a slice's errors look (ensemble Grad-CAM), from ``tables/slice_explanations.csv``."""
+    table = None if run is None else run.slice_explanations
+    if table is None:
+        return ""
+    rows = table[table["slice"].isin(labels)]
+    if rows.empty:
+        return ""
+    r = rows.iloc[0]
+    errors, correct = r["errors:off_lung_attention"], r["correct:off_lung_attention"]
+    if not (math.isfinite(errors) and math.isfinite(correct)):
+        return ""
+    text = (f" Where they look: their maps put {errors:.0%} of the attention outside the lung fields, against "
+            f"{correct:.0%} for correct calls of the same class")
+    zone = r["top_zone_shift"]
+    if isinstance(zone, str) and zone:
+        text += f"; the region gaining most attention is {'outside the lungs' if zone == 'off_lung_attention' else 'the ' + zone.replace('_', ' ') + ' zone'}"
+    return text + "."
 
 
 def _no_findings_text(run):
@@ -329,7 +353,7 @@ def _summary_section(run):
         overall = run.overall()
         shown = findings[:_FINDINGS_SHOWN]
         for kind, heading in _KIND_HEADINGS.items():
-            items = [_tag("li", _tag("code", f["labels"][0]), ": ", _finding_text(f, overall))
+            items = [_tag("li", _tag("code", f["labels"][0]), ": ", _finding_text(f, overall, run))
                      for f in shown if f["kind"] == kind]
             if items:
                 body.append(_tag("div", _tag("p", _tag("strong", heading)), _tag("ul", items), class_="finding"))
@@ -723,7 +747,7 @@ def summary_text(run_dir):
         overall = run.overall()
         lines.append(f"Where misdiagnoses occur (significant after Benjamini-Hochberg at alpha = {run.alpha}):")
         for finding in findings[:_FINDINGS_SHOWN]:
-            lines.append(textwrap.fill(f"{finding['labels'][0]} ({finding['kind']}): {_finding_text(finding, overall)}",
+            lines.append(textwrap.fill(f"{finding['labels'][0]} ({finding['kind']}): {_finding_text(finding, overall, run)}",
                                        width=100, initial_indent="  - ", subsequent_indent="    "))
     report = run.report_file
     if report.is_file():

@@ -194,6 +194,21 @@ def test_summary_uses_findings_only(run, results):
     assert "subtype == virus" in terminal and "brightness" not in terminal
 
 
+def test_a_finding_says_where_its_errors_look(run):
+    pd.DataFrame([{"slice": "subtype == virus", "n_errors": 9, "n_reference": 5,
+                   "errors:off_lung_attention": 0.61, "correct:off_lung_attention": 0.34, "off_lung_shift": 0.27,
+                   "top_zone_shift": "off_lung_attention", "faithfulness_errors": 0.21,
+                   "faithfulness_correct": 0.33}]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
+    _png(run / "figures" / "slice_maps.png")
+    text = write_report(run).read_text(encoding="utf-8")
+    sentence = ("Where they look: their maps put 61% of the attention outside the lung fields, against 34% for "
+                "correct calls of the same class; the region gaining most attention is outside the lungs.")
+    assert sentence in _section(text, "summary")
+    slices = _section(text, "slices")
+    assert "Where each failure slice" in slices and "0.27" in slices and "0.210" in slices
+    assert "Where they look" in " ".join(summary_text(run).split())
+
+
 def test_no_findings_says_none_survived(run):
     _write_slices(run, [_slice_row("subtype == virus", size=10, n_fn=4, n_pos=10, n_fp=0, n_neg=0, q=0.3,
                                    finding=False)])

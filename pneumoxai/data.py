@@ -37,6 +37,7 @@ __all__ = [
     "split_by_patient",
     "patient_folds",
     "load_images",
+    "INTERPOLATIONS",
     "balance",
     "make_dataset",
 ]
@@ -396,7 +397,35 @@ def patient_folds(frame, n_splits=5, seed=0):
     return folds
 
 
-def _decode(path, size):
+#: Resize methods of :func:`load_images`: OpenCV's, or PIL's as ``keras.utils.load_img`` uses them.
+INTERPOLATIONS = ("auto", "area", "bilinear", "nearest", "pil-nearest", "pil-bilinear", "pil-bicubic")
+_CV2_INTERPOLATION = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+
+
+def _decode_pil(path, size, method, channels):
+    """Decode and resize exactly as ``keras.utils.load_img(path, color_mode, target_size, interpolation)``
+    followed by ``img_to_array(...) / 255`` does (PIL), so a model trained on Keras' loader sees the same pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            # Keras converts to "L" or "RGB" (8 bits per channel; PIL clips 16-bit files).
+            mode = "L" if channels == 1 else "RGB"
+            if image.mode != mode:
+                image = image.convert(mode)
+            if image.size != (size, size):
+                resample = {"pil-nearest": Image.NEAREST, "pil-bilinear": Image.BILINEAR,
+                            "pil-bicubic": Image.BICUBIC}[method]
+                image = image.resize((size, size), resample)
+            array = np.asarray(image, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # PIL's errors for broken files
+        raise ValueError(f"not a decodable image ({exc})") from None
+    if min(array.shape[:2]) < 8:
+        raise ValueError(f"image too small ({array.shape[1]}x{array.shape[0]})")
+    return array.reshape(size, size, channels) / np.float32(255.0)
+
+
+def _decode(path, size, interpolation="auto"):
     """Decode one radiograph to a (size, size) float32 grayscale array in [0, 1], or raise ValueError."""
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0:
@@ -413,9 +442,10 @@ def _decode(path, size):
     integer_max = np.iinfo(image.dtype).max if image.dtype.kind == "u" else None
     image = image.astype(np.float32)
     if image.shape[:2] != (size, size):
-        # INTER_AREA averages source pixels when shrinking, which avoids aliasing.
-        interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
-        image = cv2.resize(image, (size, size), interpolation=interpolation)
+        if interpolation == "auto":
+            # INTER_AREA averages source pixels when shrinking, which avoids aliasing.
+            interpolation = "area" if image.shape[0] > size else "bilinear"
+        image = cv2.resize(image, (size, size), interpolation=_CV2_INTERPOLATION[interpolation])
     if integer_max is not None:
         # Integer pixels are finite: scale and clip in place (interpolation can overshoot
         # by a rounding error), no NaN scan.
@@ -426,19 +456,32 @@ def _decode(path, size):
     return np.clip(image, 0.0, 1.0)
 
 
-def load_images(paths, size=224, *, channels=3, n_jobs=None, return_mask=False):
+def load_images(paths, size=224, *, channels=3, interpolation="auto", n_jobs=None, return_mask=False):
     """Decode radiographs into a float32 array in [0, 1].
 
     Images are read as grayscale with OpenCV (8- and 16-bit, with or without alpha),
-    resized to ``size`` x ``size`` and replicated to ``channels`` channels. Unreadable
-    files (empty, truncated, not an image) are skipped and reported by name with the
-    reason in one :class:`~pneumoxai.errors.SkippedFilesWarning`.
+    resized to ``size`` x ``size`` (see ``interpolation``) and replicated to ``channels``
+    channels. Unreadable files (empty, truncated, not an image) are skipped and reported
+    by name with the reason in one :class:`~pneumoxai.errors.SkippedFilesWarning`.
+
+    A model's probabilities depend on how its images were resized: pick the method its
+    training pipeline used, so predictions are reproduced exactly. The ``pil-*`` methods
+    decode with PIL and give exactly what ``keras.utils.load_img(path,
+    target_size=(size, size), interpolation=...)`` followed by ``img_to_array(...) / 255``
+    gives (``pil-nearest`` is Keras' default); with ``channels=3`` they keep the file's
+    RGB channels as Keras does.
 
     Parameters
     ----------
     paths : sequence of str or path-like, or pandas.DataFrame with a ``path`` column
     size : int, default=224
     channels : {1, 3}, default=3
+    interpolation : {"auto", "area", "bilinear", "nearest", "pil-nearest", "pil-bilinear", "pil-bicubic"}, \
+default="auto"
+        ``auto``: OpenCV's area averaging when shrinking (no aliasing), bilinear when
+        enlarging; ``area``, ``bilinear``, ``nearest``: that OpenCV method always;
+        ``pil-*``: PIL's, as ``keras.utils.load_img`` uses it. Files already at
+        ``size`` are not resized.
     n_jobs : int, default=None
         Decoding threads (OpenCV releases the GIL); defaults to the CPU count.
     return_mask : bool, default=False
@@ -461,6 +504,7 @@ def load_images(paths, size=224, *, channels=3, n_jobs=None, return_mask=False):
     check_param("load_images", "size", size, Interval("int", 8, 4096))
     check_param("load_images", "channels", channels, Options((1, 3)))
     check_param("load_images", "n_jobs", n_jobs, (None, Interval("int", 1, 256)))
+    check_param("load_images", "interpolation", interpolation, Options(INTERPOLATIONS))
     # Each worker writes its image into every channel, so the large output array is
     # filled (and its pages touched) in parallel instead of by a serial np.repeat.
     images = np.empty((len(paths), size, size, channels), dtype=np.float32)
@@ -469,7 +513,11 @@ def load_images(paths, size=224, *, channels=3, n_jobs=None, return_mask=False):
 
     def work(index):
         try:
-            image = _decode(paths[index], size)
+            if interpolation.startswith("pil-"):
+                images[index] = _decode_pil(paths[index], size, interpolation, channels)
+                ok[index] = True
+                return
+            image = _decode(paths[index], size, interpolation)
             if channels == 3:
                 # OpenCV's replication writes the interleaved channels in C, 6x faster
                 # than NumPy's broadcast into the strided last axis.

@@ -231,3 +231,53 @@ def test_real_data_scan_and_patient_split(real_data_root):
     assert abs(len(val) / 5216 - 0.2) < 0.01
     images = data.load_images(val.path[:8], size=64)
     assert images.shape == (8, 64, 64, 3) and 0.2 < images.mean() < 0.8
+
+
+@pytest.fixture
+def odd_sized_files(tmp_path):
+    """8-bit files of other sizes than the target, as JPEG and PNG, gray and colour."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, (h, w, ext) in enumerate([(50, 37, ".png"), (23, 61, ".jpeg"), (64, 64, ".png")]):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image[..., 1] = image[..., 0]  # X-ray-like: mostly gray, one channel differs
+        path = tmp_path / f"img{i}{ext}"
+        cv2.imwrite(str(path), image)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("interpolation, keras_name", [("pil-nearest", "nearest"), ("pil-bilinear", "bilinear"),
+                                                      ("pil-bicubic", "bicubic")])
+@pytest.mark.parametrize("channels, color_mode", [(3, "rgb"), (1, "grayscale")])
+def test_pil_interpolation_reproduces_keras_load_img_exactly(odd_sized_files, interpolation, keras_name, channels,
+                                                             color_mode):
+    import keras
+
+    ours = data.load_images(odd_sized_files, 32, channels=channels, interpolation=interpolation)
+    theirs = np.stack([keras.utils.img_to_array(keras.utils.load_img(p, color_mode=color_mode, target_size=(32, 32),
+                                                                      interpolation=keras_name)) / 255.0
+                       for p in odd_sized_files])
+    np.testing.assert_array_equal(ours, theirs.astype(np.float32))
+
+
+@pytest.mark.parametrize("interpolation, flag", [("area", "INTER_AREA"), ("bilinear", "INTER_LINEAR"),
+                                                 ("nearest", "INTER_NEAREST")])
+def test_opencv_interpolations_are_the_named_method(odd_sized_files, interpolation, flag):
+    import cv2
+
+    ours = data.load_images(odd_sized_files, 32, channels=1, interpolation=interpolation)[..., 0]
+    gray = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).astype(np.float32) for p in odd_sized_files]
+    expected = np.stack([g if g.shape == (32, 32) else cv2.resize(g, (32, 32), interpolation=getattr(cv2, flag))
+                         for g in gray]) / 255.0
+    np.testing.assert_allclose(ours, np.clip(expected, 0, 1), atol=1e-6)
+    assert not np.array_equal(ours, data.load_images(odd_sized_files, 32, channels=1,
+                                                     interpolation="pil-nearest" if interpolation != "nearest"
+                                                     else "area")[..., 0])
+
+
+def test_unknown_interpolation_is_refused(odd_sized_files):
+    with pytest.raises(ConfigError, match="'interpolation' parameter of load_images must be one of 'auto'"):
+        data.load_images(odd_sized_files, 32, interpolation="lanczos")

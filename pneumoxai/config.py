@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from .data import INTERPOLATIONS
 from .errors import ConfigError, short_repr
 from .validation import BOOLEAN, Constraint, Interval, ListOf, Options, Predicate, check_param, describe, is_valid
 
@@ -100,6 +101,8 @@ DATA_SPEC = {
     "test_split": ("test", Options(("test", "val"))),
     "max_per_class": (None, (None, Interval("int", 2, None))),
     "subset_seed": (0, _SEED),
+    # How files are resized to a member's input (pneumoxai.data.INTERPOLATIONS): match an imported model's training.
+    "interpolation": ("auto", Options(INTERPOLATIONS)),
 }
 
 EVALUATE_SPEC = {

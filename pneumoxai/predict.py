@@ -89,17 +89,18 @@ def _architecture(model):
     return "|".join(parts)
 
 
-def _images_for(images, size, loaded):
+def _images_for(images, size, loaded, interpolation):
     """Images at ``size`` from an array (checked) or a dataset table (decoded once per size)."""
     from .data import load_images, manifest_hash
 
     if isinstance(images, pd.DataFrame):
         if size not in loaded:
-            array, ok = load_images(images["path"], size, return_mask=True)
+            array, ok = load_images(images["path"], size, interpolation=interpolation, return_mask=True)
             if not ok.all():
                 raise DataError(f"{int((~ok).sum())} image(s) of the table could not be read; "
                                 "drop them from the table first so predictions stay row-aligned.")
-            loaded[size] = (array, manifest_hash(images))
+            # How the files were resized is part of what the predictions depend on.
+            loaded[size] = (array, f"{manifest_hash(images)}|{interpolation}")
         return loaded[size]
     array = check_images(images, owner="predict_members", size=(size, size))
     if "array" not in loaded:
@@ -107,7 +108,8 @@ def _images_for(images, size, loaded):
     return array, loaded["array"]
 
 
-def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None, progress=True):
+def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None, progress=True,
+                    interpolation="auto"):
     """Pneumonia probabilities of every member, shape (n_samples, n_members).
 
     Parameters
@@ -127,6 +129,9 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
         dataset gets a new key. Corrupt files are reported and recomputed.
     progress : bool, default=True
         Show a tqdm progress bar over batches when stderr is a terminal.
+    interpolation : str, default="auto"
+        How files of a table are resized to each member's input size (see
+        :func:`pneumoxai.data.load_images`); part of the cache key.
 
     Returns
     -------
@@ -154,7 +159,7 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
     loaded, columns = {}, []
     for index, member in enumerate(members):
         load_model, model_key, size = _model_key(member, "predict_members")
-        array, data_key = _images_for(images, size, loaded)
+        array, data_key = _images_for(images, size, loaded, interpolation)
         key = hashlib.sha256(f"{model_key}|{data_key}|tta={bool(tta)}|v1".encode()).hexdigest()[:32]
         cache_path = Path(cache_dir) / f"{key}.npz" if cache_dir is not None else None
         cached = _read_cache(cache_path, key, len(array))
@@ -194,7 +199,7 @@ def _read_cache(path, key, n_samples):
         return None
 
 
-def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, cache_dir=None):
+def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, cache_dir=None, interpolation="auto"):
     """Concatenated penultimate-layer activations of every member, shape (n_samples, sum of widths).
 
     Parameters are as in :func:`predict_members`; ``layer`` names the layer whose output
@@ -205,7 +210,7 @@ def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, c
     loaded, blocks = {}, []
     for member in members:
         load_model, model_key, size = _model_key(member, "predict_embeddings")
-        array, data_key = _images_for(images, size, loaded)
+        array, data_key = _images_for(images, size, loaded, interpolation)
         key = hashlib.sha256(f"{model_key}|{data_key}|layer={layer}|v1".encode()).hexdigest()[:32]
         cache_path = Path(cache_dir) / f"emb-{key}.npz" if cache_dir is not None else None
         if cache_path is not None and cache_path.exists():

@@ -172,3 +172,18 @@ def test_an_imported_model_gives_its_own_probabilities_and_is_explained(make_kag
     assert (run / "maps" / "gradcam_test.npz").is_file() and (run / "figures" / "gallery.png").is_file()
     card = json.loads((run / "members" / "theirs" / "card.json").read_text())
     assert card["imported"] and card["kind"] == "model" and card["preprocess"] == "caffe"
+
+
+def test_deployment_prevalence_sets_the_threshold_on_validation(make_kaggle_tree, tmp_path, capsys):
+    from pneumoxai.metrics import prevalence_threshold
+
+    root = make_kaggle_tree(n_per_class=12, size=32)
+    _planted_predictions(root, tmp_path / "p.csv", seed=4)
+    run = tmp_path / "run"
+    assert run_cli(capsys, "import", "--data", root, "--out", run, "--member", f"p={tmp_path / 'p.csv'}", *FAST,
+                   "--set", "evaluate.deployment_prevalence=0.3")[0] == 0
+    code, _, err = run_cli(capsys, "analyse", "--run", run, "--skip", "slices")
+    assert code == 0, err
+    val = pd.read_csv(run / "tables" / "predictions_val.csv")
+    thresholds = json.loads((run / "tables" / "ensemble.json").read_text())["thresholds"]
+    assert thresholds["p"] == pytest.approx(prevalence_threshold(val["label"], val["p[p]"], 0.3))

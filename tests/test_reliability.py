@@ -287,3 +287,44 @@ def test_cli_error_after_tensorflow_loaded_is_one_line(tmp_path):
     assert result.returncode == cli.EXIT_ERROR
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     assert result.stderr.startswith("pneumoxai: error: ") and "lacks column" in result.stderr
+
+
+# --------------------------------------------------------------------------- accepted options work end to end
+
+
+def test_snapshot_members_are_refused_before_any_work(make_kaggle_tree, tmp_path, capsys):
+    root = make_kaggle_tree(n_per_class=4, size=32)
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({**TINY, "defaults": {**TINY["defaults"], "schedule": "cosine", "snapshots": 2,
+                                                       "epochs_frozen": 2}}))
+    line = one_line_error(capsys, ["train", "--data", root, "--config", config, "--out", tmp_path / "run"])
+    assert "snapshots > 1" in line and "models.train_member" in line
+    assert not (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "run.json").exists()
+
+
+def test_member_options_reach_the_trained_member(make_kaggle_tree, tmp_path, capsys):
+    root = make_kaggle_tree(n_per_class=6, size=32)
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({**TINY, "defaults": {**TINY["defaults"], "input_norm": "standardize"}}))
+    assert cli.main([str(a) for a in ["train", "--data", root, "--config", config, "--out", tmp_path / "run",
+                                      "--quiet"]]) == 0, capsys.readouterr().err
+    model, _ = models.load_member(tmp_path / "run" / "members" / "m")
+    assert model.get_layer("preprocess").input_norm == "standardize"
+
+
+def test_prediction_cache_and_pixels_follow_the_interpolation(tmp_path):
+    import cv2
+
+    paths = []
+    for i in range(3):
+        image = np.random.default_rng(i).integers(0, 256, (40, 29, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / f"{i}.png"), image)
+        paths.append(str(tmp_path / f"{i}.png"))
+    table = pd.DataFrame({"path": paths, "label": [0, 1, 0]})
+    model = _mean_model()
+    cache = tmp_path / "cache"
+    for interpolation in ("area", "pil-nearest"):
+        got = predict_members([model], table, cache_dir=cache, interpolation=interpolation, progress=False)[:, 0]
+        own = model.predict(data.load_images(paths, 8, interpolation=interpolation), verbose=0)[:, 0]
+        np.testing.assert_allclose(got, own, rtol=1e-6)
+    assert len(list(cache.glob("*.npz"))) == 2  # one cache entry per resize method

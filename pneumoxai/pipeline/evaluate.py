@@ -31,7 +31,8 @@ def member_predictions(run, config, role, *, table=None, progress=True):
     columns = {}
     if model_dirs:
         P = predict_members(model_dirs, rows, batch_size=config["evaluate"]["batch_size"],
-                            tta=config["evaluate"]["tta"], cache_dir=run.cache("predictions"), progress=progress)
+                            tta=config["evaluate"]["tta"], cache_dir=run.cache("predictions"), progress=progress,
+                            interpolation=config["data"]["interpolation"])
         columns.update(zip(model_dirs, P.T))
     for directory in dirs:
         if directory not in columns:
@@ -53,11 +54,15 @@ def _trained_on(run, config, rows):
 
 
 def _threshold(y_val, p_val, evaluate_cfg):
-    from ..metrics import choose_threshold
+    """The decision threshold, chosen on validation only: a fixed number, the configured rule, or, with
+    ``deployment_prevalence``, the best expected accuracy at that prevalence (a stated prior-shift correction)."""
+    from ..metrics import choose_threshold, prevalence_threshold
 
     method = evaluate_cfg["threshold"]
     if not isinstance(method, str):
         return float(method)
+    if evaluate_cfg["deployment_prevalence"] is not None:
+        return float(prevalence_threshold(y_val, p_val, evaluate_cfg["deployment_prevalence"]))
     target = evaluate_cfg["target_sensitivity"] if method == "sensitivity" else None
     return float(choose_threshold(y_val, p_val, method=method, target=target))
 

@@ -46,7 +46,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
                     ", ".join(left_out))
     member_models = [load_member(d)[0] for d in model_dirs]
     _check_explainable(member_models)
-    images = _ImagesBySize(predictions["path"].tolist())
+    images = _ImagesBySize(predictions["path"].tolist(), interpolation=config["data"]["interpolation"])
     masks = lung_mask(images.at(DISPLAY_SIZE))
     all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks)
     chosen = _select_for_gallery(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
@@ -83,16 +83,15 @@ def _check_explainable(member_models):
 class _ImagesBySize:
     """The test images decoded once per input size; :meth:`subset` shares the decoded arrays."""
 
-    def __init__(self, paths, index=None, decoded=None):
-        self.paths = paths
-        self.index = index
+    def __init__(self, paths, index=None, decoded=None, interpolation="auto"):
+        self.paths, self.index, self.interpolation = paths, index, interpolation
         self._decoded = {} if decoded is None else decoded
 
     def at(self, size):
         from ..data import load_images
 
         if size not in self._decoded:
-            self._decoded[size] = load_images(self.paths, size)
+            self._decoded[size] = load_images(self.paths, size, interpolation=self.interpolation)
         array = self._decoded[size]
         return array if self.index is None else array[self.index]
 
@@ -101,7 +100,7 @@ class _ImagesBySize:
         return {int(m.input_shape[1]): self.at(int(m.input_shape[1])) for m in models}
 
     def subset(self, index):
-        return _ImagesBySize(self.paths, index, self._decoded)
+        return _ImagesBySize(self.paths, index, self._decoded, self.interpolation)
 
 
 def _test_split_maps(run, member_models, images, predicted, masks):

@@ -120,7 +120,7 @@ def _per_image_deletion(run, config, found, frame, maps, y, p_ens, threshold, pa
     correct = rng.permutation(np.flatnonzero(~wrong))[:_FAITHFULNESS_IMAGES - len(errors)]
     chosen = np.sort(np.concatenate([errors, correct]))
     size = int(model.input_shape[1])
-    x = load_images([paths[i] for i in chosen], size)
+    x = load_images([paths[i] for i in chosen], size, interpolation=config["data"]["interpolation"])
     target = p_ens[chosen] >= threshold
     scores = np.full(len(y), np.nan)
     scores[chosen] = deletion_auc(model, x, resize_maps(maps[chosen], size), target=target)
@@ -142,7 +142,8 @@ def _embeddings(run, config, test_rows):
     if not dirs:
         logger.info("slices: no member has the embedding layer %r; the 'cluster' column is left out", layer)
         return None
-    return predict_embeddings(dirs, test_rows, layer=layer, cache_dir=run.cache("embeddings"))
+    return predict_embeddings(dirs, test_rows, layer=layer, cache_dir=run.cache("embeddings"),
+                              interpolation=config["data"]["interpolation"])
 
 
 def _off_lung_scores(run, paths):

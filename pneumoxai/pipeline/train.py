@@ -18,8 +18,8 @@ from .prepare import prepare
 class _ImageCache:
     """Decoded images per (role, size), loaded once per process."""
 
-    def __init__(self, table):
-        self.table = table
+    def __init__(self, table, interpolation):
+        self.table, self.interpolation = table, interpolation
         self._arrays = {}
 
     def get(self, role, size):
@@ -27,7 +27,7 @@ class _ImageCache:
 
         if (role, size) not in self._arrays:
             rows = self.table[self.table["role"] == role]
-            images, ok = load_images(rows["path"], size, return_mask=True)
+            images, ok = load_images(rows["path"], size, interpolation=self.interpolation, return_mask=True)
             self._arrays[role, size] = (images, rows[ok].reset_index(drop=True))
         return self._arrays[role, size]
 
@@ -38,10 +38,20 @@ def train_stage(run, config, data_root, *, names=None, verbose="auto", strategy=
     ``config.json`` is written only after the data checks pass, so a rejected call
     never changes what later stages read.
     """
+    _refuse_snapshot_members(config)
     table = prepare(run, data_root, config)
     config = with_imported_members(run, config)
     _io.write_json(run.config_file, config)
     return train_members(run, config, names, table=table, verbose=verbose, strategy=strategy)
+
+
+def _refuse_snapshot_members(config):
+    """Snapshot ensembles train through models.train_member; the run folder cannot hold them yet, so say so up front."""
+    snapshot = [m["name"] for m in config["members"] if m["snapshots"] > 1]
+    if snapshot:
+        raise ConfigError(f"Member(s) {snapshot} set snapshots > 1: a run folder does not yet expand one training "
+                          "run into its snapshot members. Train them with pneumoxai.models.train_member("
+                          "..., snapshot_dir=...) (see experiments/ablation_cpu.py), or list independent members.")
 
 
 def with_imported_members(run, config):
@@ -85,7 +95,7 @@ def train_members(run, config, names=None, *, table=None, verbose="auto", strate
     table = load_table(run) if table is None else table
     manifest = run.read_json(run.run_file, required="run `pneumoxai train` first")["manifest_hash"]
     members = _selected_members(config, names)
-    cache = _ImageCache(table)
+    cache = _ImageCache(table, config["data"]["interpolation"])
     distribution = models.get_strategy(strategy)
     chief = models.is_chief(distribution)
     rows = []
@@ -186,7 +196,8 @@ def _train_one(run, member, wanted, manifest, cache, distribution, chief, verbos
         model = models.build_member(size, member["weights"], backbone=member["backbone"], seed=member["seed"],
                                     dense_units=tuple(member["dense_units"]), dropout=member["dropout"],
                                     l2=member["l2"], bn_momentum=member["bn_momentum"],
-                                    precision=member["precision"], name=member["name"])
+                                    precision=member["precision"], force_precision=member["force_precision"],
+                                    input_norm=member["input_norm"], name=member["name"])
         info = models.train_member(model, x, y, val_images, val_frame["label"].to_numpy(), member,
                                    checkpoint_path=member_dir / "checkpoint.keras" if chief else None,
                                    class_weight=class_weight, verbose=_keras_verbose(verbose))

@@ -66,7 +66,7 @@ def build_parser():
     explain = sub.add_parser("explain", help="Grad-CAM / SHAP maps of the ensemble's errors on the test split")
     _add_common(explain, run=True)
     explain.add_argument("--method", action="append", default=None,
-                         choices=["gradcam", "gradcam++", "scorecam", "shap", "saliency"])
+                         choices=["gradcam", "gradcam++", "layercam", "hirescam", "scorecam", "shap", "saliency"])
     explain.add_argument("--max-images", type=int, default=None, metavar="N")
 
     slices = sub.add_parser("slices", help="failure slices of the ensemble and its members on the test split")

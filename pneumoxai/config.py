@@ -117,8 +117,10 @@ EVALUATE_SPEC = {
 }
 
 EXPLAIN_SPEC = {
+    # layercam / hirescam: fused over each member's stage outputs (explain.fusion_layers), maps at 1/8 of the input.
     "methods": (["gradcam", "gradcam++", "shap"],
-                ListOf(Options(("gradcam", "gradcam++", "scorecam", "shap", "saliency")), min_length=1, unique=True)),
+                ListOf(Options(("gradcam", "gradcam++", "layercam", "hirescam", "scorecam", "shap", "saliency")),
+                       min_length=1, unique=True)),
     "max_images": (24, Interval("int", 1, 10_000)),
     "shap_background": (32, Interval("int", 2, 10_000)),
     "shap_samples": (64, Interval("int", 1, 10_000)),

@@ -141,7 +141,9 @@ def _select_for_gallery(y, predicted, max_images, seed=0):
 
 
 _METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
-                  "saliency": "Saliency", "shap": "SHAP"}
+                  "layercam": "LayerCAM (fused)", "hirescam": "HiResCAM (fused)", "saliency": "Saliency", "shap": "SHAP"}
+# Maps fused over several layers (finer than the last block's), the others from the last block.
+_FUSED_METHODS = ("layercam", "hirescam")
 
 
 def _gallery_maps(run, config, member_models, images, target, methods):
@@ -150,9 +152,11 @@ def _gallery_maps(run, config, member_models, images, target, methods):
 
     maps = {}
     for method in methods:
-        if method in ("gradcam", "gradcam++", "scorecam"):
+        if method in ("gradcam", "gradcam++", "scorecam", *_FUSED_METHODS):
+            layers = "auto" if method in _FUSED_METHODS else None
             maps[_METHOD_LABELS[method]] = ensemble_gradcam(member_models, images.for_models(member_models),
-                                                            method=method, target=target, size=DISPLAY_SIZE)[0]
+                                                            method=method, layers=layers, target=target,
+                                                            size=DISPLAY_SIZE)[0]
         elif method == "shap":
             maps["SHAP"] = _ensemble_shap(run, config["explain"], member_models, images, target)
         elif method == "saliency":

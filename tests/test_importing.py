@@ -95,6 +95,15 @@ def test_a_training_config_keeps_the_imported_members(imported):
     assert [m["imported"] for m in merged["members"]] == [False, True, True]
 
 
+def test_a_parquet_predictions_file_reads_like_the_csv(tmp_path):
+    frame = pd.DataFrame({"path": ["test/NORMAL/a.jpeg", "/abs/b.jpeg"], "probability": [0.25, 0.75]})
+    frame.to_parquet(tmp_path / "p.parquet")
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    parquet = read_predictions_file(tmp_path / "p.parquet", data_root=tmp_path)
+    pd.testing.assert_frame_equal(parquet, read_predictions_file(tmp_path / "p.csv", data_root=tmp_path))
+    assert parquet["path"].tolist() == [str(tmp_path / "test/NORMAL/a.jpeg"), "/abs/b.jpeg"]
+
+
 @pytest.mark.parametrize("content, match", [
     ("path,prob\nx,0.5\n", r"lacks column\(s\) \['probability'\]"),
     ("path,probability\nx,1.5\n", r"probabilities in \[0, 1\]"),

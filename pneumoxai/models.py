@@ -1049,6 +1049,58 @@ def _check_training_modes(config, pretrained, epochs, snapshot_dir):
         raise ConfigError("progressive_sizes needs weights=None (one training phase).")
 
 
+def _full_member_config(config):
+    """``config`` with every member option (defaults filled in); unknown options are refused."""
+    unknown = set(config) - set(MEMBER_SPEC)
+    if unknown:
+        raise ConfigError(f"Unknown member option(s) {sorted(unknown)}; valid: {sorted(MEMBER_SPEC)}.")
+    return {key: config.get(key, default) for key, (default, _) in MEMBER_SPEC.items()}
+
+
+def _check_training_labels(train_images, train_labels, val_images, val_labels):
+    for name, labels, images in (("train", train_labels, train_images), ("val", val_labels, val_images)):
+        labels = np.asarray(labels)
+        if len(labels) != len(images):
+            raise DataError(f"{name} has {len(images)} images but {len(labels)} labels.")
+        if len(np.unique(labels)) < 2:
+            raise DataError(f"The {name} data holds a single class; both NORMAL and PNEUMONIA are needed.")
+
+
+def _training_phases(config, pretrained):
+    """``(phase, epochs, learning rate)``: frozen then fine-tuned with pretrained weights, else one full phase."""
+    if pretrained:
+        return [("frozen", config["epochs_frozen"], config["learning_rate"]),
+                ("finetune", config["epochs_finetune"], config["finetune_learning_rate"])]
+    return [("full", config["epochs_frozen"] + config["epochs_finetune"], config["learning_rate"])]
+
+
+def _compile_phase(fitted, config, learning_rate, total_steps):
+    """Adam or AdamW, at a constant rate (plateau schedule) or a planned cyclic one over ``total_steps``."""
+    if config["schedule"] != "plateau":
+        learning_rate = CyclicSchedule(learning_rate, total_steps, kind=config["schedule"],
+                                       cycles=config["snapshots"], min_lr=config["min_learning_rate"])
+    optimizer = (keras.optimizers.AdamW(learning_rate, weight_decay=config["weight_decay"])
+                 if config["weight_decay"] else keras.optimizers.Adam(learning_rate))
+    fitted.compile(
+        optimizer=optimizer,
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=config["label_smoothing"]),
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        jit_compile=config["jit_compile"],
+    )
+
+
+def _schedule_callbacks(config):
+    """Early stopping and LR reduction on plateau; a planned schedule runs its whole course."""
+    if config["schedule"] != "plateau":
+        return []
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["early_stopping_patience"],
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config["reduce_lr_factor"],
+                                          patience=config["reduce_lr_patience"], min_lr=config["min_learning_rate"]),
+    ]
+
+
 def train_member(model, train_images, train_labels, val_images, val_labels, config, *,
                  checkpoint_path=None, class_weight=None, verbose="auto", snapshot_dir=None,
                  snapshot_metadata=None, callbacks=()):
@@ -1114,30 +1166,16 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
     """
     from .data import make_dataset
 
-    unknown = set(config) - set(MEMBER_SPEC)
-    if unknown:
-        raise ConfigError(f"Unknown member option(s) {sorted(unknown)}; valid: {sorted(MEMBER_SPEC)}.")
-    config = {key: config.get(key, default) for key, (default, _) in MEMBER_SPEC.items()}
+    config = _full_member_config(config)
     train_images = _check_images(train_images, model, owner="train_member", name="train_images")
     val_images = _check_images(val_images, model, owner="train_member", name="val_images")
-    for name, labels, images in (("train", train_labels, train_images), ("val", val_labels, val_images)):
-        labels = np.asarray(labels)
-        if len(labels) != len(images):
-            raise DataError(f"{name} has {len(images)} images but {len(labels)} labels.")
-        if len(np.unique(labels)) < 2:
-            raise DataError(f"The {name} data holds a single class; both NORMAL and PNEUMONIA are needed.")
+    _check_training_labels(train_images, train_labels, val_images, val_labels)
     seed = int(config["seed"])
     augment = dict(config["augment"] or {})
     if config["random_crop"]:
         augment["crop"] = config["random_crop"]
     pretrained = config["weights"] is not None
-    phases = []
-    if pretrained:
-        phases.append(("frozen", config["epochs_frozen"], config["learning_rate"]))
-        phases.append(("finetune", config["epochs_finetune"], config["finetune_learning_rate"]))
-    else:
-        phases.append(("full", config["epochs_frozen"] + config["epochs_finetune"], config["learning_rate"]))
-
+    phases = _training_phases(config, pretrained)
     if config["cache_features"] and not pretrained:
         raise ConfigError("cache_features needs pretrained backbone weights (a frozen phase 1); "
                           f"got weights={config['weights']!r}.")
@@ -1160,33 +1198,14 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
             if sizes != [size]:
                 fitted = _flexible_twin(model)
         segments = _size_segments(sizes, epochs) if phase == "full" else [(size, 0, epochs)]
+        cached = None
         if phase == "frozen" and config["cache_features"]:
             fitted = _head_model(model)
-            fit_train, fit_val = _feature_datasets(model, train_images, train_labels, val_images, val_labels, config)
+            cached = _feature_datasets(model, train_images, train_labels, val_images, val_labels, config)
             segments = [(None, 0, epochs)]
-        steps_per_epoch = math.ceil(len(train_images) / config["batch_size"])
-        if config["schedule"] != "plateau":
-            learning_rate = CyclicSchedule(learning_rate, steps_per_epoch * epochs, kind=config["schedule"],
-                                           cycles=config["snapshots"], min_lr=config["min_learning_rate"])
-        optimizer = (keras.optimizers.AdamW(learning_rate, weight_decay=config["weight_decay"])
-                     if config["weight_decay"] else keras.optimizers.Adam(learning_rate))
-        fitted.compile(
-            optimizer=optimizer,
-            loss=keras.losses.BinaryCrossentropy(label_smoothing=config["label_smoothing"]),
-            metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
-            jit_compile=config["jit_compile"],
-        )
+        _compile_phase(fitted, config, learning_rate, math.ceil(len(train_images) / config["batch_size"]) * epochs)
         guard = _NonFiniteLoss()
-        phase_callbacks = [guard]
-        if config["schedule"] == "plateau":
-            phase_callbacks = [
-                keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["early_stopping_patience"],
-                                              restore_best_weights=True),
-                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config["reduce_lr_factor"],
-                                                  patience=config["reduce_lr_patience"],
-                                                  min_lr=config["min_learning_rate"]),
-                guard,
-            ]
+        phase_callbacks = _schedule_callbacks(config) + [guard]
         if checkpoint is not None:
             checkpoint.member = fitted if fitted is not model and phase == "full" else model
             phase_callbacks.append(checkpoint)
@@ -1204,24 +1223,16 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
             phase_callbacks.append(resume)
         phase_callbacks.extend(callbacks)
         started = time.perf_counter()
-        phase_history = {}
-        for segment_size, first, last in segments:
-            if last <= start_epoch:
-                continue
-            if segment_size is not None:
-                fit_train = make_dataset(train_images, train_labels, batch_size=config["batch_size"], training=True,
-                                         augment=augment, seed=seed + first, size=segment_size)
-                fit_val = make_dataset(val_images, val_labels, batch_size=max(64, config["batch_size"]),
-                                       size=segment_size)
-            # shuffle=False: the tf.data pipeline already reshuffles every epoch with its own seed.
-            fit = fitted.fit(fit_train, validation_data=fit_val, epochs=last, initial_epoch=max(first, start_epoch),
-                             class_weight=class_weight, callbacks=phase_callbacks, verbose=verbose, shuffle=False)
-            for key, values in fit.history.items():
-                phase_history.setdefault(key, []).extend(float(v) for v in values)
-            if getattr(guard, "nonfinite", False):
-                raise DataError("Training loss became NaN or infinite; lower the learning rate or check the images.")
-            if fitted.stop_training:
-                break
+
+        def datasets(segment_size, first):
+            if segment_size is None:  # phase 1 on cached backbone features
+                return cached
+            return (make_dataset(train_images, train_labels, batch_size=config["batch_size"], training=True,
+                                 augment=augment, seed=seed + first, size=segment_size),
+                    make_dataset(val_images, val_labels, batch_size=max(64, config["batch_size"]), size=segment_size))
+
+        phase_history = _fit_segments(fitted, segments, start_epoch, datasets, class_weight, phase_callbacks, guard,
+                                      verbose)
         timings.append((time.perf_counter() - started, len(phase_history.get("loss", []))))
         history[phase] = phase_history
         if phase_history.get("val_loss"):
@@ -1250,6 +1261,29 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
         "precision": _model_precision(model),
         "snapshots": [str(path) for path in saved],
     }
+
+
+def _fit_segments(fitted, segments, start_epoch, datasets, class_weight, callbacks, guard, verbose):
+    """Fit over a phase's ``(input size, first epoch, last epoch)`` segments from ``start_epoch`` on.
+
+    Returns the phase's per-epoch history; stops early when a callback stops training
+    and raises on a NaN or infinite loss.
+    """
+    history = {}
+    for segment_size, first, last in segments:
+        if last <= start_epoch:
+            continue
+        fit_train, fit_val = datasets(segment_size, first)
+        # shuffle=False: the tf.data pipeline already reshuffles every epoch with its own seed.
+        fit = fitted.fit(fit_train, validation_data=fit_val, epochs=last, initial_epoch=max(first, start_epoch),
+                         class_weight=class_weight, callbacks=callbacks, verbose=verbose, shuffle=False)
+        for key, values in fit.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        if getattr(guard, "nonfinite", False):
+            raise DataError("Training loss became NaN or infinite; lower the learning rate or check the images.")
+        if fitted.stop_training:
+            break
+    return history
 
 
 def _fingerprint(config, train_labels):

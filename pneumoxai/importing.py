@@ -113,14 +113,9 @@ def _make_read_only(directory):
 
 
 def _import_model(member_dir, name, source, preprocess, positive_index):
-    import keras
-
     from . import models
 
-    try:
-        model = keras.saving.load_model(source, safe_mode=True, compile=False)
-    except Exception as exc:  # Keras raises many types for foreign files; each becomes one line
-        raise models._load_error(source, exc) from exc
+    model = models.load_model_file(source)
     adapted = models.adapt(model, preprocess=preprocess, positive_index=positive_index, name=name)
     return models.save_member(member_dir, adapted, {
         "name": name, "kind": "model", "imported": True, "source": str(source.resolve()),

@@ -58,6 +58,7 @@ __all__ = [
     "predict_on_padded_batch",
     "save_member",
     "load_member",
+    "load_model_file",
     "read_card",
     "is_member_dir",
 ]
@@ -1455,9 +1456,22 @@ def load_member(directory, *, verify=True):
     model_path = directory / MODEL_FILE
     if verify and _io.sha256_file(model_path) != card.get("model_sha256"):
         raise RunFolderError(f"{str(model_path)!r} does not match the hash in its card: it is corrupt or was replaced.")
+    return load_model_file(model_path), card
+
+
+def load_model_file(path):
+    """Load a ``.keras`` file with Keras safe mode and no optimizer; any refusal is one pneumoxai error.
+
+    Raises
+    ------
+    UnsafeModelError
+        Code that only loads with ``safe_mode=False`` (a Lambda layer), unregistered
+        classes or functions, a wrapped TensorFlow SavedModel.
+    RunFolderError
+        Any other file Keras cannot load.
+    """
     try:
-        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for hostile or foreign files; each becomes one line
-        raise _load_error(model_path, exc) from exc
-    return model, card
+        raise _load_error(path, exc) from exc
 

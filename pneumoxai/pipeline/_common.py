@@ -37,6 +37,16 @@ def member_kind_of(member_dir):
     return member_kind(read_card(member_dir))
 
 
+def best_model_member(run, config, *, required=None):
+    """The folder of the model member (not a predictions file) with the highest test ROC AUC in
+    ``tables/results.csv``; None without a model member, or without results when not ``required``."""
+    results = run.read_table("results.csv", columns=("model", "roc_auc"), index_col="model", required=required)
+    dirs = [d for d in member_dirs(run, config) if member_kind_of(d) == "model"]
+    if not dirs or results is None:
+        return None
+    return max(dirs, key=lambda d: results.loc[d.name, "roc_auc"])
+
+
 def evaluation_record(run):
     """Test-split predictions and the ensemble record written by :func:`evaluate_stage`."""
     needed = f"run `{run.command('evaluate')}` first"

@@ -7,7 +7,8 @@ import pandas as pd
 
 from .. import _io
 from ..errors import ConfigError
-from ._common import DISPLAY_SIZE, evaluation_record, load_table, logger, member_dirs, member_kind_of
+from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, member_dirs,
+                      member_kind_of)
 
 
 def explain_stage(run, config, *, methods=None, max_images=None):
@@ -53,7 +54,8 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen), predicted[chosen].astype(bool),
                                 methods or explain_cfg["methods"])
     _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
-    _faithfulness_summary(run, [d.name for d in model_dirs], member_models, images.subset(chosen),
+    best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
+    _faithfulness_summary(run, best.name, member_models[model_dirs.index(best)], images.subset(chosen),
                           predicted[chosen].astype(bool), zones_all, predicted != y, masks)
     _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
     logger.info("explain: %d images x %d methods, all %d test images with Grad-CAM, %.1f s", len(chosen),
@@ -204,14 +206,10 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
     _io.write_csv(run.table("zone_attention.csv"), pd.concat(zone_rows, ignore_index=True), index=False)
 
 
-def _faithfulness_summary(run, names, member_models, images, target, zones_all, errors, masks):
+def _faithfulness_summary(run, best_name, best_model, images, target, zones_all, errors, masks):
     """Off-lung attention of errors vs correct calls, and deletion AUC of the best model member against random maps."""
     from ..explain import deletion_auc, gradcam, random_map_baseline
 
-    results = run.read_table("results.csv", columns=("model", "roc_auc"), index_col="model",
-                             required=f"run `{run.command('evaluate')}` first")
-    best_name = max(names, key=lambda name: results.loc[name, "roc_auc"])
-    best_model = member_models[names.index(best_name)]
     x = images.at(int(best_model.input_shape[1]))
     deletion = deletion_auc(best_model, x, gradcam(best_model, x, target=target), target=target)
     random_deletion = random_map_baseline(best_model, x, metric="deletion", target=target)

@@ -5,7 +5,8 @@ import time
 import numpy as np
 
 from .. import _io
-from ._common import DISPLAY_SIZE, evaluation_record, load_table, logger, member_dirs, member_kind_of
+from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, member_dirs,
+                      member_kind_of)
 
 
 def slices_stage(run, config):
@@ -105,11 +106,9 @@ def _per_image_deletion(run, config, found, frame, maps, y, p_ens, threshold, pa
     from ..models import load_member
     from ..slices import slice_mask
 
-    results = run.read_table("results.csv", columns=("model", "roc_auc"), index_col="model")
-    dirs = [d for d in member_dirs(run, config) if member_kind_of(d) == "model"]
-    if not dirs or results is None:
+    best = best_model_member(run, config)
+    if best is None:
         return None
-    best = max(dirs, key=lambda d: results.loc[d.name, "roc_auc"])
     model = load_member(best)[0]
     wrong = (p_ens >= threshold).astype(int) != y
     in_slices = np.zeros(len(y), dtype=bool)

@@ -22,7 +22,8 @@ from .data import INTERPOLATIONS
 from .errors import ConfigError, short_repr
 from .validation import BOOLEAN, Constraint, Interval, ListOf, Options, Predicate, check_param, describe, is_valid
 
-__all__ = ["MEMBER_SPEC", "AUGMENT_SPEC", "load_config", "parse_config", "apply_overrides", "config_hash"]
+__all__ = ["MEMBER_SPEC", "AUGMENT_SPEC", "load_config", "parse_config", "apply_overrides", "config_hash",
+           "analysis_members", "snapshot_name", "check_training_modes"]
 
 
 _SEED = Interval("int", 0, 2**31 - 1)  # pandas and NumPy both accept it
@@ -223,12 +224,73 @@ def parse_config(raw):
             raise ConfigError(f"members[{index}] must be a mapping with a 'name'; got {entry!r}.")
         merged = dict(raw.get("defaults") or {}, **entry)
         member = _check_section("members", merged, MEMBER_SPEC, f"members[{index}]")
-        if member["name"] in seen:
-            raise ConfigError(f"Member name {member['name']!r} is used twice; names must be unique.")
-        seen.add(member["name"])
+        try:
+            check_training_modes(member)
+        except ConfigError as exc:
+            raise ConfigError(f"members[{index}] ({member['name']}): {exc}") from None
         members.append(member)
+    for member in analysis_members({"members": members}):
+        if member["name"] in seen:
+            raise ConfigError(f"Member name {member['name']!r} is used twice (snapshot members are named "
+                              "'<name>_snap<k>'); names must be unique.")
+        seen.add(member["name"])
     config["members"] = members
     return config
+
+
+def check_training_modes(member):
+    """Refuse member options that cannot train together (checked before any data is read).
+
+    Snapshot ensembles need one cosine cycle per snapshot, ending at an epoch end, in one
+    training phase (``weights=None``); progressive resizing needs that one phase too.
+    """
+    pretrained = member["weights"] is not None
+    snapshots = member["snapshots"]
+    epochs = member["epochs_frozen"] + member["epochs_finetune"]
+    if snapshots > 1:
+        if member["schedule"] != "cosine":
+            raise ConfigError(f"snapshots={snapshots} needs schedule='cosine' (one cosine cycle per snapshot); "
+                              f"got schedule={member['schedule']!r}.")
+        if pretrained:
+            raise ConfigError("snapshots > 1 needs weights=None (one training phase); pretrained members train "
+                              "in two phases.")
+        if epochs % snapshots:
+            raise ConfigError(f"snapshots={snapshots} must divide the epochs ({epochs}) so that every cycle ends "
+                              "at an epoch end.")
+    if member["progressive_sizes"] and pretrained:
+        raise ConfigError("progressive_sizes needs weights=None (one training phase).")
+
+
+def snapshot_name(name, index):
+    """Name of snapshot ``index`` (1-based) of member ``name``: ``f"{name}_snap{index}"``."""
+    return f"{name}_snap{index}"
+
+
+def analysis_members(config):
+    """The members the analyses see, in order: each trained or imported member, or, for a
+    member trained as a snapshot ensemble (``snapshots > 1``), its snapshot members.
+
+    One training run of a snapshot member yields ``snapshots`` models (Huang et al. 2017),
+    each predicted, combined and explained like an independent member. Each entry is the
+    member's config plus ``trained_as`` (the name of the training run) and ``snapshot``
+    (its 1-based index, or None).
+
+    Examples
+    --------
+    >>> cfg = parse_config({"members": [{"name": "a", "weights": None, "schedule": "cosine", "snapshots": 2},
+    ...                                 {"name": "b", "weights": None}]})
+    >>> [(m["name"], m["trained_as"], m["snapshot"]) for m in analysis_members(cfg)]
+    [('a_snap1', 'a', 1), ('a_snap2', 'a', 2), ('b', 'b', None)]
+    """
+    expanded = []
+    for member in config["members"]:
+        count = member.get("snapshots", 1)
+        if count > 1:
+            expanded += [dict(member, name=snapshot_name(member["name"], k), trained_as=member["name"], snapshot=k)
+                         for k in range(1, count + 1)]
+        else:
+            expanded.append(dict(member, trained_as=member["name"], snapshot=None))
+    return expanded
 
 
 def _parse_value(text):

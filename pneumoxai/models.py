@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io
-from .config import MEMBER_SPEC
+from .config import MEMBER_SPEC, check_training_modes, snapshot_name
 from .errors import (CacheError, ConfigError, ConstantPredictionsWarning, DataError, ModelContractError,
                      RunFolderError, UnsafeModelError, WeightsUnavailableError, param_error, short_repr)
 from .validation import Interval, Options, Predicate, check_images, check_param, check_probabilities
@@ -60,6 +60,7 @@ __all__ = [
     "load_member",
     "load_model_file",
     "read_card",
+    "update_card",
     "is_member_dir",
 ]
 
@@ -1006,11 +1007,6 @@ class _ResumeState(keras.callbacks.Callback):
         _io.write_json(self.record_path, {"epoch": epoch + 1, "fingerprint": self.fingerprint})
 
 
-def snapshot_name(name, index):
-    """Folder name of snapshot ``index`` (1-based) of member ``name``: ``f"{name}_snap{index}"``."""
-    return f"{name}_snap{index}"
-
-
 def _flexible_twin(model):
     """A copy of ``model`` accepting any image size (global pooling makes the weights size-free)."""
     config = model.get_config()
@@ -1032,22 +1028,10 @@ def _size_segments(sizes, epochs):
     return segments
 
 
-def _check_training_modes(config, pretrained, epochs, snapshot_dir):
-    snapshots = config["snapshots"]
-    if snapshots > 1:
-        if config["schedule"] != "cosine":
-            raise ConfigError(f"snapshots={snapshots} needs schedule='cosine' (one cosine cycle per snapshot); "
-                              f"got schedule={config['schedule']!r}.")
-        if pretrained:
-            raise ConfigError("snapshots > 1 needs weights=None (one training phase); pretrained members train "
-                              "in two phases.")
-        if epochs % snapshots:
-            raise ConfigError(f"snapshots={snapshots} must divide the epochs ({epochs}) so that every cycle ends "
-                              "at an epoch end.")
-        if snapshot_dir is None:
-            raise ConfigError(f"snapshots={snapshots} needs a snapshot_dir to save the snapshot members in.")
-    if config["progressive_sizes"] and pretrained:
-        raise ConfigError("progressive_sizes needs weights=None (one training phase).")
+def _check_training_modes(config, snapshot_dir):
+    check_training_modes(config)
+    if config["snapshots"] > 1 and snapshot_dir is None:
+        raise ConfigError(f"snapshots={config['snapshots']} needs a snapshot_dir to save the snapshot members in.")
 
 
 def _full_member_config(config):
@@ -1180,7 +1164,7 @@ def train_member(model, train_images, train_labels, val_images, val_labels, conf
     if config["cache_features"] and not pretrained:
         raise ConfigError("cache_features needs pretrained backbone weights (a frozen phase 1); "
                           f"got weights={config['weights']!r}.")
-    _check_training_modes(config, pretrained, sum(epochs for _, epochs, _ in phases), snapshot_dir)
+    _check_training_modes(config, snapshot_dir)
 
     size = int(model.input_shape[1])
     sizes = list(config["progressive_sizes"] or [size])
@@ -1378,6 +1362,14 @@ def save_member(directory, model, metadata=None):
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     _io.write_json(directory / CARD_FILE, card)
+    return card
+
+
+def update_card(directory, fields):
+    """Add ``fields`` to a saved member's card (atomically); the model file is untouched, so its
+    recorded hash stays valid. Returns the updated card."""
+    card = {**read_card(directory), **fields}
+    _io.write_json(Path(directory) / CARD_FILE, card)
     return card
 
 

@@ -25,6 +25,7 @@ import textwrap
 import pandas as pd
 
 from . import _io
+from .config import analysis_members
 from .lungs import ZONE_COLUMNS
 from .metrics import ORIGIN_ROW
 from .errors import CacheError, RunFolderError
@@ -176,15 +177,26 @@ class _Run(RunFolder):
         primary = self.ensemble.get("primary", PRIMARY)
         measured = self.results.index[self.results["source"] == "measured"]
         self.primary = primary if primary in self.results.index else (measured[0] if len(measured) else None)
-        members = self.config.get("members")
-        self.members = ([m["name"] for m in members if isinstance(m, dict) and "name" in m]
-                        if isinstance(members, list) else []) or list(self.ensemble.get("members", []))
+        self._member_folders = self._analysis_member_folders(self.config.get("members"))
+        self.members = list(self._member_folders) or list(self.ensemble.get("members", []))
         slices_cfg = self.config.get("slices")
         self.alpha = slices_cfg.get("alpha", 0.05) if isinstance(slices_cfg, dict) else 0.05
 
+    def _analysis_member_folders(self, members):
+        """{analysis member name: folder}, snapshot members expanded; {} for a config it cannot read."""
+        if not isinstance(members, list):
+            return {}
+        members = [m for m in members if isinstance(m, dict) and isinstance(m.get("name"), str)]
+        if any(not isinstance(m.get("snapshots", 1), int) for m in members):
+            return {}
+        try:
+            return {m["name"]: self.analysis_member_dir(m) for m in analysis_members({"members": members})}
+        except RunFolderError:  # a hand-edited name that would leave the folder
+            return {}
+
     def card(self, name):
         try:
-            return self.read_json(self.member_dir(name) / "card.json")
+            return self.read_json(self._member_folders.get(name, self.member_dir(name)) / "card.json")
         except (CacheError, RunFolderError):
             return None
 

@@ -6,6 +6,7 @@ Everything a run produces lives in one folder, so any stage can be re-run alone:
       run.json                  data root, data config and manifest hashes
       config.json               the resolved config of the last invocation
       members/<name>/           model.keras, card.json, train_paths.json
+      members/<name>/<name>_snapK/  a snapshot-ensemble member's snapshots, each a member folder
       cache/predictions/        member probabilities keyed by model + data + preprocessing
       cache/embeddings/         penultimate-layer activations for the slices stage
       cache/stages/<stage>.json input key, duration and peak memory of each finished stage
@@ -104,7 +105,15 @@ class RunFolder:
         return self.path(REPORT_FILE)
 
     def member_dir(self, name):
+        """Folder of a member as trained or imported (``members/<name>``)."""
         return self.path("members", name)
+
+    def analysis_member_dir(self, member):
+        """Folder of one of :func:`pneumoxai.config.analysis_members`: ``members/<name>``, or
+        ``members/<trained_as>/<name>`` for a snapshot member of a snapshot-ensemble run."""
+        if member.get("snapshot"):
+            return self.path("members", member["trained_as"], member["name"])
+        return self.path("members", member["name"])
 
     def table(self, name):
         return self.path("tables", name)

@@ -292,14 +292,60 @@ def test_cli_error_after_tensorflow_loaded_is_one_line(tmp_path):
 # --------------------------------------------------------------------------- accepted options work end to end
 
 
-def test_snapshot_members_are_refused_before_any_work(make_kaggle_tree, tmp_path, capsys):
+SNAPSHOT_DEFAULTS = {**TINY["defaults"], "schedule": "cosine", "epochs_frozen": 2}
+
+
+def _snapshot_config(tmp_path, snapshots):
+    config = tmp_path / f"snap{snapshots}.yaml"
+    config.write_text(json.dumps({**TINY, "defaults": {**SNAPSHOT_DEFAULTS, "snapshots": snapshots}}))
+    return config
+
+
+def test_a_snapshot_ensemble_member_trains_into_the_run_folder_as_its_snapshots(make_kaggle_tree, tmp_path, capsys,
+                                                                               monkeypatch):
+    root, run = make_kaggle_tree(n_per_class=6, size=32), tmp_path / "run"
+    train = ["train", "--data", root, "--out", run, "--quiet"]
+    assert cli.main([str(a) for a in train + ["--config", _snapshot_config(tmp_path, 2)]]) == 0, capsys.readouterr()
+    folders = [run / "members" / "m" / f"m_snap{k}" for k in (1, 2)]
+    cards = [models.read_card(folder) for folder in folders]
+    assert [c["name"] for c in cards] == ["m_snap1", "m_snap2"] and [c["epochs_run"] for c in cards] == [1, 2]
+    assert all(0 <= c["val_metrics"]["roc_auc"] <= 1 and c["config"]["snapshots"] == 2 for c in cards)
+    assert not (run / "members" / "m" / models.SNAPSHOT_STATE).exists()  # resume state gone once finished
+    first, second = (models.load_member(f)[0].get_weights() for f in folders)
+    assert max(np.abs(a - b).max() for a, b in zip(first, second)) > 1e-4  # two models, not one saved twice
+
+    # The analyses see the snapshots as members: one column each, and their soft vote.
+    assert cli.main(["evaluate", "--run", str(run), "--quiet"]) == 0, capsys.readouterr().err
+    results = pd.read_csv(run / "tables" / "results.csv", index_col="model")
+    assert {"m_snap1", "m_snap2", "soft voting"} <= set(results.index)
+    test = pd.read_csv(run / "tables" / "predictions_test.csv")
+    np.testing.assert_allclose(test["p[soft voting]"], (test["p[m_snap1]"] + test["p[m_snap2]"]) / 2, atol=1e-6)
+
+    # Up to date: nothing trains again.
+    monkeypatch.setattr(models, "train_member", lambda *a, **k: pytest.fail("retrained an up-to-date member"))
+    assert cli.main([str(a) for a in train + ["--config", _snapshot_config(tmp_path, 2)]]) == 0
+    monkeypatch.undo()
+
+    # A changed config retrains, and the old run's extra snapshot does not linger among the members.
+    (run / "members" / "m" / "m_snap3").mkdir()
+    assert cli.main([str(a) for a in train + ["--config", _snapshot_config(tmp_path, 2)
+                                              ] + ["--set", "defaults.seed=5"]]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (run / "members" / "m").iterdir() if p.is_dir()) == ["m_snap1", "m_snap2"]
+    assert models.read_card(folders[0])["seed"] == 5
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"schedule": "plateau"}, "needs schedule='cosine'"),
+    ({"epochs_frozen": 3}, "must divide the epochs"),
+])
+def test_inconsistent_snapshot_members_are_refused_before_training(make_kaggle_tree, tmp_path, capsys, overrides,
+                                                                  match):
     root = make_kaggle_tree(n_per_class=4, size=32)
     config = tmp_path / "c.yaml"
-    config.write_text(json.dumps({**TINY, "defaults": {**TINY["defaults"], "schedule": "cosine", "snapshots": 2,
-                                                       "epochs_frozen": 2}}))
+    config.write_text(json.dumps({**TINY, "defaults": {**SNAPSHOT_DEFAULTS, "snapshots": 2, **overrides}}))
     line = one_line_error(capsys, ["train", "--data", root, "--config", config, "--out", tmp_path / "run"])
-    assert "snapshots > 1" in line and "models.train_member" in line
-    assert not (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "run.json").exists()
+    assert re.search(match, line), line
+    assert not (tmp_path / "run" / "members" / "m").exists()
 
 
 def test_member_options_reach_the_trained_member(make_kaggle_tree, tmp_path, capsys):

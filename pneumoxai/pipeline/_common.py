@@ -18,11 +18,13 @@ def load_table(run):
 
 
 def member_dirs(run, config):
+    """Folders of the members the analyses see (snapshot members expanded), in config order."""
     from .. import models
+    from ..config import analysis_members
 
     dirs = []
-    for member in config["members"]:
-        directory = run.member_dir(member["name"])
+    for member in analysis_members(config):
+        directory = run.analysis_member_dir(member)
         if not models.is_member_dir(directory):
             raise RunFolderError(f"Member {member['name']!r} is not trained in {str(run.root)!r}; "
                                  "run `pneumoxai train` (or `pneumoxai run`) first.")

@@ -42,13 +42,15 @@ def member_predictions(run, config, role, *, table=None, progress=True):
 
 def _trained_on(run, config, rows):
     """(n_rows, n_members) bool: was the row in that member's training data."""
+    from ..config import analysis_members
+
     columns = []
-    for member in config["members"]:
+    for member in analysis_members(config):
         if member["imported"]:
             # Its training images are unknown here; `pneumoxai import` told the user to keep them out.
             columns.append(np.zeros(len(rows), dtype=bool))
             continue
-        paths = set(_io.read_json(run.member_dir(member["name"]) / "train_paths.json"))
+        paths = set(_io.read_json(run.member_dir(member["trained_as"]) / "train_paths.json"))
         columns.append(rows["path"].isin(paths).to_numpy())
     return np.column_stack(columns)
 

@@ -30,7 +30,7 @@ def _stage_key(run, config, stage):
     parts = {name: config[name] for name in sections[stage]}
     from ..models import read_card
 
-    cards = [read_card(run.member_dir(m["name"])) for m in config["members"]]
+    cards = [read_card(directory) for directory in member_dirs(run, config)]
     parts["members"] = [card.get("model_sha256") or card["predictions_sha256"] for card in cards]
     parts["run"] = run.read_json(run.run_file, required="run `pneumoxai train` first")["manifest_hash"]
     if stage == "slices":

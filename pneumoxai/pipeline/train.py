@@ -1,8 +1,11 @@
 """Stage 2: train the members of a config into the run folder (imported members are never trained)."""
 
 import contextlib
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,20 +41,10 @@ def train_stage(run, config, data_root, *, names=None, verbose="auto", strategy=
     ``config.json`` is written only after the data checks pass, so a rejected call
     never changes what later stages read.
     """
-    _refuse_snapshot_members(config)
     table = prepare(run, data_root, config)
     config = with_imported_members(run, config)
     _io.write_json(run.config_file, config)
     return train_members(run, config, names, table=table, verbose=verbose, strategy=strategy)
-
-
-def _refuse_snapshot_members(config):
-    """Snapshot ensembles train through models.train_member; the run folder cannot hold them yet, so say so up front."""
-    snapshot = [m["name"] for m in config["members"] if m["snapshots"] > 1]
-    if snapshot:
-        raise ConfigError(f"Member(s) {snapshot} set snapshots > 1: a run folder does not yet expand one training "
-                          "run into its snapshot members. Train them with pneumoxai.models.train_member("
-                          "..., snapshot_dir=...) (see experiments/ablation_cpu.py), or list independent members.")
 
 
 def with_imported_members(run, config):
@@ -116,6 +109,15 @@ def train_members(run, config, names=None, *, table=None, verbose="auto", strate
     return pd.DataFrame(rows)
 
 
+def _saved_folders(member, member_dir):
+    """The member folders one training run of ``member`` writes: itself, or its snapshots."""
+    from ..config import snapshot_name
+
+    if member["snapshots"] > 1:
+        return [member_dir / snapshot_name(member["name"], k) for k in range(1, member["snapshots"] + 1)]
+    return [member_dir]
+
+
 def _selected_members(config, names):
     members = config["members"]
     if not names:
@@ -130,19 +132,23 @@ def _up_to_date(member, member_dir, wanted, manifest):
     """The summary row of a member already trained with this config and data, else None."""
     from .. import models
 
-    if not models.is_member_dir(member_dir):
-        return None
-    try:
-        card = models.read_card(member_dir)
-    except RunFolderError as exc:
-        logger.info("member %s: %s Retraining.", member["name"], exc)
-        return None
-    if card.get("imported"):
-        raise RunFolderError(f"Member {member['name']!r} in {str(member_dir)!r} was imported; pneumoxai never "
-                             "retrains or overwrites it. Give the config's member another name.")
-    if card.get("config_hash") != wanted or card.get("manifest_hash") != manifest:
+    cards = []
+    for folder in _saved_folders(member, member_dir):
+        if not models.is_member_dir(folder):
+            return None
+        try:
+            card = models.read_card(folder)
+        except RunFolderError as exc:
+            logger.info("member %s: %s Retraining.", member["name"], exc)
+            return None
+        if card.get("imported"):
+            raise RunFolderError(f"Member {member['name']!r} in {str(folder)!r} was imported; pneumoxai never "
+                                 "retrains or overwrites it. Give the config's member another name.")
+        cards.append(card)
+    if any(card.get("config_hash") != wanted or card.get("manifest_hash") != manifest for card in cards):
         logger.info("member %s: config changed since it was trained; retraining.", member["name"])
         return None
+    card = cards[-1]
     logger.info("member %s: up to date, skipped", member["name"])
     return {"member": member["name"], "status": "skipped (up to date)",
             "val_auc": card.get("val_metrics", {}).get("roc_auc"), "seconds_per_epoch": card.get("seconds_per_epoch")}
@@ -183,41 +189,91 @@ def _train_one(run, member, wanted, manifest, cache, distribution, chief, verbos
     from .. import models
 
     member_dir = run.member_dir(member["name"])
-    logger.info("member %s: training (%s, %d px, weights=%s, balancing=%s, seed=%d, %d replica(s))",
+    logger.info("member %s: training (%s, %d px, weights=%s, balancing=%s, seed=%d, %d replica(s)%s)",
                 member["name"], member["backbone"], member["image_size"], member["weights"], member["balancing"],
-                member["seed"], distribution.num_replicas_in_sync)
+                member["seed"], distribution.num_replicas_in_sync,
+                f", {member['snapshots']} snapshots" if member["snapshots"] > 1 else "")
     size = member["image_size"]
     train_images, train_frame = cache.get("train", size)
     val_images, val_frame = cache.get("val", size)
     x, y, paths = _member_data(member, train_images, train_frame)
     x, y, class_weight = data_mod.balance(x, y, member["balancing"], seed=member["seed"])
+    record = {"name": member["name"], "config": member, "config_hash": wanted, "manifest_hash": manifest,
+              "seed": member["seed"], "n_train": int(len(x)), "n_train_unique": int(len(set(paths))),
+              "n_val": int(len(val_frame)),
+              "reproducibility": "same seed and config reproduce predictions on CPU to within 1e-5 "
+                                 "(multi-threaded float reductions are not bit-exact)"}
+    snapshots = member["snapshots"] > 1
     started = time.perf_counter()
-    with distribution.scope():
+    with distribution.scope(), _snapshot_folder(member_dir, record, snapshots, chief) as snapshot_dir:
         model = models.build_member(size, member["weights"], backbone=member["backbone"], seed=member["seed"],
                                     dense_units=tuple(member["dense_units"]), dropout=member["dropout"],
                                     l2=member["l2"], bn_momentum=member["bn_momentum"],
                                     precision=member["precision"], force_precision=member["force_precision"],
                                     input_norm=member["input_norm"], name=member["name"])
+        checkpoint = member_dir / "checkpoint.keras" if chief and not snapshots else None
         info = models.train_member(model, x, y, val_images, val_frame["label"].to_numpy(), member,
-                                   checkpoint_path=member_dir / "checkpoint.keras" if chief else None,
-                                   class_weight=class_weight, verbose=_keras_verbose(verbose))
-    val_metrics = _quick_metrics(val_frame["label"].to_numpy(), models.predict_proba(model, val_images))
+                                   checkpoint_path=checkpoint, class_weight=class_weight,
+                                   verbose=_keras_verbose(verbose), snapshot_dir=snapshot_dir,
+                                   snapshot_metadata=record)
+    y_val = val_frame["label"].to_numpy()
+    trained = {"history": info["history"], "epochs_run": info["epochs_run"],
+               "seconds_per_epoch": info["seconds_per_epoch"], "train_seconds": time.perf_counter() - started}
     if chief:
         _io.write_json(member_dir / "train_paths.json", sorted(set(map(str, paths))))
-        models.save_member(member_dir, model, {
-            "name": member["name"], "config": member, "config_hash": wanted, "manifest_hash": manifest,
-            "seed": member["seed"], "n_train": int(len(x)), "n_train_unique": int(len(set(paths))),
-            "n_val": int(len(val_frame)), "history": info["history"], "epochs_run": info["epochs_run"],
-            "seconds_per_epoch": info["seconds_per_epoch"], "train_seconds": time.perf_counter() - started,
-            "val_metrics": val_metrics,
-            "reproducibility": "same seed and config reproduce predictions on CPU to within 1e-5 "
-                               "(multi-threaded float reductions are not bit-exact)",
-        })
-        (member_dir / "checkpoint.keras").unlink(missing_ok=True)
+    if snapshots and chief:
+        val_metrics = _finish_snapshots(member, member_dir, trained, val_images, y_val)
+    else:
+        val_metrics = _quick_metrics(y_val, models.predict_proba(model, val_images))
+        if chief and not snapshots:
+            models.save_member(member_dir, model, {**record, **trained, "val_metrics": val_metrics})
+            (member_dir / "checkpoint.keras").unlink(missing_ok=True)
     logger.info("member %s: val AUC %.4f, %.1f s/epoch, %d epochs", member["name"], val_metrics["roc_auc"],
                 info["seconds_per_epoch"], info["epochs_run"])
     return {"member": member["name"], "status": "trained", "val_auc": val_metrics["roc_auc"],
             "seconds_per_epoch": info["seconds_per_epoch"]}
+
+
+@contextlib.contextmanager
+def _snapshot_folder(member_dir, record, snapshots, chief):
+    """Where a snapshot-ensemble run saves its snapshots and resume state (None for other members).
+
+    The folder's ``training.json`` names the config and data it trains; a folder left by
+    another config (changed, then killed mid-run) is cleared first, so its resume state and
+    snapshots never mix into this run. Workers other than the chief save into a scratch folder.
+    """
+    from ..models import SNAPSHOT_STATE
+
+    if not snapshots:
+        yield None
+        return
+    if not chief:
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch)
+        return
+    marker = member_dir / "training.json"
+    wanted = {"config_hash": record["config_hash"], "manifest_hash": record["manifest_hash"]}
+    previous = _io.read_json(marker) if marker.is_file() else None
+    if previous != wanted:
+        shutil.rmtree(member_dir / SNAPSHOT_STATE, ignore_errors=True)
+        for stale in member_dir.glob(f"{record['name']}_snap*"):
+            shutil.rmtree(stale)
+        _io.write_json(marker, wanted)
+    yield member_dir
+
+
+def _finish_snapshots(member, member_dir, trained, val_images, y_val):
+    """Record each snapshot's name, validation metrics and timing on its card; return the last one's metrics."""
+    from .. import models
+
+    val_metrics = None
+    for folder in _saved_folders(member, member_dir):
+        snapshot, card = models.load_member(folder)
+        val_metrics = _quick_metrics(y_val, models.predict_proba(snapshot, val_images))
+        logger.info("member %s: val AUC %.4f", folder.name, val_metrics["roc_auc"])
+        models.update_card(folder, {**trained, "name": folder.name, "epochs_run": card["epoch"],
+                                    "val_metrics": val_metrics})
+    return val_metrics
 
 
 def _quick_metrics(y_true, y_prob):

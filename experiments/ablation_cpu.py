@@ -49,6 +49,7 @@ ARMS = {
                      {"schedule": "cosine", "label_smoothing": 0.1, "weight_decay": 1e-4}),
     "onecycle": ("one-cycle LR", {"schedule": "onecycle"}),
     "progressive": ("progressive sizes 96 -> 128", {"progressive_sizes": [96, 128]}),
+    "fixres": ("train at 96 then 112 px, predict at 128 px (FixRes)", {"progressive_sizes": [96, 112]}),
     "fp32": ("float32 instead of native bfloat16", {"precision": "float32"}),
 }
 

@@ -95,6 +95,8 @@ __all__ = [
     "ROAD_ORDERS",
     "RESNET50_FUSION_LAYERS",
     "fusion_layers",
+    "choose_map_method",
+    "MAX_RANDOMIZATION_SPEARMAN",
     "gradcam",
     "ensemble_gradcam",
     "resize_maps",
@@ -211,7 +213,8 @@ def _feature_layers(owner, model, layer, layers):
 def fusion_layers(model, *, n_layers=3):
     """Default layers of a multi-layer CAM: the last layer of each of the ``n_layers`` coarsest resolutions.
 
-    Layers with a 4-D output are grouped by spatial size in graph order; the last layer
+    Layers with a 4-D output, from the first layer with weights on (a preprocessing layer holds
+    the input, not features), are grouped by spatial size in graph order; the last layer
     of a group is the output of a network stage. For a ResNet50 member this gives
     :data:`RESNET50_FUSION_LAYERS` (conv3, conv4 and conv5 stage outputs: 8x8, 4x4 and
     2x2 at 64 px; 28x28, 14x14 and 7x7 at 224 px), so the fused map has 1/8 of the
@@ -243,9 +246,11 @@ def fusion_layers(model, *, n_layers=3):
     ('conv_a', 'conv_b')
     """
     n_layers = _positive_int("fusion_layers", "n_layers", n_layers)
-    last_of_size = {}
+    last_of_size, learned = {}, False
     for lyr in model.layers:
-        if not isinstance(lyr, keras.layers.InputLayer) and len(lyr.output.shape) == 4:
+        # Layers before the first one with weights (rescaling, preprocessing) hold the input, not features.
+        learned = learned or bool(lyr.weights)
+        if learned and not isinstance(lyr, keras.layers.InputLayer) and len(lyr.output.shape) == 4:
             size = tuple(lyr.output.shape[1:3])
             last_of_size.pop(size, None)  # re-inserted last: dict order = order of each size's last layer
             last_of_size[size] = lyr.name
@@ -1439,6 +1444,88 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
     rows.append({"method": "random", "layer": "", "map_side": x.shape[1], **scores(chance),
                  "randomization_spearman": np.nan, "seconds_per_image": np.nan})
     return pd.DataFrame(rows)
+
+
+#: A map whose median Spearman correlation with the maps of a model with re-initialised top
+#: layers reaches this does not depend on what the model learned (Adebayo et al. 2018).
+MAX_RANDOMIZATION_SPEARMAN = 0.9
+#: ROAD gaps closer than this are a tie, which the finer map wins.
+ROAD_GAP_TIE = 0.02
+
+
+def choose_map_method(table, *, max_randomization=MAX_RANDOMIZATION_SPEARMAN, tie=ROAD_GAP_TIE):
+    """The map method and layers to trust, chosen from a :func:`compare_layers` table by a fixed rule.
+
+    Rule: drop candidates that fail the model-randomization check (median Spearman
+    ``>= max_randomization``: the map barely changes when the model's top layers are
+    re-initialised, Adebayo et al. 2018) or are no more faithful than random maps (ROAD
+    gap, LeRF minus MoRF, at or below the ``"random"`` row's; Rong et al. 2022); among the
+    rest take the largest ROAD gap, a gap within ``tie`` of the best going to the finer map
+    (then the faster one). Without any candidate left, Grad-CAM on the last layer listed
+    for it is kept as the conventional default, and the reason says so.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Output of :func:`compare_layers` (columns ``method``, ``layer``, ``map_side``,
+        ``road_gap``, ``randomization_spearman``, ``seconds_per_image``), with its
+        ``"random"`` row.
+    max_randomization : float, default=MAX_RANDOMIZATION_SPEARMAN
+    tie : float, default=ROAD_GAP_TIE
+
+    Returns
+    -------
+    choice : dict
+        ``method``, ``layer`` (as in the table, fused layers joined by ``"+"``),
+        ``map_side``, ``road_gap``, ``randomization_spearman`` and ``reason`` (one sentence).
+    table : pandas.DataFrame
+        ``table`` plus ``passes_randomization``, ``beats_random`` and ``chosen``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"method": ["gradcam", "layercam", "layercam", "random"],
+    ...                       "layer": ["c5", "c5", "c3+c4+c5", ""], "map_side": [2, 2, 8, 64],
+    ...                       "road_gap": [0.20, 0.10, 0.19, 0.01],
+    ...                       "randomization_spearman": [0.95, 0.6, 0.5, float("nan")],
+    ...                       "seconds_per_image": [0.1, 0.2, 0.4, float("nan")]})
+    >>> choice, _ = choose_map_method(table)
+    >>> choice["method"], choice["layer"]
+    ('layercam', 'c3+c4+c5')
+    """
+    needed = {"method", "layer", "map_side", "road_gap", "randomization_spearman", "seconds_per_image"}
+    if not isinstance(table, pd.DataFrame) or not needed <= set(table.columns) or not (table["method"] == "random").any():
+        raise param_error("choose_map_method", "table", "the DataFrame compare_layers returns (with its 'random' row)",
+                          table)
+    check_param("choose_map_method", "max_randomization", max_randomization, Interval("real", 0, 1, closed="right"))
+    check_param("choose_map_method", "tie", tie, Interval("real", 0, None))
+    chance = float(table.loc[table["method"] == "random", "road_gap"].iloc[0])
+    table = table.copy()
+    candidates = table["method"] != "random"
+    table["passes_randomization"] = candidates & (table["randomization_spearman"].fillna(1.0) < max_randomization)
+    table["beats_random"] = candidates & (table["road_gap"] > chance)
+    eligible = table[table["passes_randomization"] & table["beats_random"]]
+    if len(eligible):
+        best_gap = eligible["road_gap"].max()
+        close = eligible[eligible["road_gap"] >= best_gap - tie]
+        index = close.sort_values(["map_side", "seconds_per_image"], ascending=[False, True]).index[0]
+        row = table.loc[index]
+        tied = f"; the finest map among gaps within {tie} of the best" if len(close) > 1 else ""
+        reason = (f"{row['method']} on {row['layer']} has the largest ROAD gap ({row['road_gap']:.3f}, random maps "
+                  f"{chance:.3f}{tied}) among the {len(eligible)} of {int(candidates.sum())} candidates that pass "
+                  f"the randomization check (Spearman < {max_randomization}) and beat random maps.")
+    else:
+        fallback = table[candidates & (table["method"] == "gradcam")]
+        index = fallback.index[0] if len(fallback) else table[candidates].index[0]
+        row = table.loc[index]
+        reason = (f"no candidate both passes the randomization check (Spearman < {max_randomization}) and beats "
+                  f"random maps (ROAD gap {chance:.3f}); {row['method']} on {row['layer']} is kept as the "
+                  "conventional default, and its maps should be read with that caution.")
+    table["chosen"] = table.index == index
+    choice = {"method": row["method"], "layer": row["layer"], "map_side": int(row["map_side"]),
+              "road_gap": float(row["road_gap"]), "randomization_spearman": float(row["randomization_spearman"]),
+              "reason": reason}
+    return choice, table
 
 
 # --------------------------------------------------------------------------- per failure slice

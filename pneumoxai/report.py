@@ -166,6 +166,9 @@ class _Run(RunFolder):
         self.slices = self.read_table("failure_slices.csv", columns=slice_columns)
         self.member_slices = self.read_table("member_failure_slices.csv", columns=slice_columns)
         self.explain_summary = self.read_table("explain_summary.csv", columns=("measure", "value"))
+        self.layer_choice = self.read_json(self.table("layer_choice.json"))
+        self.layer_candidates = self.read_table(
+            "layer_choice.csv", columns=("method", "layer", "map_side", "road_gap", "randomization_spearman", "chosen"))
         self.slice_explanations = self.read_table(
             "slice_explanations.csv", columns=("slice", "n_errors", "errors:off_lung_attention",
                                                "correct:off_lung_attention", "off_lung_shift", "top_zone_shift"))
@@ -595,11 +598,39 @@ def _slice_explanations_part(run):
     if faithful:
         headers += ["Deletion AUC (errors)", "Deletion AUC (correct)"]
     body.append(_table(headers, rows, numeric=range(1, len(headers)), caption=(
-        "Ensemble Grad-CAM of the predicted class. Each slice's errors are compared with the correct calls of the "
+        f"Ensemble {_map_name(run)} of the predicted class. Each slice's errors are compared with the correct calls of the "
         "same true class, weighted to the errors' class mix. Deletion AUC of the best model member on a sample "
         "(lower = the map points at what drives the call).")))
     body.append(_figure(run, "slice_maps", "Mean map of each slice's errors beside the correct calls' mean map; "
                                           "white: mean lung outline.", "slices"))
+    return body
+
+
+def _map_name(run):
+    """The method behind the test-split maps (chosen by the explain stage), for captions."""
+    choice = run.layer_choice or {}
+    if not isinstance(choice.get("method"), str):
+        return "Grad-CAM"
+    return f"{choice['method']} ({'fused over ' + choice['layer'] if choice.get('fused') else choice.get('layer')})"
+
+
+def _layer_choice_paragraphs(run):
+    """Which map explains the whole test split, why, and the candidates it was chosen from."""
+    choice = run.layer_choice
+    if not isinstance(choice, dict) or "reason" not in choice:
+        return []
+    side = choice.get("map_side")
+    body = [_tag("p", f"Maps of the whole test split (zone attention, mean maps, failure slices): {_map_name(run)}"
+                      f"{f', {side}x{side} before upsampling' if side else ''}, measured on "
+                      f"{choice.get('n_images', '?')} images of member {choice.get('member', '?')}. Why: "
+                      f"{choice['reason']}")]
+    frame = run.layer_candidates
+    if frame is not None:
+        rows = [[r.method, r.layer if isinstance(r.layer, str) else "", str(r.map_side), _num(r.road_gap), _num(r.randomization_spearman),
+                 "yes" if str(r.chosen).lower() in ("true", "1") else ""] for r in frame.itertuples(index=False)]
+        body.append(_table(["Method", "Layers", "Map side", "ROAD gap (higher = more faithful)",
+                            "Randomization Spearman (lower = passes)", "Chosen"], rows, numeric=(2, 3, 4),
+                           caption="Candidate maps (tables/layer_choice.csv); the random row is the chance level."))
     return body
 
 
@@ -618,6 +649,7 @@ def _explain_section(run):
     for path in mean_maps:
         body.append(_figure(run, path.stem, "Mean map per outcome group (false negative, false positive, correct).",
                             "explain"))
+    body += _layer_choice_paragraphs(run)
     if run.explain_summary is not None:
         frame = run.explain_summary
         rows = [[_num(v) if isinstance(v, float) else v for v in r] for r in frame.itertuples(index=False)]

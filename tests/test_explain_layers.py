@@ -75,6 +75,16 @@ def test_fusion_layers_are_the_stage_outputs(deep):
     assert explain.fusion_layers(deep["model"], n_layers=1) == ("conv_last",)
 
 
+def test_fusion_layers_leave_out_preprocessing_that_holds_the_input():
+    inputs = keras.Input((16, 16, 3), name="image")
+    h = keras.layers.Rescaling(1 / 255, name="preprocess")(inputs)
+    h = keras.layers.Conv2D(4, 3, name="conv_a")(h)  # 14x14
+    h = keras.layers.Conv2D(4, 3, strides=2, name="conv_b")(h)  # 6x6
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(h))
+    assert explain.fusion_layers(model) == ("conv_a", "conv_b")
+
+
 def test_fusion_layers_of_a_resnet50_member_are_its_stage_outputs():
     member = models.build_member(32, weights=None, dense_units=(8,))
     assert explain.fusion_layers(member) == explain.RESNET50_FUSION_LAYERS
@@ -241,6 +251,37 @@ def test_compare_layers_scores_every_method_and_layer(deep):
     assert table["randomization_spearman"][2:4].between(-1, 1).all()
 
 
+def _candidates(gaps, spearmans, sides, random_gap=0.01):
+    n = len(gaps)
+    return pd.DataFrame({"method": ["gradcam", "layercam", "hirescam", "gradcam++"][:n] + ["random"],
+                         "layer": [f"l{i}" for i in range(n)] + [""], "map_side": list(sides) + [48],
+                         "road_gap": list(gaps) + [random_gap], "randomization_spearman": list(spearmans) + [np.nan],
+                         "seconds_per_image": [0.1] * n + [np.nan]})
+
+
+@pytest.mark.parametrize("gaps, spearmans, sides, expected, reason", [
+    ((0.30, 0.20, 0.10), (0.5, 0.5, 0.5), (3, 3, 3), 0, "largest ROAD gap"),  # plain best gap
+    ((0.30, 0.20, 0.10), (0.95, 0.5, 0.5), (3, 3, 3), 1, "largest ROAD gap"),  # best fails randomization
+    ((0.30, 0.29, 0.10), (0.5, 0.5, 0.5), (3, 12, 3), 1, "finest map among gaps within"),  # tie -> finer map
+    ((0.005, 0.002, 0.0), (0.5, 0.5, 0.5), (3, 12, 3), 0, "no candidate"),  # none beats random maps
+    ((0.30, 0.20, 0.10), (0.99, np.nan, 0.97), (3, 12, 3), 0, "no candidate"),  # NaN Spearman: no evidence
+])
+def test_map_choice_follows_its_rule(gaps, spearmans, sides, expected, reason):
+    choice, table = explain.choose_map_method(_candidates(gaps, spearmans, sides))
+    assert choice["layer"] == f"l{expected}" and reason in choice["reason"]
+    assert table["chosen"].sum() == 1 and table["chosen"].iloc[expected]
+    assert not table["passes_randomization"].iloc[-1] and not table["beats_random"].iloc[-1]
+
+
+def test_map_choice_on_a_real_comparison_prefers_the_map_that_can_point_at_a_small_patch(deep):
+    """On the small-patch CNN, the fused maps are both finer and more faithful than the 3x3 last-layer maps."""
+    model, x = deep["model"], deep["x"][:8]
+    table = explain.compare_layers(model, x, ["conv_last", explain.fusion_layers(model, n_layers=4)],
+                                   methods=("gradcam", "layercam"), steps=8, fractions=(0.1, 0.5, 0.9))
+    choice, _ = explain.choose_map_method(table)
+    assert choice["layer"] == "conv2+conv3+conv4+conv_last" and choice["map_side"] == 24
+
+
 # --------------------------------------------------------------------------- per failure slice
 
 
@@ -309,6 +350,10 @@ BAD_INPUTS = [
      "'methods' parameter of compare_layers .* got 'lime'"),
     ("compare layers", lambda m: explain.compare_layers(m, GOOD, "conv_a"), ConfigError,
      "'layers' parameter of compare_layers"),
+    ("choice table", lambda m: explain.choose_map_method(pd.DataFrame({"method": ["gradcam"]})), ConfigError,
+     "'table' parameter of choose_map_method must be the DataFrame compare_layers returns"),
+    ("choice tie", lambda m: explain.choose_map_method(_candidates((0.3,), (0.5,), (3,)), tie=-1), ConfigError,
+     "'tie' parameter of choose_map_method"),
     ("fusion n_layers", lambda m: explain.fusion_layers(m, n_layers=0), ConfigError,
      "'n_layers' parameter of fusion_layers must be an int >= 1"),
     ("slice table", lambda m: explain.slice_explanations(pd.DataFrame({"a": [1, 2]}), pd.DataFrame(),

@@ -193,7 +193,7 @@ def test_an_imported_model_gives_its_own_probabilities_and_is_explained(make_kag
     own = model.predict(keras.applications.resnet50.preprocess_input(x * 255.0), verbose=0)[:, 1]
     assert own.std() > 0.01  # a model that tells images apart, so the comparison means something
     assert np.abs(predictions["p[theirs]"].to_numpy() - own).max() < 1e-5
-    assert (run / "maps" / "gradcam_test.npz").is_file() and (run / "figures" / "gallery.png").is_file()
+    assert (run / "maps" / "test_maps.npz").is_file() and (run / "figures" / "gallery.png").is_file()
     card = json.loads((run / "members" / "theirs" / "card.json").read_text())
     assert card["imported"] and card["kind"] == "model" and card["preprocess"] == "caffe"
 

@@ -12,20 +12,24 @@ from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_t
 
 
 def explain_stage(run, config, *, methods=None, max_images=None):
-    """Grad-CAM / Grad-CAM++ / SHAP maps of the primary ensemble's errors on the test split.
+    """Class-activation and SHAP maps of the primary ensemble's errors on the test split.
 
-    - Every test image gets the ensemble's Grad-CAM of its predicted class (the class
+    - Layer choice by measurement: on the best model member, Grad-CAM and the configured
+      CAM methods, each on the last convolutional layer and fused over several stages,
+      are scored for faithfulness (ROAD) and the model-randomization check, and one is
+      chosen by a fixed rule (``tables/layer_choice.csv`` / ``.json``, with the reason).
+    - Every test image gets the ensemble's chosen map of its predicted class (the class
       that drove the call) and its lung-zone attention shares
-      (``tables/zone_attention_all.csv``, ``maps/gradcam_test.npz``): the slices stage
-      uses the off-lung share as a slicing column.
+      (``tables/zone_attention_all.csv``, ``maps/test_maps.npz``): the slices stage
+      uses the off-lung share as a slicing column and the maps per failure slice.
     - False negatives, false positives and a class-matched sample of correct calls
       (``explain.max_images`` in all) get every configured method (ensemble maps are
       member maps averaged with the soft-voting weights; the SHAP map of the ensemble is
       the mean of the members' logit SHAP maps, an approximation since SHAP values of
       an averaged probability are not the average of logit attributions), saved to
       ``maps/explain.npz`` with ``tables/zone_attention.csv``.
-    - Faithfulness for the best member: deletion AUC of its Grad-CAM against random maps
-      (``tables/explain_summary.csv``).
+    - Faithfulness for the best member: deletion AUC of its chosen maps against random
+      maps (``tables/explain_summary.csv``).
     """
     from ..lungs import lung_mask
     from ..models import load_member
@@ -49,14 +53,17 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     _check_explainable(member_models)
     images = _ImagesBySize(predictions["path"].tolist(), interpolation=config["data"]["interpolation"])
     masks = lung_mask(images.at(DISPLAY_SIZE))
-    all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks)
     chosen = _select_for_gallery(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
+    best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
+    best_model = member_models[model_dirs.index(best)]
+    choice = _choose_test_split_map(run, explain_cfg, best.name, best_model, images.subset(chosen),
+                                    predicted[chosen].astype(bool))
+    all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks, choice)
     subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen), predicted[chosen].astype(bool),
                                 methods or explain_cfg["methods"])
     _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
-    best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
-    _faithfulness_summary(run, best.name, member_models[model_dirs.index(best)], images.subset(chosen),
-                          predicted[chosen].astype(bool), zones_all, predicted != y, masks)
+    _faithfulness_summary(run, best.name, best_model, images.subset(chosen), predicted[chosen].astype(bool),
+                          zones_all, predicted != y, masks, choice)
     _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
     logger.info("explain: %d images x %d methods, all %d test images with Grad-CAM, %.1f s", len(chosen),
                 len(subset_maps), len(images.paths), time.perf_counter() - started)
@@ -105,18 +112,64 @@ class _ImagesBySize:
         return _ImagesBySize(self.paths, index, self._decoded, self.interpolation)
 
 
-def _test_split_maps(run, member_models, images, predicted, masks):
-    """Ensemble Grad-CAM of the predicted class for every test image, and its zone attention."""
+#: Map methods the whole test split can be explained with (one ensemble map per image).
+TEST_SPLIT_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam")
+
+
+def _choose_test_split_map(run, explain_cfg, member_name, model, images, target):
+    """Measure the candidate maps on the best member and pick one by :func:`explain.choose_map_method`.
+
+    Candidates: Grad-CAM and the configured methods of :data:`TEST_SPLIT_METHODS`, each on
+    the last convolutional layer and fused over :func:`explain.fusion_layers`. Writes
+    ``tables/layer_choice.csv`` (every candidate's scores) and ``tables/layer_choice.json``
+    (the choice and its reason); with ``explain.layer_choice_images: 0`` nothing is
+    measured and Grad-CAM on the last layer is recorded as an unmeasured default.
+    """
+    from ..explain import choose_map_method, compare_layers, feature_map_size, fusion_layers
+
+    n_images = min(explain_cfg["layer_choice_images"], len(target))
+    methods = [m for m in TEST_SPLIT_METHODS if m == "gradcam" or m in explain_cfg["methods"]]
+    fused = fusion_layers(model)
+    if n_images == 0:
+        choice = {"method": "gradcam", "layer": "last", "map_side": int(feature_map_size(model)[0]),
+                  "reason": "not measured (explain.layer_choice_images is 0): Grad-CAM on the last convolutional "
+                            "layer, the conventional default."}
+    else:
+        x = images.at(int(model.input_shape[1]))[:n_images]
+        layers = [fused[-1:]] + ([fused] if len(fused) > 1 else [])
+        table = compare_layers(model, x, layers, methods=methods, target=target[:n_images], n_randomized=3,
+                               seed=explain_cfg["seed"])
+        choice, table = choose_map_method(table)
+        _io.write_csv(run.table("layer_choice.csv"), table, index=False)
+    choice = {**choice, "fused": "+" in choice["layer"], "member": member_name, "n_images": int(n_images)}
+    _io.write_json(run.table("layer_choice.json"), choice)
+    logger.info("explain: test-split maps by %s on %s (%s)", choice["method"], choice["layer"], choice["reason"])
+    return choice
+
+
+def map_label(choice):
+    """Display name of the chosen test-split map, e.g. "LayerCAM (fused)"."""
+    name = _METHOD_LABELS[choice["method"]].replace(" (fused)", "")
+    return f"{name} (fused)" if choice["fused"] else name
+
+
+def _test_split_maps(run, member_models, images, predicted, masks, choice):
+    """The chosen ensemble map of the predicted class for every test image, and its zone attention."""
     from ..explain import ensemble_gradcam, zone_attention
 
-    all_maps, _ = ensemble_gradcam(member_models, images.for_models(member_models), target=predicted.astype(bool),
+    all_maps, _ = ensemble_gradcam(member_models, images.for_models(member_models), method=choice["method"],
+                                   layers="auto" if choice["fused"] else None, target=predicted.astype(bool),
                                    size=DISPLAY_SIZE)
     zones_all = zone_attention(all_maps, masks)
     zones_all.insert(0, "path", images.paths)
     _io.write_csv(run.table("zone_attention_all.csv"), zones_all, index=False)
-    _io.save_npz(run.maps("gradcam_test.npz"), maps=all_maps.astype(np.float16),
-                 paths=np.array(images.paths, dtype=str))
+    _io.save_npz(run.maps(TEST_MAPS_FILE), maps=all_maps.astype(np.float16), paths=np.array(images.paths, dtype=str),
+                 method=np.array(map_label(choice)))
     return all_maps, zones_all
+
+
+#: The explain stage's maps of the whole test split, read by the slices stage.
+TEST_MAPS_FILE = "test_maps.npz"
 
 
 def _select_for_gallery(y, predicted, max_images, seed=0):
@@ -206,20 +259,23 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
     _io.write_csv(run.table("zone_attention.csv"), pd.concat(zone_rows, ignore_index=True), index=False)
 
 
-def _faithfulness_summary(run, best_name, best_model, images, target, zones_all, errors, masks):
+def _faithfulness_summary(run, best_name, best_model, images, target, zones_all, errors, masks, choice):
     """Off-lung attention of errors vs correct calls, and deletion AUC of the best model member against random maps."""
-    from ..explain import deletion_auc, gradcam, random_map_baseline
+    from ..explain import deletion_auc, fusion_layers, gradcam, random_map_baseline
 
     x = images.at(int(best_model.input_shape[1]))
-    deletion = deletion_auc(best_model, x, gradcam(best_model, x, target=target), target=target)
+    maps = gradcam(best_model, x, method=choice["method"], layers=fusion_layers(best_model) if choice["fused"] else None,
+                   target=target)
+    deletion = deletion_auc(best_model, x, maps, target=target)
     random_deletion = random_map_baseline(best_model, x, metric="deletion", target=target)
     off_lung = zones_all["off_lung_attention"]
+    label = map_label(choice)
     summary = pd.DataFrame([
-        {"measure": "off_lung_attention (Grad-CAM, ensemble), errors", "value": off_lung[errors].mean(),
+        {"measure": f"off_lung_attention ({label}, ensemble), errors", "value": off_lung[errors].mean(),
          "n": int(errors.sum())},
-        {"measure": "off_lung_attention (Grad-CAM, ensemble), correct", "value": off_lung[~errors].mean(),
+        {"measure": f"off_lung_attention ({label}, ensemble), correct", "value": off_lung[~errors].mean(),
          "n": int((~errors).sum())},
-        {"measure": f"deletion AUC, Grad-CAM of {best_name} (lower = more faithful)",
+        {"measure": f"deletion AUC, {label} of {best_name} (lower = more faithful)",
          "value": float(np.mean(deletion)), "n": len(x)},
         {"measure": f"deletion AUC, random maps, {best_name}", "value": float(np.mean(random_deletion)), "n": len(x)},
         {"measure": "lung mask area fraction (test mean)", "value": float(masks.mean()), "n": len(masks)},

@@ -84,7 +84,7 @@ def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshol
 
     maps = _load_test_maps(run, paths)
     if maps is None or not len(found) or not found["finding"].any():
-        why = "no significant slice" if maps is not None else "no Grad-CAM maps of the test split (run explain)"
+        why = "no significant slice" if maps is not None else "no maps of the test split (run explain)"
         logger.info("slices: no slice explanations: %s", why)
         return
     faithfulness = _per_image_deletion(run, config, found, frame, maps, y, p_ens, threshold, paths)
@@ -165,10 +165,11 @@ def _slice_figures(run, found, frame, images, y, p_ens, threshold, paths):
 
 
 def _load_test_maps(run, paths):
-    """Grad-CAM maps of the whole test split from the explain stage, at DISPLAY_SIZE, or None."""
+    """The explain stage's maps of the whole test split (its chosen method), at DISPLAY_SIZE, or None."""
     from ..explain import resize_maps
+    from .explanations import TEST_MAPS_FILE
 
-    path = run.maps("gradcam_test.npz")
+    path = run.maps(TEST_MAPS_FILE)
     if not path.exists():
         return None
     data = _io.load_npz(path)

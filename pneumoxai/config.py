@@ -278,8 +278,8 @@ def analysis_members(config):
 
     Examples
     --------
-    >>> cfg = parse_config({"members": [{"name": "a", "weights": None, "schedule": "cosine", "snapshots": 2},
-    ...                                 {"name": "b", "weights": None}]})
+    >>> snapshot_run = {"weights": None, "schedule": "cosine", "snapshots": 2, "epochs_frozen": 4, "epochs_finetune": 0}
+    >>> cfg = parse_config({"members": [{"name": "a", **snapshot_run}, {"name": "b", "weights": None}]})
     >>> [(m["name"], m["trained_as"], m["snapshot"]) for m in analysis_members(cfg)]
     [('a_snap1', 'a', 1), ('a_snap2', 'a', 2), ('b', 'b', None)]
     """

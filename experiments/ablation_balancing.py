@@ -47,7 +47,7 @@ def main(argv=None):
     parser.add_argument("--figures", default=str(HERE.parent / "figures" / "ablation_balancing"))
     args = parser.parse_args(argv)
 
-    raw = yaml.safe_load((HERE / "configs" / "cpu.yaml").read_text())
+    raw = yaml.safe_load((HERE / "configs" / "cpu64.yaml").read_text())
     raw["defaults"]["epochs_frozen"] = args.epochs
     raw["defaults"]["max_train_images"] = args.max_train_images
     raw["members"] = [{"name": f"bal_{method}", "seed": 0, "balancing": method} for method in METHODS]
@@ -108,7 +108,7 @@ def main(argv=None):
     elapsed = time.perf_counter() - started
     provenance = {
         "command": "python experiments/ablation_balancing.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": "experiments/configs/cpu.yaml with epochs_frozen, max_train_images and members replaced",
+        "config": "experiments/configs/cpu64.yaml (then cpu.yaml) with epochs_frozen, max_train_images and members replaced",
         "pneumoxai": __version__,
         "machine": machine(),
         "seconds_this_invocation": round(elapsed, 1),

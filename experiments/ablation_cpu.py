@@ -3,8 +3,8 @@
     python experiments/ablation_cpu.py --data ../shared/data/chest_xray --out runs/ablation_cpu \
         [--arms base128 noflip ...] [--max-train-images 1600] [--epochs 4]
 
-Every arm is one member (ResNet50, weights=None, the cpu.yaml recipe at 128 px) with one
-lever changed. Arms train on a random subset (``--max-train-images``, the same subset for
+Every arm is one member (ResNet50, weights=None, the 64 px profile's recipe from cpu64.yaml,
+at 128 px) with one lever changed. Arms train on a random subset (``--max-train-images``, the same subset for
 every arm) or all of the patient-grouped training split (``data.split_by_patient``,
 val_fraction 0.2, seed 0) and are scored on that validation split and on the official
 624-image test split: ROC AUC with patient-bootstrap 95% intervals, and accuracy,
@@ -55,7 +55,7 @@ ARMS = {
 
 
 def base_member(size, epochs, batch_size):
-    raw = yaml.safe_load((HERE / "configs" / "cpu.yaml").read_text())
+    raw = yaml.safe_load((HERE / "configs" / "cpu64.yaml").read_text())
     member = dict(raw["defaults"], name="arm", image_size=size, epochs_frozen=epochs, epochs_finetune=0,
                   precision="auto", batch_size=batch_size)
     return member

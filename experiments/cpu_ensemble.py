@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 
 from pneumoxai import __version__, pipeline
-from pneumoxai.config import load_config
+from pneumoxai.config import analysis_members, load_config
 from pneumoxai.run_folder import RunFolder
 
-from _provenance import machine  # experiments/, on sys.path when run as a script
+from _provenance import cpu, machine  # experiments/, on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 TABLES = ("results.csv", "results.md", "comparisons.csv", "diversity.csv", "ensemble_size.csv", "ensemble.json",
-          "failure_slices.csv", "member_failure_slices.csv", "zone_attention.csv", "explain_summary.csv")
+          "failure_slices.csv", "member_failure_slices.csv", "zone_attention.csv", "explain_summary.csv",
+          "layer_choice.csv", "layer_choice.json", "slice_explanations.csv")
 
 
 def main(argv=None):
@@ -34,6 +35,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = load_config(args.config)
     run = RunFolder(args.out)
+    cpu_before = cpu()
     started = time.perf_counter()
     with run.lock():
         pipeline.run_all(run, config, args.data, verbose=2)
@@ -47,13 +49,18 @@ def main(argv=None):
             shutil.copy2(source, out / name)
     for png in sorted(run.path("figures").glob("*.png")):
         shutil.copy2(png, out / png.name)
-    cards = {m["name"]: json.loads((run.member_dir(m["name"]) / "card.json").read_text()) for m in config["members"]}
+    cards = {m["name"]: json.loads((run.analysis_member_dir(m) / "card.json").read_text())
+             for m in analysis_members(config)}
+    stages = {stage: run.read_json(run.stage_marker(stage)) for stage in ("evaluate", "explain", "slices")}
     provenance = {
-        "command": f"python experiments/cpu_ensemble.py --data {args.data} --out {args.out}",
+        "command": f"python experiments/cpu_ensemble.py --data {args.data} --out {args.out} --figures {args.figures}",
         "config": os.path.relpath(args.config, HERE.parent),
         "pneumoxai": __version__,
         "machine": machine(),
+        "cpu": cpu(),
+        "cpu_before": cpu_before,
         "seconds_this_invocation": round(elapsed, 1),
+        "stages": stages,
         "members": {name: {"train_seconds": round(card["train_seconds"], 1), "epochs_run": card["epochs_run"],
                            "seconds_per_epoch": round(card["seconds_per_epoch"], 1),
                            "val_metrics": card["val_metrics"], "versions": card["versions"]}

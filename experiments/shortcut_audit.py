@@ -76,7 +76,7 @@ def _stamp_some(images, mask):
 
 
 def _member_config(epochs, seed):
-    raw = yaml.safe_load((HERE / "configs" / "cpu.yaml").read_text())
+    raw = yaml.safe_load((HERE / "configs" / "cpu64.yaml").read_text())
     raw["defaults"]["epochs_frozen"] = epochs
     # No flips: a flip would move the marker to another corner (real markers do not move either).
     raw["defaults"]["augment"] = {"rotation": 0.0, "flip": False, "contrast": 0.1}

@@ -65,8 +65,8 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     _faithfulness_summary(run, best.name, best_model, images.subset(chosen), predicted[chosen].astype(bool),
                           zones_all, predicted != y, masks, choice)
     _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
-    logger.info("explain: %d images x %d methods, all %d test images with Grad-CAM, %.1f s", len(chosen),
-                len(subset_maps), len(images.paths), time.perf_counter() - started)
+    logger.info("explain: %d images x %d methods, all %d test images with %s, %.1f s", len(chosen),
+                len(subset_maps), len(images.paths), map_label(choice), time.perf_counter() - started)
 
 
 #: Below this input side a ResNet50's last convolutional map is 1x1 and every class-activation map is constant.

@@ -134,6 +134,7 @@ SLICES_SPEC = {
     "max_order": (2, Options((1, 2))),
     "alpha": (0.05, _FRACTION_OPEN),
     "n_clusters": (6, Interval("int", 2, 100)),
+    "n_bins": (4, Interval("int", 2, 1000)),  # = slices.DEFAULT_N_BINS
     # Layer whose activations are clustered into the 'cluster' slicing column; null leaves it out.
     "embedding_layer": ("head_dense2", (None, Predicate(lambda v: isinstance(v, str) and 0 < len(v) <= 128,
                                                         "a layer name"))),

@@ -128,15 +128,22 @@ def test_sorted_findings_first_then_score():
     np.testing.assert_allclose(found["score"], (found["lift"] - 1) * np.sqrt(found["size"]))
 
 
-def test_bin_labels_are_readable_and_partition_the_column():
+def test_bin_labels_are_readable_and_partition_the_column_and_tails_are_the_outer_eighths():
     frame, y, p = _planted()
     found = find_failure_slices(frame, y, p, max_order=1, n_bins=4, min_size=1)
     contrast = found[found["slice"].str.contains("contrast")]
-    assert len(contrast) == 4
+    assert len(contrast) == 6  # 4 bins + 2 tails
     number = r"0\.\d+"
-    patterns = [rf"contrast <= {number}", rf"{number} < contrast <= {number}", rf"contrast > {number}"]
-    assert all(any(re.fullmatch(pat, s) for pat in patterns) for s in contrast["slice"])
-    assert contrast["size"].sum() == len(frame)
+    bins = contrast[contrast["slice"].str.fullmatch(rf"{number} < contrast <= {number}")]
+    lower = contrast[contrast["slice"].str.fullmatch(rf"contrast <= {number}")].sort_values("size")
+    upper = contrast[contrast["slice"].str.fullmatch(rf"contrast > {number}")].sort_values("size")
+    assert len(bins) == 2 and len(lower) == 2 and len(upper) == 2
+    # The bins partition the column; each tail holds 1/8 of it, inside the outer bin.
+    assert bins["size"].sum() + lower["size"].iloc[1] + upper["size"].iloc[1] == len(frame)
+    n = len(frame)
+    assert abs(lower["size"].iloc[0] - n / 8) <= 1 and abs(upper["size"].iloc[0] - n / 8) <= 1
+    tail_mask = slice_mask(frame, found.loc[upper.index[0], "conditions"])
+    assert (frame["contrast"][tail_mask] > frame["contrast"][~tail_mask].max()).all()
     assert set(found.loc[found["slice"].str.startswith("subtype"), "slice"]) == {
         "subtype == bacteria", "subtype == normal", "subtype == virus"
     }
@@ -165,10 +172,14 @@ def test_nan_rows_fall_in_no_bin():
     frame["flag"] = pd.Series([True, False] * 200, dtype=object)
     frame.loc[:49, "flag"] = None
     found = find_failure_slices(frame, y, p, max_order=1, min_size=1)
+    noise = found[found["slice"].str.contains("noise")]
     noise_rows = np.zeros(len(frame), dtype=int)
-    for conds in found.loc[found["slice"].str.contains("noise"), "conditions"]:
+    for conds in noise["conditions"]:
         noise_rows += slice_mask(frame, conds)
-    assert (noise_rows[:100] == 0).all() and (noise_rows[100:] == 1).all()
+    # NaN rows are in no slice; the others in exactly one bin, and the outer eighths in a tail too.
+    tails = [noise[noise["slice"].str.startswith(side)]["size"].min() for side in ("noise <=", "noise >")]
+    assert (noise_rows[:100] == 0).all() and np.isin(noise_rows[100:], (1, 2)).all()
+    assert (noise_rows == 2).sum() == sum(tails) and all(abs(t - 300 / 8) <= 1 for t in tails)
     flag = found[found["slice"].str.startswith("flag")]
     assert set(flag["slice"]) == {"flag == True", "flag == False"}
     assert flag["size"].sum() == len(frame) - 50

@@ -43,7 +43,7 @@ def slices_stage(run, config):
     masks = lung_mask(images)
     frame = _slice_frame(run, config, predictions, images, masks, P, p_ens)
     options = dict(threshold=threshold, min_size=slices_cfg["min_size"], max_order=slices_cfg["max_order"],
-                   alpha=slices_cfg["alpha"])
+                   alpha=slices_cfg["alpha"], n_bins=slices_cfg["n_bins"])
     found = find_failure_slices(frame, y, p_ens, **options)
     _io.write_csv(run.table("failure_slices.csv"), found.drop(columns=["conditions"], errors="ignore"), index=False)
     per_member = member_failure_slices(frame, y, P, p_ens, names, **options)

@@ -12,7 +12,8 @@ without being told about the marker:
     k-means clusters of the penultimate embeddings): is a slice that isolates the
     marked images among the top 3, with q < 0.05?
 (b) maps (fused LayerCAM over conv3/conv4/conv5): share of the marked false
-    positives whose map peaks inside the marker box, and their off-lung share
+    positives whose map peaks inside the marker box, with the pointing game's standard
+    slack (15 px at 224 px, :func:`pneumoxai.audit.pointing_tolerance`) and without, and their off-lung share
     (:func:`pneumoxai.explain.zone_attention`) against the same images' clean copies;
 (c) counterfactual: share of those errors that become correct once the marker is
     inpainted away (:func:`pneumoxai.audit.counterfactual_flip_rate`);
@@ -144,6 +145,8 @@ def audit_member(name, model, test, threshold, box, layers):
     others = {"hirescam_conv3": explain.gradcam(model, test["x"][explain_rows], method="hirescam", layer=layers[0]),
               "gradcam_conv5": explain.gradcam(model, test["x"][explain_rows], method="gradcam")}
     r0, c0, r1, c1 = box
+    tolerance = audit.pointing_tolerance(int(model.input_shape[1]))
+
     def box_share(m):
         with np.errstate(invalid="ignore"):  # an all-zero map has no mass to share
             return float(np.nanmean(m[:, r0:r1, c0:c1].sum(axis=(1, 2)) / m.sum(axis=(1, 2))))
@@ -185,14 +188,17 @@ def audit_member(name, model, test, threshold, box, layers):
         "a_top1_q": float(found["q_value"].iloc[0]) if len(found) else None,
         "a_n_findings": int(found["finding"].sum()) if len(found) else 0,
         "b_maps_on": "marked false positives" if marked_fp.sum() >= 3 else "marked normals (too few errors)",
+        "a_top3": "; ".join(f"{s} (q={q:.1e}, precision={pr:.2f}, recall={rc:.2f})" for s, q, pr, rc in
+                            zip(top3["slice"], top3["q_value"], top3["marked_precision"], top3["marked_recall"])),
         "a_top3_n_bins8": "; ".join(f"{s} (q={q:.1e}, precision={pr:.2f}, recall={rc:.2f})" for s, q, pr, rc in
                                      zip(fine["slice"], fine["q_value"], fine_precision, fine_recall)),
-        "b_peak_in_box_layercam_fused": audit.peak_in_box(maps, box),
-        "b_peak_in_box_layercam_fused_tol4": audit.peak_in_box(maps, box, tolerance=4),
-        "b_peak_in_box_layercam_fused_tol4_caused_errors": (
-            audit.peak_in_box(maps[caused[explain_rows]], box, tolerance=4) if caused.any() else float("nan")),
-        "b_peak_in_box_hirescam_conv3_tol4": audit.peak_in_box(others["hirescam_conv3"], box, tolerance=4),
-        "b_peak_in_box_gradcam_conv5_tol4": audit.peak_in_box(others["gradcam_conv5"], box, tolerance=4),
+        "b_pointing_tolerance_px": tolerance,
+        "b_pointing_game_layercam_fused": audit.peak_in_box(maps, box, tolerance=tolerance),
+        "b_peak_strictly_in_box_layercam_fused": audit.peak_in_box(maps, box),
+        "b_pointing_game_layercam_fused_caused_errors": (
+            audit.peak_in_box(maps[caused[explain_rows]], box, tolerance=tolerance) if caused.any() else float("nan")),
+        "b_pointing_game_hirescam_conv3": audit.peak_in_box(others["hirescam_conv3"], box, tolerance=tolerance),
+        "b_pointing_game_gradcam_conv5": audit.peak_in_box(others["gradcam_conv5"], box, tolerance=tolerance),
         "b_box_mass_layercam_fused": box_share(maps),
         "b_box_mass_same_images_clean": box_share(maps_clean),
         "b_box_mass_hirescam_conv3": box_share(others["hirescam_conv3"]),
@@ -206,6 +212,13 @@ def audit_member(name, model, test, threshold, box, layers):
         "c_counterfactual_flip_rate_inpainted_at_224": flip_full,
         "seconds_per_image_fused_layercam": seconds,
     }
+    # The issue's criteria, as stated there, for the marked member.
+    summary.update({
+        "pass_a_marker_slice_in_top3_q_lt_0.05": bool(best is not None and best["q_value"] < 0.05),
+        "pass_b_pointing_game_ge_0.9": bool(summary["b_pointing_game_layercam_fused"] >= 0.9),
+        "pass_b_off_lung_share_rises": bool(summary["b_off_lung_marked"] > summary["b_off_lung_same_images_clean"]),
+        "pass_c_flip_rate_ge_0.8": bool(flip >= 0.8),
+    })
     examples = {"x": test["x"][explain_rows][:4], "maps": maps[:4],
                 "x_removed": audit.remove_marker(test["x"][explain_rows][:4], box),
                 "p": p[explain_rows][:4]}

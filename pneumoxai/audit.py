@@ -32,6 +32,7 @@ __all__ = [
     "remove_marker",
     "counterfactual_flip_rate",
     "peak_in_box",
+    "pointing_tolerance",
 ]
 
 #: Allowed values of the ``corner`` parameter.
@@ -264,6 +265,19 @@ def counterfactual_flip_rate(model_or_predict_fn, images, y_true, box, *, thresh
     cleaned = remove_marker(x[errors], boxes if len(boxes) == 1 else boxes[errors])
     after = (_probabilities(model_or_predict_fn, cleaned, batch_size) >= threshold).astype(int) != y[errors]
     return float((~after).mean())
+
+
+def pointing_tolerance(size):
+    """Pixels of slack of the standard pointing game at image side ``size``: 15 px at 224 px
+    (Zhang et al. 2018, "Top-down neural attention by excitation backprop"), scaled.
+
+    Examples
+    --------
+    >>> pointing_tolerance(224), pointing_tolerance(64), pointing_tolerance(128)
+    (15, 4, 9)
+    """
+    check_param("pointing_tolerance", "size", size, Interval("int", 1, None))
+    return int(round(15 * size / 224))
 
 
 def peak_in_box(maps, box, *, tolerance=0):

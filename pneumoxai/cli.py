@@ -211,10 +211,10 @@ def _import(args):
     from .config import apply_overrides, load_config, parse_config
     from .data import find_data_root
     from .errors import ConfigError
-    from .importing import import_members
+    from .importing import import_members, parse_member_spec
     from .run_folder import RunFolder
 
-    names = [spec.partition("=")[0].strip() for spec in args.member]
+    names = [parse_member_spec(spec)[0] for spec in args.member]
     members = [{"name": name, "imported": True} for name in names]
     # The members are the imported ones; a --config contributes its data, evaluate, explain and slices sections.
     base = {"members": members} if args.config is None else {**load_config(args.config), "members": members}

@@ -36,6 +36,7 @@ __all__ = [
     "read_predictions_file",
     "member_kind",
     "predictions_of",
+    "parse_member_spec",
 ]
 
 logger = logging.getLogger("pneumoxai")
@@ -98,8 +99,9 @@ def read_predictions_file(path, *, data_root=None):
     return out
 
 
-def _member_source(spec):
-    if "=" not in spec:
+def parse_member_spec(spec):
+    """``(name, path)`` of a ``NAME=PATH`` member to import, or a ConfigError naming the form."""
+    if not spec.partition("=")[0].strip() or not spec.partition("=")[2].strip():
         raise ConfigError(f"A member to import must look like NAME=PATH (a .keras model or a .csv/.parquet "
                           f"predictions file); got {spec!r}.")
     name, path = spec.split("=", 1)
@@ -170,7 +172,7 @@ def import_members(run, members, *, data_root=None, config, table, preprocess=No
     from . import models
 
     preprocess, positive_index = preprocess or {}, positive_index or {}
-    entries = [_member_source(spec) for spec in members]
+    entries = [parse_member_spec(spec) for spec in members]
     names = [name for name, _ in entries]
     unknown = sorted((set(preprocess) | set(positive_index)) - set(names))
     if unknown:

@@ -127,6 +127,14 @@ def test_predictions_missing_for_test_images_are_refused(make_kaggle_tree, tmp_p
     assert code == cli.EXIT_ERROR and "has no probability for 12 of the" in err
 
 
+@pytest.mark.parametrize("spec", ["model.keras", "=model.keras", "name="])
+def test_a_member_spec_without_a_name_is_refused_before_any_work(tmp_path, capsys, spec):
+    code, _, err = run_cli(capsys, "import", "--data", tmp_path, "--out", tmp_path / "run", "--member", spec)
+    assert code == cli.EXIT_ERROR and err.count("\n") == 1
+    assert "must look like NAME=PATH" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_user_given_validation_and_test_lists(make_kaggle_tree, tmp_path, capsys):
     root = make_kaggle_tree(n_per_class=8, size=32)
     frame = data.scan_dataset(root)

@@ -294,7 +294,7 @@ def _figure_and_axes(ax, figsize):
 
 
 def plot_slice_maps(explanations, mean_maps, *, background=None, mask=None, reference_map=None, top=6,
-                    path=None, formats=("png", "pdf")):
+                    method="Grad-CAM", path=None, formats=("png", "pdf")):
     """Mean attention map of each failure slice's errors, with its zone shift against correct calls.
 
     Parameters
@@ -312,6 +312,8 @@ def plot_slice_maps(explanations, mean_maps, *, background=None, mask=None, refe
         The mean map of correct calls, drawn as the first panel for comparison.
     top : int, default=6
         At most this many slices.
+    method : str, default="Grad-CAM"
+        Name of the maps, for the title (e.g. "HiResCAM (fused)").
     path : str or path-like, default=None
         Where to save the figure; see :func:`plot_slice_error_rates`.
     formats : tuple of str, default=("png", "pdf")
@@ -354,5 +356,5 @@ def plot_slice_maps(explanations, mean_maps, *, background=None, mask=None, refe
                 ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="white", linewidths=0.8)
             ax.set_title(title, fontsize=7)
             ax.set_xlabel(note, fontsize=7)
-        fig.suptitle("Where each failure slice's errors look (mean Grad-CAM of the ensemble)")
+        fig.suptitle(f"Where each failure slice's errors look (mean {method} of the ensemble)")
         return finish_figure(fig, path, formats, "plot_slice_maps")

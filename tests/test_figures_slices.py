@@ -113,7 +113,8 @@ def test_slice_maps_panel_per_slice_with_the_reference_first():
     table = pd.DataFrame({"slice": ["a == 1", "b > 2"], "n_errors": [5, 3], "off_lung_shift": [0.25, np.nan],
                           "top_zone_shift": ["off_lung_attention", None]})
     maps = np.stack([np.eye(8), np.fliplr(np.eye(8))])
-    fig = figures.plot_slice_maps(table, maps, reference_map=np.zeros((8, 8)))
+    fig = figures.plot_slice_maps(table, maps, reference_map=np.zeros((8, 8)), method="HiResCAM (fused)")
+    assert fig._suptitle.get_text().endswith("(mean HiResCAM (fused) of the ensemble)")
     axes = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in axes] == ["correct calls (reference)", "a == 1", "b > 2"]
     assert axes[1].get_xlabel() == "5 errors; off-lung +0.25" and axes[2].get_xlabel() == "3 errors"

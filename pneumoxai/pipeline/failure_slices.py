@@ -95,7 +95,8 @@ def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshol
                  slices=table["slice"].to_numpy(dtype=str))
     correct = (p_ens >= threshold).astype(int) == y
     plot_slice_maps(table, mean_maps, background=images.mean(axis=(0, 3)), mask=masks.mean(axis=0) > 0.5,
-                    reference_map=maps[correct].mean(axis=0), path=run.figure_stem("slice_maps"))
+                    reference_map=maps[correct].mean(axis=0), method=_test_maps_method(run),
+                    path=run.figure_stem("slice_maps"))
 
 
 def _per_image_deletion(run, config, found, frame, maps, y, p_ens, threshold, paths):
@@ -162,6 +163,14 @@ def _slice_figures(run, found, frame, images, y, p_ens, threshold, paths):
         figures.plot_slice_examples(found, frame, images, maps=_load_test_maps(run, paths), y_true=y, y_prob=p_ens,
                                     threshold=threshold, top=4, n_examples=4, path=run.figure_stem("slices_examples"))
     figures.plot_feature_distributions(frame, y, p_ens, threshold=threshold, path=run.figure_stem("slices_features"))
+
+
+def _test_maps_method(run):
+    """Display name of the method behind the explain stage's test-split maps."""
+    from .explanations import TEST_MAPS_FILE
+
+    data = _io.load_npz(run.maps(TEST_MAPS_FILE))
+    return str(data["method"]) if "method" in data else "Grad-CAM"
 
 
 def _load_test_maps(run, paths):

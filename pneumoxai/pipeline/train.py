@@ -204,6 +204,9 @@ def _train_one(run, member, wanted, manifest, cache, distribution, chief, verbos
               "reproducibility": "same seed and config reproduce predictions on CPU to within 1e-5 "
                                  "(multi-threaded float reductions are not bit-exact)"}
     snapshots = member["snapshots"] > 1
+    if chief:
+        # Before training: a snapshot saved just before a kill is complete, and so must be what it was trained on.
+        _io.write_json(member_dir / "train_paths.json", sorted(set(map(str, paths))))
     started = time.perf_counter()
     with distribution.scope(), _snapshot_folder(member_dir, record, snapshots, chief) as snapshot_dir:
         model = models.build_member(size, member["weights"], backbone=member["backbone"], seed=member["seed"],
@@ -219,8 +222,6 @@ def _train_one(run, member, wanted, manifest, cache, distribution, chief, verbos
     y_val = val_frame["label"].to_numpy()
     trained = {"history": info["history"], "epochs_run": info["epochs_run"],
                "seconds_per_epoch": info["seconds_per_epoch"], "train_seconds": time.perf_counter() - started}
-    if chief:
-        _io.write_json(member_dir / "train_paths.json", sorted(set(map(str, paths))))
     if snapshots and chief:
         val_metrics = _finish_snapshots(member, member_dir, trained, val_images, y_val)
     else:

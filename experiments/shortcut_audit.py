@@ -11,7 +11,8 @@ without being told about the marker:
     the pipeline builds: image features and lung masks at 224 px, confidence bin,
     k-means clusters of the penultimate embeddings): is a slice that isolates the
     marked images among the top 3, with q < 0.05?
-(b) maps (fused LayerCAM over conv3/conv4/conv5): share of the marked false
+(b) maps (the map the explain stage's rule, :func:`pneumoxai.explain.choose_map_method`, picks
+    on 8 random test images; also fused LayerCAM over conv3/conv4/conv5): share of the marked false
     positives whose map peaks inside the marker box, with the pointing game's standard
     slack (15 px at 224 px, :func:`pneumoxai.audit.pointing_tolerance`) and without, and their off-lung share
     (:func:`pneumoxai.explain.zone_attention`) against the same images' clean copies;
@@ -144,6 +145,14 @@ def audit_member(name, model, test, threshold, box, layers):
     maps_clean = explain.gradcam(model, test["x_clean"][explain_rows], method="layercam", layers=layers)
     others = {"hirescam_conv3": explain.gradcam(model, test["x"][explain_rows], method="hirescam", layer=layers[0]),
               "gradcam_conv5": explain.gradcam(model, test["x"][explain_rows], method="gradcam")}
+    # The map the explain stage would choose, measured as it does: 8 test images it was not told anything about.
+    sample = np.random.default_rng(0).choice(len(y), size=8, replace=False)
+    choice, _ = explain.choose_map_method(explain.compare_layers(
+        model, test["x"][sample], [layers[-1:], layers], methods=("gradcam", "layercam", "hirescam"),
+        target=called[sample], n_randomized=3))
+    chosen_layers = layers if "+" in choice["layer"] else layers[-1:]
+    chosen = explain.gradcam(model, test["x"][explain_rows], method=choice["method"], layers=chosen_layers)
+    chosen_clean = explain.gradcam(model, test["x_clean"][explain_rows], method=choice["method"], layers=chosen_layers)
     r0, c0, r1, c1 = box
     tolerance = audit.pointing_tolerance(int(model.input_shape[1]))
 
@@ -192,6 +201,13 @@ def audit_member(name, model, test, threshold, box, layers):
                             zip(top3["slice"], top3["q_value"], top3["marked_precision"], top3["marked_recall"])),
         "a_top3_n_bins8": "; ".join(f"{s} (q={q:.1e}, precision={pr:.2f}, recall={rc:.2f})" for s, q, pr, rc in
                                      zip(fine["slice"], fine["q_value"], fine_precision, fine_recall)),
+        "b_pipeline_choice": f"{choice['method']} on {choice['layer']}",
+        "b_pointing_game_pipeline_choice": audit.peak_in_box(chosen, box, tolerance=tolerance),
+        "b_box_mass_pipeline_choice": box_share(chosen),
+        "b_box_mass_pipeline_choice_clean": box_share(chosen_clean),
+        "b_off_lung_pipeline_choice": float(np.nanmean(explain.zone_attention(chosen, masks)["off_lung_attention"])),
+        "b_off_lung_pipeline_choice_clean": float(np.nanmean(
+            explain.zone_attention(chosen_clean, masks)["off_lung_attention"])),
         "b_pointing_tolerance_px": tolerance,
         "b_pointing_game_layercam_fused": audit.peak_in_box(maps, box, tolerance=tolerance),
         "b_peak_strictly_in_box_layercam_fused": audit.peak_in_box(maps, box),
@@ -215,8 +231,9 @@ def audit_member(name, model, test, threshold, box, layers):
     # The issue's criteria, as stated there, for the marked member.
     summary.update({
         "pass_a_marker_slice_in_top3_q_lt_0.05": bool(best is not None and best["q_value"] < 0.05),
-        "pass_b_pointing_game_ge_0.9": bool(summary["b_pointing_game_layercam_fused"] >= 0.9),
-        "pass_b_off_lung_share_rises": bool(summary["b_off_lung_marked"] > summary["b_off_lung_same_images_clean"]),
+        "pass_b_pointing_game_ge_0.9": bool(summary["b_pointing_game_pipeline_choice"] >= 0.9),
+        "pass_b_off_lung_share_rises": bool(summary["b_off_lung_pipeline_choice"]
+                                            > summary["b_off_lung_pipeline_choice_clean"]),
         "pass_c_flip_rate_ge_0.8": bool(flip >= 0.8),
     })
     examples = {"x": test["x"][explain_rows][:4], "maps": maps[:4],

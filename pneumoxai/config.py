@@ -20,6 +20,7 @@ import yaml
 
 from .data import INTERPOLATIONS
 from .errors import ConfigError, short_repr
+from .slices import DEFAULT_N_BINS
 from .validation import BOOLEAN, Constraint, Interval, ListOf, Options, Predicate, check_param, describe, is_valid
 
 __all__ = ["MEMBER_SPEC", "AUGMENT_SPEC", "load_config", "parse_config", "apply_overrides", "config_hash",
@@ -134,7 +135,7 @@ SLICES_SPEC = {
     "max_order": (2, Options((1, 2))),
     "alpha": (0.05, _FRACTION_OPEN),
     "n_clusters": (6, Interval("int", 2, 100)),
-    "n_bins": (4, Interval("int", 2, 1000)),  # = slices.DEFAULT_N_BINS
+    "n_bins": (DEFAULT_N_BINS, Interval("int", 2, 1000)),
     # Layer whose activations are clustered into the 'cluster' slicing column; null leaves it out.
     "embedding_layer": ("head_dense2", (None, Predicate(lambda v: isinstance(v, str) and 0 < len(v) <= 128,
                                                         "a layer name"))),

@@ -101,10 +101,10 @@ def read_predictions_file(path, *, data_root=None):
 
 def parse_member_spec(spec):
     """``(name, path)`` of a ``NAME=PATH`` member to import, or a ConfigError naming the form."""
-    if not spec.partition("=")[0].strip() or not spec.partition("=")[2].strip():
+    name, _, path = spec.partition("=")
+    if not name.strip() or not path.strip():
         raise ConfigError(f"A member to import must look like NAME=PATH (a .keras model or a .csv/.parquet "
                           f"predictions file); got {spec!r}.")
-    name, path = spec.split("=", 1)
     return name.strip(), Path(path.strip())
 
 

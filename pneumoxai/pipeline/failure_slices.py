@@ -49,8 +49,10 @@ def slices_stage(run, config):
     per_member = member_failure_slices(frame, y, P, p_ens, names, **options)
     _io.write_csv(run.table("member_failure_slices.csv"),
                   per_member.drop(columns=["conditions"], errors="ignore"), index=False)
-    _slice_figures(run, found, frame, images, y, p_ens, threshold, predictions["path"])
-    _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, predictions["path"])
+    test_maps, method = _load_test_maps(run, predictions["path"])
+    _slice_figures(run, found, frame, images, y, p_ens, threshold, test_maps)
+    _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, predictions["path"], test_maps,
+                    method)
     n_findings = int(found["finding"].sum()) if len(found) else 0
     logger.info("slices: %d slices tested-and-kept, %d significant after BH correction, %.1f s", len(found),
                 n_findings, time.perf_counter() - started)
@@ -77,12 +79,11 @@ def _slice_frame(run, config, predictions, images, masks, P, p_ens):
 _FAITHFULNESS_IMAGES = 64
 
 
-def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, paths):
+def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, paths, maps, method):
     """Mean map, zone shift and map faithfulness of each significant slice (needs the explain stage's maps)."""
     from ..explain import slice_explanations
     from ..figures import plot_slice_maps
 
-    maps = _load_test_maps(run, paths)
     if maps is None or not len(found) or not found["finding"].any():
         why = "no significant slice" if maps is not None else "no maps of the test split (run explain)"
         logger.info("slices: no slice explanations: %s", why)
@@ -95,7 +96,7 @@ def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshol
                  slices=table["slice"].to_numpy(dtype=str))
     correct = (p_ens >= threshold).astype(int) == y
     plot_slice_maps(table, mean_maps, background=images.mean(axis=(0, 3)), mask=masks.mean(axis=0) > 0.5,
-                    reference_map=maps[correct].mean(axis=0), method=_test_maps_method(run),
+                    reference_map=maps[correct].mean(axis=0), method=method,
                     path=run.figure_stem("slice_maps"))
 
 
@@ -153,36 +154,30 @@ def _off_lung_scores(run, paths):
     return {"off_lung_attention": zones.set_index("path").loc[paths, "off_lung_attention"].to_numpy()}
 
 
-def _slice_figures(run, found, frame, images, y, p_ens, threshold, paths):
+def _slice_figures(run, found, frame, images, y, p_ens, threshold, maps):
     from .. import figures
 
     errors = (p_ens >= threshold).astype(int) != y
     if len(found):
         figures.plot_slice_error_rates(found, top=10, overall_rate=float(errors.mean()),
                                        path=run.figure_stem("slices_top"))
-        figures.plot_slice_examples(found, frame, images, maps=_load_test_maps(run, paths), y_true=y, y_prob=p_ens,
+        figures.plot_slice_examples(found, frame, images, maps=maps, y_true=y, y_prob=p_ens,
                                     threshold=threshold, top=4, n_examples=4, path=run.figure_stem("slices_examples"))
     figures.plot_feature_distributions(frame, y, p_ens, threshold=threshold, path=run.figure_stem("slices_features"))
 
 
-def _test_maps_method(run):
-    """Display name of the method behind the explain stage's test-split maps."""
-    from .explanations import TEST_MAPS_FILE
-
-    data = _io.load_npz(run.maps(TEST_MAPS_FILE))
-    return str(data["method"]) if "method" in data else "Grad-CAM"
-
-
 def _load_test_maps(run, paths):
-    """The explain stage's maps of the whole test split (its chosen method), at DISPLAY_SIZE, or None."""
+    """The explain stage's maps of the whole test split at DISPLAY_SIZE and the display name of their
+    method, or ``(None, None)`` when the stage has not run on these images."""
     from ..explain import resize_maps
     from .explanations import TEST_MAPS_FILE
 
     path = run.maps(TEST_MAPS_FILE)
     if not path.exists():
-        return None
+        return None, None
     data = _io.load_npz(path)
     index = {p: i for i, p in enumerate(data["paths"].astype(str))}
     if not set(paths) <= set(index):
-        return None
-    return resize_maps(data["maps"][[index[p] for p in paths]], DISPLAY_SIZE)
+        return None, None
+    method = str(data["method"]) if "method" in data else "Grad-CAM"
+    return resize_maps(data["maps"][[index[p] for p in paths]], DISPLAY_SIZE), method

@@ -102,20 +102,18 @@ def train_members(run, config, names=None, *, table=None, verbose="auto", strate
         with RunFolder(member_dir).lock() if chief else contextlib.nullcontext():
             _io.remove_orphan_temp_files(member_dir)  # e.g. a checkpoint cut short by kill -9
             wanted = config_hash(member)
-            row = _up_to_date(member, member_dir, wanted, manifest)
+            row = _up_to_date(run, member, wanted, manifest)
             if row is None:
                 row = _train_one(run, member, wanted, manifest, cache, distribution, chief, verbose)
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _saved_folders(member, member_dir):
-    """The member folders one training run of ``member`` writes: itself, or its snapshots."""
-    from ..config import snapshot_name
+def _saved_folders(run, member):
+    """The member folders one training run of ``member`` writes: its own, or its snapshots'."""
+    from ..config import analysis_members
 
-    if member["snapshots"] > 1:
-        return [member_dir / snapshot_name(member["name"], k) for k in range(1, member["snapshots"] + 1)]
-    return [member_dir]
+    return [run.analysis_member_dir(m) for m in analysis_members({"members": [member]})]
 
 
 def _selected_members(config, names):
@@ -128,12 +126,12 @@ def _selected_members(config, names):
     return [m for m in members if m["name"] in names]
 
 
-def _up_to_date(member, member_dir, wanted, manifest):
+def _up_to_date(run, member, wanted, manifest):
     """The summary row of a member already trained with this config and data, else None."""
     from .. import models
 
     cards = []
-    for folder in _saved_folders(member, member_dir):
+    for folder in _saved_folders(run, member):
         if not models.is_member_dir(folder):
             return None
         try:
@@ -223,7 +221,7 @@ def _train_one(run, member, wanted, manifest, cache, distribution, chief, verbos
     trained = {"history": info["history"], "epochs_run": info["epochs_run"],
                "seconds_per_epoch": info["seconds_per_epoch"], "train_seconds": time.perf_counter() - started}
     if snapshots and chief:
-        val_metrics = _finish_snapshots(member, member_dir, trained, val_images, y_val)
+        val_metrics = _finish_snapshots(run, member, trained, val_images, y_val)
     else:
         val_metrics = _quick_metrics(y_val, models.predict_proba(model, val_images))
         if chief and not snapshots:
@@ -263,12 +261,12 @@ def _snapshot_folder(member_dir, record, snapshots, chief):
     yield member_dir
 
 
-def _finish_snapshots(member, member_dir, trained, val_images, y_val):
+def _finish_snapshots(run, member, trained, val_images, y_val):
     """Record each snapshot's name, validation metrics and timing on its card; return the last one's metrics."""
     from .. import models
 
     val_metrics = None
-    for folder in _saved_folders(member, member_dir):
+    for folder in _saved_folders(run, member):
         snapshot, card = models.load_member(folder)
         val_metrics = _quick_metrics(y_val, models.predict_proba(snapshot, val_images))
         logger.info("member %s: val AUC %.4f", folder.name, val_metrics["roc_auc"])

@@ -12,7 +12,8 @@ specificity and recall at the Youden threshold chosen on validation, at 0.5, and
 threshold of best expected accuracy at a deployment prevalence given by
 ``--deployment-prevalence`` (metrics.prevalence_threshold). Snapshot arms
 (``snapshots > 1``) also score every snapshot member, their soft-voting mean, the DeLong
-test of the ensemble against its best member, and the members' diversity.
+test of the ensemble against its best member, and the members' diversity; ``--ensemble`` scores the
+same for finished arms taken as independent members (e.g. ``noflip noflip+seed1 noflip+seed2``).
 
 Writes ``figures/ablation_cpu/``: results.csv/.md (one row per arm, split and model),
 diversity.csv and provenance.json (command, CPU model and flags, load average, seconds
@@ -51,6 +52,9 @@ ARMS = {
     "progressive": ("progressive sizes 96 -> 128", {"progressive_sizes": [96, 128]}),
     "fixres": ("train at 96 then 112 px, predict at 128 px (FixRes)", {"progressive_sizes": [96, 112]}),
     "fp32": ("float32 instead of native bfloat16", {"precision": "float32"}),
+    # Independent members: the same recipe from another initialisation, augmentation and batch order.
+    "seed1": ("seed 1", {"seed": 1}),
+    "seed2": ("seed 2", {"seed": 2}),
 }
 
 
@@ -172,6 +176,39 @@ def run_arm(arm, args, frames, images, out):
     return record
 
 
+def independent_ensemble(arms, records, frames, out, args):
+    """Soft vote of finished arms trained as independent members (e.g. seeds): rows, DeLong p, diversity."""
+    by_arm = {r["arm"]: r for r in records if r["scope"] == (f"subset {args.max_train_images}"
+                                                             if args.max_train_images else "full")}
+    missing = [arm for arm in arms if arm not in by_arm]
+    if missing:
+        raise SystemExit(f"--ensemble: arm(s) {missing} not finished in {out} at this scope")
+    names = [arm.replace("+", "_").replace(":", "_") for arm in arms]
+    P = {}
+    for arm, name in zip(arms, names):
+        saved = np.load(out / "arms" / f"{by_arm[arm]['key']}_predictions.npz")
+        P[name] = {split: saved[f"{name}__{split}"] for split in ("val", "test")}
+    label = "ensemble(" + ", ".join(arms) + ")"
+    P_ens = {split: np.mean([P[n][split] for n in names], axis=0) for split in ("val", "test")}
+    members = [by_arm[arm] for arm in arms]
+    scope = members[0]["scope"]
+    rows = rows_for(label, f"soft voting of {len(arms)} independent members", scope, "soft_voting(independent)",
+                    P_ens, frames, args.deployment_prevalence, args.n_boot)
+    y_val, y_test = frames["val"]["label"].to_numpy(), frames["test"]["label"].to_numpy()
+    best = max(names, key=lambda n: metrics.evaluate(y_val, P[n]["val"], n_boot=0)["roc_auc"])
+    versus = metrics.compare(y_test, P_ens["test"], P[best]["test"])
+    div = ensemble.diversity(np.column_stack([P[n]["test"] for n in names]), y_test)
+    div.insert(0, "arm", label)
+    return {"arm": label, "key": "ensemble__" + "__".join(names), "lever": rows[0]["lever"], "scope": scope,
+            "n_train": members[0]["n_train"], "epochs_run": sum(m["epochs_run"] for m in members),
+            "seconds_per_epoch": float(np.mean([m["seconds_per_epoch"] for m in members])),
+            "train_seconds": sum(m["train_seconds"] for m in members), "precision": members[0]["precision"],
+            "loadavg_before": None, "loadavg_after": None, "rows": rows,
+            "ensemble_vs_best_member": {"best_member_by_val_auc": best, "auc_ensemble": versus["auc_a"],
+                                        "auc_best": versus["auc_b"], "delong_p": versus["auc_p"]},
+            "diversity": div.to_dict(orient="records")}
+
+
 def write_tables(records, figures, command):
     figures.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame([row | {"n_train": r["n_train"], "seconds_per_epoch": r["seconds_per_epoch"],
@@ -237,6 +274,10 @@ def main(argv=None):
                         help="after the screen, train the arm with the best VALIDATION AUC on the whole train split "
                              "as an N-snapshot cosine ensemble (0: no confirmation)")
     parser.add_argument("--confirm-epochs", type=int, default=6)
+    parser.add_argument("--ensemble", nargs="+", default=[], metavar="ARM",
+                        help="after the screen, score the soft vote of these finished arms as independent members "
+                             "(e.g. noflip noflip+seed1 noflip+seed2): diversity and DeLong p against the best "
+                             "member by validation AUC")
     args = parser.parse_args(argv)
     args.max_train_images = args.max_train_images or None
     command = "python experiments/ablation_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -253,6 +294,10 @@ def main(argv=None):
     for arm in args.arms:
         record = run_arm(arm, args, frames, images, out)
         screened.append(record)
+        records = [r for r in records if r["key"] != record["key"]] + [record]
+        summary = write_tables(records, Path(args.figures), command)
+    if args.ensemble:
+        record = independent_ensemble(args.ensemble, records, frames, out, args)
         records = [r for r in records if r["key"] != record["key"]] + [record]
         summary = write_tables(records, Path(args.figures), command)
     if args.confirm:

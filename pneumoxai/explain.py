@@ -1427,6 +1427,9 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         deletion = deletion_auc(model, x, maps, steps=steps, target=is_pneumonia).mean()
         return {"deletion_auc": deletion, "road_morf": morf, "road_lerf": lerf, "road_gap": lerf - morf}
 
+    n_randomized = _positive_int("compare_layers", "n_randomized", n_randomized)
+    # One randomized copy serves every candidate, as randomization_check(..., seed=seed) would build it each time.
+    randomized = _randomized_copy(model, n_randomized, seed)
     rows = []
     for method in methods:
         for spec in specs:
@@ -1434,11 +1437,11 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
             started = time.perf_counter()
             maps = explainer(x, target=is_pneumonia)
             seconds = (time.perf_counter() - started) / len(x)
-            spearman = randomization_check(model, x, method=method, layers=spec, n_layers=n_randomized,
-                                           target=is_pneumonia, batch_size=batch_size, max_n=max_n, seed=seed)
+            maps_randomized = _cam_explainer("compare_layers", randomized, method, None, batch_size, max_n,
+                                             layers=spec)(x, target=is_pneumonia)
             rows.append({"method": method, "layer": "+".join(spec),
                          "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),
-                         **scores(maps), "randomization_spearman": _nanmedian(spearman),
+                         **scores(maps), "randomization_spearman": _nanmedian(_spearman_rows(maps, maps_randomized)),
                          "seconds_per_image": seconds})
     chance = np.random.default_rng(seed).random(x.shape[:3], dtype=np.float32)
     rows.append({"method": "random", "layer": "", "map_side": x.shape[1], **scores(chance),

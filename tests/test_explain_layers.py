@@ -249,6 +249,13 @@ def test_compare_layers_scores_every_method_and_layer(deep):
     assert (table["seconds_per_image"][:-1] > 0).all()
     # NaN where re-initialising the head leaves a constant (all-zero) Grad-CAM
     assert table["randomization_spearman"][2:4].between(-1, 1).all()
+    # The one randomized copy the table shares is the one randomization_check builds for each call.
+    for row, (method, layers) in zip(table.itertuples(), [("gradcam", ["conv_last"]), ("gradcam", fused),
+                                                          ("layercam", ["conv_last"]), ("layercam", fused)]):
+        alone = explain.randomization_check(model, x, method=method, layers=layers, target="predicted")
+        finite = alone[np.isfinite(alone)]
+        np.testing.assert_allclose(row.randomization_spearman, np.median(finite) if finite.size else np.nan,
+                                   atol=1e-6)
 
 
 def _candidates(gaps, spearmans, sides, random_gap=0.01):
@@ -350,6 +357,8 @@ BAD_INPUTS = [
      "'methods' parameter of compare_layers .* got 'lime'"),
     ("compare layers", lambda m: explain.compare_layers(m, GOOD, "conv_a"), ConfigError,
      "'layers' parameter of compare_layers"),
+    ("compare randomized", lambda m: explain.compare_layers(m, GOOD, ["conv_a"], n_randomized=0), ConfigError,
+     "'n_randomized' parameter of compare_layers must be an int >= 1"),
     ("choice table", lambda m: explain.choose_map_method(pd.DataFrame({"method": ["gradcam"]})), ConfigError,
      "'table' parameter of choose_map_method must be the DataFrame compare_layers returns"),
     ("choice tie", lambda m: explain.choose_map_method(_candidates((0.3,), (0.5,), (3,)), tie=-1), ConfigError,

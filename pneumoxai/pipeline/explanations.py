@@ -149,8 +149,7 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
 
 def map_label(choice):
     """Display name of the chosen test-split map, e.g. "LayerCAM (fused)"."""
-    name = _METHOD_LABELS[choice["method"]].replace(" (fused)", "")
-    return f"{name} (fused)" if choice["fused"] else name
+    return _method_label(choice["method"], fused=choice["fused"])
 
 
 def _test_split_maps(run, member_models, images, predicted, masks, choice):
@@ -195,8 +194,14 @@ def _select_for_gallery(y, predicted, max_images, seed=0):
     return np.concatenate([chosen_fn, chosen_fp, chosen_correct]).astype(int)
 
 
-_METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
-                  "layercam": "LayerCAM (fused)", "hirescam": "HiResCAM (fused)", "saliency": "Saliency", "shap": "SHAP"}
+_METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "layercam": "LayerCAM",
+                 "hirescam": "HiResCAM", "saliency": "Saliency", "shap": "SHAP"}
+
+
+def _method_label(method, *, fused):
+    return f"{_METHOD_NAMES[method]} (fused)" if fused else _METHOD_NAMES[method]
+
+
 # Maps fused over several layers (finer than the last block's), the others from the last block.
 _FUSED_METHODS = ("layercam", "hirescam")
 
@@ -209,7 +214,7 @@ def _gallery_maps(run, config, member_models, images, target, methods):
     for method in methods:
         if method in ("gradcam", "gradcam++", "scorecam", *_FUSED_METHODS):
             layers = "auto" if method in _FUSED_METHODS else None
-            maps[_METHOD_LABELS[method]] = ensemble_gradcam(member_models, images.for_models(member_models),
+            maps[_method_label(method, fused=method in _FUSED_METHODS)] = ensemble_gradcam(member_models, images.for_models(member_models),
                                                             method=method, layers=layers, target=target,
                                                             size=DISPLAY_SIZE)[0]
         elif method == "shap":

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
-.venv/bin/python -m pytest --doctest-modules pneumoxai tests "$@"
+# --durations: the slowest tests in every log, to keep the suite inside its 15-minute budget.
+.venv/bin/python -m pytest --doctest-modules pneumoxai tests --durations=15 "$@"

@@ -213,10 +213,10 @@ def _gallery_maps(run, config, member_models, images, target, methods):
     maps = {}
     for method in methods:
         if method in ("gradcam", "gradcam++", "scorecam", *_FUSED_METHODS):
-            layers = "auto" if method in _FUSED_METHODS else None
-            maps[_method_label(method, fused=method in _FUSED_METHODS)] = ensemble_gradcam(member_models, images.for_models(member_models),
-                                                            method=method, layers=layers, target=target,
-                                                            size=DISPLAY_SIZE)[0]
+            fused = method in _FUSED_METHODS
+            maps[_method_label(method, fused=fused)] = ensemble_gradcam(
+                member_models, images.for_models(member_models), method=method, layers="auto" if fused else None,
+                target=target, size=DISPLAY_SIZE)[0]
         elif method == "shap":
             maps["SHAP"] = _ensemble_shap(run, config["explain"], member_models, images, target)
         elif method == "saliency":

@@ -157,17 +157,9 @@ def run_arm(arm, args, frames, images, out):
               "loadavg_after": os.getloadavg(), "rows": rows}
     snapshots = [Path(p).name for p in info["snapshots"]]
     if len(snapshots) >= 2:
-        P_ens = {split: np.mean([P[s][split] for s in snapshots], axis=0) for split in ("val", "test")}
-        rows += rows_for(arm, lever, scope, "soft_voting(snapshots)", P_ens, frames, args.deployment_prevalence,
-                         args.n_boot)
-        y_test = frames["test"]["label"].to_numpy()
-        best = max(snapshots, key=lambda s: metrics.evaluate(frames["val"]["label"], P[s]["val"], n_boot=0)["roc_auc"])
-        versus = metrics.compare(y_test, P_ens["test"], P[best]["test"])
-        record["ensemble_vs_best_member"] = {"best_member_by_val_auc": best, "auc_ensemble": versus["auc_a"],
-                                             "auc_best": versus["auc_b"], "delong_p": versus["auc_p"]}
-        div = ensemble.diversity(np.column_stack([P[s]["test"] for s in snapshots]), y_test)
-        div.insert(0, "arm", arm)
-        record["diversity"] = div.to_dict(orient="records")
+        vote_rows, vote = soft_vote(arm, lever, scope, "soft_voting(snapshots)", P, snapshots, frames, args)
+        rows += vote_rows
+        record.update(vote)
     np.savez(out / "arms" / f"{key}_predictions.npz",
              **{f"{name}__{split}": P[name][split] for name in P for split in P[name]})
     write_atomic(done, json.dumps(record, indent=2, default=float) + "\n")
@@ -189,24 +181,30 @@ def independent_ensemble(arms, records, frames, out, args):
         saved = np.load(out / "arms" / f"{by_arm[arm]['key']}_predictions.npz")
         P[name] = {split: saved[f"{name}__{split}"] for split in ("val", "test")}
     label = "ensemble(" + ", ".join(arms) + ")"
-    P_ens = {split: np.mean([P[n][split] for n in names], axis=0) for split in ("val", "test")}
     members = [by_arm[arm] for arm in arms]
     scope = members[0]["scope"]
-    rows = rows_for(label, f"soft voting of {len(arms)} independent members", scope, "soft_voting(independent)",
-                    P_ens, frames, args.deployment_prevalence, args.n_boot)
-    y_val, y_test = frames["val"]["label"].to_numpy(), frames["test"]["label"].to_numpy()
-    best = max(names, key=lambda n: metrics.evaluate(y_val, P[n]["val"], n_boot=0)["roc_auc"])
-    versus = metrics.compare(y_test, P_ens["test"], P[best]["test"])
-    div = ensemble.diversity(np.column_stack([P[n]["test"] for n in names]), y_test)
-    div.insert(0, "arm", label)
+    rows, vote = soft_vote(label, f"soft voting of {len(arms)} independent members", scope,
+                           "soft_voting(independent)", P, names, frames, args)
     return {"arm": label, "key": "ensemble__" + "__".join(names), "lever": rows[0]["lever"], "scope": scope,
             "n_train": members[0]["n_train"], "epochs_run": sum(m["epochs_run"] for m in members),
             "seconds_per_epoch": float(np.mean([m["seconds_per_epoch"] for m in members])),
             "train_seconds": sum(m["train_seconds"] for m in members), "precision": members[0]["precision"],
-            "loadavg_before": None, "loadavg_after": None, "rows": rows,
-            "ensemble_vs_best_member": {"best_member_by_val_auc": best, "auc_ensemble": versus["auc_a"],
-                                        "auc_best": versus["auc_b"], "delong_p": versus["auc_p"]},
-            "diversity": div.to_dict(orient="records")}
+            "loadavg_before": None, "loadavg_after": None, "rows": rows, **vote}
+
+
+def soft_vote(arm, lever, scope, model_name, P, names, frames, args):
+    """Rows of the soft vote of models ``names`` of ``P``, and its DeLong test against the member with the best
+    validation AUC and the members' diversity on test (``ensemble_vs_best_member``, ``diversity``)."""
+    P_ens = {split: np.mean([P[n][split] for n in names], axis=0) for split in ("val", "test")}
+    rows = rows_for(arm, lever, scope, model_name, P_ens, frames, args.deployment_prevalence, args.n_boot)
+    y_val, y_test = frames["val"]["label"].to_numpy(), frames["test"]["label"].to_numpy()
+    best = max(names, key=lambda n: metrics.evaluate(y_val, P[n]["val"], n_boot=0)["roc_auc"])
+    versus = metrics.compare(y_test, P_ens["test"], P[best]["test"])
+    div = ensemble.diversity(np.column_stack([P[n]["test"] for n in names]), y_test)
+    div.insert(0, "arm", arm)
+    return rows, {"ensemble_vs_best_member": {"best_member_by_val_auc": best, "auc_ensemble": versus["auc_a"],
+                                              "auc_best": versus["auc_b"], "delong_p": versus["auc_p"]},
+                  "diversity": div.to_dict(orient="records")}
 
 
 def write_tables(records, figures, command):

@@ -95,6 +95,7 @@ __all__ = [
     "ROAD_ORDERS",
     "RESNET50_FUSION_LAYERS",
     "fusion_layers",
+    "layer_candidates",
     "choose_map_method",
     "MAX_RANDOMIZATION_SPEARMAN",
     "gradcam",
@@ -257,6 +258,38 @@ def fusion_layers(model, *, n_layers=3):
     if not last_of_size:
         raise ConfigError("model has no layer with a 4-D (n, h, w, c) output to explain")
     return tuple(list(last_of_size.values())[-n_layers:])
+
+
+def layer_candidates(model, *, n_layers=3):
+    """Layer sets a layer choice compares: each of :func:`fusion_layers` alone, last first, then all fused.
+
+    A shallower stage alone can be the most faithful map: a small cue (a corner marker, a
+    focal opacity) is resolved there, while the last stage's coarse cells, and a maximum
+    fused over them, spread it into its neighbourhood.
+
+    Parameters
+    ----------
+    model : keras.Model
+    n_layers : int, default=3
+
+    Returns
+    -------
+    list of tuple of str
+        For a ResNet50 member: conv5, conv4 and conv3 stage outputs alone, then the three fused.
+
+    Examples
+    --------
+    >>> import keras
+    >>> inputs = keras.Input((16, 16, 3), name="image")
+    >>> h = keras.layers.Conv2D(4, 3, padding="same", name="conv_a")(inputs)
+    >>> h = keras.layers.MaxPooling2D(name="pool_a")(h)
+    >>> h = keras.layers.Conv2D(4, 3, padding="same", name="conv_b")(h)
+    >>> h = keras.layers.GlobalAveragePooling2D(name="head_pool")(h)
+    >>> layer_candidates(keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(h)))
+    [('conv_b',), ('conv_a',), ('conv_a', 'conv_b')]
+    """
+    stages = fusion_layers(model, n_layers=n_layers)
+    return [(name,) for name in reversed(stages)] + ([stages] if len(stages) > 1 else [])
 
 
 def feature_map_size(model, layer=None):
@@ -781,9 +814,12 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
     weights : array-like of shape (n_models,), default=None
         Non-negative member weights (normalised to sum 1), e.g. a combiner's
         ``weights_``; None gives every member the same weight.
-    method, layer, layers, batch_size, max_n
-        As in :func:`gradcam`; ``layer=None`` picks each member's own feature layer,
-        ``layers="auto"`` each member's own :func:`fusion_layers`.
+    method, layer, batch_size, max_n
+        As in :func:`gradcam`; ``layer=None`` picks each member's own feature layer.
+    layers : sequence of str, "auto" or callable, default=None
+        As in :func:`gradcam`; ``"auto"`` gives each member its own :func:`fusion_layers`,
+        and a callable is called with each member and returns that member's layers
+        (members of different architectures name their layers differently).
     target : {"pneumonia", "normal", "predicted"} or array-like of bool of shape (n_samples,)
         "predicted" uses the ensemble's weighted mean probability, so every member
         explains the same class.
@@ -829,10 +865,11 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
     if isinstance(target, str) and _choice(owner, "target", target, TARGETS) == "predicted":
         proba = sum(wi * _predict_proba(m, x, batch_size) for wi, m, x in zip(w, models, inputs))
         target = proba >= _THRESHOLD
+    if isinstance(layers, str) and layers == "auto":
+        layers = fusion_layers
     maps = np.stack([
         resize_maps(_cam_explainer(owner, m, method, layer, batch_size, max_n,
-                                   fusion_layers(m) if isinstance(layers, str) and layers == "auto" else layers)
-                    (x, target=target), size)
+                                   layers(m) if callable(layers) else layers)(x, target=target), size)
         for m, x in zip(models, inputs)
     ])
     combined = np.tensordot(w, maps, axes=1)

@@ -75,6 +75,12 @@ def test_fusion_layers_are_the_stage_outputs(deep):
     assert explain.fusion_layers(deep["model"], n_layers=1) == ("conv_last",)
 
 
+def test_layer_candidates_are_every_stage_alone_then_fused(deep):
+    assert explain.layer_candidates(deep["model"]) == [("conv_last",), ("conv4",), ("conv3",),
+                                                       ("conv3", "conv4", "conv_last")]
+    assert explain.layer_candidates(deep["model"], n_layers=1) == [("conv_last",)]
+
+
 def test_fusion_layers_leave_out_preprocessing_that_holds_the_input():
     inputs = keras.Input((16, 16, 3), name="image")
     h = keras.layers.Rescaling(1 / 255, name="preprocess")(inputs)
@@ -159,6 +165,11 @@ def test_ensemble_maps_fuse_each_members_layers(deep):
     np.testing.assert_allclose(combined, explain.gradcam(model, x, method="layercam",
                                                          layers=explain.fusion_layers(model)), atol=1e-5)
     assert spread.max() < 1e-5
+    # A callable picks each member's layers: here the finest stage alone.
+    finest, _ = explain.ensemble_gradcam([model, model], x, method="layercam",
+                                         layers=lambda m: explain.fusion_layers(m)[:1])
+    np.testing.assert_allclose(finest, explain.gradcam(model, x, method="layercam",
+                                                       layer=explain.fusion_layers(model)[0]), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- ROAD

@@ -1,4 +1,4 @@
-"""outcome_groups: a hand-made table, sklearn's confusion matrix, and bad input."""
+"""outcome_groups and explanation_sample: a hand-made table, sklearn's confusion matrix, and bad input."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from sklearn.metrics import confusion_matrix
 
 from pneumoxai._style import ERROR_COLORS
 from pneumoxai.errors import ConfigError, DataError
-from pneumoxai.outcomes import OUTCOMES, outcome_groups
+from pneumoxai.outcomes import OUTCOMES, explanation_sample, outcome_groups
 
 # label, probability, outcome at threshold 0.5, outcome at threshold 0.25
 TABLE = [
@@ -56,3 +56,30 @@ def test_one_order_and_one_colour_per_outcome():
 def test_bad_input(y_true, y_prob, threshold, error, match):
     with pytest.raises(error, match=match):
         outcome_groups(y_true, y_prob, threshold=threshold)
+
+
+def test_explanation_sample_budget_class_mix_and_turns():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    p = rng.uniform(size=400)  # about half the calls are errors, of both kinds
+    outcome = outcome_groups(y, p)
+    chosen = explanation_sample(y, p, 24, seed=3)
+    assert len(chosen) == len(set(chosen)) == 24
+    got = outcome[chosen]
+    assert [np.sum(got == name) for name in OUTCOMES] == [8, 8, 8]
+    assert got[:3].tolist() == list(OUTCOMES) and got[:9].tolist() == list(OUTCOMES) * 3  # in turn
+    assert y[chosen][got == "correct"].sum() == 4  # correct calls with the errors' class mix (8 FN : 8 FP)
+    np.testing.assert_array_equal(chosen, explanation_sample(y, p, 24, seed=3))
+    # Without false negatives the other groups fill the budget, and the correct calls are all NORMAL.
+    few = explanation_sample(y, np.where(y == 1, 0.9, p), 9, seed=0)
+    assert not (outcome_groups(y, np.where(y == 1, 0.9, p))[few] == "false_negative").any()
+    assert len(few) == 9 and (y[few] == 0).all()
+
+
+@pytest.mark.parametrize("n_images, match", [
+    (0, r"'n_images' parameter of explanation_sample must be an int >= 1; got 0\."),
+    (2.5, r"'n_images' parameter of explanation_sample .*; got 2\.5"),
+])
+def test_explanation_sample_bad_budget(n_images, match):
+    with pytest.raises(ConfigError, match=match):
+        explanation_sample([0, 1], [0.2, 0.7], n_images)

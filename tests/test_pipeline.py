@@ -3,6 +3,7 @@
 import base64
 import html
 import html.parser
+import json
 import os
 import shutil
 import signal
@@ -15,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoxai import cli, models
+from pneumoxai import cli, explain, models
+from pneumoxai.data import load_images
 from pneumoxai.errors import RunFolderError
+from pneumoxai.pipeline.explanations import chosen_layers
 from pneumoxai.report import write_report
 from pneumoxai.run_folder import RunFolder
 
@@ -89,6 +92,29 @@ def test_run_writes_every_table_and_figure(smoke_run):
     timings = pd.read_csv(out / "tables" / "timings.csv", index_col="stage")
     assert list(timings.index) == ["train", "evaluate", "explain", "slices"]
     assert (timings["seconds"] > 0).all() and (timings["peak_rss_mb"] > 100).all()
+
+
+def test_test_split_maps_are_the_measured_choice_among_every_stage_alone_and_fused(smoke_run):
+    out, _, _ = smoke_run
+    table = pd.read_csv(out / "tables" / "layer_choice.csv")
+    choice = json.loads((out / "tables" / "layer_choice.json").read_text())
+    members = [models.load_member(out / "members" / name)[0] for name in ("smoke_a", "smoke_b")]
+    stages = explain.fusion_layers(members[0])
+    for _, candidates in table[table["method"] != "random"].groupby("method"):
+        assert sorted(candidates["layer"]) == sorted([*stages, "+".join(stages)])
+    assert table.loc[table["chosen"], ["method", "layer"]].values.tolist() == [[choice["method"], choice["layer"]]]
+    assert "+".join(chosen_layers(members[0], choice)) == choice["layer"]
+
+    # The whole test split's maps are that choice's ensemble maps of the predicted class.
+    saved = np.load(out / "maps" / "test_maps.npz")
+    predictions = pd.read_csv(out / "tables" / "predictions_test.csv")
+    record = json.loads((out / "tables" / "ensemble.json").read_text())
+    predicted = predictions[f"p[{record['primary']}]"].to_numpy() >= record["thresholds"][record["primary"]]
+    expected, _ = explain.ensemble_gradcam(members, load_images(predictions["path"], 64), method=choice["method"],
+                                           layers=lambda m: chosen_layers(m, choice), target=predicted,
+                                           size=saved["maps"].shape[1])
+    assert list(saved["paths"]) == predictions["path"].tolist()
+    np.testing.assert_allclose(saved["maps"], expected, atol=2e-3)  # saved as float16
 
 
 def test_interrupted_run_resumed_without_retraining_the_finished_member(smoke_run):

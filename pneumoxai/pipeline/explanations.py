@@ -14,10 +14,13 @@ from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_t
 def explain_stage(run, config, *, methods=None, max_images=None):
     """Class-activation and SHAP maps of the primary ensemble's errors on the test split.
 
-    - Layer choice by measurement: on the best model member, Grad-CAM and the configured
-      CAM methods, each on the last convolutional layer and fused over several stages,
-      are scored for faithfulness (ROAD) and the model-randomization check, and one is
-      chosen by a fixed rule (``tables/layer_choice.csv`` / ``.json``, with the reason).
+    - Layer choice by measurement: on the best model member and the first
+      ``explain.layer_choice_images`` of the gallery images (false negatives, false
+      positives and correct calls in turn), Grad-CAM and the configured CAM methods, each
+      on every stage output of :func:`~pneumoxai.explain.fusion_layers` alone and fused
+      over them, are scored for faithfulness (ROAD) and the model-randomization check,
+      and one is chosen by a fixed rule (``tables/layer_choice.csv`` / ``.json``, with
+      the reason).
     - Every test image gets the ensemble's chosen map of its predicted class (the class
       that drove the call) and its lung-zone attention shares
       (``tables/zone_attention_all.csv``, ``maps/test_maps.npz``): the slices stage
@@ -33,6 +36,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     """
     from ..lungs import lung_mask
     from ..models import load_member
+    from ..outcomes import explanation_sample
 
     started = time.perf_counter()
     explain_cfg = config["explain"]
@@ -53,7 +57,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     _check_explainable(member_models)
     images = _ImagesBySize(predictions["path"].tolist(), interpolation=config["data"]["interpolation"])
     masks = lung_mask(images.at(DISPLAY_SIZE))
-    chosen = _select_for_gallery(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
+    chosen = explanation_sample(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
     best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
     best_model = member_models[model_dirs.index(best)]
     choice = _choose_test_split_map(run, explain_cfg, best.name, best_model, images.subset(chosen),
@@ -120,36 +124,47 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
     """Measure the candidate maps on the best member and pick one by :func:`explain.choose_map_method`.
 
     Candidates: Grad-CAM and the configured methods of :data:`TEST_SPLIT_METHODS`, each on
-    the last convolutional layer and fused over :func:`explain.fusion_layers`. Writes
+    every layer set of :func:`explain.layer_candidates` (every stage alone, then fused). Writes
     ``tables/layer_choice.csv`` (every candidate's scores) and ``tables/layer_choice.json``
     (the choice and its reason); with ``explain.layer_choice_images: 0`` nothing is
     measured and Grad-CAM on the last layer is recorded as an unmeasured default.
     """
-    from ..explain import choose_map_method, compare_layers, feature_map_size, fusion_layers
+    from ..explain import choose_map_method, compare_layers, feature_map_size, fusion_layers, layer_candidates
 
     n_images = min(explain_cfg["layer_choice_images"], len(target))
     methods = [m for m in TEST_SPLIT_METHODS if m == "gradcam" or m in explain_cfg["methods"]]
     fused = fusion_layers(model)
     if n_images == 0:
-        choice = {"method": "gradcam", "layer": "last", "map_side": int(feature_map_size(model)[0]),
+        choice = {"method": "gradcam", "layer": fused[-1], "map_side": int(feature_map_size(model)[0]),
                   "reason": "not measured (explain.layer_choice_images is 0): Grad-CAM on the last convolutional "
                             "layer, the conventional default."}
     else:
         x = images.at(int(model.input_shape[1]))[:n_images]
-        layers = [fused[-1:]] + ([fused] if len(fused) > 1 else [])
-        table = compare_layers(model, x, layers, methods=methods, target=target[:n_images], n_randomized=3,
-                               seed=explain_cfg["seed"])
+        table = compare_layers(model, x, layer_candidates(model), methods=methods, target=target[:n_images],
+                               n_randomized=3, seed=explain_cfg["seed"])
         choice, table = choose_map_method(table)
         _io.write_csv(run.table("layer_choice.csv"), table, index=False)
-    choice = {**choice, "fused": "+" in choice["layer"], "member": member_name, "n_images": int(n_images)}
+    # Stages counted from the last, so members of other architectures map the same choice onto their own layers.
+    stages = [fused.index(name) - len(fused) for name in choice["layer"].split("+")]
+    choice = {**choice, "fused": len(stages) > 1, "stages": stages, "member": member_name, "n_images": int(n_images)}
     _io.write_json(run.table("layer_choice.json"), choice)
     logger.info("explain: test-split maps by %s on %s (%s)", choice["method"], choice["layer"], choice["reason"])
     return choice
 
 
 def map_label(choice):
-    """Display name of the chosen test-split map, e.g. "LayerCAM (fused)"."""
-    return _method_label(choice["method"], fused=choice["fused"])
+    """Display name of the chosen test-split map, e.g. "LayerCAM (fused)" or "HiResCAM (conv3_block4_out)"."""
+    if choice["fused"] or choice["stages"] == [-1]:
+        return _method_label(choice["method"], fused=choice["fused"])
+    return f"{_METHOD_NAMES[choice['method']]} ({choice['layer']})"
+
+
+def chosen_layers(model, choice):
+    """``model``'s layers at the chosen stages; a model with fewer stages gives its finest instead."""
+    from ..explain import fusion_layers
+
+    stages = fusion_layers(model)
+    return tuple(dict.fromkeys(stages[max(stage, -len(stages))] for stage in choice["stages"]))
 
 
 def _test_split_maps(run, member_models, images, predicted, masks, choice):
@@ -157,7 +172,7 @@ def _test_split_maps(run, member_models, images, predicted, masks, choice):
     from ..explain import ensemble_gradcam, zone_attention
 
     all_maps, _ = ensemble_gradcam(member_models, images.for_models(member_models), method=choice["method"],
-                                   layers="auto" if choice["fused"] else None, target=predicted.astype(bool),
+                                   layers=lambda m: chosen_layers(m, choice), target=predicted.astype(bool),
                                    size=DISPLAY_SIZE)
     zones_all = zone_attention(all_maps, masks)
     zones_all.insert(0, "path", images.paths)
@@ -169,29 +184,6 @@ def _test_split_maps(run, member_models, images, predicted, masks, choice):
 
 #: The explain stage's maps of the whole test split, read by the slices stage.
 TEST_MAPS_FILE = "test_maps.npz"
-
-
-def _select_for_gallery(y, predicted, max_images, seed=0):
-    """Indices of false negatives, false positives and a matched sample of correct calls.
-
-    Errors take two thirds of the budget (split between FN and FP); correct calls are
-    drawn with the same class mix as the chosen errors, so maps compare like with like.
-    """
-    from ..outcomes import outcome_groups
-
-    rng = np.random.default_rng(seed)
-    outcome = outcome_groups(y, predicted, threshold=0.5)
-    per_error = max(1, max_images // 3)
-    chosen_fn = rng.permutation(np.flatnonzero(outcome == "false_negative"))[:per_error]
-    chosen_fp = rng.permutation(np.flatnonzero(outcome == "false_positive"))[:per_error]
-    n_correct = max(1, max_images - len(chosen_fn) - len(chosen_fp))
-    n_errors = len(chosen_fn) + len(chosen_fp)
-    k_pos = int(round(n_correct * (len(chosen_fn) / n_errors if n_errors else 0.5)))
-    correct = outcome == "correct"
-    correct_pos = rng.permutation(np.flatnonzero(correct & (y == 1)))
-    correct_neg = rng.permutation(np.flatnonzero(correct & (y == 0)))
-    chosen_correct = np.concatenate([correct_pos[:k_pos], correct_neg[:n_correct - k_pos]])
-    return np.concatenate([chosen_fn, chosen_fp, chosen_correct]).astype(int)
 
 
 _METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "layercam": "LayerCAM",
@@ -266,11 +258,10 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
 
 def _faithfulness_summary(run, best_name, best_model, images, target, zones_all, errors, masks, choice):
     """Off-lung attention of errors vs correct calls, and deletion AUC of the best model member against random maps."""
-    from ..explain import deletion_auc, fusion_layers, gradcam, random_map_baseline
+    from ..explain import deletion_auc, gradcam, random_map_baseline
 
     x = images.at(int(best_model.input_shape[1]))
-    maps = gradcam(best_model, x, method=choice["method"], layers=fusion_layers(best_model) if choice["fused"] else None,
-                   target=target)
+    maps = gradcam(best_model, x, method=choice["method"], layers=chosen_layers(best_model, choice), target=target)
     deletion = deletion_auc(best_model, x, maps, target=target)
     random_deletion = random_map_baseline(best_model, x, metric="deletion", target=target)
     off_lung = zones_all["off_lung_attention"]

@@ -12,12 +12,17 @@ without being told about the marker:
     k-means clusters of the penultimate embeddings): is a slice that isolates the
     marked images among the top 3, with q < 0.05?
 (b) maps (the map the explain stage's rule, :func:`pneumoxai.explain.choose_map_method`, picks
-    on 8 random test images; also fused LayerCAM over conv3/conv4/conv5): share of the marked false
-    positives whose map peaks inside the marker box, with the pointing game's standard
-    slack (15 px at 224 px, :func:`pneumoxai.audit.pointing_tolerance`) and without, and their off-lung share
-    (:func:`pneumoxai.explain.zone_attention`) against the same images' clean copies;
+    as the stage does: on the first 8 of its gallery sample, :func:`pneumoxai.outcomes.explanation_sample`,
+    among every stage alone and fused, :func:`pneumoxai.explain.layer_candidates`; also fused LayerCAM):
+    share of the marked false positives whose map peaks inside the marker box, with the pointing
+    game's standard slack (15 px at 224 px, :func:`pneumoxai.audit.pointing_tolerance`) and without,
+    and their off-lung share (:func:`pneumoxai.explain.zone_attention`) against the same images'
+    clean copies and, as the report compares, against correct calls of the same class
+    (:func:`pneumoxai.explain.slice_explanations` on the marker slice);
 (c) counterfactual: share of those errors that become correct once the marker is
-    inpainted away (:func:`pneumoxai.audit.counterfactual_flip_rate`);
+    inpainted away (:func:`pneumoxai.audit.counterfactual_flip_rate`), over the errors the
+    marker caused (correct calls on the clean original) and over all marked false positives,
+    and how often the inpainted image gets the clean original's call;
 (d) the same numbers for the control member.
 
     python experiments/shortcut_audit.py --data ../shared/data/chest_xray --out runs/shortcut_audit \
@@ -45,6 +50,7 @@ from pneumoxai.lungs import lung_mask
 from pneumoxai.data import balance, load_images, scan_dataset, split_by_patient
 from pneumoxai.figures import save_figure, style
 from pneumoxai.metrics import choose_threshold
+from pneumoxai.outcomes import explanation_sample
 
 from _provenance import machine  # experiments/, on sys.path when run as a script
 
@@ -145,14 +151,23 @@ def audit_member(name, model, test, threshold, box, layers):
     maps_clean = explain.gradcam(model, test["x_clean"][explain_rows], method="layercam", layers=layers)
     others = {"hirescam_conv3": explain.gradcam(model, test["x"][explain_rows], method="hirescam", layer=layers[0]),
               "gradcam_conv5": explain.gradcam(model, test["x"][explain_rows], method="gradcam")}
-    # The map the explain stage would choose, measured as it does: 8 test images it was not told anything about.
-    sample = np.random.default_rng(0).choice(len(y), size=8, replace=False)
-    choice, _ = explain.choose_map_method(explain.compare_layers(
-        model, test["x"][sample], [layers[-1:], layers], methods=("gradcam", "layercam", "hirescam"),
+    # The map the explain stage would choose, measured as it does (its defaults): the first 8 of its 24 gallery
+    # images (false negatives, false positives and correct calls in turn), every stage alone and fused.
+    sample = explanation_sample(y, called, 24, seed=0)[:8]
+    choice, choice_table = explain.choose_map_method(explain.compare_layers(
+        model, test["x"][sample], explain.layer_candidates(model), methods=("gradcam", "layercam", "hirescam"),
         target=called[sample], n_randomized=3))
-    chosen_layers = layers if "+" in choice["layer"] else layers[-1:]
+    chosen_layers = choice["layer"].split("+")
     chosen = explain.gradcam(model, test["x"][explain_rows], method=choice["method"], layers=chosen_layers)
     chosen_clean = explain.gradcam(model, test["x_clean"][explain_rows], method=choice["method"], layers=chosen_layers)
+    # As the report shows it: every test image mapped for its predicted class, the errors against the correct
+    # calls of the same class (explain.slice_explanations; here the marked false positives vs true negatives).
+    all_maps = explain.resize_maps(explain.gradcam(model, test["x"], method=choice["method"], layers=chosen_layers,
+                                                   target=called), FULL)
+    all_off = explain.zone_attention(all_maps, test["masks_full"])["off_lung_attention"].to_numpy()
+    marker_slice = (explain.slice_explanations(frame, found[found["slice"] == best["slice"]], all_maps,
+                                               test["masks_full"], y, p, threshold=threshold)[0].iloc[0]
+                    if best is not None else None)
     r0, c0, r1, c1 = box
     tolerance = audit.pointing_tolerance(int(model.input_shape[1]))
 
@@ -163,6 +178,11 @@ def audit_member(name, model, test, threshold, box, layers):
     off_marked = explain.zone_attention(maps, masks)["off_lung_attention"]
     off_clean = explain.zone_attention(maps_clean, masks)["off_lung_attention"]
     true_neg = ~marked & ~called & (y == 0)
+    # (c) against the truth we planted: does the inpainted image get the clean original's call?
+    agrees = float("nan")
+    if marked_fp.any():
+        removed_called = models.predict_proba(model, audit.remove_marker(test["x"][marked_fp], box)) >= threshold
+        agrees = float(np.mean(removed_called == (p_clean[marked_fp] >= threshold)))
     off_tn = explain.zone_attention(
         explain.gradcam(model, test["x"][true_neg][:64], method="layercam", layers=layers),
         test["masks"][true_neg][:64])["off_lung_attention"]
@@ -202,12 +222,23 @@ def audit_member(name, model, test, threshold, box, layers):
         "a_top3_n_bins8": "; ".join(f"{s} (q={q:.1e}, precision={pr:.2f}, recall={rc:.2f})" for s, q, pr, rc in
                                      zip(fine["slice"], fine["q_value"], fine_precision, fine_recall)),
         "b_pipeline_choice": f"{choice['method']} on {choice['layer']}",
+        "b_pipeline_choice_images": ", ".join(f"{g}{' (marked)' if m else ''}" for g, m in zip(
+            np.where(called[sample] == y[sample], "correct", np.where(y[sample] == 1, "FN", "FP")), marked[sample])),
+        "b_pipeline_choice_road_gap": choice["road_gap"],
+        "b_best_road_gap_conv3_alone": float(choice_table.loc[choice_table["layer"] == layers[0], "road_gap"].max()),
         "b_pointing_game_pipeline_choice": audit.peak_in_box(chosen, box, tolerance=tolerance),
         "b_box_mass_pipeline_choice": box_share(chosen),
         "b_box_mass_pipeline_choice_clean": box_share(chosen_clean),
         "b_off_lung_pipeline_choice": float(np.nanmean(explain.zone_attention(chosen, masks)["off_lung_attention"])),
         "b_off_lung_pipeline_choice_clean": float(np.nanmean(
             explain.zone_attention(chosen_clean, masks)["off_lung_attention"])),
+        "b_off_lung_pipeline_choice_true_negatives": float(np.nanmean(all_off[true_neg])),
+        "b_off_lung_pipeline_choice_shown": float(np.nanmean(all_off[explain_rows])),
+        "b_report_marker_slice_errors_off_lung": (marker_slice["errors:off_lung_attention"]
+                                                  if marker_slice is not None else None),
+        "b_report_marker_slice_correct_off_lung": (marker_slice["correct:off_lung_attention"]
+                                                   if marker_slice is not None else None),
+        "b_report_marker_slice_off_lung_shift": marker_slice["off_lung_shift"] if marker_slice is not None else None,
         "b_pointing_tolerance_px": tolerance,
         "b_pointing_game_layercam_fused": audit.peak_in_box(maps, box, tolerance=tolerance),
         "b_peak_strictly_in_box_layercam_fused": audit.peak_in_box(maps, box),
@@ -226,20 +257,32 @@ def audit_member(name, model, test, threshold, box, layers):
         "c_n_errors_caused_by_marker": int(caused.sum()),
         "c_counterfactual_flip_rate_caused_errors": flip_caused,
         "c_counterfactual_flip_rate_inpainted_at_224": flip_full,
+        "c_inpainted_call_agrees_with_clean_original": agrees,
         "seconds_per_image_fused_layercam": seconds,
     }
     # The issue's criteria, as stated there, for the marked member.
     summary.update({
         "pass_a_marker_slice_in_top3_q_lt_0.05": bool(best is not None and best["q_value"] < 0.05),
         "pass_b_pointing_game_ge_0.9": bool(summary["b_pointing_game_pipeline_choice"] >= 0.9),
-        "pass_b_off_lung_share_rises": bool(summary["b_off_lung_pipeline_choice"]
-                                            > summary["b_off_lung_pipeline_choice_clean"]),
-        "pass_c_flip_rate_ge_0.8": bool(flip >= 0.8),
+        # Against the reference the report uses: correct calls of the same class, each mapped for its own call.
+        # (The same images' clean copies are mapped for a class the model did not call; reported, not judged.)
+        "pass_b_off_lung_share_rises": bool(marker_slice is not None and marker_slice["off_lung_shift"] > 0),
+        "b_off_lung_rises_against_clean_copies": bool(summary["b_off_lung_pipeline_choice"]
+                                                      > summary["b_off_lung_pipeline_choice_clean"]),
+        # "Back into correct calls": the errors that were correct calls before the marker was stamped.
+        "pass_c_flip_rate_ge_0.8": bool(flip_caused >= 0.8),
+        "pass_c_flip_rate_ge_0.8_over_all_marked_false_positives": bool(flip >= 0.8),
     })
-    examples = {"x": test["x"][explain_rows][:4], "maps": maps[:4],
+    examples = {"x": test["x"][explain_rows][:4], "maps": chosen[:4], "label": choice_label(choice),
                 "x_removed": audit.remove_marker(test["x"][explain_rows][:4], box),
                 "p": p[explain_rows][:4]}
     return summary, found, examples
+
+
+def choice_label(choice):
+    names = {"gradcam": "Grad-CAM", "layercam": "LayerCAM", "hirescam": "HiResCAM"}
+    layers = choice["layer"].split("+")
+    return f"{names[choice['method']]} " + ("fused" if len(layers) > 1 else layers[0].split("_")[0])
 
 
 def plot_examples(examples, box, path):
@@ -259,7 +302,7 @@ def plot_examples(examples, box, path):
             ax_map.imshow(ex["x"][j, ..., 0], cmap="gray", vmin=0, vmax=1)
             ax_map.imshow(ex["maps"][j], cmap="inferno", alpha=0.55, vmin=0, vmax=1)
             ax_map.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="#56B4E9", lw=1))
-            ax_map.set_title("fused LayerCAM", fontsize=7)
+            ax_map.set_title(ex["label"], fontsize=7)
             for ax in (ax_img, ax_map):
                 ax.set_axis_off()
     fig.suptitle("Marked NORMAL test images called PNEUMONIA; box = planted marker", fontsize=9)

@@ -12,7 +12,7 @@ without being told about the marker:
     k-means clusters of the penultimate embeddings): is a slice that isolates the
     marked images among the top 3, with q < 0.05?
 (b) maps (the map the explain stage's rule, :func:`pneumoxai.explain.choose_map_method`, picks
-    as the stage does: on the first 8 of its gallery sample, :func:`pneumoxai.outcomes.explanation_sample`,
+    as the stage does: on its 24-image gallery sample, :func:`pneumoxai.outcomes.explanation_sample`,
     among every stage alone and fused, :func:`pneumoxai.explain.layer_candidates`; also fused LayerCAM):
     share of the marked false positives whose map peaks inside the marker box, with the pointing
     game's standard slack (15 px at 224 px, :func:`pneumoxai.audit.pointing_tolerance`) and without,
@@ -151,9 +151,10 @@ def audit_member(name, model, test, threshold, box, layers):
     maps_clean = explain.gradcam(model, test["x_clean"][explain_rows], method="layercam", layers=layers)
     others = {"hirescam_conv3": explain.gradcam(model, test["x"][explain_rows], method="hirescam", layer=layers[0]),
               "gradcam_conv5": explain.gradcam(model, test["x"][explain_rows], method="gradcam")}
-    # The map the explain stage would choose, measured as it does (its defaults): the first 8 of its 24 gallery
-    # images (false negatives, false positives and correct calls in turn), every stage alone and fused.
-    sample = explanation_sample(y, called, 24, seed=0)[:8]
+    # The map the explain stage would choose, measured as it does (its defaults: explain.max_images and
+    # explain.layer_choice_images): its 24 gallery images (false negatives, false positives and correct calls in
+    # turn), every stage alone and fused.
+    sample = explanation_sample(y, called, 24, seed=0)
     choice, choice_table = explain.choose_map_method(explain.compare_layers(
         model, test["x"][sample], explain.layer_candidates(model), methods=("gradcam", "layercam", "hirescam"),
         target=called[sample], n_randomized=3))

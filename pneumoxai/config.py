@@ -124,7 +124,7 @@ EXPLAIN_SPEC = {
                 ListOf(Options(("gradcam", "gradcam++", "layercam", "hirescam", "scorecam", "shap", "saliency")),
                        min_length=1, unique=True)),
     "max_images": (24, Interval("int", 1, 10_000)),
-    "layer_choice_images": (8, Interval("int", 0, 10_000)),
+    "layer_choice_images": (24, Interval("int", 0, 10_000)),
     "shap_background": (32, Interval("int", 2, 10_000)),
     "shap_samples": (64, Interval("int", 1, 10_000)),
     "seed": (0, _SEED),

@@ -34,8 +34,8 @@ The single-sigmoid output needs care: tf-keras-vis' Score-CAM applies a softmax 
 model output, which is constantly 1 for one unit and makes every channel weight equal.
 :class:`ScoreCAM` therefore rewrites the output as the two logits ``[-z/2, z/2]``
 (``z`` = pre-sigmoid logit), whose softmax is exactly ``[1 - p, p]``. The gradient
-methods explain ``+z`` (PNEUMONIA) or ``-z`` (NORMAL) via ``ReplaceToLinear`` and
-``BinaryScore``. CAMs are upsampled here, not by tf-keras-vis (see :func:`_upsample`).
+methods explain ``+z`` (PNEUMONIA) or ``-z`` (NORMAL) via a copy of the model with a
+linear output layer (:func:`_logit_model`) and ``BinaryScore``. CAMs are upsampled here, not by tf-keras-vis (see :func:`_upsample`).
 
 shap 0.51 + Keras 3 / TF 2.21: ``shap.GradientExplainer`` runs, but it re-seeds NumPy's
 *global* RNG (``np.random.seed(rseed)`` inside ``shap_values``) and the partition
@@ -67,7 +67,7 @@ with warnings.catch_warnings():
     from tf_keras_vis.layercam import Layercam
     from tf_keras_vis.saliency import Saliency
     from tf_keras_vis.scorecam import Scorecam
-    from tf_keras_vis.utils.model_modifiers import ModelModifier, ReplaceToLinear
+    from tf_keras_vis.utils.model_modifiers import ModelModifier
     from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
 from .lungs import ZONE_COLUMNS, ZONE_NAMES, lung_mask, zones
@@ -408,11 +408,39 @@ def _fuse(maps):
     return _minmax(stacked.max(axis=0) + 1e-3 * stacked.mean(axis=0))
 
 
+#: Inside a :func:`_sharing_logit_models` block: ``id(model) -> (model, logit copy)``; None outside one.
+_SHARED_LOGIT_MODELS = None
+
+
+@contextlib.contextmanager
+def _sharing_logit_models():
+    """Within the block every explainer of the same model shares one logit copy.
+
+    Cloning a ResNet50 takes seconds, and a layer choice or an ensemble's gallery builds
+    an explainer per (method, layers) pair of each model. The models are held by the
+    block, so their ids stay theirs; nested blocks share the outer one's copies.
+    """
+    global _SHARED_LOGIT_MODELS
+    outermost = _SHARED_LOGIT_MODELS is None
+    if outermost:
+        _SHARED_LOGIT_MODELS = {}
+    try:
+        yield
+    finally:
+        if outermost:
+            _SHARED_LOGIT_MODELS = None
+
+
 def _logit_model(model, output_name):
     """A copy of ``model`` whose output is the pre-sigmoid logit (the original is untouched)."""
+    shared = _SHARED_LOGIT_MODELS
+    if shared is not None and id(model) in shared:
+        return shared[id(model)][1]
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     clone.get_layer(output_name).activation = keras.activations.linear
+    if shared is not None:
+        shared[id(model)] = (model, clone)
     return clone
 
 
@@ -523,7 +551,7 @@ class GradCAM(MapExplainer):
         self._vis = self._make_visualization(model)
 
     def _make_visualization(self, model):
-        return self._visualization(model, model_modifier=ReplaceToLinear(), clone=True)
+        return self._visualization(_logit_model(model, self._output_name), clone=False)
 
     def _explain_batch(self, x, is_pneumonia):
         return _fuse([_upsample(self._layer_cams(x, is_pneumonia, layer), x.shape[1:3]) for layer in self.layers])
@@ -591,7 +619,7 @@ class ScoreCAM(GradCAM):
         self.max_n = min(_positive_int("ScoreCAM", "max_n", max_n), self.channels)
 
     def _make_visualization(self, model):
-        return Scorecam(model, model_modifier=[ReplaceToLinear(), _TwoClassLogits()], clone=True)
+        return Scorecam(_logit_model(model, self._output_name), model_modifier=_TwoClassLogits(), clone=False)
 
     def _images_per_call(self, shape):
         image_bytes = 4 * int(np.prod(shape[1:]))
@@ -637,7 +665,7 @@ class SaliencyMap(MapExplainer):
             raise param_error("SaliencyMap", "noise", "a positive number", noise)
         self.noise = float(noise)
         self._rng = np.random.default_rng(seed)
-        self._vis = Saliency(model, model_modifier=ReplaceToLinear(), clone=True)
+        self._vis = Saliency(_logit_model(model, self._output_name), clone=False)
 
     def _images_per_call(self, shape):
         return max(1, self.batch_size // max(1, self.smooth_samples))
@@ -867,11 +895,12 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
         target = proba >= _THRESHOLD
     if isinstance(layers, str) and layers == "auto":
         layers = fusion_layers
-    maps = np.stack([
-        resize_maps(_cam_explainer(owner, m, method, layer, batch_size, max_n,
-                                   layers(m) if callable(layers) else layers)(x, target=target), size)
-        for m, x in zip(models, inputs)
-    ])
+    with _sharing_logit_models():
+        maps = np.stack([
+            resize_maps(_cam_explainer(owner, m, method, layer, batch_size, max_n,
+                                       layers(m) if callable(layers) else layers)(x, target=target), size)
+            for m, x in zip(models, inputs)
+        ])
     combined = np.tensordot(w, maps, axes=1)
     spread = np.sqrt(np.tensordot(w, (maps - combined) ** 2, axes=1))
     return combined.astype(np.float32), spread.astype(np.float32)
@@ -1468,18 +1497,20 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
     # One randomized copy serves every candidate, as randomization_check(..., seed=seed) would build it each time.
     randomized = _randomized_copy(model, n_randomized, seed)
     rows = []
-    for method in methods:
-        for spec in specs:
-            explainer = _cam_explainer("compare_layers", model, method, None, batch_size, max_n, layers=spec)
-            started = time.perf_counter()
-            maps = explainer(x, target=is_pneumonia)
-            seconds = (time.perf_counter() - started) / len(x)
-            maps_randomized = _cam_explainer("compare_layers", randomized, method, None, batch_size, max_n,
-                                             layers=spec)(x, target=is_pneumonia)
-            rows.append({"method": method, "layer": "+".join(spec),
-                         "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),
-                         **scores(maps), "randomization_spearman": _nanmedian(_spearman_rows(maps, maps_randomized)),
-                         "seconds_per_image": seconds})
+    with _sharing_logit_models():
+        for method in methods:
+            for spec in specs:
+                explainer = _cam_explainer("compare_layers", model, method, None, batch_size, max_n, layers=spec)
+                started = time.perf_counter()
+                maps = explainer(x, target=is_pneumonia)
+                seconds = (time.perf_counter() - started) / len(x)
+                maps_randomized = _cam_explainer("compare_layers", randomized, method, None, batch_size, max_n,
+                                                 layers=spec)(x, target=is_pneumonia)
+                rows.append({"method": method, "layer": "+".join(spec),
+                             "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),
+                             **scores(maps),
+                             "randomization_spearman": _nanmedian(_spearman_rows(maps, maps_randomized)),
+                             "seconds_per_image": seconds})
     chance = np.random.default_rng(seed).random(x.shape[:3], dtype=np.float32)
     rows.append({"method": "random", "layer": "", "map_side": x.shape[1], **scores(chance),
                  "randomization_spearman": np.nan, "seconds_per_image": np.nan})

@@ -34,6 +34,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     - Faithfulness for the best member: deletion AUC of its chosen maps against random
       maps (``tables/explain_summary.csv``).
     """
+    from ..explain import _sharing_logit_models
     from ..lungs import lung_mask
     from ..models import load_member
     from ..outcomes import explanation_sample
@@ -60,14 +61,16 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     chosen = explanation_sample(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
     best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
     best_model = member_models[model_dirs.index(best)]
-    choice = _choose_test_split_map(run, explain_cfg, best.name, best_model, images.subset(chosen),
-                                    predicted[chosen].astype(bool))
-    all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks, choice)
-    subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen), predicted[chosen].astype(bool),
-                                methods or explain_cfg["methods"])
-    _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
-    _faithfulness_summary(run, best.name, best_model, images.subset(chosen), predicted[chosen].astype(bool),
-                          zones_all, predicted != y, masks, choice)
+    # Every method and layer set of a member explains through one logit copy of it.
+    with _sharing_logit_models():
+        choice = _choose_test_split_map(run, explain_cfg, best.name, best_model, images.subset(chosen),
+                                        predicted[chosen].astype(bool))
+        all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks, choice)
+        subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen),
+                                    predicted[chosen].astype(bool), methods or explain_cfg["methods"])
+        _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
+        _faithfulness_summary(run, best.name, best_model, images.subset(chosen), predicted[chosen].astype(bool),
+                              zones_all, predicted != y, masks, choice)
     _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
     logger.info("explain: %d images x %d methods, all %d test images with %s, %.1f s", len(chosen),
                 len(subset_maps), len(images.paths), map_label(choice), time.perf_counter() - started)

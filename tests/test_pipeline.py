@@ -104,6 +104,13 @@ def test_test_split_maps_are_the_measured_choice_among_every_stage_alone_and_fus
         assert sorted(candidates["layer"]) == sorted([*stages, "+".join(stages)])
     assert table.loc[table["chosen"], ["method", "layer"]].values.tolist() == [[choice["method"], choice["layer"]]]
     assert "+".join(chosen_layers(members[0], choice)) == choice["layer"]
+    # The summary's faithfulness is the choice's own measurement of the chosen map and of random maps.
+    summary = pd.read_csv(out / "tables" / "explain_summary.csv").set_index("measure")
+    for column, word in (("deletion_auc", "deletion AUC"), ("road_gap", "ROAD gap")):
+        measured = summary.loc[summary.index.str.startswith(word), "value"]
+        assert measured.tolist() == pytest.approx([table.loc[table["chosen"], column].item(),
+                                                   table.loc[table["method"] == "random", column].item()])
+        assert "random maps" in measured.index[1]
 
     # The whole test split's maps are that choice's ensemble maps of the predicted class.
     saved = np.load(out / "maps" / "test_maps.npz")

@@ -31,8 +31,8 @@ def explain_stage(run, config, *, methods=None, max_images=None):
       the mean of the members' logit SHAP maps, an approximation since SHAP values of
       an averaged probability are not the average of logit attributions), saved to
       ``maps/explain.npz`` with ``tables/zone_attention.csv``.
-    - Faithfulness for the best member: deletion AUC of its chosen maps against random
-      maps (``tables/explain_summary.csv``).
+    - Faithfulness for the best member: deletion AUC and ROAD gap of its chosen maps
+      against random maps, as the layer choice measured them (``tables/explain_summary.csv``).
     """
     from ..explain import _sharing_logit_models
     from ..lungs import lung_mask
@@ -63,14 +63,13 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     best_model = member_models[model_dirs.index(best)]
     # Every method and layer set of a member explains through one logit copy of it.
     with _sharing_logit_models():
-        choice = _choose_test_split_map(run, explain_cfg, best.name, best_model, images.subset(chosen),
-                                        predicted[chosen].astype(bool))
+        choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model,
+                                                      images.subset(chosen), predicted[chosen].astype(bool))
         all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks, choice)
         subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen),
                                     predicted[chosen].astype(bool), methods or explain_cfg["methods"])
         _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
-        _faithfulness_summary(run, best.name, best_model, images.subset(chosen), predicted[chosen].astype(bool),
-                              zones_all, predicted != y, masks, choice)
+    _faithfulness_summary(run, best.name, zones_all, predicted != y, masks, choice, choice_table)
     _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
     logger.info("explain: %d images x %d methods, all %d test images with %s, %.1f s", len(chosen),
                 len(subset_maps), len(images.paths), map_label(choice), time.perf_counter() - started)
@@ -130,7 +129,8 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
     every layer set of :func:`explain.layer_candidates` (every stage alone, then fused). Writes
     ``tables/layer_choice.csv`` (every candidate's scores) and ``tables/layer_choice.json``
     (the choice and its reason); with ``explain.layer_choice_images: 0`` nothing is
-    measured and Grad-CAM on the last layer is recorded as an unmeasured default.
+    measured and Grad-CAM on the last layer is recorded as an unmeasured default. Returns the
+    choice and the scored table (None when nothing was measured).
     """
     from ..explain import choose_map_method, compare_layers, feature_map_size, fusion_layers, layer_candidates
 
@@ -138,6 +138,7 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
     methods = [m for m in TEST_SPLIT_METHODS if m == "gradcam" or m in explain_cfg["methods"]]
     fused = fusion_layers(model)
     if n_images == 0:
+        table = None
         choice = {"method": "gradcam", "layer": fused[-1], "map_side": int(feature_map_size(model)[0]),
                   "reason": "not measured (explain.layer_choice_images is 0): Grad-CAM on the last convolutional "
                             "layer, the conventional default."}
@@ -152,7 +153,7 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
     choice = {**choice, "fused": len(stages) > 1, "stages": stages, "member": member_name, "n_images": int(n_images)}
     _io.write_json(run.table("layer_choice.json"), choice)
     logger.info("explain: test-split maps by %s on %s (%s)", choice["method"], choice["layer"], choice["reason"])
-    return choice
+    return choice, table
 
 
 def map_label(choice):
@@ -259,27 +260,35 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
     _io.write_csv(run.table("zone_attention.csv"), pd.concat(zone_rows, ignore_index=True), index=False)
 
 
-def _faithfulness_summary(run, best_name, best_model, images, target, zones_all, errors, masks, choice):
-    """Off-lung attention of errors vs correct calls, and deletion AUC of the best model member against random maps."""
-    from ..explain import deletion_auc, gradcam, random_map_baseline
+def _faithfulness_summary(run, best_name, zones_all, errors, masks, choice, choice_table):
+    """Off-lung attention of errors vs correct calls; the chosen map's faithfulness from the layer choice's table.
 
-    x = images.at(int(best_model.input_shape[1]))
-    maps = gradcam(best_model, x, method=choice["method"], layers=chosen_layers(best_model, choice), target=target)
-    deletion = deletion_auc(best_model, x, maps, target=target)
-    random_deletion = random_map_baseline(best_model, x, metric="deletion", target=target)
+    The deletion AUC and ROAD gap are the ones the choice measured on the best model member (and
+    random maps on the same images), so the stage does not compute them twice.
+    """
     off_lung = zones_all["off_lung_attention"]
     label = map_label(choice)
-    summary = pd.DataFrame([
+    rows = [
         {"measure": f"off_lung_attention ({label}, ensemble), errors", "value": off_lung[errors].mean(),
          "n": int(errors.sum())},
         {"measure": f"off_lung_attention ({label}, ensemble), correct", "value": off_lung[~errors].mean(),
          "n": int((~errors).sum())},
-        {"measure": f"deletion AUC, {label} of {best_name} (lower = more faithful)",
-         "value": float(np.mean(deletion)), "n": len(x)},
-        {"measure": f"deletion AUC, random maps, {best_name}", "value": float(np.mean(random_deletion)), "n": len(x)},
-        {"measure": "lung mask area fraction (test mean)", "value": float(masks.mean()), "n": len(masks)},
-    ])
-    _io.write_csv(run.table("explain_summary.csv"), summary, index=False)
+    ]
+    if choice_table is not None:
+        chosen = choice_table[choice_table["chosen"]].iloc[0]
+        chance = choice_table[choice_table["method"] == "random"].iloc[0]
+        rows += [
+            {"measure": f"deletion AUC, {label} of {best_name} (lower = more faithful)",
+             "value": float(chosen["deletion_auc"]), "n": choice["n_images"]},
+            {"measure": f"deletion AUC, random maps, {best_name}", "value": float(chance["deletion_auc"]),
+             "n": choice["n_images"]},
+            {"measure": f"ROAD gap, {label} of {best_name} (higher = more faithful)",
+             "value": float(chosen["road_gap"]), "n": choice["n_images"]},
+            {"measure": f"ROAD gap, random maps, {best_name}", "value": float(chance["road_gap"]),
+             "n": choice["n_images"]},
+        ]
+    rows.append({"measure": "lung mask area fraction (test mean)", "value": float(masks.mean()), "n": len(masks)})
+    _io.write_csv(run.table("explain_summary.csv"), pd.DataFrame(rows), index=False)
 
 
 def _explain_figures(run, display, chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold):

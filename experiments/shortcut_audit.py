@@ -281,9 +281,8 @@ def audit_member(name, model, test, threshold, box, layers):
 
 
 def choice_label(choice):
-    names = {"gradcam": "Grad-CAM", "layercam": "LayerCAM", "hirescam": "HiResCAM"}
     layers = choice["layer"].split("+")
-    return f"{names[choice['method']]} " + ("fused" if len(layers) > 1 else layers[0].split("_")[0])
+    return f"{explain.METHOD_NAMES[choice['method']]} " + ("fused" if len(layers) > 1 else layers[0].split("_")[0])
 
 
 def plot_examples(examples, box, path):

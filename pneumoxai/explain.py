@@ -81,6 +81,7 @@ __all__ = [
     "TARGETS",
     "FAITHFULNESS_METRICS",
     "RANDOMIZATION_METHODS",
+    "METHOD_NAMES",
     "ZONE_COLUMNS",
     "ZONE_NAMES",
     "MapExplainer",
@@ -127,6 +128,9 @@ ROAD_ORDERS = ("morf", "lerf")
 #: The stage outputs :func:`fusion_layers` picks for a ResNet50 member (1/8, 1/16, 1/32 of the input side).
 RESNET50_FUSION_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 RANDOMIZATION_METHODS = CAM_METHODS + ("saliency",)
+#: Display name of each map method, for tables, figures and the report.
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "layercam": "LayerCAM",
+                "hirescam": "HiResCAM", "saliency": "Saliency", "shap": "SHAP"}
 
 _THRESHOLD = 0.5  # target="predicted": PNEUMONIA when P(PNEUMONIA) >= this
 _SCORECAM_MAX_BYTES = 2**30  # cap on the masked input copies Score-CAM materialises

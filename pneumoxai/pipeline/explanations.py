@@ -158,9 +158,11 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
 
 def map_label(choice):
     """Display name of the chosen test-split map, e.g. "LayerCAM (fused)" or "HiResCAM (conv3_block4_out)"."""
+    from ..explain import METHOD_NAMES
+
     if choice["fused"] or choice["stages"] == [-1]:
         return _method_label(choice["method"], fused=choice["fused"])
-    return f"{_METHOD_NAMES[choice['method']]} ({choice['layer']})"
+    return f"{METHOD_NAMES[choice['method']]} ({choice['layer']})"
 
 
 def chosen_layers(model, choice):
@@ -190,12 +192,10 @@ def _test_split_maps(run, member_models, images, predicted, masks, choice):
 TEST_MAPS_FILE = "test_maps.npz"
 
 
-_METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "layercam": "LayerCAM",
-                 "hirescam": "HiResCAM", "saliency": "Saliency", "shap": "SHAP"}
-
-
 def _method_label(method, *, fused):
-    return f"{_METHOD_NAMES[method]} (fused)" if fused else _METHOD_NAMES[method]
+    from ..explain import METHOD_NAMES
+
+    return f"{METHOD_NAMES[method]} (fused)" if fused else METHOD_NAMES[method]
 
 
 # Maps fused over several layers (finer than the last block's), the others from the last block.

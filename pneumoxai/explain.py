@@ -35,7 +35,8 @@ model output, which is constantly 1 for one unit and makes every channel weight 
 :class:`ScoreCAM` therefore rewrites the output as the two logits ``[-z/2, z/2]``
 (``z`` = pre-sigmoid logit), whose softmax is exactly ``[1 - p, p]``. The gradient
 methods explain ``+z`` (PNEUMONIA) or ``-z`` (NORMAL) via a copy of the model with a
-linear output layer (:func:`_logit_model`) and ``BinaryScore``. CAMs are upsampled here, not by tf-keras-vis (see :func:`_upsample`).
+linear output layer (:func:`_logit_model`) and ``BinaryScore``. CAMs are upsampled here,
+not by tf-keras-vis (see :func:`_upsample`).
 
 shap 0.51 + Keras 3 / TF 2.21: ``shap.GradientExplainer`` runs, but it re-seeds NumPy's
 *global* RNG (``np.random.seed(rseed)`` inside ``shap_values``) and the partition

@@ -83,7 +83,7 @@ def test_run_writes_every_table_and_figure(smoke_run):
     assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".write-test-*"))
     assert_lock_free(out)
     gallery = np.load(out / "maps" / "explain.npz")
-    assert list(gallery["methods"]) == ["Grad-CAM", "Grad-CAM++", "HiResCAM (fused)", "SHAP"]
+    assert list(gallery["methods"]) == ["Grad-CAM", "HiResCAM (fused)", "SHAP"]
     findings = pd.read_csv(out / "tables" / "failure_slices.csv")["finding"]
     if findings.any():  # each significant slice linked to where its errors look
         explained = pd.read_csv(out / "tables" / "slice_explanations.csv")

@@ -126,7 +126,8 @@ def main(argv=None):
     parser.add_argument("--member", default=None, help="a saved member folder (e.g. the audit's marked member)")
     parser.add_argument("--data", default="../shared/data/chest_xray")
     parser.add_argument("--n-images", type=int, default=24)
-    parser.add_argument("--n-randomized", type=int, default=3)
+    parser.add_argument("--n-randomized", type=lambda v: v if v == explain.DOWNSTREAM else int(v), default=3,
+                        help=f"top weighted layers re-initialised, or {explain.DOWNSTREAM!r} (the explain stage's)")
     parser.add_argument("--skip-tiny", action="store_true", help="keep an existing tiny_cnn.csv")
     parser.add_argument("--figures", default=str(HERE.parent / "figures" / "layer_choice"))
     args = parser.parse_args(argv)

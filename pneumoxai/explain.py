@@ -82,6 +82,7 @@ __all__ = [
     "TARGETS",
     "FAITHFULNESS_METRICS",
     "RANDOMIZATION_METHODS",
+    "DOWNSTREAM",
     "METHOD_NAMES",
     "ZONE_COLUMNS",
     "ZONE_NAMES",
@@ -129,6 +130,8 @@ ROAD_ORDERS = ("morf", "lerf")
 #: The stage outputs :func:`fusion_layers` picks for a ResNet50 member (1/8, 1/16, 1/32 of the input side).
 RESNET50_FUSION_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 RANDOMIZATION_METHODS = CAM_METHODS + ("saliency",)
+#: Randomization depth that re-initialises every weighted layer after the explained layer.
+DOWNSTREAM = "downstream"
 #: Display name of each map method, for tables, figures and the report.
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "layercam": "LayerCAM",
                 "hirescam": "HiResCAM", "saliency": "Saliency", "shap": "SHAP"}
@@ -1357,21 +1360,43 @@ def _seeded_initializer(initializer, seed):
     return initializer
 
 
-def _randomized_copy(model, n_layers, seed):
-    """Copy of ``model`` with its top ``n_layers`` weighted layers re-initialised."""
+def _layers_to_randomize(owner, model, n_layers, explained, *, name="n_layers"):
+    """Names of the weighted layers a randomization check re-initialises.
+
+    An int takes the top ``n_layers`` weighted layers. ``"downstream"`` takes every
+    weighted layer after the shallowest of the ``explained`` layers in the model's
+    (topological) layer order, so whatever turns the map's features into the
+    decision is re-drawn, however deep the map sits; no explained layers (a
+    saliency map of the input) means every weighted layer.
+    """
+    n_layers = check_param(owner, name, n_layers, (Interval("int", 1, None), Options((DOWNSTREAM,))))
+    weighted = [layer.name for layer in model.layers if layer.weights]
+    if n_layers == DOWNSTREAM:
+        order = {layer.name: i for i, layer in enumerate(model.layers)}
+        first = min((order[name] for name in explained), default=-1)
+        chosen = [name for name in weighted if order[name] > first]
+        if not chosen:
+            raise ConfigError(f"{owner}: no layer with weights follows {explained[0]!r}, so there is nothing "
+                              "to re-initialise for the randomization check")
+        return chosen
+    if n_layers > len(weighted):
+        raise ConfigError(f"{owner}: {name}={n_layers} but the model has only {len(weighted)} layers with weights")
+    return weighted[-n_layers:]
+
+
+def _randomized_copy(model, names, seed):
+    """Copy of ``model`` with the layers ``names`` re-initialised."""
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    weighted = [layer for layer in clone.layers if layer.weights]
-    if n_layers > len(weighted):
-        raise ConfigError(f"n_layers={n_layers} but the model has only {len(weighted)} layers with weights")
     rng = np.random.default_rng(seed)
-    for layer in weighted[-n_layers:]:
+    for name in names:
+        layer = clone.get_layer(name)
         for variable in layer.weights:
             # Each variable is redrawn from its own layer's initializer (Adebayo et al.),
             # seeded here instead of through Keras' global seed.
-            name = variable.name.split("/")[-1]
+            variable_name = variable.name.split("/")[-1]
             fallback = "glorot_uniform" if len(variable.shape) >= 2 else "zeros"
-            init = getattr(layer, f"{name}_initializer", None) or fallback
+            init = getattr(layer, f"{variable_name}_initializer", None) or fallback
             init = _seeded_initializer(init, int(rng.integers(2**31 - 1)))
             variable.assign(init(variable.shape, variable.dtype))
     return clone
@@ -1398,13 +1423,22 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
     on the learned weights gives low correlations; values near 1 mean the map mostly
     reflects the input (edge detector behaviour), not the model.
 
+    A fixed count is a shallow check for a map of a shallow layer: re-initialising a
+    ResNet50's head leaves conv3's activations and most of the gradient path to them
+    in place. ``n_layers="downstream"`` re-initialises every weighted layer after the
+    explained layer (the cascade of Adebayo et al. run down to the map's own layer),
+    so maps of every depth face the same question: does the map change once the
+    learned path from its features to the decision is gone?
+
     Parameters
     ----------
     model : keras.Model
     images : array-like, shape (n, H, W, 3)
     method : {"gradcam", "gradcam++", "layercam", "hirescam", "scorecam", "saliency"}, default="gradcam"
-    n_layers : int, default=1
-        Weighted layers to re-initialise, from the top (cascading randomization).
+    n_layers : int or "downstream", default=1
+        Weighted layers to re-initialise, from the top (cascading randomization), or
+        ``"downstream"``: all of them after the explained layer (the shallowest of
+        ``layers``; every weighted layer for ``"saliency"``).
     layer, layers, target, batch_size, max_n
         As in :func:`gradcam`; "predicted" follows the trained model for both maps.
     seed : int, default=0
@@ -1418,11 +1452,12 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
     """
     _choice("randomization_check", "method", method, RANDOMIZATION_METHODS)
     _check_model(model, "randomization_check")
-    n_layers = _positive_int("randomization_check", "n_layers", n_layers)
+    explained = () if method == "saliency" else _feature_layers("randomization_check", model, layer, layers)
+    names = _layers_to_randomize("randomization_check", model, n_layers, explained)
     x = _check_images(images, model, owner="randomization_check")
     batch_size = _positive_int("randomization_check", "batch_size", batch_size)
     target = _target_is_pneumonia("randomization_check", target, model, x, batch_size)
-    randomized = _randomized_copy(model, n_layers, seed)
+    randomized = _randomized_copy(model, names, seed)
 
     def explain(m):
         if method == "saliency":
@@ -1442,7 +1477,7 @@ def _nanmedian(values):
 
 
 def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), target="predicted", steps=20,
-                   fractions=(0.1, 0.3, 0.5, 0.7, 0.9), n_randomized=1, batch_size=16, max_n=32, seed=0):
+                   fractions=(0.1, 0.3, 0.5, 0.7, 0.9), n_randomized=DOWNSTREAM, batch_size=16, max_n=32, seed=0):
     """Faithfulness, randomization and cost of each CAM method on each layer (or fused layers).
 
     Layer choice by measurement: for every (method, layer) pair the maps of ``images``
@@ -1466,8 +1501,11 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         Deletion steps.
     fractions : sequence of float, default (0.1, 0.3, 0.5, 0.7, 0.9)
         ROAD removal fractions.
-    n_randomized : int, default 1
-        Top weighted layers re-initialised by the randomization check.
+    n_randomized : int or "downstream", default "downstream"
+        Weighted layers re-initialised by the randomization check: the top
+        ``n_randomized``, or every one after each candidate's shallowest layer
+        (:func:`randomization_check`), so a conv3 map is not judged by a check that
+        leaves conv4 and conv5 trained.
     batch_size, max_n, seed
         As in :func:`gradcam` and :func:`randomization_check`.
 
@@ -1498,9 +1536,18 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         deletion = deletion_auc(model, x, maps, steps=steps, target=is_pneumonia).mean()
         return {"deletion_auc": deletion, "road_morf": morf, "road_lerf": lerf, "road_gap": lerf - morf}
 
-    n_randomized = _positive_int("compare_layers", "n_randomized", n_randomized)
-    # One randomized copy serves every candidate, as randomization_check(..., seed=seed) would build it each time.
-    randomized = _randomized_copy(model, n_randomized, seed)
+    # One randomized copy per set of re-initialised layers, as randomization_check(..., seed=seed) builds it.
+    randomized_copies = {}
+
+    def randomized(spec):
+        names = tuple(_layers_to_randomize("compare_layers", model, n_randomized, spec, name="n_randomized"))
+        if names not in randomized_copies:
+            randomized_copies[names] = _randomized_copy(model, names, seed)
+        return randomized_copies[names]
+
+    for spec in specs:  # bad layer names or n_randomized fail before any map is computed
+        _feature_layers("compare_layers", model, None, spec)
+        randomized(spec)
     rows = []
     with _sharing_logit_models():
         for method in methods:
@@ -1509,7 +1556,7 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
                 started = time.perf_counter()
                 maps = explainer(x, target=is_pneumonia)
                 seconds = (time.perf_counter() - started) / len(x)
-                maps_randomized = _cam_explainer("compare_layers", randomized, method, None, batch_size, max_n,
+                maps_randomized = _cam_explainer("compare_layers", randomized(spec), method, None, batch_size, max_n,
                                                  layers=spec)(x, target=is_pneumonia)
                 rows.append({"method": method, "layer": "+".join(spec),
                              "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),
@@ -1607,6 +1654,18 @@ def choose_map_method(table, *, max_randomization=MAX_RANDOMIZATION_SPEARMAN, ti
 # --------------------------------------------------------------------------- per failure slice
 
 
+def _rise_p_value(values, errors, correct, y):
+    """One-sided Mann-Whitney p that ``values`` of the errors exceed those of correct calls of their main class."""
+    if not errors.any():
+        return np.nan
+    main_class = np.bincount(y[errors], minlength=2).argmax()
+    ok = np.isfinite(values) & (y == main_class)
+    a, b = values[errors & ok], values[correct & ok]
+    if len(a) < 2 or len(b) < 2:
+        return np.nan
+    return float(scipy.stats.mannwhitneyu(a, b, alternative="greater").pvalue)
+
+
 def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, threshold=0.5, faithfulness=None,
                        findings_only=True, max_slices=10):
     """Where in the image each failure slice's errors look, against correct calls of the same class.
@@ -1643,8 +1702,11 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
     table : pandas.DataFrame
         One row per slice: ``slice``, ``n_errors``, ``n_reference``, then for each
         zone column ``z`` of :data:`ZONE_COLUMNS` the mean share ``errors:z`` and
-        ``correct:z``, ``off_lung_shift`` (errors minus correct), ``top_zone_shift``
-        (zone with the largest increase) and, with ``faithfulness``,
+        ``correct:z``, ``off_lung_shift`` (errors minus correct), ``off_lung_p``
+        (one-sided Mann-Whitney U p-value that the off-lung shares of the slice's
+        errors exceed those of correct calls; errors and correct calls of the errors'
+        more common class, so no class mix enters; NaN with fewer than 2 on either
+        side), ``top_zone_shift`` (zone with the largest increase) and, with ``faithfulness``,
         ``faithfulness_errors`` and ``faithfulness_correct``.
     mean_maps : ndarray of float32, shape (n_slices, H, W)
         Mean map of each slice's errors (zeros for a slice without errors).
@@ -1684,6 +1746,7 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
             row[f"correct:{column}"] = (float(np.average(values[ok], weights=reference_weight[ok]))
                                         if ok.any() else np.nan)
         row["off_lung_shift"] = row["errors:off_lung_attention"] - row["correct:off_lung_attention"]
+        row["off_lung_p"] = _rise_p_value(shares["off_lung_attention"].to_numpy(), errors, ~wrong, y)
         shifts = {z: row[f"errors:{z}"] - row[f"correct:{z}"] for z in ZONE_COLUMNS}
         finite = {z: v for z, v in shifts.items() if np.isfinite(v)}
         row["top_zone_shift"] = max(finite, key=finite.get) if finite else None

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from pneumoxai import explain, models, slices
 from pneumoxai.errors import ConfigError, DataError
@@ -260,10 +261,11 @@ def test_compare_layers_scores_every_method_and_layer(deep):
     assert (table["seconds_per_image"][:-1] > 0).all()
     # NaN where re-initialising the head leaves a constant (all-zero) Grad-CAM
     assert table["randomization_spearman"][2:4].between(-1, 1).all()
-    # The one randomized copy the table shares is the one randomization_check builds for each call.
+    # Each candidate's randomized copy is the one randomization_check builds: every layer after the map's redrawn.
     for row, (method, layers) in zip(table.itertuples(), [("gradcam", ["conv_last"]), ("gradcam", fused),
                                                           ("layercam", ["conv_last"]), ("layercam", fused)]):
-        alone = explain.randomization_check(model, x, method=method, layers=layers, target="predicted")
+        alone = explain.randomization_check(model, x, method=method, layers=layers, n_layers="downstream",
+                                            target="predicted")
         finite = alone[np.isfinite(alone)]
         np.testing.assert_allclose(row.randomization_spearman, np.median(finite) if finite.size else np.nan,
                                    atol=1e-6)
@@ -332,6 +334,54 @@ def test_slice_explanations_compare_errors_with_correct_calls_of_the_same_class(
     assert mean_maps.shape == (len(table), side, side)
 
 
+@pytest.mark.parametrize("shift, significant", [(0.3, True), (0.0, False)])
+def test_slice_off_lung_rise_is_tested_against_correct_calls_of_the_class(shift, significant):
+    rng = np.random.default_rng(1)
+    n = 200
+    y = np.r_[np.zeros(120, int), np.ones(80, int)]
+    in_slice = np.arange(n) < 30              # 30 normals called PNEUMONIA
+    p = np.where(y == 1, 0.9, 0.1)
+    p[in_slice] = 0.8
+    off = rng.uniform(0.2, 0.6, n) + shift * in_slice
+    masks = np.zeros((n, 2, 2), bool)
+    masks[:, 1, :] = True
+    maps = np.zeros((n, 2, 2))
+    maps[:, 0, 0], maps[:, 1, 0] = off, 1 - off  # off-lung share = off
+    frame = pd.DataFrame({"in_slice": in_slice})
+    found = slices.find_failure_slices(frame, y, p, min_size=20)
+    row = explain.slice_explanations(frame, found, maps, masks, y, p)[0].iloc[0]
+    assert row["slice"] == "in_slice == True"
+    true_negatives = ~in_slice & (y == 0)
+    expected = scipy.stats.mannwhitneyu(off[in_slice], off[true_negatives], alternative="greater").pvalue
+    assert row["off_lung_p"] == pytest.approx(expected)
+    assert (row["off_lung_p"] < 0.05) == significant
+
+
+@pytest.fixture(scope="module")
+def untrained_deep():
+    keras.utils.set_random_seed(3)
+    return deep_cnn(), make_small_patch_data(6, np.random.default_rng(3))[0]
+
+
+@pytest.mark.parametrize("method, layers, same_as_top", [
+    ("gradcam", ["conv_last"], 1),                 # only the prediction layer follows
+    ("hirescam", ["conv3"], 3),                    # conv4, conv_last, prediction
+    ("layercam", ["conv2", "conv_last"], 4),       # after the shallowest of fused layers
+    ("saliency", None, 6),                         # a map of the input: every weighted layer
+])
+def test_downstream_randomization_redraws_every_layer_after_the_map(untrained_deep, method, layers, same_as_top):
+    model, x = untrained_deep
+    downstream = explain.randomization_check(model, x, method=method, layers=layers, n_layers="downstream",
+                                             target="predicted")
+    top = explain.randomization_check(model, x, method=method, layers=layers, n_layers=same_as_top,
+                                      target="predicted")
+    np.testing.assert_array_equal(downstream, top)
+    if same_as_top > 1:
+        fewer = explain.randomization_check(model, x, method=method, layers=layers, n_layers=same_as_top - 1,
+                                            target="predicted")
+        assert not np.array_equal(fewer, downstream, equal_nan=True)
+
+
 # --------------------------------------------------------------------------- bad input
 
 GOOD = np.full((2, 16, 16, 3), 0.5, np.float32)
@@ -369,7 +419,11 @@ BAD_INPUTS = [
     ("compare layers", lambda m: explain.compare_layers(m, GOOD, "conv_a"), ConfigError,
      "'layers' parameter of compare_layers"),
     ("compare randomized", lambda m: explain.compare_layers(m, GOOD, ["conv_a"], n_randomized=0), ConfigError,
-     "'n_randomized' parameter of compare_layers must be an int >= 1"),
+     "'n_randomized' parameter of compare_layers must be an int >= 1 or 'downstream'; got 0"),
+    ("randomized too deep", lambda m: explain.compare_layers(m, GOOD, ["conv_a"], n_randomized=99), ConfigError,
+     "compare_layers: n_randomized=99 but the model has only"),
+    ("randomization depth", lambda m: explain.randomization_check(m, GOOD, n_layers="all"), ConfigError,
+     "'n_layers' parameter of randomization_check must be an int >= 1 or 'downstream'; got 'all'"),
     ("choice table", lambda m: explain.choose_map_method(pd.DataFrame({"method": ["gradcam"]})), ConfigError,
      "'table' parameter of choose_map_method must be the DataFrame compare_layers returns"),
     ("choice tie", lambda m: explain.choose_map_method(_candidates((0.3,), (0.5,), (3,)), tie=-1), ConfigError,

@@ -132,7 +132,8 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
     measured and Grad-CAM on the last layer is recorded as an unmeasured default. Returns the
     choice and the scored table (None when nothing was measured).
     """
-    from ..explain import choose_map_method, compare_layers, feature_map_size, fusion_layers, layer_candidates
+    from ..explain import (DOWNSTREAM, choose_map_method, compare_layers, feature_map_size, fusion_layers,
+                           layer_candidates)
 
     n_images = min(explain_cfg["layer_choice_images"], len(target))
     methods = [m for m in TEST_SPLIT_METHODS if m == "gradcam" or m in explain_cfg["methods"]]
@@ -145,7 +146,7 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
     else:
         x = images.at(int(model.input_shape[1]))[:n_images]
         table = compare_layers(model, x, layer_candidates(model), methods=methods, target=target[:n_images],
-                               n_randomized=3, seed=explain_cfg["seed"])
+                               n_randomized=DOWNSTREAM, seed=explain_cfg["seed"])
         choice, table = choose_map_method(table)
         _io.write_csv(run.table("layer_choice.csv"), table, index=False)
     # Stages counted from the last, so members of other architectures map the same choice onto their own layers.

@@ -281,6 +281,10 @@ def _where_text(run, labels):
         return ""
     text = (f" Where they look: their maps put {errors:.0%} of the attention outside the lung fields, against "
             f"{correct:.0%} for correct calls of the same class")
+    p_rise = r.get("off_lung_p")
+    if not _missing(p_rise):
+        verdict = "a significant rise" if p_rise < run.alpha else "no significant rise"
+        text += f" ({verdict}, one-sided Mann-Whitney p = {_p(p_rise)})"
     zone = r["top_zone_shift"]
     if isinstance(zone, str) and zone:
         text += f"; the region gaining most attention is {'outside the lungs' if zone == 'off_lung_attention' else 'the ' + zone.replace('_', ' ') + ' zone'}"
@@ -586,21 +590,27 @@ def _slice_explanations_part(run):
         return []
     body = [_tag("h3", "Where each failure slice's errors look")]
     faithful = "faithfulness_errors" in table.columns
+    tested = "off_lung_p" in table.columns
     rows = []
     for _, r in table.iterrows():
         row = [r["slice"], _count(r["n_errors"]), _num(r["errors:off_lung_attention"], 2),
-               _num(r["correct:off_lung_attention"], 2), _num(r["off_lung_shift"], 2),
-               str(r["top_zone_shift"]).replace("_", " ")]
+               _num(r["correct:off_lung_attention"], 2), _num(r["off_lung_shift"], 2)]
+        row += [_p(r["off_lung_p"])] if tested else []
+        row.append(str(r["top_zone_shift"]).replace("_", " "))
         if faithful:
             row += [_num(r["faithfulness_errors"], 3), _num(r["faithfulness_correct"], 3)]
         rows.append(row)
-    headers = ["Slice", "Errors", "Off-lung share (errors)", "Off-lung share (correct)", "Shift", "Zone gaining most"]
+    headers = (["Slice", "Errors", "Off-lung share (errors)", "Off-lung share (correct)", "Shift"]
+               + (["p (rise)"] if tested else []) + ["Zone gaining most"])
     if faithful:
         headers += ["Deletion AUC (errors)", "Deletion AUC (correct)"]
-    body.append(_table(headers, rows, numeric=range(1, len(headers)), caption=(
-        f"Ensemble {_map_name(run)} of the predicted class. Each slice's errors are compared with the correct calls of the "
-        "same true class, weighted to the errors' class mix. Deletion AUC of the best model member on a sample "
-        "(lower = the map points at what drives the call).")))
+    numeric = [i for i, header in enumerate(headers) if i and header != "Zone gaining most"]
+    test = (" p (rise): one-sided Mann-Whitney U test that the errors' off-lung shares exceed those of correct "
+            "calls of their class." if tested else "")
+    body.append(_table(headers, rows, numeric=numeric, caption=(
+        f"Ensemble {_map_name(run)} of the predicted class. Each slice's errors are compared with the correct calls "
+        f"of the same true class, weighted to the errors' class mix.{test} Deletion AUC of the best model member on "
+        "a sample (lower = the map points at what drives the call).")))
     body.append(_figure(run, "slice_maps", "Mean map of each slice's errors beside the correct calls' mean map; "
                                           "white: mean lung outline.", "slices"))
     return body

@@ -194,18 +194,26 @@ def test_summary_uses_findings_only(run, results):
     assert "subtype == virus" in terminal and "brightness" not in terminal
 
 
-def test_a_finding_says_where_its_errors_look(run):
-    pd.DataFrame([{"slice": "subtype == virus", "n_errors": 9, "n_reference": 5,
-                   "errors:off_lung_attention": 0.61, "correct:off_lung_attention": 0.34, "off_lung_shift": 0.27,
-                   "top_zone_shift": "off_lung_attention", "faithfulness_errors": 0.21,
-                   "faithfulness_correct": 0.33}]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
+@pytest.mark.parametrize("p_rise, verdict", [
+    (None, ""),  # a table written before the test existed
+    (2e-5, " (a significant rise, one-sided Mann-Whitney p = 2.0e-05)"),
+    (0.31, " (no significant rise, one-sided Mann-Whitney p = 0.310)"),
+])
+def test_a_finding_says_where_its_errors_look(run, p_rise, verdict):
+    row = {"slice": "subtype == virus", "n_errors": 9, "n_reference": 5, "errors:off_lung_attention": 0.61,
+           "correct:off_lung_attention": 0.34, "off_lung_shift": 0.27, "top_zone_shift": "off_lung_attention",
+           "faithfulness_errors": 0.21, "faithfulness_correct": 0.33}
+    if p_rise is not None:
+        row["off_lung_p"] = p_rise
+    pd.DataFrame([row]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
     _png(run / "figures" / "slice_maps.png")
     text = write_report(run).read_text(encoding="utf-8")
     sentence = ("Where they look: their maps put 61% of the attention outside the lung fields, against 34% for "
-                "correct calls of the same class; the region gaining most attention is outside the lungs.")
+                f"correct calls of the same class{verdict}; the region gaining most attention is outside the lungs.")
     assert sentence in _section(text, "summary")
     slices = _section(text, "slices")
     assert "Where each failure slice" in slices and "0.27" in slices and "0.210" in slices
+    assert ("p (rise)" in slices) == (p_rise is not None)
     assert "Where they look" in " ".join(summary_text(run).split())
 
 

@@ -104,7 +104,7 @@ def train_members(run, config, names=None, *, table=None, verbose="auto", strate
             wanted = config_hash(member)
             row = _up_to_date(run, member, wanted, manifest)
             if row is None:
-                row = _train_one(run, member, wanted, manifest, cache, distribution, chief, verbose)
+                row = _train_one(run, config, member, wanted, manifest, cache, distribution, chief, verbose)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -182,7 +182,7 @@ def _keras_verbose(verbose):
     return verbose
 
 
-def _train_one(run, member, wanted, manifest, cache, distribution, chief, verbose):
+def _train_one(run, config, member, wanted, manifest, cache, distribution, chief, verbose):
     from .. import data as data_mod
     from .. import models
 
@@ -221,12 +221,14 @@ def _train_one(run, member, wanted, manifest, cache, distribution, chief, verbos
     trained = {"history": info["history"], "epochs_run": info["epochs_run"],
                "seconds_per_epoch": info["seconds_per_epoch"], "train_seconds": time.perf_counter() - started}
     if snapshots and chief:
-        val_metrics = _finish_snapshots(run, member, trained, val_images, y_val)
-    else:
+        val_metrics = _finish_snapshots(run, config, member, trained, val_frame)
+    elif chief:
+        models.save_member(member_dir, model, {**record, **trained})
+        (member_dir / "checkpoint.keras").unlink(missing_ok=True)
+        val_metrics = _saved_val_metrics(run, config, [member_dir], val_frame)[0]
+        models.update_card(member_dir, {"val_metrics": val_metrics})
+    else:  # a multi-worker worker saves nothing
         val_metrics = _quick_metrics(y_val, models.predict_proba(model, val_images))
-        if chief and not snapshots:
-            models.save_member(member_dir, model, {**record, **trained, "val_metrics": val_metrics})
-            (member_dir / "checkpoint.keras").unlink(missing_ok=True)
     logger.info("member %s: val AUC %.4f, %.1f s/epoch, %d epochs", member["name"], val_metrics["roc_auc"],
                 info["seconds_per_epoch"], info["epochs_run"])
     return {"member": member["name"], "status": "trained", "val_auc": val_metrics["roc_auc"],
@@ -261,18 +263,31 @@ def _snapshot_folder(member_dir, record, snapshots, chief):
     yield member_dir
 
 
-def _finish_snapshots(run, member, trained, val_images, y_val):
+def _finish_snapshots(run, config, member, trained, val_frame):
     """Record each snapshot's name, validation metrics and timing on its card; return the last one's metrics."""
     from .. import models
 
-    val_metrics = None
-    for folder in _saved_folders(run, member):
-        snapshot, card = models.load_member(folder)
-        val_metrics = _quick_metrics(y_val, models.predict_proba(snapshot, val_images))
+    folders = _saved_folders(run, member)
+    for folder, val_metrics in zip(folders, _saved_val_metrics(run, config, folders, val_frame)):
         logger.info("member %s: val AUC %.4f", folder.name, val_metrics["roc_auc"])
-        models.update_card(folder, {**trained, "name": folder.name, "epochs_run": card["epoch"],
+        models.update_card(folder, {**trained, "name": folder.name, "epochs_run": models.read_card(folder)["epoch"],
                                     "val_metrics": val_metrics})
     return val_metrics
+
+
+def _saved_val_metrics(run, config, folders, val_frame):
+    """Validation metrics of saved members, from predictions put in the cache the evaluate stage reads.
+
+    Predicted as the evaluate stage will predict them (its batch size and TTA setting, the
+    run's interpolation), so the validation split is predicted once per member, not twice.
+    """
+    from ..predict import predict_members
+
+    P = predict_members(folders, val_frame, batch_size=config["evaluate"]["batch_size"],
+                        tta=config["evaluate"]["tta"], cache_dir=run.cache("predictions"), progress=False,
+                        interpolation=config["data"]["interpolation"])
+    y_val = val_frame["label"].to_numpy()
+    return [_quick_metrics(y_val, column) for column in P.T]
 
 
 def _quick_metrics(y_true, y_prob):

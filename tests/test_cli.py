@@ -5,8 +5,10 @@ import time
 from pathlib import Path
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from pneumoxai import cli
+from pneumoxai import cli, predict
+from pneumoxai.pipeline.evaluate import member_predictions
 from pneumoxai.run_folder import RunFolder
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
@@ -132,7 +134,7 @@ def _tiny_tree_config(make_kaggle_tree, tmp_path):
     return root, config
 
 
-def test_member_jobs_share_the_folder_but_not_a_member(make_kaggle_tree, tmp_path, capsys):
+def test_member_jobs_share_the_folder_but_not_a_member(make_kaggle_tree, tmp_path, capsys, monkeypatch):
     # `train --member` takes no folder lock (scheduler jobs train side by side), only the
     # member's own: a second job for a member in training is refused.
     root, config = _tiny_tree_config(make_kaggle_tree, tmp_path)
@@ -156,6 +158,16 @@ def test_member_jobs_share_the_folder_but_not_a_member(make_kaggle_tree, tmp_pat
     assert (run / "members" / "b" / "card.json").exists() and not (run / "members" / "a" / "card.json").exists()
     with RunFolder(run / "members" / "b").lock():  # released after the job
         pass
+    # The card's validation AUC comes from the predictions the evaluate stage then reads from its cache.
+    def no_model_load(*args):
+        raise AssertionError("evaluate predicted the validation split again")
+    monkeypatch.setattr(predict, "_member_model", no_model_load)
+    folder = RunFolder(run)
+    config = json.loads(folder.config_file.read_text())
+    config["members"] = [m for m in config["members"] if m["name"] == "b"]
+    P_val, val_rows = member_predictions(folder, config, "val")
+    card = json.loads((run / "members" / "b" / "card.json").read_text())
+    assert card["val_metrics"]["roc_auc"] == pytest.approx(roc_auc_score(val_rows["label"], P_val["b"]))
 
 
 def test_strategy_flag_reaches_training(monkeypatch, tmp_path, capsys, make_kaggle_tree):

@@ -83,9 +83,10 @@ def _stamp_some(images, mask):
     return out
 
 
-def _member_config(epochs, seed):
+def _member_config(epochs, seed, size):
     raw = yaml.safe_load((HERE / "configs" / "cpu64.yaml").read_text())
     raw["defaults"]["epochs_frozen"] = epochs
+    raw["defaults"]["image_size"] = size  # what the member is built at, so the provenance says so
     # No flips: a flip would move the marker to another corner (real markers do not move either).
     raw["defaults"]["augment"] = {"rotation": 0.0, "flip": False, "contrast": 0.1}
     raw["members"] = [{"name": "audit", "seed": seed}]
@@ -336,7 +337,7 @@ def main(argv=None):
     test_rows = table[table["split"] == "test"].reset_index(drop=True)
     box = audit.marker_box(args.size)
 
-    member_cfg = _member_config(args.epochs, args.seed)
+    member_cfg = _member_config(args.epochs, args.seed, args.size)
     trained = {}
     for name, fraction in (("marked", args.train_marked), ("control", 0.0)):
         arrays = []

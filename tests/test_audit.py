@@ -166,10 +166,19 @@ def run_audit(chain, name):
     maps_clean = explain.gradcam(model, chain["x_clean"][shown], method="layercam", layers=layers)
     off_lung = [explain.zone_attention(m, chain["masks"][shown])["off_lung_attention"].mean()
                 for m in (maps, maps_clean)]
+    # As the report compares: the marker slice's errors against correct calls of their class, every image
+    # mapped for its own call.
+    off_lung_p = float("nan")
+    if any(isolating):
+        marker_slice = top[np.array(isolating)].head(1)
+        every_map = explain.gradcam(model, x, method="layercam", layers=layers, target="predicted")
+        table = explain.slice_explanations(frame, marker_slice, every_map, chain["masks"], y, p)[0]
+        off_lung_p = float(table["off_lung_p"].iloc[0])
     return {"fpr_marked": float((p[marked] >= 0.5).mean()),
             "fpr_clean": float((p[~marked & (y == 0)] >= 0.5).mean()),
             "marker_slice_in_top3": any(isolating), "top_slice": found["slice"].iloc[0] if len(found) else None,
             "peak_in_box": audit.peak_in_box(maps, chain["box"]), "off_lung_rise": float(off_lung[0] - off_lung[1]),
+            "marker_slice_off_lung_p": off_lung_p,
             "flip_rate": (audit.counterfactual_flip_rate(model, x[false_pos], y[false_pos], chain["box"])
                           if false_pos.any() else float("nan"))}
 
@@ -183,6 +192,7 @@ def test_the_audit_finds_the_planted_marker_and_not_in_the_control(chain):
     assert marked["fpr_marked"] >= 0.8 and marked["fpr_clean"] < 0.5  # the shortcut was learnt
     assert marked["marker_slice_in_top3"]
     assert marked["peak_in_box"] >= 0.9
+    assert marked["marker_slice_off_lung_p"] < 0.05  # its errors look off the lungs more than correct calls do
     assert marked["flip_rate"] >= 0.8
     assert not control["marker_slice_in_top3"]
     assert control["peak_in_box"] < 0.5

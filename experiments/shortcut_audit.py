@@ -23,10 +23,13 @@ without being told about the marker:
     inpainted away (:func:`pneumoxai.audit.counterfactual_flip_rate`), over the errors the
     marker caused (correct calls on the clean original) and over all marked false positives,
     and how often the inpainted image gets the clean original's call;
-(d) the same numbers for the control member.
+(d) the same numbers for the control member: trained on the images without the tag
+    (``--control clean``), or with it on the same share of both classes (``--control
+    neutral``), so that it sees the tag but the tag says nothing about the label (a
+    clean control may still read an unseen bright square as disease).
 
     python experiments/shortcut_audit.py --data ../shared/data/chest_xray --out runs/shortcut_audit \
-        [--n-train 800] [--epochs 3]
+        [--n-train 800] [--epochs 3] [--control neutral]
 
 Writes ``figures/shortcut_audit/``: audit.csv, audit.md, slices_marked.csv,
 slices_control.csv, examples.png and provenance.json. Members are cached in ``--out``:
@@ -65,6 +68,10 @@ def _downsample(images, size):
 
 def _sample(frame, n, rng):
     return frame.iloc[np.sort(rng.choice(len(frame), min(n, len(frame)), replace=False))].reset_index(drop=True)
+
+
+#: Control member: folder name and the classes whose training images get the tag.
+CONTROLS = {"clean": ("control", ()), "neutral": ("control_neutral", (0, 1))}
 
 
 def _marked_rows(labels, label, fraction, rng):
@@ -323,6 +330,8 @@ def main(argv=None):
     parser.add_argument("--train-marked", type=float, default=0.5, help="share of PNEUMONIA train images marked")
     parser.add_argument("--test-marked", type=float, default=0.3, help="share of NORMAL test images marked")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--control", choices=CONTROLS, default="clean",
+                        help="control trained without the tag, or with it on both classes alike")
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--figures", default=str(HERE.parent / "figures" / "shortcut_audit"))
     args = parser.parse_args(argv)
@@ -339,15 +348,19 @@ def main(argv=None):
 
     member_cfg = _member_config(args.epochs, args.seed, args.size)
     trained = {}
-    for name, fraction in (("marked", args.train_marked), ("control", 0.0)):
+    control_folder, control_classes = CONTROLS[args.control]
+    for name, folder, classes in (("marked", "marked", (1,)), ("control", control_folder, control_classes)):
         arrays = []
         for rows in (train_rows, val_rows):
             full = load_images(rows, FULL)
-            marked = _marked_rows(rows["label"], 1, fraction, np.random.default_rng(args.seed + 1))
+            marked = np.zeros(len(rows), bool)
+            for label in classes:  # PNEUMONIA rows drawn as they always were, NORMAL rows from their own stream
+                marked |= _marked_rows(rows["label"], label, args.train_marked,
+                                       np.random.default_rng(args.seed + 1 + 2 * (1 - label)))
             arrays += [_downsample(_stamp_some(full, marked), args.size), rows["label"].to_numpy()]
             del full
         t0 = time.perf_counter()
-        model, card = train_or_load(out / "members" / name, *arrays, member_cfg, args.size)
+        model, card = train_or_load(out / "members" / folder, *arrays, member_cfg, args.size)
         val_p = models.predict_proba(model, arrays[2])
         trained[name] = {"model": model, "card": card, "threshold": float(choose_threshold(arrays[3], val_p)),
                          "train_seconds": time.perf_counter() - t0}
@@ -391,11 +404,12 @@ def main(argv=None):
 
 
 def _markdown(result, args):
+    control = "none (control)" if args.control == "clean" else f"{args.train_marked:.0%} of each class (control)"
     lines = [
         "# Planted-shortcut audit",
         "",
         f"Marker: bright 'L' tag, top-left, box {audit.marker_box(args.size)} at {args.size} px; "
-        f"{args.train_marked:.0%} of PNEUMONIA train images marked (marked member), none (control); "
+        f"{args.train_marked:.0%} of PNEUMONIA train images marked (marked member), {control}; "
         f"{args.test_marked:.0%} of NORMAL test images marked.",
         "",
         "| | marked member | control |",

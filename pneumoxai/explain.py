@@ -1536,18 +1536,15 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         deletion = deletion_auc(model, x, maps, steps=steps, target=is_pneumonia).mean()
         return {"deletion_auc": deletion, "road_morf": morf, "road_lerf": lerf, "road_gap": lerf - morf}
 
-    # One randomized copy per set of re-initialised layers, as randomization_check(..., seed=seed) builds it.
-    randomized_copies = {}
-
-    def randomized(spec):
-        names = tuple(_layers_to_randomize("compare_layers", model, n_randomized, spec, name="n_randomized"))
-        if names not in randomized_copies:
-            randomized_copies[names] = _randomized_copy(model, names, seed)
-        return randomized_copies[names]
-
-    for spec in specs:  # bad layer names or n_randomized fail before any map is computed
-        _feature_layers("compare_layers", model, None, spec)
-        randomized(spec)
+    # Each candidate's randomized copy, built before any map (bad layer names or n_randomized fail first) and
+    # shared by candidates that re-initialise the same layers, as randomization_check(..., seed=seed) builds it.
+    copies, randomized = {}, {}
+    for spec in specs:
+        names = tuple(_layers_to_randomize("compare_layers", model, n_randomized,
+                                           _feature_layers("compare_layers", model, None, spec), name="n_randomized"))
+        if names not in copies:
+            copies[names] = _randomized_copy(model, names, seed)
+        randomized[spec] = copies[names]
     rows = []
     with _sharing_logit_models():
         for method in methods:
@@ -1556,7 +1553,7 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
                 started = time.perf_counter()
                 maps = explainer(x, target=is_pneumonia)
                 seconds = (time.perf_counter() - started) / len(x)
-                maps_randomized = _cam_explainer("compare_layers", randomized(spec), method, None, batch_size, max_n,
+                maps_randomized = _cam_explainer("compare_layers", randomized[spec], method, None, batch_size, max_n,
                                                  layers=spec)(x, target=is_pneumonia)
                 rows.append({"method": method, "layer": "+".join(spec),
                              "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),

@@ -26,10 +26,15 @@ without being told about the marker:
 (d) the same numbers for the control member: trained on the images without the tag
     (``--control clean``), or with it on the same share of both classes (``--control
     neutral``), so that it sees the tag but the tag says nothing about the label (a
-    clean control may still read an unseen bright square as disease).
+    clean control may still read an unseen bright square as disease), or a member
+    trained elsewhere on clean images (``--control-member``, e.g. a cpu.yaml run's
+    member; its threshold is chosen on the training-split images it was not trained on).
+    "No marker attention" is judged by :func:`pneumoxai.audit.marker_attention_test`:
+    the chosen map's peak does not move into the marker box on the marked copies of the
+    marked false positives more often than out of it (one-sided exact McNemar p >= 0.05).
 
     python experiments/shortcut_audit.py --data ../shared/data/chest_xray --out runs/shortcut_audit \
-        [--n-train 800] [--epochs 3] [--control neutral]
+        [--n-train 800] [--epochs 3] [--control neutral | --control-member RUN/members/NAME]
 
 Writes ``figures/shortcut_audit/``: audit.csv, audit.md, slices_marked.csv,
 slices_control.csv, examples.png and provenance.json. Members are cached in ``--out``:
@@ -48,7 +53,7 @@ import yaml
 
 from pneumoxai import __version__, audit, explain, models, slices
 from pneumoxai import config as cfg
-from pneumoxai._io import write_csv, write_json, write_text
+from pneumoxai._io import read_json, write_csv, write_json, write_text
 from pneumoxai.lungs import lung_mask
 from pneumoxai.data import balance, load_images, scan_dataset, split_by_patient
 from pneumoxai.figures import save_figure, style
@@ -112,6 +117,30 @@ def train_or_load(directory, images, labels, val_images, val_labels, member_cfg,
             "n_train": len(images)}
     models.save_member(directory, model, card)
     return model, card
+
+
+def given_control(directory, train_split, size):
+    """A member trained elsewhere as the control; its threshold from the training-split images it never saw."""
+    model, card = models.load_member(directory)
+    if int(model.input_shape[1]) != size:
+        raise SystemExit(f"--control-member takes {model.input_shape[1]} px images; the audit runs at --size {size}. "
+                         f"Received: --control-member {directory}")
+    # A snapshot's training files are listed one folder up, beside its siblings.
+    listed = [d / "train_paths.json" for d in (Path(directory), Path(directory).parent)]
+    listed = [f for f in listed if f.is_file()]
+    if not listed:
+        raise SystemExit("--control-member needs the train_paths.json that `pneumoxai train` writes (in its folder "
+                         "or one up), to choose its threshold on images it was not trained on. "
+                         f"Received: --control-member {directory}")
+    # Matched on split/class/file name, so a data folder seen from another path still matches.
+    seen = {Path(path).parts[-3:] for path in read_json(listed[0])}
+    held_out = train_split[[Path(path).parts[-3:] not in seen for path in train_split["path"]]]
+    if held_out["label"].value_counts().reindex([0, 1], fill_value=0).min() < 20:
+        raise SystemExit(f"--control-member was trained on nearly all training-split images; fewer than 20 of a "
+                         f"class are left to choose its threshold on. Received: --control-member {directory}")
+    p = models.predict_proba(model, _downsample(load_images(held_out, FULL), size))
+    return {"model": model, "card": card, "threshold": float(choose_threshold(held_out["label"].to_numpy(), p)),
+            "train_seconds": 0.0, "n_threshold_images": len(held_out)}
 
 
 def _embeddings(model, images):
@@ -179,6 +208,7 @@ def audit_member(name, model, test, threshold, box, layers):
                     if best is not None else None)
     r0, c0, r1, c1 = box
     tolerance = audit.pointing_tolerance(int(model.input_shape[1]))
+    attention = audit.marker_attention_test(chosen, chosen_clean, box, tolerance=tolerance)
 
     def box_share(m):
         with np.errstate(invalid="ignore"):  # an all-zero map has no mass to share
@@ -236,6 +266,10 @@ def audit_member(name, model, test, threshold, box, layers):
         "b_pipeline_choice_road_gap": choice["road_gap"],
         "b_best_road_gap_conv3_alone": float(choice_table.loc[choice_table["layer"] == layers[0], "road_gap"].max()),
         "b_pointing_game_pipeline_choice": audit.peak_in_box(chosen, box, tolerance=tolerance),
+        "b_pointing_game_pipeline_choice_clean": attention["share_clean"],
+        "b_peak_moves_into_box_with_marker": attention["n_into"],
+        "b_peak_moves_out_of_box_with_marker": attention["n_out_of"],
+        "b_marker_attention_p": attention["p_value"],
         "b_box_mass_pipeline_choice": box_share(chosen),
         "b_box_mass_pipeline_choice_clean": box_share(chosen_clean),
         "b_off_lung_pipeline_choice": float(np.nanmean(explain.zone_attention(chosen, masks)["off_lung_attention"])),
@@ -283,6 +317,10 @@ def audit_member(name, model, test, threshold, box, layers):
         # "Back into correct calls": the errors that were correct calls before the marker was stamped.
         "pass_c_flip_rate_ge_0.8": bool(flip_caused >= 0.8),
         "pass_c_flip_rate_ge_0.8_over_all_marked_false_positives": bool(flip >= 0.8),
+        # The control's criterion, for either member: no isolating slice in the top 3, and the marker does not
+        # draw the chosen map's peak (paired against the same images' clean copies).
+        "control_no_marker_slice": best is None,
+        "control_no_marker_attention": bool(attention["p_value"] >= 0.05),
     })
     examples = {"x": test["x"][explain_rows][:4], "maps": chosen[:4], "label": choice_label(choice),
                 "x_removed": audit.remove_marker(test["x"][explain_rows][:4], box),
@@ -332,6 +370,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--control", choices=CONTROLS, default="clean",
                         help="control trained without the tag, or with it on both classes alike")
+    parser.add_argument("--control-member", help="a saved member trained on clean images (e.g. RUN/members/NAME of "
+                        "a cpu.yaml run) to audit as the control instead of training one")
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--figures", default=str(HERE.parent / "figures" / "shortcut_audit"))
     args = parser.parse_args(argv)
@@ -348,8 +388,12 @@ def main(argv=None):
 
     member_cfg = _member_config(args.epochs, args.seed, args.size)
     trained = {}
-    control_folder, control_classes = CONTROLS[args.control]
-    for name, folder, classes in (("marked", "marked", (1,)), ("control", control_folder, control_classes)):
+    to_train = [("marked", "marked", (1,))]
+    if args.control_member is None:
+        to_train.append(("control", *CONTROLS[args.control]))
+    else:
+        trained["control"] = given_control(args.control_member, table[table["split"] == "train"], args.size)
+    for name, folder, classes in to_train:
         arrays = []
         for rows in (train_rows, val_rows):
             full = load_images(rows, FULL)
@@ -400,11 +444,14 @@ def main(argv=None):
         "n_train": len(train_rows), "n_val": len(val_rows), "n_test": len(test_rows),
         "n_test_marked": int(marked.sum()), "marker_box": box, "fusion_layers": list(layers),
         "member_config": member_cfg, "args": vars(args),
+        "control_threshold_images": trained["control"].get("n_threshold_images", len(val_rows)),
     })
 
 
 def _markdown(result, args):
-    control = "none (control)" if args.control == "clean" else f"{args.train_marked:.0%} of each class (control)"
+    control = ("none (control)" if args.control == "clean" else f"{args.train_marked:.0%} of each class (control)")
+    if args.control_member is not None:
+        control = f"control: the member {args.control_member}, trained elsewhere on clean images"
     lines = [
         "# Planted-shortcut audit",
         "",

@@ -66,6 +66,30 @@ def test_peak_in_box_accepts_one_box_per_map():
     assert audit.peak_in_box(maps, boxes) == pytest.approx(2 / 3)
 
 
+def test_marker_attention_test_is_the_one_sided_exact_mcnemar_test():
+    from scipy.stats import binomtest
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    rng = np.random.default_rng(0)
+    box = (0, 0, 4, 4)
+    inside, outside = (1, 1), (12, 12)
+    # Planted pairs: 9 move into the box with the marker, 2 move out, 5 stay in, 14 stay out.
+    moves = [(outside, inside)] * 9 + [(inside, outside)] * 2 + [(inside, inside)] * 5 + [(outside, outside)] * 14
+    clean, marked = rng.uniform(0, 0.5, (2, len(moves), 16, 16))
+    for i, (before, after) in enumerate(moves):
+        clean[(i, *before)] = marked[(i, *after)] = 1.0
+    result = audit.marker_attention_test(marked, clean, box)
+    assert (result["n_into"], result["n_out_of"]) == (9, 2)
+    assert result["share_marked"] == pytest.approx(14 / 30) and result["share_clean"] == pytest.approx(7 / 30)
+    assert result["p_value"] == pytest.approx(binomtest(9, 11, 0.5, alternative="greater").pvalue)
+    # One-sided: half of statsmodels' two-sided exact McNemar p when the marker draws peaks in.
+    table = [[5, 2], [9, 14]]  # rows: clean in/out; columns: marked in/out
+    assert result["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue / 2)
+    # No effect when the peaks move both ways alike, and none at all when nothing moves.
+    assert audit.marker_attention_test(clean, marked, box)["p_value"] > 0.9
+    assert audit.marker_attention_test(clean, clean, box)["p_value"] == 1.0
+
+
 def test_flip_rate_counts_only_errors_that_become_correct():
     x = np.full((6, 32, 32, 3), 0.3, np.float32)
     box = audit.marker_box(32, size=8)
@@ -94,6 +118,10 @@ BAD_INPUTS = [
      "'box' parameter of remove_marker"),
     ("float box", lambda: audit.peak_in_box(GOOD[..., 0], (0.5, 0, 4, 4)), ConfigError,
      "'box' parameter of peak_in_box"),
+    ("unpaired maps", lambda: audit.marker_attention_test(GOOD[..., 0], GOOD[:1, ..., 0], (0, 0, 4, 4)),
+     DataError, "same images"),
+    ("map tolerance", lambda: audit.marker_attention_test(GOOD[..., 0], GOOD[..., 0], (0, 0, 4, 4), tolerance=-1),
+     ConfigError, "'tolerance' parameter of marker_attention_test"),
     ("labels", lambda: audit.counterfactual_flip_rate(lambda x: np.zeros(2), GOOD, [0, 2], (0, 0, 4, 4)),
      DataError, "y_true"),
     ("model output", lambda: audit.counterfactual_flip_rate(lambda x: np.full(2, 3.0), GOOD, [0, 1],

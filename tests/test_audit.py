@@ -205,7 +205,9 @@ def run_audit(chain, name):
     return {"fpr_marked": float((p[marked] >= 0.5).mean()),
             "fpr_clean": float((p[~marked & (y == 0)] >= 0.5).mean()),
             "marker_slice_in_top3": any(isolating), "top_slice": found["slice"].iloc[0] if len(found) else None,
-            "peak_in_box": audit.peak_in_box(maps, chain["box"]), "off_lung_rise": float(off_lung[0] - off_lung[1]),
+            "peak_in_box": audit.peak_in_box(maps, chain["box"]),
+            "marker_attention_p": audit.marker_attention_test(maps, maps_clean, chain["box"])["p_value"],
+            "off_lung_rise": float(off_lung[0] - off_lung[1]),
             "marker_slice_off_lung_p": off_lung_p,
             "flip_rate": (audit.counterfactual_flip_rate(model, x[false_pos], y[false_pos], chain["box"])
                           if false_pos.any() else float("nan"))}
@@ -224,6 +226,8 @@ def test_the_audit_finds_the_planted_marker_and_not_in_the_control(chain):
     assert marked["flip_rate"] >= 0.8
     assert not control["marker_slice_in_top3"]
     assert control["peak_in_box"] < 0.5
+    # Paired with the same images' clean copies: the marker draws the peaks of the marked member's maps only.
+    assert marked["marker_attention_p"] < 0.05 <= control["marker_attention_p"]
     # The same images with and without the marker: the marker draws attention off the lungs only
     # in the marked member (a small shift: the coarse layers spread the fused map's mass).
     assert marked["off_lung_rise"] > max(0.0, control["off_lung_rise"])

@@ -16,6 +16,7 @@ enforces it at every entry point; :func:`adapt` brings other Keras classifiers t
 """
 
 import contextlib
+import json
 import importlib.metadata
 import logging
 import math
@@ -1453,6 +1454,23 @@ def load_member(directory, *, verify=True):
     if verify and _io.sha256_file(model_path) != card.get("model_sha256"):
         raise RunFolderError(f"{str(model_path)!r} does not match the hash in its card: it is corrupt or was replaced.")
     return load_model_file(model_path), card
+
+
+def _saved_layer_names(directory):
+    """Names of a saved member's top-level layers, read from its ``.keras`` file without building the model.
+
+    What ``model.get_layer`` finds after :func:`load_member`, for a few kilobytes of JSON
+    instead of deserializing every weight.
+    """
+    import zipfile
+
+    model_path = Path(directory) / MODEL_FILE
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            config = json.loads(archive.read("config.json"))
+        return {layer["config"]["name"] for layer in config["config"]["layers"]}
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+        raise RunFolderError(f"{str(model_path)!r} is not a readable Keras model file.") from exc
 
 
 def load_model_file(path):

@@ -204,6 +204,9 @@ def test_an_imported_model_gives_its_own_probabilities_and_is_explained(make_kag
     assert (run / "maps" / "test_maps.npz").is_file() and (run / "figures" / "gallery.png").is_file()
     card = json.loads((run / "members" / "theirs" / "card.json").read_text())
     assert card["imported"] and card["kind"] == "model" and card["preprocess"] == "caffe"
+    # The slices stage looks for its embedding layer in the file, without loading the model.
+    loaded, _ = models.load_member(run / "members" / "theirs")
+    assert models._saved_layer_names(run / "members" / "theirs") == {layer.name for layer in loaded.layers}
 
 
 def test_deployment_prevalence_sets_the_threshold_on_validation(make_kaggle_tree, tmp_path, capsys):

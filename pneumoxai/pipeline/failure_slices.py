@@ -130,7 +130,7 @@ def _per_image_deletion(run, config, found, frame, maps, y, p_ens, threshold, pa
 
 def _embeddings(run, config, test_rows):
     """Activations of ``slices.embedding_layer`` of the model members that have it, or None."""
-    from ..models import load_member
+    from ..models import _saved_layer_names
     from ..predict import predict_embeddings
 
     layer = config["slices"]["embedding_layer"]
@@ -139,7 +139,7 @@ def _embeddings(run, config, test_rows):
     imported = {m["name"] for m in config["members"] if m["imported"]}
     # Members pneumoxai trained all have the head's layers; an imported model is checked.
     dirs = [d for d in member_dirs(run, config) if member_kind_of(d) == "model"
-            and (d.name not in imported or layer in {lyr.name for lyr in load_member(d)[0].layers})]
+            and (d.name not in imported or layer in _saved_layer_names(d))]
     if not dirs:
         logger.info("slices: no member has the embedding layer %r; the 'cluster' column is left out", layer)
         return None

@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import yaml
+from scipy.stats import mannwhitneyu
 
 from pneumoxai import __version__, audit, explain, models, slices
 from pneumoxai import config as cfg
@@ -209,6 +210,7 @@ def audit_member(name, model, test, threshold, box, layers):
     r0, c0, r1, c1 = box
     tolerance = audit.pointing_tolerance(int(model.input_shape[1]))
     attention = audit.marker_attention_test(chosen, chosen_clean, box, tolerance=tolerance)
+    moved, rise = attention["moved_into"], (p - p_clean)[explain_rows]
 
     def box_share(m):
         with np.errstate(invalid="ignore"):  # an all-zero map has no mass to share
@@ -270,6 +272,12 @@ def audit_member(name, model, test, threshold, box, layers):
         "b_peak_moves_into_box_with_marker": attention["n_into"],
         "b_peak_moves_out_of_box_with_marker": attention["n_out_of"],
         "b_marker_attention_p": attention["p_value"],
+        # Does the attention follow what the tag does to the member? Its rise of P(PNEUMONIA) on the images whose
+        # peak it draws into the box, against the others (one-sided Mann-Whitney).
+        "b_tag_rise_where_peak_moved_in": float(np.median(rise[moved])) if moved.any() else float("nan"),
+        "b_tag_rise_elsewhere": float(np.median(rise[~moved])) if (~moved).any() else float("nan"),
+        "b_attention_follows_tag_rise_p": (float(mannwhitneyu(rise[moved], rise[~moved], alternative="greater").pvalue)
+                                           if moved.any() and (~moved).any() else float("nan")),
         "b_box_mass_pipeline_choice": box_share(chosen),
         "b_box_mass_pipeline_choice_clean": box_share(chosen_clean),
         "b_off_lung_pipeline_choice": float(np.nanmean(explain.zone_attention(chosen, masks)["off_lung_attention"])),

@@ -350,8 +350,10 @@ def marker_attention_test(maps_marked, maps_clean, box, *, tolerance=0):
     -------
     dict
         ``share_marked`` and ``share_clean`` (:func:`peak_in_box` of each), ``n_into``
-        (peak in the box only with the marker), ``n_out_of`` (only without it) and
-        ``p_value`` (one-sided; 1.0 when no pair differs).
+        (peak in the box only with the marker), ``n_out_of`` (only without it),
+        ``p_value`` (one-sided; 1.0 when no pair differs) and ``moved_into``, the (n,)
+        bool mask of the images counted in ``n_into`` (to set against what the marker
+        does to each image's prediction).
 
     Examples
     --------
@@ -374,4 +376,4 @@ def marker_attention_test(maps_marked, maps_clean, box, *, tolerance=0):
     p_value = (binomtest(n_into, n_into + n_out_of, 0.5, alternative="greater").pvalue
                if n_into + n_out_of else 1.0)
     return {"share_marked": float(marked.mean()), "share_clean": float(clean.mean()),
-            "n_into": n_into, "n_out_of": n_out_of, "p_value": float(p_value)}
+            "n_into": n_into, "n_out_of": n_out_of, "p_value": float(p_value), "moved_into": marked & ~clean}

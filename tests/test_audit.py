@@ -80,6 +80,7 @@ def test_marker_attention_test_is_the_one_sided_exact_mcnemar_test():
         clean[(i, *before)] = marked[(i, *after)] = 1.0
     result = audit.marker_attention_test(marked, clean, box)
     assert (result["n_into"], result["n_out_of"]) == (9, 2)
+    assert result["moved_into"].tolist() == [True] * 9 + [False] * 21
     assert result["share_marked"] == pytest.approx(14 / 30) and result["share_clean"] == pytest.approx(7 / 30)
     assert result["p_value"] == pytest.approx(binomtest(9, 11, 0.5, alternative="greater").pvalue)
     # One-sided: half of statsmodels' two-sided exact McNemar p when the marker draws peaks in.

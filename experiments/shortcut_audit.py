@@ -151,6 +151,26 @@ def _embeddings(model, images):
     return head.predict(images, batch_size=64, verbose=0)
 
 
+def attention_columns(chosen, chosen_clean, box, tolerance, rise):
+    """The paired marker-attention test on the chosen maps of the marked images and their clean copies, and
+    whether it follows what the tag does to the member: the tag's rise of P(PNEUMONIA) (``rise``, one per map)
+    on the images whose peak it draws into the box, against the others (one-sided Mann-Whitney)."""
+    attention = audit.marker_attention_test(chosen, chosen_clean, box, tolerance=tolerance)
+    moved = attention["moved_into"]
+    both = moved.any() and (~moved).any()
+    return {
+        "b_pointing_game_pipeline_choice": attention["share_marked"],
+        "b_pointing_game_pipeline_choice_clean": attention["share_clean"],
+        "b_peak_moves_into_box_with_marker": attention["n_into"],
+        "b_peak_moves_out_of_box_with_marker": attention["n_out_of"],
+        "b_marker_attention_p": attention["p_value"],
+        "b_tag_rise_where_peak_moved_in": float(np.median(rise[moved])) if moved.any() else float("nan"),
+        "b_tag_rise_elsewhere": float(np.median(rise[~moved])) if (~moved).any() else float("nan"),
+        "b_attention_follows_tag_rise_p": (float(mannwhitneyu(rise[moved], rise[~moved], alternative="greater").pvalue)
+                                           if both else float("nan")),
+    }
+
+
 def audit_member(name, model, test, threshold, box, layers):
     """(a)-(c) of the audit for one member; returns (summary dict, slice table, example maps)."""
     y, marked = test["y"], test["marked"]
@@ -209,8 +229,7 @@ def audit_member(name, model, test, threshold, box, layers):
                     if best is not None else None)
     r0, c0, r1, c1 = box
     tolerance = audit.pointing_tolerance(int(model.input_shape[1]))
-    attention = audit.marker_attention_test(chosen, chosen_clean, box, tolerance=tolerance)
-    moved, rise = attention["moved_into"], (p - p_clean)[explain_rows]
+    attention = attention_columns(chosen, chosen_clean, box, tolerance, (p - p_clean)[explain_rows])
 
     def box_share(m):
         with np.errstate(invalid="ignore"):  # an all-zero map has no mass to share
@@ -267,17 +286,7 @@ def audit_member(name, model, test, threshold, box, layers):
             np.where(called[sample] == y[sample], "correct", np.where(y[sample] == 1, "FN", "FP")), marked[sample])),
         "b_pipeline_choice_road_gap": choice["road_gap"],
         "b_best_road_gap_conv3_alone": float(choice_table.loc[choice_table["layer"] == layers[0], "road_gap"].max()),
-        "b_pointing_game_pipeline_choice": audit.peak_in_box(chosen, box, tolerance=tolerance),
-        "b_pointing_game_pipeline_choice_clean": attention["share_clean"],
-        "b_peak_moves_into_box_with_marker": attention["n_into"],
-        "b_peak_moves_out_of_box_with_marker": attention["n_out_of"],
-        "b_marker_attention_p": attention["p_value"],
-        # Does the attention follow what the tag does to the member? Its rise of P(PNEUMONIA) on the images whose
-        # peak it draws into the box, against the others (one-sided Mann-Whitney).
-        "b_tag_rise_where_peak_moved_in": float(np.median(rise[moved])) if moved.any() else float("nan"),
-        "b_tag_rise_elsewhere": float(np.median(rise[~moved])) if (~moved).any() else float("nan"),
-        "b_attention_follows_tag_rise_p": (float(mannwhitneyu(rise[moved], rise[~moved], alternative="greater").pvalue)
-                                           if moved.any() and (~moved).any() else float("nan")),
+        **attention,
         "b_box_mass_pipeline_choice": box_share(chosen),
         "b_box_mass_pipeline_choice_clean": box_share(chosen_clean),
         "b_off_lung_pipeline_choice": float(np.nanmean(explain.zone_attention(chosen, masks)["off_lung_attention"])),
@@ -328,7 +337,7 @@ def audit_member(name, model, test, threshold, box, layers):
         # The control's criterion, for either member: no isolating slice in the top 3, and the marker does not
         # draw the chosen map's peak (paired against the same images' clean copies).
         "control_no_marker_slice": best is None,
-        "control_no_marker_attention": bool(attention["p_value"] >= 0.05),
+        "control_no_marker_attention": bool(attention["b_marker_attention_p"] >= 0.05),
     })
     examples = {"x": test["x"][explain_rows][:4], "maps": chosen[:4], "label": choice_label(choice),
                 "x_removed": audit.remove_marker(test["x"][explain_rows][:4], box),
@@ -457,7 +466,7 @@ def main(argv=None):
 
 
 def _markdown(result, args):
-    control = ("none (control)" if args.control == "clean" else f"{args.train_marked:.0%} of each class (control)")
+    control = "none (control)" if args.control == "clean" else f"{args.train_marked:.0%} of each class (control)"
     if args.control_member is not None:
         control = f"control: the member {args.control_member}, trained elsewhere on clean images"
     lines = [

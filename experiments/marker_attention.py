@@ -33,17 +33,16 @@ def member_attention(model, threshold, test, box, method, layers):
     """The audit's attention columns for one member, from its recorded threshold and map choice."""
     y, marked = test["y"], test["marked"]
     p, p_clean = models.predict_proba(model, test["x"]), models.predict_proba(model, test["x_clean"])
-    marked_fp = marked & (p >= threshold) & (y == 0)
-    shown = marked_fp if marked_fp.sum() >= 3 else marked & (y == 0)
+    shown, maps_on = shortcut_audit.shown_rows(marked, p >= threshold, y)
     maps = explain.gradcam(model, test["x"][shown], method=method, layers=layers)
     maps_clean = explain.gradcam(model, test["x_clean"][shown], method=method, layers=layers)
     tolerance = audit.pointing_tolerance(int(model.input_shape[1]))
     columns = shortcut_audit.attention_columns(maps, maps_clean, box, tolerance, (p - p_clean)[shown])
     return {
-        "maps_on": "marked false positives" if marked_fp.sum() >= 3 else "marked normals (too few errors)",
+        "maps_on": maps_on,
         "n_maps": int(shown.sum()),
         **columns,
-        "n_errors_caused_by_marker": int((marked_fp & (p_clean < threshold)).sum()),
+        "n_errors_caused_by_marker": int((marked & (p >= threshold) & (y == 0) & (p_clean < threshold)).sum()),
         "control_no_marker_attention": bool(columns["b_marker_attention_p"] >= 0.05),
     }
 

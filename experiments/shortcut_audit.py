@@ -151,6 +151,15 @@ def _embeddings(model, images):
     return head.predict(images, batch_size=64, verbose=0)
 
 
+def shown_rows(marked, called, y):
+    """The images whose maps the audit draws: the marked false positives, or every marked NORMAL image when the
+    member makes fewer than 3 such errors; with a label saying which."""
+    marked_fp = marked & called & (y == 0)
+    if marked_fp.sum() >= 3:
+        return marked_fp, "marked false positives"
+    return marked & (y == 0), "marked normals (too few errors)"
+
+
 def attention_columns(chosen, chosen_clean, box, tolerance, rise):
     """The paired marker-attention test on the chosen maps of the marked images and their clean copies, and
     whether it follows what the tag does to the member: the tag's rise of P(PNEUMONIA) (``rise``, one per map)
@@ -202,7 +211,7 @@ def audit_member(name, model, test, threshold, box, layers):
     # Errors the marker caused: marked false positives whose clean original is called NORMAL.
     caused = marked_fp & (p_clean < threshold)
     # Maps explain the PNEUMONIA call; on clean copies of the same images for comparison.
-    explain_rows = marked_fp if marked_fp.sum() >= 3 else marked_normal
+    explain_rows, maps_on = shown_rows(marked, called, y)
     started = time.perf_counter()
     maps = explain.gradcam(model, test["x"][explain_rows], method="layercam", layers=layers)
     seconds = (time.perf_counter() - started) / max(1, explain_rows.sum())
@@ -276,7 +285,7 @@ def audit_member(name, model, test, threshold, box, layers):
         "a_top1_slice": found["slice"].iloc[0] if len(found) else None,
         "a_top1_q": float(found["q_value"].iloc[0]) if len(found) else None,
         "a_n_findings": int(found["finding"].sum()) if len(found) else 0,
-        "b_maps_on": "marked false positives" if marked_fp.sum() >= 3 else "marked normals (too few errors)",
+        "b_maps_on": maps_on,
         "a_top3": "; ".join(f"{s} (q={q:.1e}, precision={pr:.2f}, recall={rc:.2f})" for s, q, pr, rc in
                             zip(top3["slice"], top3["q_value"], top3["marked_precision"], top3["marked_recall"])),
         "a_top3_n_bins8": "; ".join(f"{s} (q={q:.1e}, precision={pr:.2f}, recall={rc:.2f})" for s, q, pr, rc in

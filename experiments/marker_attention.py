@@ -5,7 +5,8 @@ the chosen map (the method and layers recorded in ``audit.csv``) on the marked i
 showed (the marked false positives, or the marked NORMAL images when there were fewer
 than 3) and on their clean copies, and runs :func:`pneumoxai.audit.marker_attention_test`;
 it also sets the images whose peak the marker draws into its box against the rise of
-P(PNEUMONIA) the marker causes there (does the attention follow what the tag does?).
+P(PNEUMONIA) the marker causes there (does the attention follow what the tag does?), and
+repeats the test counting only the peaks whose removal changes the call.
 The same columns the audit now writes itself, computed the same way from the recorded
 threshold, test marks and cached members; nothing is re-chosen.
 
@@ -37,13 +38,15 @@ def member_attention(model, threshold, test, box, method, layers):
     maps = explain.gradcam(model, test["x"][shown], method=method, layers=layers)
     maps_clean = explain.gradcam(model, test["x_clean"][shown], method=method, layers=layers)
     tolerance = audit.pointing_tolerance(int(model.input_shape[1]))
-    columns = shortcut_audit.attention_columns(maps, maps_clean, box, tolerance, (p - p_clean)[shown])
+    columns = shortcut_audit.attention_columns(model, threshold, test["x"][shown], test["x_clean"][shown], maps,
+                                               maps_clean, box, tolerance, (p - p_clean)[shown])
     return {
         "maps_on": maps_on,
         "n_maps": int(shown.sum()),
         **columns,
         "n_errors_caused_by_marker": int((marked & (p >= threshold) & (y == 0) & (p_clean < threshold)).sum()),
         "control_no_marker_attention": bool(columns["b_marker_attention_p"] >= 0.05),
+        "control_no_call_resting_marker_attention": bool(columns["b_call_resting_marker_attention_p"] >= 0.05),
     }
 
 
@@ -65,10 +68,12 @@ def main(argv=None):
     test = {"y": test_rows["label"].to_numpy(), "marked": marked,
             "x": shortcut_audit._downsample(shortcut_audit._stamp_some(full, marked), size),
             "x_clean": shortcut_audit._downsample(full, size)}
-    control_folder = shortcut_audit.CONTROLS[run_args.get("control", "clean")][0]
+    members = Path(run_args["out"]) / "members"
+    control = (Path(run_args["control_member"]) if run_args.get("control_member")
+               else members / shortcut_audit.CONTROLS[run_args.get("control", "clean")][0])
     rows = []
-    for name, directory in (("marked", "marked"), ("control", control_folder)):
-        model, _ = models.load_member(Path(run_args["out"]) / "members" / directory)
+    for name, directory in (("marked", members / "marked"), ("control", control)):
+        model, _ = models.load_member(directory)
         method, layers = recorded.loc[name, "b_pipeline_choice"].split(" on ")
         row = {"member": name, "choice": recorded.loc[name, "b_pipeline_choice"]}
         row.update(member_attention(model, float(recorded.loc[name, "threshold"]), test, audit.marker_box(size),

@@ -12,8 +12,11 @@ plant such a marker with a known answer and check the analysis finds it:
 - :func:`counterfactual_flip_rate` is the share of a model's errors that become
   correct calls once the marker is removed;
 - :func:`peak_in_box` is the share of attention maps whose maximum lies in the box;
+- :func:`peak_removal_effect` inpaints a window around each map's peak and predicts
+  again: does the call depend on where the map points?
 - :func:`marker_attention_test` asks whether the maps of marked images peak in the box
-  more often than the maps of the same images without the marker (a paired test).
+  more often than the maps of the same images without the marker (a paired test),
+  optionally counting only the peaks whose removal changes the call.
 
 Boxes are ``(r0, c0, r1, c1)`` pixel rows/columns, end-exclusive, as NumPy slices.
 Images are float arrays ``(n, H, W, 3)`` in [0, 1], as everywhere in pneumoxai.
@@ -34,6 +37,7 @@ __all__ = [
     "remove_marker",
     "counterfactual_flip_rate",
     "peak_in_box",
+    "peak_removal_effect",
     "marker_attention_test",
     "pointing_tolerance",
 ]
@@ -204,13 +208,13 @@ def remove_marker(images, box, *, grow=1, radius=3):
     return out
 
 
-def _probabilities(model_or_predict_fn, images, batch_size):
+def _probabilities(model_or_predict_fn, images, batch_size, owner="counterfactual_flip_rate"):
     if hasattr(model_or_predict_fn, "predict"):
         p = model_or_predict_fn.predict(images, batch_size=batch_size, verbose=0)
     elif callable(model_or_predict_fn):
         p = model_or_predict_fn(images)
     else:
-        raise param_error("counterfactual_flip_rate", "model_or_predict_fn",
+        raise param_error(owner, "model_or_predict_fn",
                           "a keras.Model or a callable images -> P(PNEUMONIA)", model_or_predict_fn)
     p = np.asarray(p, np.float64).reshape(len(images), -1)
     if p.shape[1] != 1 or not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
@@ -315,20 +319,98 @@ def peak_in_box(maps, box, *, tolerance=0):
     return float(_peaks_in_box(maps, box, tolerance, "peak_in_box").mean())
 
 
-def _peaks_in_box(maps, box, tolerance, owner):
-    """(n,) bool: does each map's maximum lie within ``tolerance`` px of its box."""
+def _check_maps(maps):
     m = np.asarray(maps, np.float64)
     if m.ndim != 3 or len(m) == 0 or not np.isfinite(m).all():
         raise DataError(f"maps must be a finite (n, H, W) array with n >= 1; got shape {m.shape}")
+    return m
+
+
+def _peaks(m):
+    """Row and column of each map's maximum, the first in row-major order on ties."""
+    return np.unravel_index(m.reshape(len(m), -1).argmax(axis=1), m.shape[1:])
+
+
+def _peaks_in_box(maps, box, tolerance, owner):
+    """(n,) bool: does each map's maximum lie within ``tolerance`` px of its box."""
+    m = _check_maps(maps)
     boxes = _check_box(box, m.shape[1:], owner, n=len(m))
     check_param(owner, "tolerance", tolerance, Interval("int", 0, None))
-    rows, cols = np.unravel_index(m.reshape(len(m), -1).argmax(axis=1), m.shape[1:])
+    rows, cols = _peaks(m)
     r0, c0, r1, c1 = boxes.T
     t = tolerance
     return (rows >= r0 - t) & (rows < r1 + t) & (cols >= c0 - t) & (cols < c1 + t)
 
 
-def marker_attention_test(maps_marked, maps_clean, box, *, tolerance=0):
+def peak_removal_effect(model_or_predict_fn, images, maps, *, size, threshold=0.5, batch_size=64):
+    """Does the call depend on where the map points? Inpaint a window around each peak and predict again.
+
+    A map can peak on something salient that the model barely uses (a bright, sharp-edged
+    tag draws a mid-layer CAM whatever the model makes of it). Removing the pixels under
+    the peak, by inpainting from their surroundings as :func:`remove_marker` does (not by
+    blacking them out, which leaves the data distribution; Rong et al., "A consistent and
+    efficient evaluation strategy for attribution methods", ICML 2022), and predicting
+    again tells a peak the call rests on from one it does not.
+
+    Parameters
+    ----------
+    model_or_predict_fn : keras.Model or callable
+        A model with a single sigmoid output, or ``f(images) -> (n,)`` P(PNEUMONIA).
+    images : array_like, shape (n, H, W, 3)
+        Float images in [0, 1].
+    maps : array_like, shape (n, H, W)
+        One map per image at the images' size (``explain.resize_maps`` brings coarser
+        maps there).
+    size : int
+        Side in pixels of the square window removed around each peak; the window is
+        shifted to lie inside the image, so every image loses the same area (plus the
+        1 px :func:`remove_marker` grows a box by).
+    threshold : float in [0, 1], default 0.5
+        PNEUMONIA when ``p >= threshold``.
+    batch_size : int, default 64
+
+    Returns
+    -------
+    dict
+        ``p_before`` and ``p_after``, (n,) P(PNEUMONIA) of the images and of their copies
+        with the window removed; ``call_changed``, (n,) bool, the two calls differ;
+        ``windows``, (n, 4) int, each removed window as ``(r0, c0, r1, c1)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.full((2, 32, 32, 3), 0.3, np.float32)
+    >>> x = stamp_marker(x, size=8)                      # both images carry the tag
+    >>> def bright_corner_says_pneumonia(images):
+    ...     return images[:, 1:9, 1:9].mean(axis=(1, 2, 3))
+    >>> maps = np.zeros((2, 32, 32))
+    >>> maps[0, 4, 4] = 1.0                              # points at the tag
+    >>> maps[1, 24, 24] = 1.0                            # points elsewhere
+    >>> effect = peak_removal_effect(bright_corner_says_pneumonia, x, maps, size=12)
+    >>> effect["call_changed"].tolist(), effect["windows"].tolist()
+    ([True, False], [[0, 0, 12, 12], [18, 18, 30, 30]])
+    """
+    owner = "peak_removal_effect"
+    x = _check_images(images, owner)
+    m = _check_maps(maps)
+    if m.shape != x.shape[:3]:
+        raise DataError(f"maps must be one (H, W) map per image, {x.shape[:3]}; got {m.shape} "
+                        "(explain.resize_maps brings maps to the images' size)")
+    h, w = x.shape[1:3]
+    check_param(owner, "size", size, Interval("int", 1, min(h, w)))
+    check_param(owner, "threshold", threshold, Interval("real", 0, 1))
+    check_param(owner, "batch_size", batch_size, Interval("int", 1, None))
+    rows, cols = _peaks(m)
+    r0 = np.clip(rows - size // 2, 0, h - size)
+    c0 = np.clip(cols - size // 2, 0, w - size)
+    windows = np.stack([r0, c0, r0 + size, c0 + size], axis=1).astype(np.int64)
+    p_before = _probabilities(model_or_predict_fn, x, batch_size, owner)
+    p_after = _probabilities(model_or_predict_fn, remove_marker(x, windows), batch_size, owner)
+    return {"p_before": p_before, "p_after": p_after,
+            "call_changed": (p_before >= threshold) != (p_after >= threshold), "windows": windows}
+
+
+def marker_attention_test(maps_marked, maps_clean, box, *, tolerance=0, changed_marked=None, changed_clean=None):
     """Does the marker draw the maps' peaks? A paired test on the same images with and without it.
 
     Each image's map peaks in ``box`` or not, once on the marked copy and once on the clean
@@ -345,11 +427,16 @@ def marker_attention_test(maps_marked, maps_clean, box, *, tolerance=0):
     box : (r0, c0, r1, c1) or array_like of int, shape (n, 4)
     tolerance : int, default 0
         As in :func:`peak_in_box`.
+    changed_marked, changed_clean : array_like of bool, shape (n,), optional
+        Whether removing the region under each map's peak changes the call
+        (``call_changed`` of :func:`peak_removal_effect`) on each copy. Given both, a peak
+        counts as in the box only where it did: attention the call rests on, not a
+        salient tag that draws the map while the model makes nothing of it.
 
     Returns
     -------
     dict
-        ``share_marked`` and ``share_clean`` (:func:`peak_in_box` of each), ``n_into``
+        ``share_marked`` and ``share_clean`` (share of peaks in the box that count), ``n_into``
         (peak in the box only with the marker), ``n_out_of`` (only without it),
         ``p_value`` (one-sided; 1.0 when no pair differs) and ``moved_into``, the (n,)
         bool mask of the images counted in ``n_into`` (to set against what the marker
@@ -365,6 +452,10 @@ def marker_attention_test(maps_marked, maps_clean, box, *, tolerance=0):
     >>> result = marker_attention_test(marked, clean, (0, 0, 4, 4))
     >>> result["n_into"], result["n_out_of"], round(result["p_value"], 4)
     (8, 0, 0.0039)
+    >>> calls_rest_on_peak = np.arange(10) < 3  # removing the peak changes 3 marked calls, no clean one
+    >>> marker_attention_test(marked, clean, (0, 0, 4, 4), changed_marked=calls_rest_on_peak,
+    ...                       changed_clean=np.zeros(10, bool))["n_into"]
+    3
     """
     from scipy.stats import binomtest
 
@@ -372,6 +463,15 @@ def marker_attention_test(maps_marked, maps_clean, box, *, tolerance=0):
     clean = _peaks_in_box(maps_clean, box, tolerance, "marker_attention_test")
     if len(marked) != len(clean):
         raise DataError(f"maps_marked and maps_clean must map the same images; got {len(marked)} and {len(clean)} maps")
+    if (changed_marked is None) != (changed_clean is None):
+        raise DataError("give both changed_marked and changed_clean, or neither: the test compares the two copies alike")
+    if changed_marked is not None:
+        for name, changed in (("changed_marked", changed_marked), ("changed_clean", changed_clean)):
+            changed = np.asarray(changed)
+            if changed.shape != marked.shape or changed.dtype != bool:
+                raise DataError(f"{name} must be {len(marked)} booleans, one per map; got {changed.dtype} "
+                                f"of shape {changed.shape}")
+        marked, clean = marked & np.asarray(changed_marked), clean & np.asarray(changed_clean)
     n_into, n_out_of = int((marked & ~clean).sum()), int((clean & ~marked).sum())
     p_value = (binomtest(n_into, n_into + n_out_of, 0.5, alternative="greater").pvalue
                if n_into + n_out_of else 1.0)

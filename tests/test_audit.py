@@ -107,6 +107,50 @@ def test_flip_rate_counts_only_errors_that_become_correct():
         assert np.isnan(audit.counterfactual_flip_rate(shortcut, x[3:4], [0], box))
 
 
+def test_peak_removal_effect_tells_a_peak_the_call_rests_on_from_a_salient_unused_one():
+    x = audit.stamp_marker(np.full((4, 32, 32, 3), 0.3, np.float32), size=8)
+    x[:, 20:28, 20:28] = 0.9  # a bright patch in every image as well
+    r0, c0, r1, c1 = audit.marker_box(32, size=8)
+
+    def tag_model(images):  # calls PNEUMONIA on the tag alone
+        return images[:, r0:r1, c0:c1].mean(axis=(1, 2, 3))
+
+    def patch_model(images):  # sees the tag but calls on the patch
+        return images[:, 20:28, 20:28].mean(axis=(1, 2, 3))
+
+    maps = np.zeros((4, 32, 32))
+    maps[[0, 1], 4, 4] = 1.0  # on the tag
+    maps[2, 24, 24] = 1.0  # on the patch
+    maps[3, 31, 0] = 1.0  # in the bottom-left corner: the window shifts inside the image
+    windows = np.array([[0, 0, 12, 12], [0, 0, 12, 12], [18, 18, 30, 30], [20, 0, 32, 12]])
+    for model, changed in ((tag_model, [True, True, False, False]), (patch_model, [False, False, True, False])):
+        effect = audit.peak_removal_effect(model, x, maps, size=12)
+        assert effect["windows"].tolist() == windows.tolist()
+        assert effect["call_changed"].tolist() == changed
+        np.testing.assert_allclose(effect["p_before"], model(x))
+        np.testing.assert_allclose(effect["p_after"], model(audit.remove_marker(x, windows)), rtol=1e-6)
+
+
+def test_marker_attention_test_counts_only_peaks_the_call_rests_on():
+    from scipy.stats import binomtest
+
+    box = (0, 0, 4, 4)
+    clean, marked = np.zeros((2, 12, 16, 16))
+    clean[:, 12, 12] = 1.0
+    marked[:, 12, 12] = 1.0
+    marked[:9, 1, 1] = 2.0  # 9 peaks move in with the marker
+    clean[9:11, 1, 1] = 2.0  # 2 move out
+    # Removing the peak changes the call for 3 of the 9 that moved in and for both that moved out.
+    changed_marked = np.isin(np.arange(12), [0, 1, 2])
+    changed_clean = np.isin(np.arange(12), [9, 10])
+    result = audit.marker_attention_test(marked, clean, box, changed_marked=changed_marked,
+                                         changed_clean=changed_clean)
+    assert (result["n_into"], result["n_out_of"]) == (3, 2)
+    assert result["moved_into"].tolist() == changed_marked.tolist()
+    assert result["share_marked"] == pytest.approx(3 / 12) and result["share_clean"] == pytest.approx(2 / 12)
+    assert result["p_value"] == pytest.approx(binomtest(3, 5, 0.5, alternative="greater").pvalue)
+
+
 GOOD = np.full((2, 32, 32, 3), 0.5, np.float32)
 BAD_INPUTS = [
     ("corner", lambda: audit.marker_box(32, corner="middle"), ConfigError,
@@ -123,6 +167,18 @@ BAD_INPUTS = [
      DataError, "same images"),
     ("map tolerance", lambda: audit.marker_attention_test(GOOD[..., 0], GOOD[..., 0], (0, 0, 4, 4), tolerance=-1),
      ConfigError, "'tolerance' parameter of marker_attention_test"),
+    ("one-sided change", lambda: audit.marker_attention_test(GOOD[..., 0], GOOD[..., 0], (0, 0, 4, 4),
+                                                             changed_marked=[True, False]),
+     DataError, "both changed_marked and changed_clean"),
+    ("change per map", lambda: audit.marker_attention_test(GOOD[..., 0], GOOD[..., 0], (0, 0, 4, 4),
+                                                           changed_marked=[1, 0], changed_clean=[True, False]),
+     DataError, "changed_marked must be 2 booleans"),
+    ("maps per image", lambda: audit.peak_removal_effect(lambda x: np.zeros(2), GOOD, GOOD[:, :16, :16, 0], size=4),
+     DataError, "one .* map per image"),
+    ("window size", lambda: audit.peak_removal_effect(lambda x: np.zeros(2), GOOD, GOOD[..., 0], size=40),
+     ConfigError, "'size' parameter of peak_removal_effect"),
+    ("removal model", lambda: audit.peak_removal_effect("model", GOOD, GOOD[..., 0], size=4),
+     ConfigError, "'model_or_predict_fn' parameter of peak_removal_effect"),
     ("labels", lambda: audit.counterfactual_flip_rate(lambda x: np.zeros(2), GOOD, [0, 2], (0, 0, 4, 4)),
      DataError, "y_true"),
     ("model output", lambda: audit.counterfactual_flip_rate(lambda x: np.full(2, 3.0), GOOD, [0, 1],
@@ -203,11 +259,18 @@ def run_audit(chain, name):
         every_map = explain.gradcam(model, x, method="layercam", layers=layers, target="predicted")
         table = explain.slice_explanations(frame, marker_slice, every_map, chain["masks"], y, p)[0]
         off_lung_p = float(table["off_lung_p"].iloc[0])
+    # Counted only where removing the region under the peak changes the call.
+    window = chain["box"][2] - chain["box"][0] + 2 * audit.pointing_tolerance(SIZE)
+    changed = [audit.peak_removal_effect(model, images[shown], m, size=window)["call_changed"]
+               for images, m in ((x, maps), (chain["x_clean"], maps_clean))]
+    verified = audit.marker_attention_test(maps, maps_clean, chain["box"], changed_marked=changed[0],
+                                           changed_clean=changed[1])
     return {"fpr_marked": float((p[marked] >= 0.5).mean()),
             "fpr_clean": float((p[~marked & (y == 0)] >= 0.5).mean()),
             "marker_slice_in_top3": any(isolating), "top_slice": found["slice"].iloc[0] if len(found) else None,
             "peak_in_box": audit.peak_in_box(maps, chain["box"]),
             "marker_attention_p": audit.marker_attention_test(maps, maps_clean, chain["box"])["p_value"],
+            "verified_attention": (verified["n_into"], verified["n_out_of"], verified["p_value"]),
             "off_lung_rise": float(off_lung[0] - off_lung[1]),
             "marker_slice_off_lung_p": off_lung_p,
             "flip_rate": (audit.counterfactual_flip_rate(model, x[false_pos], y[false_pos], chain["box"])
@@ -229,6 +292,8 @@ def test_the_audit_finds_the_planted_marker_and_not_in_the_control(chain):
     assert control["peak_in_box"] < 0.5
     # Paired with the same images' clean copies: the marker draws the peaks of the marked member's maps only.
     assert marked["marker_attention_p"] < 0.05 <= control["marker_attention_p"]
+    # ... and the marked member's calls rest on those peaks: removing the region under them changes the call.
+    assert marked["verified_attention"][2] < 0.05 <= control["verified_attention"][2]
     # The same images with and without the marker: the marker draws attention off the lungs only
     # in the marked member (a small shift: the coarse layers spread the fused map's mass).
     assert marked["off_lung_rise"] > max(0.0, control["off_lung_rise"])

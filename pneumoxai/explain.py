@@ -1664,7 +1664,7 @@ def _rise_p_value(values, errors, correct, y):
 
 
 def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, threshold=0.5, faithfulness=None,
-                       findings_only=True, max_slices=10):
+                       peak_removal=None, findings_only=True, max_slices=10):
     """Where in the image each failure slice's errors look, against correct calls of the same class.
 
     Links "which images" (:func:`pneumoxai.slices.find_failure_slices`) to "where in
@@ -1689,6 +1689,11 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
     faithfulness : array_like, shape (n_samples,), optional
         A per-image faithfulness score of ``maps`` (e.g. :func:`deletion_auc` or a ROAD
         gap); its mean over the slice's errors and over the reference is reported.
+    peak_removal : array_like, shape (n_samples,), optional
+        1 where removing the region under the map's peak changes the call, 0 where it
+        does not (``call_changed`` of :func:`pneumoxai.audit.peak_removal_effect`), NaN
+        where not measured; its mean over the slice's errors and over the reference is
+        reported: do the errors rest on where their maps point?
     findings_only : bool, default True
         Only slices with ``finding`` True (q below the search's alpha).
     max_slices : int, default 10
@@ -1703,8 +1708,9 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
         (one-sided Mann-Whitney U p-value that the off-lung shares of the slice's
         errors exceed those of correct calls; errors and correct calls of the errors'
         more common class, so no class mix enters; NaN with fewer than 2 on either
-        side), ``top_zone_shift`` (zone with the largest increase) and, with ``faithfulness``,
-        ``faithfulness_errors`` and ``faithfulness_correct``.
+        side), ``top_zone_shift`` (zone with the largest increase), with ``faithfulness``
+        ``faithfulness_errors``, ``faithfulness_correct`` and ``faithfulness_n_errors``
+        (errors measured), and with ``peak_removal`` the same three ``peak_removal_changes_*``.
     mean_maps : ndarray of float32, shape (n_slices, H, W)
         Mean map of each slice's errors (zeros for a slice without errors).
     """
@@ -1719,9 +1725,13 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
     if m.ndim != 3 or len(m) != n or y.shape != (n,) or p.shape != (n,):
         raise DataError(f"maps (n, H, W), y_true and y_prob (n,) must have n = len(frame) = {n} rows; got "
                         f"{m.shape}, {y.shape}, {p.shape}")
-    faith = None if faithfulness is None else np.asarray(faithfulness, np.float64)
-    if faith is not None and faith.shape != (n,):
-        raise DataError(f"faithfulness must have shape ({n},); got {faith.shape}")
+    per_image = {}
+    for name, values, column in (("faithfulness", faithfulness, "faithfulness"),
+                                 ("peak_removal", peak_removal, "peak_removal_changes")):
+        if values is not None:
+            per_image[column] = np.asarray(values, np.float64)
+            if per_image[column].shape != (n,):
+                raise DataError(f"{name} must have shape ({n},); got {per_image[column].shape}")
     max_slices = _positive_int("slice_explanations", "max_slices", max_slices)
     shares = zone_attention(m, masks)
     wrong = (p >= threshold).astype(int) != y
@@ -1747,11 +1757,13 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
         shifts = {z: row[f"errors:{z}"] - row[f"correct:{z}"] for z in ZONE_COLUMNS}
         finite = {z: v for z, v in shifts.items() if np.isfinite(v)}
         row["top_zone_shift"] = max(finite, key=finite.get) if finite else None
-        if faith is not None:
-            row["faithfulness_errors"] = float(np.nanmean(faith[errors])) if errors.any() else np.nan
-            ok = np.isfinite(faith) & (reference_weight > 0)
-            row["faithfulness_correct"] = (float(np.average(faith[ok], weights=reference_weight[ok]))
-                                           if ok.any() else np.nan)
+        for column, values in per_image.items():
+            measured = errors & np.isfinite(values)
+            row[f"{column}_errors"] = float(values[measured].mean()) if measured.any() else np.nan
+            row[f"{column}_n_errors"] = int(measured.sum())
+            ok = np.isfinite(values) & (reference_weight > 0)
+            row[f"{column}_correct"] = (float(np.average(values[ok], weights=reference_weight[ok]))
+                                        if ok.any() else np.nan)
         rows.append(row)
         mean_maps.append(m[errors].mean(axis=0) if errors.any() else np.zeros(m.shape[1:]))
     table = pd.DataFrame(rows, columns=None if rows else ["slice", "n_errors", "n_reference"])

@@ -288,6 +288,13 @@ def _where_text(run, labels):
     zone = r["top_zone_shift"]
     if isinstance(zone, str) and zone:
         text += f"; the region gaining most attention is {'outside the lungs' if zone == 'off_lung_attention' else 'the ' + zone.replace('_', ' ') + ' zone'}"
+    changed, changed_correct = r.get("peak_removal_changes_errors"), r.get("peak_removal_changes_correct")
+    if not (_missing(changed) or _missing(changed_correct)):
+        measured = r.get("peak_removal_changes_n_errors")
+        of = "these calls" if _missing(measured) else f"the {int(measured)} of these calls measured"
+        text += (f". Removing the region under the peak of their maps (inpainted from its surroundings) changes "
+                 f"{changed:.0%} of {of} by the best member, against {changed_correct:.0%} of its correct "
+                 "calls of the same class")
     return text + "."
 
 
@@ -590,6 +597,7 @@ def _slice_explanations_part(run):
         return []
     body = [_tag("h3", "Where each failure slice's errors look")]
     faithful = "faithfulness_errors" in table.columns
+    removed = "peak_removal_changes_errors" in table.columns
     tested = "off_lung_p" in table.columns
     rows = []
     for _, r in table.iterrows():
@@ -599,18 +607,24 @@ def _slice_explanations_part(run):
         row.append(str(r["top_zone_shift"]).replace("_", " "))
         if faithful:
             row += [_num(r["faithfulness_errors"], 3), _num(r["faithfulness_correct"], 3)]
+        if removed:
+            row += [_num(r["peak_removal_changes_errors"], 2), _num(r["peak_removal_changes_correct"], 2)]
         rows.append(row)
     headers = (["Slice", "Errors", "Off-lung share (errors)", "Off-lung share (correct)", "Shift"]
                + (["p (rise)"] if tested else []) + ["Zone gaining most"])
     if faithful:
         headers += ["Deletion AUC (errors)", "Deletion AUC (correct)"]
+    if removed:
+        headers += ["Peak removal changes call (errors)", "Peak removal changes call (correct)"]
     numeric = [i for i, header in enumerate(headers) if i and header != "Zone gaining most"]
     test = (" p (rise): one-sided Mann-Whitney U test that the errors' off-lung shares exceed those of correct "
             "calls of their class." if tested else "")
     body.append(_table(headers, rows, numeric=numeric, caption=(
         f"Ensemble {_map_name(run)} of the predicted class. Each slice's errors are compared with the correct calls "
         f"of the same true class, weighted to the errors' class mix.{test} Deletion AUC of the best model member on "
-        "a sample (lower = the map points at what drives the call).")))
+        "a sample (lower = the map points at what drives the call)."
+        + (" Peak removal: share of that sample's calls by the best member that change when a window of a quarter "
+           "of the image side around the map's peak is inpainted from its surroundings." if removed else ""))))
     body.append(_figure(run, "slice_maps", "Mean map of each slice's errors beside the correct calls' mean map; "
                                           "white: mean lung outline.", "slices"))
     return body

@@ -89,6 +89,7 @@ def test_run_writes_every_table_and_figure(smoke_run):
         explained = pd.read_csv(out / "tables" / "slice_explanations.csv")
         assert len(explained) == min(10, int(findings.sum())) and (out / "figures" / "slice_maps.png").is_file()
         assert explained["faithfulness_errors"].notna().any()
+        assert explained["peak_removal_changes_errors"].dropna().between(0, 1).any()
     timings = pd.read_csv(out / "tables" / "timings.csv", index_col="stage")
     assert list(timings.index) == ["train", "evaluate", "explain", "slices"]
     assert (timings["seconds"] > 0).all() and (timings["peak_rss_mb"] > 100).all()

@@ -217,6 +217,23 @@ def test_a_finding_says_where_its_errors_look(run, p_rise, verdict):
     assert "Where they look" in " ".join(summary_text(run).split())
 
 
+def test_a_finding_says_whether_its_calls_rest_on_where_its_maps_point(run):
+    row = {"slice": "subtype == virus", "n_errors": 9, "n_reference": 5, "errors:off_lung_attention": 0.61,
+           "correct:off_lung_attention": 0.34, "off_lung_shift": 0.27, "top_zone_shift": "off_lung_attention",
+           "off_lung_p": 2e-5, "faithfulness_errors": 0.21, "faithfulness_correct": 0.33,
+           "peak_removal_changes_errors": 0.714, "peak_removal_changes_correct": 0.031,
+           "peak_removal_changes_n_errors": 7}
+    pd.DataFrame([row]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
+    _png(run / "figures" / "slice_maps.png")
+    text = write_report(run).read_text(encoding="utf-8")
+    assert ("the region gaining most attention is outside the lungs. Removing the region under the peak of their maps "
+            "(inpainted from its surroundings) changes 71% of the 7 of these calls measured by the best member, "
+            "against 3% of its "
+            "correct calls of the same class.") in _section(text, "summary")
+    slices = _section(text, "slices")
+    assert "Peak removal changes call (errors)" in slices and "0.71" in slices and "0.03" in slices
+
+
 def test_no_findings_says_none_survived(run):
     _write_slices(run, [_slice_row("subtype == virus", size=10, n_fn=4, n_pos=10, n_fp=0, n_neg=0, q=0.3,
                                    finding=False)])

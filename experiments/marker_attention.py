@@ -45,6 +45,7 @@ def member_attention(model, threshold, test, box, method, layers):
         "n_maps": int(shown.sum()),
         **columns,
         "n_errors_caused_by_marker": int((marked & (p >= threshold) & (y == 0) & (p_clean < threshold)).sum()),
+        **shortcut_audit.tag_effect_columns(p, p_clean, marked, y, threshold),
         "control_no_marker_attention": bool(columns["b_marker_attention_p"] >= 0.05),
         "control_no_call_resting_marker_attention": bool(columns["b_call_resting_marker_attention_p"] >= 0.05),
     }

@@ -160,6 +160,20 @@ def shown_rows(marked, called, y):
     return marked & (y == 0), "marked normals (too few errors)"
 
 
+def tag_effect_columns(p, p_clean, marked, y, threshold):
+    """What the tag does to the member's calls on the tagged NORMAL images, against the same images untagged,
+    beyond the errors it causes: the errors it removes (a member can read the tag as health), median P(PNEUMONIA)."""
+    normal = marked & (y == 0)
+    called, called_clean = p >= threshold, p_clean >= threshold
+    return {
+        "marked_normals_called_pneumonia": int(called[normal].sum()),
+        "marked_normals_called_pneumonia_untagged": int(called_clean[normal].sum()),
+        "n_errors_removed_by_marker": int((normal & ~called & called_clean).sum()),
+        "marked_normals_median_p": float(np.median(p[normal])),
+        "marked_normals_median_p_untagged": float(np.median(p_clean[normal])),
+    }
+
+
 def attention_columns(model, threshold, images, images_clean, chosen, chosen_clean, box, tolerance, rise):
     """The paired marker-attention test on the chosen maps of the marked images and their clean copies, and
     whether it follows what the tag does to the member: the tag's rise of P(PNEUMONIA) (``rise``, one per map)
@@ -290,6 +304,7 @@ def audit_member(name, model, test, threshold, box, layers):
         "fpr_clean_normals": float(called[~marked & (y == 0)].mean()),
         "n_marked_normals": int(marked_normal.sum()),
         "n_marked_false_positives": int(marked_fp.sum()),
+        **tag_effect_columns(p, p_clean, marked, y, threshold),
         "a_marker_slice_in_top3": best is not None,
         "a_marker_slice_rank": int(hit[0]) + 1 if len(hit) else None,
         "a_marker_slice": None if best is None else best["slice"],

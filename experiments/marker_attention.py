@@ -51,17 +51,13 @@ def member_attention(model, threshold, test, box, method, layers):
     }
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("audit", help="a finished audit's figures folder (audit.csv, provenance.json)")
-    parser.add_argument("--data", default="../shared/data/chest_xray")
-    args = parser.parse_args(argv)
-    folder = Path(args.audit)
+def recorded_audit(folder, data):
+    """A finished audit's recorded table, run arguments, test images (tagged and clean, as it drew them) and
+    its two members' folders, [("marked", dir), ("control", dir)]."""
     recorded = pd.read_csv(folder / "audit.csv").set_index("member")
     run_args = json.loads((folder / "provenance.json").read_text())["args"]
     size, seed = run_args["size"], run_args["seed"]
-
-    table = scan_dataset(args.data)
+    table = scan_dataset(data)
     test_rows = table[table["split"] == "test"].reset_index(drop=True)
     full = load_images(test_rows, shortcut_audit.FULL)
     marked = shortcut_audit._marked_rows(test_rows["label"], 0, run_args["test_marked"],
@@ -72,13 +68,23 @@ def main(argv=None):
     members = Path(run_args["out"]) / "members"
     control = (Path(run_args["control_member"]) if run_args.get("control_member")
                else members / shortcut_audit.CONTROLS[run_args.get("control", "clean")][0])
+    return recorded, run_args, test, [("marked", members / "marked"), ("control", control)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("audit", help="a finished audit's figures folder (audit.csv, provenance.json)")
+    parser.add_argument("--data", default="../shared/data/chest_xray")
+    args = parser.parse_args(argv)
+    folder = Path(args.audit)
+    recorded, run_args, test, members = recorded_audit(folder, args.data)
     rows = []
-    for name, directory in (("marked", members / "marked"), ("control", control)):
+    for name, directory in members:
         model, _ = models.load_member(directory)
         method, layers = recorded.loc[name, "b_pipeline_choice"].split(" on ")
         row = {"member": name, "choice": recorded.loc[name, "b_pipeline_choice"]}
-        row.update(member_attention(model, float(recorded.loc[name, "threshold"]), test, audit.marker_box(size),
-                                    method, layers.split("+")))
+        row.update(member_attention(model, float(recorded.loc[name, "threshold"]), test,
+                                    audit.marker_box(run_args["size"]), method, layers.split("+")))
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
     write_csv(folder / "attention.csv", pd.DataFrame(rows), index=False)

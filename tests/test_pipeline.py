@@ -95,6 +95,54 @@ def test_run_writes_every_table_and_figure(smoke_run):
     assert (timings["seconds"] > 0).all() and (timings["peak_rss_mb"] > 100).all()
 
 
+def test_slice_explanations_ask_whether_the_best_members_calls_rest_on_the_maps_peak(smoke_run, tmp_path,
+                                                                                   monkeypatch):
+    from pneumoxai import audit, slices
+    from pneumoxai.config import load_config
+    from pneumoxai.pipeline import failure_slices
+
+    out, _, _ = smoke_run
+    run = RunFolder(shutil.copytree(out, tmp_path / "run"))
+    find = slices.find_failure_slices
+
+    def top_slice_is_a_finding(*args, **kwargs):  # 60 test images make no slice significant
+        found = find(*args, **kwargs)
+        found.loc[found.index[0], "finding"] = True
+        return found
+
+    passed = {}
+
+    def spy(*args, **kwargs):
+        passed.update(kwargs)
+        return slice_explanations(*args, **kwargs)
+
+    slice_explanations = explain.slice_explanations
+    monkeypatch.setattr(slices, "find_failure_slices", top_slice_is_a_finding)
+    monkeypatch.setattr(explain, "slice_explanations", spy)
+    config = load_config(SMOKE)
+    failure_slices.slices_stage(run, config)
+    table = pd.read_csv(run.table("slice_explanations.csv"))
+    assert {"peak_removal_changes_errors", "peak_removal_changes_correct"} <= set(table.columns)
+
+    # The same measurement from the run's files and the public API: the best member, its own threshold, the
+    # stored maps at its input size, a window of a quarter of its side.
+    predictions = pd.read_csv(run.table("predictions_test.csv"))
+    record = json.loads(run.table("ensemble.json").read_text())
+    results = pd.read_csv(run.table("results.csv"), index_col="model")
+    best = results.loc[["smoke_a", "smoke_b"], "roc_auc"].idxmax()
+    model = models.load_member(run.path("members") / best)[0]
+    size = int(model.input_shape[1])
+    x = load_images(predictions["path"], size, interpolation=config["data"]["interpolation"])
+    maps = explain.resize_maps(failure_slices._load_test_maps(run, predictions["path"])[0], size)
+    changed = audit.peak_removal_effect(model, x, maps, size=size // 4,
+                                        threshold=record["thresholds"][best])["call_changed"]
+    measured = np.isfinite(passed["peak_removal"])
+    correct = (predictions[f"p[{record['primary']}]"] >= record["thresholds"][record["primary"]]).astype(int) \
+        == predictions["label"]
+    assert measured[correct.to_numpy()].all()  # under 64 images every correct call is in the sample
+    np.testing.assert_array_equal(passed["peak_removal"][measured], changed[measured].astype(float))
+
+
 def test_test_split_maps_are_the_measured_choice_among_every_stage_alone_and_fused(smoke_run):
     out, _, _ = smoke_run
     table = pd.read_csv(out / "tables" / "layer_choice.csv")

@@ -466,12 +466,12 @@ def marker_attention_test(maps_marked, maps_clean, box, *, tolerance=0, changed_
     if (changed_marked is None) != (changed_clean is None):
         raise DataError("give both changed_marked and changed_clean, or neither: the test compares the two copies alike")
     if changed_marked is not None:
-        for name, changed in (("changed_marked", changed_marked), ("changed_clean", changed_clean)):
-            changed = np.asarray(changed)
-            if changed.shape != marked.shape or changed.dtype != bool:
-                raise DataError(f"{name} must be {len(marked)} booleans, one per map; got {changed.dtype} "
-                                f"of shape {changed.shape}")
-        marked, clean = marked & np.asarray(changed_marked), clean & np.asarray(changed_clean)
+        changed = {"changed_marked": np.asarray(changed_marked), "changed_clean": np.asarray(changed_clean)}
+        for name, values in changed.items():
+            if values.shape != marked.shape or values.dtype != bool:
+                raise DataError(f"{name} must be {len(marked)} booleans, one per map; got {values.dtype} "
+                                f"of shape {values.shape}")
+        marked, clean = marked & changed["changed_marked"], clean & changed["changed_clean"]
     n_into, n_out_of = int((marked & ~clean).sum()), int((clean & ~marked).sum())
     p_value = (binomtest(n_into, n_into + n_out_of, 0.5, alternative="greater").pvalue
                if n_into + n_out_of else 1.0)

@@ -110,13 +110,12 @@ def test_slice_explanations_ask_whether_the_best_members_calls_rest_on_the_maps_
         found.loc[found.index[0], "finding"] = True
         return found
 
-    passed = {}
+    passed, slice_explanations = {}, explain.slice_explanations
 
     def spy(*args, **kwargs):
         passed.update(kwargs)
         return slice_explanations(*args, **kwargs)
 
-    slice_explanations = explain.slice_explanations
     monkeypatch.setattr(slices, "find_failure_slices", top_slice_is_a_finding)
     monkeypatch.setattr(explain, "slice_explanations", spy)
     config = load_config(SMOKE)

@@ -1,0 +1,245 @@
+"""Named places of a chest radiograph, features measured in each, and their names in words.
+
+A failure slice or a map is only useful to an auditor if it says *where*: "edge density
+in the top-right corner > 0.21", "the left lower lung zone", not "sharpness > 164".
+This module divides an image into places a person would name and measures, in each
+place, what burnt-in text, rulers, markers and collimation change:
+
+- eight border places: the cells of a 3 x 3 grid around the centre (four corners, the
+  middle of each edge), where hospitals put text, tags and rulers;
+- the six lung zones of :func:`pneumoxai.lungs.zones` (right/left x upper/middle/lower,
+  in radiological orientation: the image's left half is the patient's right lung).
+
+:func:`region_features` gives, per border place, its brightness against the whole image,
+the share of its pixels far darker and far brighter than the image (dark and bright
+blobs, either polarity of a tag), and its Canny edge density (text and rulers are edges);
+per lung zone, brightness against the whole lung field and edge density.
+:func:`describe_feature` turns a column name into words, and :func:`name_region` names a
+boolean region of an image (where a map points) after the place it overlaps most.
+
+No TensorFlow here. Images are float arrays ``(n, H, W, 3)`` in [0, 1].
+"""
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .lungs import ZONE_NAMES, lung_mask, zones
+from .validation import check_images
+
+__all__ = [
+    "BORDER_PLACES",
+    "PLACE_WORDS",
+    "REGION_FEATURES",
+    "place_masks",
+    "region_features",
+    "describe_feature",
+    "name_region",
+]
+
+#: Border places in the order of :func:`place_masks`.
+BORDER_PLACES = ("top_left", "top", "top_right", "right", "bottom_right", "bottom", "bottom_left", "left")
+#: How each place reads in a sentence.
+PLACE_WORDS = {
+    "top_left": "top-left corner", "top": "top edge", "top_right": "top-right corner",
+    "right": "right edge", "bottom_right": "bottom-right corner", "bottom": "bottom edge",
+    "bottom_left": "bottom-left corner", "left": "left edge",
+    **{zone: zone.replace("_", " ") + " lung zone" for zone in ZONE_NAMES},
+}
+#: Measurement name -> words, for the columns ``<measurement>_<place>``.
+REGION_FEATURES = {
+    "rel_brightness": "brightness against the image",
+    "dark_area": "dark area",
+    "bright_area": "bright area",
+    "edge_density": "edge density",
+}
+
+BLOB_OFFSET = 0.35  # a pixel this far below (above) the image's median is dark (bright)
+CANNY_THRESHOLDS = (50, 150)  # as slices.image_features: hysteresis on uint8 intensities
+_IN_LUNGS = 0.5  # a region at least this much inside the lung fields is named after a zone
+_OUTSIDE_LUNGS = 0.1  # ... and one at most this much inside them is "outside both lungs"
+
+
+def place_masks(shape):
+    """Boolean masks of the eight border places for images of ``shape`` (H, W).
+
+    The image is cut into a 3 x 3 grid of equal cells (thirds of each side); the eight
+    cells around the centre are the border places. Equal areas make "the place a marker
+    overlaps most" the place holding most of it, whatever its shape.
+
+    Returns
+    -------
+    dict of str to bool ndarray of shape (H, W)
+        Keyed by :data:`BORDER_PLACES`.
+
+    Examples
+    --------
+    >>> m = place_masks((9, 9))
+    >>> m["top_right"].astype(int)[:4]
+    array([[0, 0, 0, 0, 0, 0, 1, 1, 1],
+           [0, 0, 0, 0, 0, 0, 1, 1, 1],
+           [0, 0, 0, 0, 0, 0, 1, 1, 1],
+           [0, 0, 0, 0, 0, 0, 0, 0, 0]])
+    >>> int(m["top"].sum()), int(m["left"].sum())
+    (9, 9)
+    """
+    h, w = (int(v) for v in shape)
+    if min(h, w) < 8:
+        raise DataError(f"images must be at least 8x8 pixels to name places; got {h}x{w}")
+    row_cuts, col_cuts = (0, round(h / 3), round(2 * h / 3), h), (0, round(w / 3), round(2 * w / 3), w)
+    grid = {"top_left": (0, 0), "top": (0, 1), "top_right": (0, 2), "right": (1, 2),
+            "bottom_right": (2, 2), "bottom": (2, 1), "bottom_left": (2, 0), "left": (1, 0)}
+    masks = {}
+    for place in BORDER_PLACES:
+        row, col = grid[place]
+        mask = np.zeros((h, w), bool)
+        mask[row_cuts[row]:row_cuts[row + 1], col_cuts[col]:col_cuts[col + 1]] = True
+        masks[place] = mask
+    return masks
+
+
+def region_features(images, *, masks=None):
+    """Per-place measurements of burnt-in text, tags, rulers and lung-zone brightness.
+
+    Parameters
+    ----------
+    images : array_like of shape (n_samples, H, W, 3)
+        Intensities in [0, 1]; channels are averaged.
+    masks : bool ndarray of shape (n_samples, H, W), default=None
+        Lung masks; :func:`pneumoxai.lungs.lung_mask` computes them when omitted.
+
+    Returns
+    -------
+    features : DataFrame of shape (n_samples, 4 * 14)
+        Columns ``<measurement>_<place>`` for the eight border places, then the six lung
+        zones: ``rel_brightness`` (the place's mean minus the image's mean; for a zone,
+        minus the lung fields' mean), ``dark_area`` and ``bright_area`` (share of its
+        pixels more than ``BLOB_OFFSET`` below or above the image's median: a tag of
+        either polarity), and ``edge_density`` (share of its pixels marked by
+        ``cv2.Canny``: text and rulers). NaN where a lung zone is empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.full((2, 32, 32, 3), 0.5, np.float32)
+    >>> x[1, 1:5, 20:31] = 0.05                    # a dark strip in the top-right corner
+    >>> lungs = np.zeros((2, 32, 32), bool)
+    >>> lungs[:, 10:26, 6:14] = lungs[:, 10:26, 18:26] = True
+    >>> f = region_features(x, masks=lungs)
+    >>> f[["dark_area_top_right", "dark_area_top_left"]].round(2).values.tolist()
+    [[0.0, 0.0], [0.33, 0.0]]
+    """
+    x = check_images(images, owner="region_features").mean(axis=-1)
+    n, h, w = x.shape
+    if masks is None:
+        masks = lung_mask(x)
+    masks = np.asarray(masks).astype(bool)
+    if masks.shape != x.shape:
+        raise DataError(f"region_features: masks must have shape {x.shape} (n_samples, H, W); got {masks.shape}")
+    places = place_masks((h, w))
+    flat = x.reshape(n, -1)
+    median = np.median(flat, axis=1)[:, None, None]
+    dark, bright = x < median - BLOB_OFFSET, x > median + BLOB_OFFSET
+    u8 = np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    edges = np.stack([cv2.Canny(img, *CANNY_THRESHOLDS) > 0 for img in u8])
+    out = {}
+    for place in BORDER_PLACES:
+        sel = places[place]
+        out[f"rel_brightness_{place}"] = x[:, sel].mean(axis=1) - flat.mean(axis=1)
+        out[f"dark_area_{place}"] = dark[:, sel].mean(axis=1)
+        out[f"bright_area_{place}"] = bright[:, sel].mean(axis=1)
+        out[f"edge_density_{place}"] = edges[:, sel].mean(axis=1)
+    zone_ids = zones(masks)
+    lung_mean = _masked_mean(x, masks)
+    for k, zone in enumerate(ZONE_NAMES, start=1):
+        sel = zone_ids == k
+        out[f"rel_brightness_{zone}"] = _masked_mean(x, sel) - lung_mean
+        out[f"dark_area_{zone}"] = _masked_mean(dark, sel)
+        out[f"bright_area_{zone}"] = _masked_mean(bright, sel)
+        out[f"edge_density_{zone}"] = _masked_mean(edges, sel)
+    return pd.DataFrame(out)
+
+
+def _masked_mean(values, masks):
+    """Per-image mean of ``values`` over ``masks`` (n, H, W); NaN where a mask is empty."""
+    count = masks.sum(axis=(1, 2))
+    total = np.where(masks, values, 0).sum(axis=(1, 2), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def describe_feature(column):
+    """A column of :func:`region_features` in words; any other name comes back unchanged.
+
+    Examples
+    --------
+    >>> describe_feature("edge_density_top_right")
+    'edge density in the top-right corner'
+    >>> describe_feature("rel_brightness_left_lower")
+    'brightness of the left lower lung zone against both lungs'
+    >>> describe_feature("sharpness")
+    'sharpness'
+    """
+    for measure, words in REGION_FEATURES.items():
+        place = str(column)[len(measure) + 1:]
+        if str(column).startswith(measure + "_") and place in PLACE_WORDS:
+            if place in ZONE_NAMES and measure == "rel_brightness":
+                return f"brightness of the {PLACE_WORDS[place]} against both lungs"
+            return f"{words} in the {PLACE_WORDS[place]}"
+    return str(column)
+
+
+def name_region(region, *, lung_masks=None):
+    """Name a region of an image after the place it overlaps most.
+
+    Parameters
+    ----------
+    region : bool array_like of shape (H, W)
+        Where a map points (e.g. a row of :func:`pneumoxai.evidence.evidence_regions`).
+    lung_masks : bool array_like of shape (H, W), default=None
+        The image's lung fields. With them, a region at least half inside the lungs is
+        named after the lung zone it overlaps most, and one at most a tenth inside them
+        gets ", outside both lungs".
+
+    Returns
+    -------
+    str
+        E.g. ``"top-right corner, outside both lungs"``, ``"left lower lung zone"``,
+        ``"centre"`` (a region that meets no border place and no lung field).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = np.zeros((32, 32), bool)
+    >>> r[1:4, 22:31] = True
+    >>> name_region(r)
+    'top-right corner'
+    >>> lungs = np.zeros((32, 32), bool)
+    >>> lungs[10:26, 4:14] = lungs[10:26, 18:28] = True
+    >>> name_region(r, lung_masks=lungs)
+    'top-right corner, outside both lungs'
+    >>> r2 = np.zeros((32, 32), bool)
+    >>> r2[22:25, 20:24] = True
+    >>> name_region(r2, lung_masks=lungs)
+    'left lower lung zone'
+    """
+    region = np.asarray(region).astype(bool)
+    if region.ndim != 2 or not region.any():
+        raise DataError(f"name_region: region must be a non-empty (H, W) boolean mask; got shape {region.shape}")
+    if lung_masks is not None:
+        lungs = np.asarray(lung_masks).astype(bool)
+        if lungs.shape != region.shape:
+            raise DataError(f"name_region: lung_masks must have shape {region.shape}; got {lungs.shape}")
+        inside = (region & lungs).sum() / region.sum()
+        if inside >= _IN_LUNGS:
+            zone_ids = zones(lungs[None])[0]
+            counts = np.bincount(zone_ids[region & lungs], minlength=len(ZONE_NAMES) + 1)[1:]
+            return PLACE_WORDS[ZONE_NAMES[int(counts.argmax())]]
+    places = place_masks(region.shape)
+    overlap = {place: int((region & places[place]).sum()) for place in BORDER_PLACES}
+    best = max(overlap, key=overlap.get)
+    name = PLACE_WORDS[best] if overlap[best] > 0 else "centre"
+    if lung_masks is not None and inside <= _OUTSIDE_LUNGS:
+        name += ", outside both lungs"
+    return name

@@ -1,0 +1,233 @@
+"""Known answers for the counterfactual verdict and the place-naming features (issue 28).
+
+Criteria fixed before the first run, over families of planted shortcuts rather than one
+case: shapes (a wide text strip, a square tag, a thin ruler, a ring) x the four corners x
+both polarities on synthetic radiograph-like images.
+
+- A model that uses the marker (any third of it still present calls PNEUMONIA) gets
+  ``rests_on_region`` from the half-maximum region rule; the fixed quarter-side window of
+  ``audit.peak_removal_effect`` misses the wide strip (the failure the issue reports).
+- A model that ignores the marker, with maps drawn to it, gets no verdict.
+- A global shortcut (a gamma change) with diffuse maps gets no verdict.
+- The region feature that best separates marked from clean images names the marked corner;
+  a failure-slice search on the region features names it too.
+"""
+
+import cv2
+import numpy as np
+import pytest
+
+from pneumoxai.audit import peak_removal_effect
+from pneumoxai.errors import DataError
+from pneumoxai.evidence import evidence_regions, inpaint_regions, region_removal_test
+from pneumoxai.regions import BORDER_PLACES, describe_feature, name_region, place_masks, region_features
+from pneumoxai.slices import find_failure_slices
+
+SIZE = 128
+N = 12
+SHAPES = ("strip", "square", "ruler", "ring")
+CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+
+
+def radiographs(n, seed):
+    """Smooth radiograph-like images: bright body, two dark lung fields, noise."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    out = np.empty((n, SIZE, SIZE, 3), np.float32)
+    for i in range(n):
+        body = 0.55 + 0.1 * rng.uniform(-1, 1) + 0.1 * (rows - 0.5)
+        for cx in (0.3, 0.7):
+            lung = ((cols - cx + rng.normal(0, 0.02)) / 0.15) ** 2 + ((rows - 0.55) / 0.3) ** 2 < 1
+            body = np.where(lung, body - 0.3, body)
+        img = cv2.GaussianBlur(body.astype(np.float32), (0, 0), 3) + rng.normal(0, 0.02, (SIZE, SIZE))
+        out[i] = np.clip(img, 0, 1)[..., None]
+    return out
+
+
+def marker_mask(shape, corner):
+    """Footprint of a planted marker, placed 4 px from the chosen corner."""
+    sizes = {"strip": (12, 56), "square": (14, 14), "ruler": (3, 60), "ring": (24, 24)}
+    h, w = sizes[shape]
+    r0 = 4 if corner.startswith("top") else SIZE - 4 - h
+    c0 = 4 if corner.endswith("left") else SIZE - 4 - w
+    mask = np.zeros((SIZE, SIZE), bool)
+    if shape == "ring":
+        cv2.circle(mask.view(np.uint8), (c0 + 12, r0 + 12), 10, 1, thickness=3)
+    else:
+        mask[r0:r0 + h, c0:c0 + w] = True
+    return mask
+
+
+def stamp(images, mask, polarity, text=False):
+    """Draw the marker: bright on dark or dark on bright, optionally with text in it."""
+    x = images.copy()
+    fill, ink = (0.95, 0.1) if polarity == "bright" else (0.05, 0.9)
+    x[:, mask] = fill
+    if text:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        canvas = np.zeros((SIZE, SIZE), np.uint8)
+        cv2.putText(canvas, "PORTABLE", (int(cols[0]) + 1, int(rows[-1]) - 2), cv2.FONT_HERSHEY_PLAIN, 0.6, 1, 1)
+        x[:, (canvas > 0) & mask] = ink
+    return x
+
+
+def uses_marker(mask):
+    """A model that calls PNEUMONIA while at least a third of the marker is still there."""
+    def predict(images):
+        gray = images[..., 0]
+        background = np.median(gray[:, ~mask], axis=1)[:, None]
+        present = (np.abs(gray[:, mask] - background) > 0.3).mean(axis=1)
+        return 1.0 / (1.0 + np.exp(-40 * (present - 1 / 3)))
+    return predict
+
+
+def uses_lungs(images):
+    """A model that ignores the corners: dark lung centres read as healthy."""
+    centre = images[:, 50:90, 30:100, 0].mean(axis=(1, 2))
+    return 1.0 / (1.0 + np.exp(-60 * (centre - 0.42)))
+
+
+def cam_like(mask, n, seed, sigma=6):
+    """What a mid-layer CAM gives: the marker pooled to a 16x16 grid, upsampled, plus noise."""
+    rng = np.random.default_rng(seed)
+    coarse = cv2.resize(mask.astype(np.float32), (16, 16), interpolation=cv2.INTER_AREA)
+    fine = cv2.GaussianBlur(cv2.resize(coarse, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR), (0, 0), sigma / 3)
+    fine = fine / fine.max()
+    return np.stack([np.clip(fine + rng.normal(0, 0.03, fine.shape), 0, None) for _ in range(n)])
+
+
+CASES = [(shape, corner, polarity) for shape in SHAPES for corner in CORNERS for polarity in ("bright", "dark")]
+
+
+@pytest.mark.parametrize("shape, corner, polarity", CASES)
+def test_calls_that_use_the_marker_rest_on_the_maps_region(shape, corner, polarity):
+    mask = marker_mask(shape, corner)
+    x = stamp(radiographs(N, seed=1), mask, polarity, text=shape == "strip")
+    model = uses_marker(mask)
+    maps = cam_like(mask, N, seed=2)
+    result = region_removal_test(model, x, maps)
+    assert result["n_localised"] == N
+    assert result["share_changed"] >= 0.9
+    assert result["share_control_changed"] == 0.0
+    assert result["rests_on_region"]
+    # The region covers the marker it was drawn from.
+    assert (result["regions"][:, mask].mean(axis=1) >= 0.9).all()
+
+
+@pytest.mark.parametrize("corner", CORNERS)
+def test_a_fixed_quarter_window_misses_a_wide_strip_the_region_rule_does_not(corner):
+    mask = marker_mask("strip", corner)
+    x = stamp(radiographs(N, seed=3), mask, "dark", text=True)
+    maps = cam_like(mask, N, seed=4)
+    window = peak_removal_effect(uses_marker(mask), x, maps, size=SIZE // 4)
+    assert window["call_changed"].mean() == 0.0
+    assert region_removal_test(uses_marker(mask), x, maps)["share_changed"] == 1.0
+
+
+@pytest.mark.parametrize("shape, corner, polarity", CASES[::3])
+def test_a_salient_marker_the_model_ignores_gets_no_verdict(shape, corner, polarity):
+    mask = marker_mask(shape, corner)
+    x = stamp(radiographs(N, seed=5), mask, polarity)
+    result = region_removal_test(uses_lungs, x, cam_like(mask, N, seed=6))
+    assert result["share_changed"] == 0.0
+    assert not result["rests_on_region"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_global_shortcut_with_diffuse_maps_gets_no_region(seed):
+    x = radiographs(N, seed=seed) ** 1.5                    # gamma: everywhere, nowhere in particular
+
+    def global_gamma(images):
+        return 1.0 / (1.0 + np.exp(-60 * (0.42 - images.mean(axis=(1, 2, 3)))))
+
+    rng = np.random.default_rng(seed)
+    diffuse = np.stack([cv2.GaussianBlur(rng.random((SIZE, SIZE)), (0, 0), 20) for _ in range(N)])
+    result = region_removal_test(global_gamma, x, diffuse)
+    assert not result["rests_on_region"]
+    assert result["n_only_region"] <= 1
+
+
+def test_evidence_region_is_the_half_maximum_component_around_the_peak():
+    m = np.zeros((1, 16, 16))
+    m[0, 2:5, 2:12] = 1.0
+    m[0, 10:14, 10:14] = 0.8        # above half maximum but not connected to the peak
+    m[0, 5, 2:12] = 0.4              # below half maximum
+    expected = np.zeros((16, 16), bool)
+    expected[2:5, 2:12] = True
+    np.testing.assert_array_equal(evidence_regions(m, grow=0)[0], expected)
+    grown = evidence_regions(m, grow=1)[0]
+    np.testing.assert_array_equal(grown, cv2.dilate(expected.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    assert evidence_regions(np.ones((1, 8, 8)))[0].all()   # a constant map points nowhere
+
+
+def test_inpainting_changes_only_the_region():
+    x = radiographs(2, seed=7)
+    r = np.zeros((2, SIZE, SIZE), bool)
+    r[0, 10:20, 10:40] = True
+    out = inpaint_regions(x, r)
+    np.testing.assert_array_equal(out[0][~r[0]], x[0][~r[0]])
+    np.testing.assert_array_equal(out[1], x[1])
+
+
+@pytest.mark.parametrize("corner", CORNERS)
+@pytest.mark.parametrize("polarity", ("bright", "dark"))
+def test_the_feature_that_separates_a_planted_text_strip_names_its_corner(corner, polarity):
+    clean = radiographs(16, seed=8)
+    marked = stamp(radiographs(16, seed=9), marker_mask("strip", corner), polarity, text=True)
+    feats = region_features(np.concatenate([marked, clean]))
+    is_marked = np.r_[np.ones(16, bool), np.zeros(16, bool)]
+    a, b = feats[is_marked], feats[~is_marked]
+    separation = ((a.mean() - b.mean()).abs() / (a.std() + b.std() + 1e-9)).dropna()
+    best = separation.idxmax()
+    assert best.endswith(corner), (best, separation.sort_values().tail(3))
+    assert describe_feature(best).endswith(corner.replace("_", "-") + " corner")
+
+
+@pytest.mark.parametrize("corner", CORNERS)
+def test_a_failure_slice_on_region_features_names_the_marked_corner(corner):
+    rng = np.random.default_rng(10)
+    images = radiographs(60, seed=11)
+    marked = rng.random(60) < 0.4
+    mask = marker_mask("strip", corner)
+    images[marked] = stamp(images[marked], mask, "dark", text=True)
+    y_true = np.zeros(60, int)
+    y_prob = np.where(marked, 0.9, 0.1)                     # every marked image is a false alarm
+    with pytest.warns(UserWarning, match="constant"):      # clean places hold no dark or bright blob
+        slices = find_failure_slices(region_features(images), y_true, y_prob, min_size=8, max_order=1)
+    top = slices.iloc[0]
+    assert top["finding"] and top["size"] == marked.sum() and top["n_errors"] == marked.sum()
+    # The strip spills from its corner cell into the next edge cell; slices on either isolate the
+    # same images, and the tied ones include the corner, the cell that holds most of it.
+    tied = slices[(slices["size"] == top["size"]) & (slices["n_errors"] == top["n_errors"])]
+    places = {str(c.column).split("_", 2)[-1] for conds in tied["conditions"] for c in conds}
+    overlapped = {place for place, m in place_masks((SIZE, SIZE)).items() if (m & mask).any()}
+    assert corner in places and places <= overlapped, (places, overlapped)
+
+
+def test_name_region_family():
+    lungs = np.zeros((SIZE, SIZE), bool)
+    lungs[30:110, 20:58] = lungs[30:110, 70:108] = True
+    for place, mask in place_masks((SIZE, SIZE)).items():
+        assert name_region(mask).startswith({"top_left": "top-left", "top_right": "top-right",
+                                             "bottom_left": "bottom-left", "bottom_right": "bottom-right",
+                                             "top": "top edge", "bottom": "bottom edge", "left": "left edge",
+                                             "right": "right edge"}[place]), place
+    assert name_region(marker_mask("strip", "top_right"), lung_masks=lungs) == "top-right corner, outside both lungs"
+    blob = np.zeros((SIZE, SIZE), bool)
+    blob[95:105, 30:45] = True
+    assert name_region(blob, lung_masks=lungs) == "right lower lung zone"
+    assert len(BORDER_PLACES) == 8
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: evidence_regions(np.zeros((0, 4, 4))), "maps must be a finite"),
+    (lambda: evidence_regions(np.zeros((1, 4, 4)), level=1.5), "'level' parameter of evidence_regions"),
+    (lambda: inpaint_regions(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8))), "regions must be booleans"),
+    (lambda: region_removal_test(uses_lungs, radiographs(1, 0), np.zeros((1, 8, 8))), "one \\(H, W\\) map per image"),
+    (lambda: region_removal_test("model", radiographs(1, 0), np.zeros((1, SIZE, SIZE))), "'model' parameter"),
+    (lambda: name_region(np.zeros((8, 8), bool)), "non-empty"),
+    (lambda: place_masks((4, 4)), "at least 8x8"),
+])
+def test_bad_input_is_one_line(call, match):
+    with pytest.raises(DataError if "parameter" not in match else ValueError, match=match):
+        call()

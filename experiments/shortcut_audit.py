@@ -54,7 +54,7 @@ from scipy.stats import mannwhitneyu
 
 from pneumoxai import __version__, audit, explain, models, slices
 from pneumoxai import config as cfg
-from pneumoxai._io import read_json, write_csv, write_json, write_text
+from pneumoxai.files import read_json, write_csv, write_json, write_text
 from pneumoxai.lungs import lung_mask
 from pneumoxai.data import balance, load_images, scan_dataset, split_by_patient
 from pneumoxai.figures import save_figure, style

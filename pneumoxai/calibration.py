@@ -13,7 +13,6 @@ import numpy as np
 from scipy import optimize, special
 
 from ._probability_classifier import ProbabilityClassifier, logit
-from .validation import check_param
 
 __all__ = ["TemperatureScaling", "PlattScaling"]
 

@@ -10,8 +10,8 @@ import warnings
 import keras
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..validation import check_images
+from ..errors import ConfigError
+from ..validation import check_images, check_labels
 from ._base import SHAP_METHODS, MapExplainer, _choice, _logit_model, _positive_int, _quiet_keras_inputs
 
 @contextlib.contextmanager
@@ -174,9 +174,7 @@ def background_sample(images, labels, *, n=32, seed=0):
     ndarray of float32, shape (min(n, N), H, W, 3)
     """
     x = check_images(images, owner="background_sample")
-    y = np.asarray(labels)
-    if y.shape != (len(x),) or not np.isin(y, (0, 1)).all():
-        raise DataError(f"labels must be {len(x)} values in {{0, 1}}; got shape {y.shape}")
+    y = check_labels(labels, len(x), owner="background_sample", name="labels", both_classes=False)
     n = min(_positive_int("background_sample", "n", n), len(x))
     pools = [np.flatnonzero(y == c) for c in (0, 1)]
     take_pos = min(n // 2 + n % 2, len(pools[1]))

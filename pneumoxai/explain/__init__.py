@@ -18,7 +18,8 @@ Are the maps faithful?
     Efficient Evaluation Strategy for Attribution Methods", ICML 2022), which fills the
     removed pixels from their neighbours instead of black; the model-parameter
     randomization test :func:`randomization_check` (Adebayo et al., "Sanity Checks for
-    Saliency Maps", NeurIPS 2018); all of them per method and layer in :func:`compare_layers`.
+    Saliency Maps", NeurIPS 2018); all of them per method and layer in :func:`compare_layers`;
+    :func:`choose_map` makes the explain stage's whole choice (method, layers, reason).
 Per failure slice
     :func:`slice_explanations`: mean map, zone attention against correct calls of the
     same class and faithfulness of each significant slice of

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pneumoxai import __version__, explain, models
-from pneumoxai._io import write_csv, write_json, write_text
+from pneumoxai.files import write_csv, write_json, write_text
 from pneumoxai.data import load_images, scan_dataset
 
 from _provenance import machine  # experiments/, on sys.path when run as a script

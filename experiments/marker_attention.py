@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pneumoxai import audit, explain, models
-from pneumoxai._io import write_csv
+from pneumoxai.files import write_csv
 from pneumoxai.data import load_images, scan_dataset
 
 import shortcut_audit  # experiments/, on sys.path when run as a script

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from pneumoxai import audit, explain, models
-from pneumoxai._io import write_csv
+from pneumoxai.files import write_csv
 
 import marker_attention  # experiments/, on sys.path when run as a script
 import shortcut_audit

@@ -54,7 +54,7 @@ from scipy.stats import mannwhitneyu
 
 from pneumoxai import __version__, audit, explain, models, slices
 from pneumoxai import config as cfg
-from pneumoxai._io import read_json, write_csv, write_json, write_text
+from pneumoxai.files import read_json, write_csv, write_json, write_text
 from pneumoxai.lungs import lung_mask
 from pneumoxai.data import balance, load_images, scan_dataset, split_by_patient
 from pneumoxai.figures import save_figure, style
@@ -249,10 +249,9 @@ def audit_member(name, model, test, threshold, box, layers):
     # explain.layer_choice_images): its 24 gallery images (false negatives, false positives and correct calls in
     # turn), every stage alone and fused.
     sample = explanation_sample(y, called, 24, seed=0)
-    choice, choice_table = explain.choose_map_method(explain.compare_layers(
-        model, test["x"][sample], explain.layer_candidates(model), methods=("gradcam", "layercam", "hirescam"),
-        target=called[sample], n_randomized=explain.DOWNSTREAM))
-    chosen_layers = choice["layer"].split("+")
+    choice, choice_table = explain.choose_map(model, test["x"][sample], target=called[sample],
+                                              methods=("gradcam", "layercam", "hirescam"))
+    chosen_layers = explain.chosen_layers(model, choice)
     chosen = explain.gradcam(model, test["x"][explain_rows], method=choice["method"], layers=chosen_layers)
     chosen_clean = explain.gradcam(model, test["x_clean"][explain_rows], method=choice["method"], layers=chosen_layers)
     # As the report shows it: every test image mapped for its predicted class, the errors against the correct

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "data", "models", "ensemble", "calibration", "metrics", "slices", "explain",
     "figures", "report", "cli", "config", "errors", "pipeline",
-    "predict", "lungs", "run_folder", "outcomes", "audit",
+    "predict", "lungs", "run_folder", "outcomes", "audit", "files",
 )
 
 __all__ = list(_SUBMODULES) + ["__version__"]

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError, param_error
-from .validation import Interval, Options, check_images, check_param, is_valid
+from .validation import Interval, Options, check_images, check_labels, check_maps, check_param, is_valid
 
 __all__ = [
     "CORNERS",
@@ -47,10 +47,6 @@ CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _LETTER_FILL = 0.7  # the letter's height as a share of the tag's side
-
-
-def _check_images(images, owner):
-    return check_images(images, owner=owner)
 
 
 def _check_box(box, shape, owner, n=None):
@@ -153,7 +149,7 @@ def stamp_marker(images, *, corner="top_left", size=None, margin=None, letter="L
     >>> bool((np.delete(marked, np.s_[r0:r1], axis=1) == 0.3).all())  # nothing else changes
     True
     """
-    x = _check_images(images, "stamp_marker")
+    x = check_images(images, owner="stamp_marker")
     if not isinstance(letter, str) or len(letter.strip()) == 0:
         raise param_error("stamp_marker", "letter", "a non-empty string", letter)
     check_param("stamp_marker", "intensity", intensity, Interval("real", 0, 1, closed="right"))
@@ -192,7 +188,7 @@ def remove_marker(images, box, *, grow=1, radius=3):
     >>> bool(np.abs(clean - 0.4).max() < 0.01)
     True
     """
-    x = _check_images(images, "remove_marker")
+    x = check_images(images, owner="remove_marker")
     boxes = _check_box(box, x.shape[1:3], "remove_marker", n=len(x))
     check_param("remove_marker", "grow", grow, Interval("int", 0, None))
     check_param("remove_marker", "radius", radius, Interval("int", 1, None))
@@ -256,10 +252,8 @@ def counterfactual_flip_rate(model_or_predict_fn, images, y_true, box, *, thresh
     >>> counterfactual_flip_rate(bright_corner_says_pneumonia, x, [0, 0, 0, 0], box)
     1.0
     """
-    x = _check_images(images, "counterfactual_flip_rate")
-    y = np.asarray(y_true)
-    if y.shape != (len(x),) or not np.isin(y, (0, 1)).all():
-        raise DataError(f"y_true must be {len(x)} values in {{0, 1}}; got shape {y.shape}")
+    x = check_images(images, owner="counterfactual_flip_rate")
+    y = check_labels(y_true, len(x), owner="counterfactual_flip_rate", both_classes=False)
     check_param("counterfactual_flip_rate", "threshold", threshold, Interval("real", 0, 1))
     check_param("counterfactual_flip_rate", "batch_size", batch_size, Interval("int", 1, None))
     before = (_probabilities(model_or_predict_fn, x, batch_size) >= threshold).astype(int) != y
@@ -319,13 +313,6 @@ def peak_in_box(maps, box, *, tolerance=0):
     return float(_peaks_in_box(maps, box, tolerance, "peak_in_box").mean())
 
 
-def _check_maps(maps):
-    m = np.asarray(maps, np.float64)
-    if m.ndim != 3 or len(m) == 0 or not np.isfinite(m).all():
-        raise DataError(f"maps must be a finite (n, H, W) array with n >= 1; got shape {m.shape}")
-    return m
-
-
 def _peaks(m):
     """Row and column of each map's maximum, the first in row-major order on ties."""
     return np.unravel_index(m.reshape(len(m), -1).argmax(axis=1), m.shape[1:])
@@ -333,7 +320,7 @@ def _peaks(m):
 
 def _peaks_in_box(maps, box, tolerance, owner):
     """(n,) bool: does each map's maximum lie within ``tolerance`` px of its box."""
-    m = _check_maps(maps)
+    m = check_maps(maps, owner=owner)
     boxes = _check_box(box, m.shape[1:], owner, n=len(m))
     check_param(owner, "tolerance", tolerance, Interval("int", 0, None))
     rows, cols = _peaks(m)
@@ -391,8 +378,8 @@ def peak_removal_effect(model_or_predict_fn, images, maps, *, size, threshold=0.
     ([True, False], [[0, 0, 12, 12], [18, 18, 30, 30]])
     """
     owner = "peak_removal_effect"
-    x = _check_images(images, owner)
-    m = _check_maps(maps)
+    x = check_images(images, owner=owner)
+    m = check_maps(maps, owner=owner)
     if m.shape != x.shape[:3]:
         raise DataError(f"maps must be one (H, W) map per image, {x.shape[:3]}; got {m.shape} "
                         "(explain.resize_maps brings maps to the images' size)")

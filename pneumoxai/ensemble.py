@@ -38,7 +38,7 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 
-from .calibration import _EPS, _logit, _ProbabilityClassifier
+from ._probability_classifier import EPS, ProbabilityClassifier, logit
 from .errors import DataError, param_error
 from .validation import (
     OPEN_UNIT_INTERVAL,
@@ -152,13 +152,13 @@ def _check_inputs(P, y=None, *, owner):
 
 
 def _log_loss_and_grad(w, P, y):
-    q = np.clip(P @ w, _EPS, 1 - _EPS)
+    q = np.clip(P @ w, EPS, 1 - EPS)
     loss = -np.mean(y * np.log(q) + (1 - y) * np.log1p(-q))
     dq = -(y / q - (1 - y) / (1 - q)) / y.size
     return loss, P.T @ dq
 
 
-class _Combiner(_ProbabilityClassifier):
+class _Combiner(ProbabilityClassifier):
     """A classifier on member probabilities ``P`` of shape (n_samples, n_members)."""
 
     _input_name = "P"
@@ -410,7 +410,7 @@ class Stacking(_Combiner):
         self.threshold = threshold
 
     def _features(self, P):
-        return _logit(P) if self.features == "logit" else P
+        return logit(P) if self.features == "logit" else P
 
     def fit(self, P, y, *, trained_on=None, groups=None):
         """Fit the meta-learner, and its cross-validated predictions ``oof_proba_``.

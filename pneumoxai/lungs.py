@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError
+from .validation import check_grey_images
 
 __all__ = ["ZONE_NAMES", "ZONE_COLUMNS", "lung_mask", "zones"]
 
@@ -65,29 +66,6 @@ _COLUMNS = np.arange(_WORK)
 
 def _disk(size):
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-
-
-def _as_gray(images):
-    """Validate ``images`` and return a float32 (n, H, W) grey batch in [0, 1]."""
-    arr = np.asarray(images)
-    if arr.ndim == 4 and arr.shape[-1] in (1, 3):
-        arr = arr.mean(axis=-1)
-    elif arr.ndim != 3:
-        raise DataError(
-            f"images must have shape (n, H, W) or (n, H, W, 1|3); got shape {arr.shape}"
-        )
-    if arr.shape[0] == 0:
-        raise DataError("images is empty (n = 0)")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataError(f"images must be real numbers; got dtype {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        raise DataError("images contain NaN or infinite values")
-    if arr.min() < 0 or arr.max() > 1:
-        raise DataError(
-            f"images must be scaled to [0, 1]; got values in [{arr.min():.3g}, {arr.max():.3g}]"
-        )
-    return arr
 
 
 def _outside_air(blurred_light):
@@ -200,7 +178,7 @@ def lung_mask(images, *, return_fallback=False):
     UserWarning
         With the number of images that fell back on the prior.
     """
-    gray = _as_gray(images)
+    gray = check_grey_images(images, owner="lung_mask").astype(np.float32, copy=False)
     n, height, width = gray.shape
     masks = np.empty((n, height, width), bool)
     fallback = np.zeros(n, bool)

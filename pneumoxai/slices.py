@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, param_error
-from .validation import OPEN_UNIT_INTERVAL, UNIT_INTERVAL, Interval, Options, check_labels, check_param, check_probabilities
+from .validation import (OPEN_UNIT_INTERVAL, UNIT_INTERVAL, Interval, Options, check_grey_images, check_labels,
+                         check_param, check_probabilities)
 
 __all__ = [
     "Condition",
@@ -135,7 +136,7 @@ def image_features(images, *, masks=None):
     0       0.500         0.000               0.375
     1       0.375         0.667               0.375
     """
-    gray = _as_gray(images)
+    gray = check_grey_images(images, owner="image_features", min_side=MIN_IMAGE_SIDE)
     n = len(gray)
     if masks is None:
         lung_fraction = _lung_fraction_from_model(images)
@@ -149,29 +150,6 @@ def image_features(images, *, masks=None):
     feats = pd.DataFrame({k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]})
     feats["lung_area_fraction"] = lung_fraction
     return feats[list(FEATURE_COLUMNS)]
-
-
-def _as_gray(images):
-    x = np.asarray(images)
-    if x.ndim == 4 and x.shape[-1] in (1, 3):
-        x = x.mean(axis=-1)
-    if x.ndim != 3:
-        raise DataError(
-            f"images must have shape (n_samples, H, W) or (n_samples, H, W, 3); got {np.shape(images)}"
-        )
-    n, h, w = x.shape
-    if n == 0:
-        raise DataError("images is empty (n_samples == 0)")
-    if min(h, w) < MIN_IMAGE_SIDE:
-        raise DataError(f"images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels; got {h}x{w}")
-    if not np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float64)
-    if not np.isfinite(x).all():
-        raise DataError("images contain NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        raise DataError(f"images must be scaled to [0, 1]; got values in [{lo:g}, {hi:g}]")
-    return x
 
 
 def _lung_fraction_from_model(images):
@@ -322,10 +300,7 @@ def slice_frame(
         frame = pd.concat([frame, feats], axis=1)
 
     if member_probs is not None:
-        member_probs = np.asarray(member_probs, dtype=float)
-        if member_probs.ndim != 2:
-            raise DataError(f"member_probs must have shape (n_samples, n_members); got {member_probs.shape}")
-        _check_length(member_probs, n, "member_probs")
+        member_probs = _matrix(member_probs, n, "member_probs", "n_members")
         frame["member_std"] = member_probs.std(axis=1)
         if ensemble_prob is None:
             ensemble_prob = member_probs.mean(axis=1)
@@ -346,10 +321,7 @@ def slice_frame(
     if embeddings is not None:
         from sklearn.cluster import KMeans
 
-        emb = np.asarray(embeddings, dtype=float)
-        if emb.ndim != 2:
-            raise DataError(f"embeddings must have shape (n_samples, n_features); got {emb.shape}")
-        _check_length(emb, n, "embeddings")
+        emb = _matrix(embeddings, n, "embeddings", "n_features")
         if not 1 <= n_clusters <= n:
             raise param_error("slice_frame", "n_clusters", f"in [1, n_samples={n}]", n_clusters)
         km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=10).fit(emb)
@@ -360,6 +332,15 @@ def slice_frame(
 def _check_length(obj, n, name):
     if len(obj) != n:
         raise DataError(f"{name} has {len(obj)} rows but meta_df has {n}")
+
+
+def _matrix(values, n, name, columns):
+    """``values`` as a float array (n, n_columns) with one row per row of meta_df."""
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 2:
+        raise DataError(f"{name} must have shape (n_samples, {columns}); got {arr.shape}")
+    _check_length(arr, n, name)
+    return arr
 
 
 # --- Slice search -------------------------------------------------------------

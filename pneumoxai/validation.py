@@ -10,10 +10,12 @@ or from a config file (the same descriptions)::
 
     The 'rotation' option in 'defaults.augment' must be a number in [0, 0.5]; got 'abc'.
 
-The array checks (:func:`check_images`, :func:`check_probabilities`,
-:func:`check_member_probabilities`, :func:`check_labels`, :func:`check_groups`) are the
-only place where pneumoxai decides what an image batch, a probability vector or a label
-vector must look like. No TensorFlow here.
+The array checks, one per kind of array: :func:`check_images` (colour images for a model),
+:func:`check_grey_images`, :func:`check_maps` (one map per image),
+:func:`check_probabilities` and :func:`check_member_probabilities`, :func:`check_labels`
+and :func:`check_groups`. They are the only place where pneumoxai decides what an image
+batch, a map, a probability vector or a label vector must look like, and they word every
+refusal the same way ("<owner>: <name> ..."). No TensorFlow here.
 """
 
 import numbers
@@ -34,6 +36,8 @@ __all__ = [
     "is_valid",
     "check_param",
     "check_images",
+    "check_grey_images",
+    "check_maps",
     "check_probabilities",
     "check_member_probabilities",
     "check_probability_columns",
@@ -229,7 +233,7 @@ UNIT_INTERVAL = Interval("real", 0, 1)
 OPEN_UNIT_INTERVAL = Interval("real", 0, 1, closed="neither")
 
 
-def check_images(images, *, owner, name="images", size=None):
+def check_images(images, *, owner, name="images", size=None, model=None):
     """Return images as a float32 array (n_samples, H, W, 3) in [0, 1], or raise DataError.
 
     Parameters
@@ -240,6 +244,8 @@ def check_images(images, *, owner, name="images", size=None):
     name : str, default="images"
     size : tuple of (int or None), default=None
         ``(H, W)`` the model expects; None entries accept any size.
+    model : keras.Model, default=None
+        Instead of ``size``: the model whose input size the images must have.
 
     Examples
     --------
@@ -250,31 +256,124 @@ def check_images(images, *, owner, name="images", size=None):
     ...
     pneumoxai.errors.DataError: gradcam: images must be scaled to [0, 1]; got values in [255, 255] (divide uint8 images by 255).
     """
-    try:
-        arr = np.asarray(images)
-    except ValueError:  # ragged nested lists
-        raise DataError(f"{owner}: {name} must be an array of images of one shape; got a ragged sequence.") from None
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataError(f"{owner}: {name} must be a real numeric array; got dtype {arr.dtype}.")
+    arr = _numeric_array(images, owner, name, "an array of images of one shape")
     if arr.ndim != 4:
         raise DataError(f"{owner}: {name} must have rank 4 (n_samples, H, W, 3); got shape {arr.shape}.")
     if arr.shape[-1] != 3:
         raise DataError(f"{owner}: {name} must have 3 channels in the last axis; got shape {arr.shape}.")
-    if arr.shape[0] == 0:
-        raise DataError(f"{owner}: {name} is empty (0 images).")
-    arr = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        raise DataError(f"{owner}: {name} has {int((~finite).sum())} NaN or infinite values.")
-    low, high = float(arr.min()), float(arr.max())
-    if low < 0 or high > 1:
-        raise DataError(f"{owner}: {name} must be scaled to [0, 1]; got values in [{low:.9g}, {high:.9g}] "
-                        "(divide uint8 images by 255).")
+    arr = _unit_range(_finite(_not_empty(arr, owner, name, "images").astype(np.float32, copy=False), owner, name),
+                      owner, name)
+    if model is not None:
+        size = tuple(model.inputs[0].shape[1:3])
     if size is not None and any(e is not None and e != got for e, got in zip(size, arr.shape[1:3])):
         expected = "x".join("any" if e is None else str(e) for e in size)
         raise DataError(f"{owner}: {name} are {arr.shape[1]}x{arr.shape[2]} pixels but the model expects "
                         f"{expected}; load them with load_images(..., size={size[0]}).")
     return arr
+
+
+def _numeric_array(values, owner, name, what):
+    """``values`` as a real numeric array, or the one-wording DataError."""
+    try:
+        arr = np.asarray(values)
+    except ValueError:  # ragged nested lists
+        raise DataError(f"{owner}: {name} must be {what}; got a ragged sequence.") from None
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataError(f"{owner}: {name} must be a real numeric array; got dtype {arr.dtype}.")
+    return arr
+
+
+def _not_empty(arr, owner, name, unit):
+    if arr.shape[0] == 0:
+        raise DataError(f"{owner}: {name} is empty (0 {unit}).")
+    return arr
+
+
+def _finite(arr, owner, name):
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise DataError(f"{owner}: {name} has {int((~finite).sum())} NaN or infinite values.")
+    return arr
+
+
+def _unit_range(arr, owner, name):
+    low, high = float(arr.min()), float(arr.max())
+    if low < 0 or high > 1:
+        raise DataError(f"{owner}: {name} must be scaled to [0, 1]; got values in [{low:.9g}, {high:.9g}] "
+                        "(divide uint8 images by 255).")
+    return arr
+
+
+def check_grey_images(images, *, owner, name="images", min_side=1, n_samples=None):
+    """Return grey images (n_samples, H, W) in [0, 1], colour channels averaged, or raise DataError.
+
+    Parameters
+    ----------
+    images : array-like of shape (n_samples, H, W), (n_samples, H, W, 1) or (n_samples, H, W, 3)
+    owner : str
+        The function or method named in the error.
+    name : str, default="images"
+    min_side : int, default=1
+        Smallest height and width accepted.
+    n_samples : int, default=None
+        The number of images there must be (one per row of a table, say).
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_samples, H, W)
+        Floating input keeps its dtype; other numbers become float64.
+
+    Examples
+    --------
+    >>> check_grey_images(np.ones((2, 8, 8, 3)), owner="lung_mask").shape
+    (2, 8, 8)
+    >>> check_grey_images(np.zeros((1, 4, 16)), owner="image_features", min_side=8)
+    Traceback (most recent call last):
+    ...
+    pneumoxai.errors.DataError: image_features: images must be at least 8x8 pixels; got 4x16.
+    """
+    arr = _numeric_array(images, owner, name, "an array of images of one shape")
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3):
+        arr = arr.mean(axis=-1)
+    if arr.ndim != 3 or n_samples is not None and len(arr) != n_samples:
+        n = "n_samples" if n_samples is None else f"n_samples={n_samples}"
+        raise DataError(f"{owner}: {name} must have shape ({n}, H, W) or ({n}, H, W, 1 or 3); "
+                        f"got shape {np.shape(images)}.")
+    _not_empty(arr, owner, name, "images")
+    if min(arr.shape[1:]) < min_side:
+        raise DataError(f"{owner}: {name} must be at least {min_side}x{min_side} pixels; "
+                        f"got {arr.shape[1]}x{arr.shape[2]}.")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    return _unit_range(_finite(arr, owner, name), owner, name)
+
+
+def check_maps(maps, *, owner, name="maps", shape=None, dtype=np.float64):
+    """Return finite maps (n_samples, H, W), one per image, as ``dtype``, or raise DataError.
+
+    Parameters
+    ----------
+    maps : array-like of shape (n_samples, H, W)
+        Attention or attribution maps; any finite values (signed maps are maps too).
+    owner : str
+    name : str, default="maps"
+    shape : tuple of int, default=None
+        The ``(n_samples, H, W)`` the maps must have (that of the images they explain).
+    dtype : numpy dtype, default=numpy.float64
+
+    Examples
+    --------
+    >>> check_maps(np.zeros((2, 8, 8)), owner="road", shape=(2, 16, 16))
+    Traceback (most recent call last):
+    ...
+    pneumoxai.errors.DataError: road: maps must have shape (2, 16, 16) (n_samples, H, W); got (2, 8, 8).
+    """
+    arr = _numeric_array(maps, owner, name, "an array of maps of one shape").astype(dtype, copy=False)
+    if shape is not None and arr.shape != tuple(shape):
+        raise DataError(f"{owner}: {name} must have shape {tuple(shape)} (n_samples, H, W); got {arr.shape}.")
+    if arr.ndim != 3:
+        raise DataError(f"{owner}: {name} must have shape (n_samples, H, W); got {arr.shape}.")
+    return _finite(_not_empty(arr, owner, name, "maps"), owner, name)
 
 
 def check_probabilities(y_prob, *, owner, name="y_prob"):

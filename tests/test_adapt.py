@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from pneumoxai import explain, models
+from pneumoxai.explain.cam import _upsample
 from pneumoxai.predict import predict_embeddings, predict_members
 from pneumoxai.errors import ConfigError, ConstantPredictionsWarning, DataError, ModelContractError
 
@@ -205,7 +206,7 @@ def test_gradcam_equals_gradients_through_the_original_model(kind, user_models, 
         features, log_odds = own_features_and_log_odds(kind, user_models[kind], x)
     grads = tape.gradient(log_odds, features).numpy()
     weights = grads.mean(axis=(1, 2), keepdims=True)
-    reference = explain._upsample(np.maximum((weights * features.numpy()).sum(axis=-1), 0), (SIZE, SIZE))
+    reference = _upsample(np.maximum((weights * features.numpy()).sum(axis=-1), 0), (SIZE, SIZE))
     got = explain.gradcam(adapted[kind], X[:4], layer=FEATURE_LAYER[kind])
     assert np.ptp(reference.reshape(4, -1), axis=1).max() > 0, "a constant reference would compare nothing"
     np.testing.assert_allclose(got, reference, atol=2e-3)

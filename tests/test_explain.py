@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pneumoxai import explain, lungs
+from pneumoxai.explain.cam import _TwoClassLogits
 from pneumoxai.errors import ConfigError, DataError
 
 SIZE, PATCH = 32, 6
@@ -149,7 +150,7 @@ def test_explainers_of_one_model_share_one_logit_copy_within_a_block(trained, mo
     clones = []
     clone_model = keras.models.clone_model
     monkeypatch.setattr(keras.models, "clone_model", lambda *a, **k: clones.append(1) or clone_model(*a, **k))
-    with explain._sharing_logit_models():
+    with explain.shared_models():
         shared = [explain.gradcam(trained["model"], x, method=m) for m in methods]
     assert len(clones) == 1
     np.testing.assert_allclose(shared, alone, atol=1e-6)
@@ -173,7 +174,7 @@ def test_scorecam_two_logit_rewrite_recovers_the_probability(trained):
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     ReplaceToLinear()(clone)
-    pair = explain._TwoClassLogits()(clone).predict(x, verbose=0)
+    pair = _TwoClassLogits()(clone).predict(x, verbose=0)
     p = model.predict(x, verbose=0)[:, 0]
     recovered = keras.ops.convert_to_numpy(keras.ops.softmax(pair))
     np.testing.assert_allclose(recovered, np.c_[1 - p, p], atol=1e-5)

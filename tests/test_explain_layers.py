@@ -448,3 +448,35 @@ BAD_INPUTS = [
 def test_bad_inputs_raise_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call(_untrained())
+
+
+def test_compare_layers_checks_each_model_once(monkeypatch):
+    # The docstring's promise: the model is validated once, not once per explainer and score.
+    from pneumoxai.explain import _base
+
+    checked = []
+    check = _base._check_explainable
+    monkeypatch.setattr(_base, "_check_explainable", lambda model, owner: checked.append(model) or check(model, owner))
+    model = _untrained()
+    table = explain.compare_layers(model, GOOD, ["conv_last", "conv_a", ("conv_a", "conv_last")],
+                                   methods=("gradcam", "layercam"), steps=2, fractions=(0.5,), n_randomized=1)
+    assert len(table) == 3 * 2 + 1
+    # The trained model and its one randomized copy (every candidate re-initialises the same top layer).
+    assert len(checked) == 2 and checked[0] is model
+
+
+def test_choose_map_is_compare_layers_then_choose_map_method():
+    model, x = _untrained(), np.random.default_rng(0).random((4, 16, 16, 3)).astype(np.float32)
+    choice, table = explain.choose_map(model, x, target="pneumonia", methods=("gradcam", "hirescam"), seed=3)
+    measured = explain.compare_layers(model, x, explain.layer_candidates(model), methods=("gradcam", "hirescam"),
+                                      target="pneumonia", n_randomized=explain.DOWNSTREAM, seed=3)
+    scores = [c for c in measured.columns if c != "seconds_per_image"]  # timings differ between runs
+    pd.testing.assert_frame_equal(table[scores], measured[scores])
+    expected, _ = explain.choose_map_method(table[measured.columns])  # ties on map side go to the faster map
+    assert {k: choice[k] for k in ("method", "layer", "reason")} == {k: expected[k] for k in ("method", "layer", "reason")}
+    assert choice["stages"] == [explain.fusion_layers(model).index(name) - 2 for name in choice["layer"].split("+")]
+    assert choice["fused"] == ("+" in choice["layer"]) and choice["n_images"] == 4
+    assert "+".join(explain.chosen_layers(model, choice)) == choice["layer"]
+    unmeasured, no_table = explain.choose_map(model, not_measured="a test")
+    assert no_table is None and unmeasured["layer"] == "conv_last" and unmeasured["stages"] == [-1]
+    assert unmeasured["reason"].startswith("not measured (a test): Grad-CAM")

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from scipy import special
 
 from pneumoxai import figures
-from pneumoxai._figures_eval import (
+from pneumoxai.figures._evaluation import (
     plot_confusion_matrices,
     plot_diversity,
     plot_ensemble_size,
@@ -17,7 +17,7 @@ from pneumoxai._figures_eval import (
     plot_roc,
     plot_threshold_analysis,
 )
-from pneumoxai._style import save_figure
+from pneumoxai.figures._style import save_figure
 from pneumoxai.ensemble import diversity, ensemble_size_curve
 from pneumoxai.errors import ConfigError, DataError
 from pneumoxai.metrics import choose_threshold

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
-from pneumoxai._figures_explain import plot_explanation_gallery, plot_mean_maps, plot_zone_attention
-from pneumoxai._style import DIVERGING_CMAP, ERROR_COLORS, SEQUENTIAL_CMAP
+from pneumoxai.figures._explanations import plot_explanation_gallery, plot_mean_maps, plot_zone_attention
+from pneumoxai.figures._style import DIVERGING_CMAP, ERROR_COLORS, SEQUENTIAL_CMAP
 from pneumoxai.errors import ConfigError, DataError
 
 # Two false negatives (0, 1), one false positive (4), three correct calls (2, 3, 5).

@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoxai._figures_slices import (
+from pneumoxai.figures._slices import (
     plot_feature_distributions,
     plot_slice_error_rates,
     plot_slice_examples,
 )
 from pneumoxai import figures
-from pneumoxai._style import ERROR_COLORS
+from pneumoxai.figures._style import ERROR_COLORS
 from pneumoxai.errors import ConfigError, DataError
 from pneumoxai.slices import find_failure_slices
 

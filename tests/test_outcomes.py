@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from pneumoxai._style import ERROR_COLORS
+from pneumoxai.figures._style import ERROR_COLORS
 from pneumoxai.errors import ConfigError, DataError
 from pneumoxai.outcomes import OUTCOMES, explanation_sample, outcome_groups
 

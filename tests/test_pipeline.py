@@ -19,7 +19,7 @@ import pytest
 from pneumoxai import cli, explain, models
 from pneumoxai.data import load_images
 from pneumoxai.errors import RunFolderError
-from pneumoxai.pipeline.explanations import chosen_layers
+from pneumoxai.explain import chosen_layers
 from pneumoxai.report import write_report
 from pneumoxai.run_folder import RunFolder
 

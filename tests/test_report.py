@@ -9,7 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoxai import _figures_eval, _figures_explain, _figures_slices, _style, figures
+from pneumoxai import figures
+from pneumoxai.figures import _evaluation as _figures_eval
+from pneumoxai.figures import _explanations as _figures_explain
+from pneumoxai.figures import _slices as _figures_slices
+from pneumoxai.figures import _style
 from pneumoxai.errors import RunFolderError
 from pneumoxai.metrics import results_table
 from pneumoxai.report import summary_text, write_report

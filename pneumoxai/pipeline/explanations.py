@@ -34,7 +34,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     - Faithfulness for the best member: deletion AUC and ROAD gap of its chosen maps
       against random maps, as the layer choice measured them (``tables/explain_summary.csv``).
     """
-    from ..explain import _sharing_logit_models
+    from ..explain import shared_models
     from ..lungs import lung_mask
     from ..models import load_member
     from ..outcomes import explanation_sample
@@ -62,7 +62,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
     best_model = member_models[model_dirs.index(best)]
     # Every method and layer set of a member explains through one logit copy of it.
-    with _sharing_logit_models():
+    with shared_models():
         choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model,
                                                       images.subset(chosen), predicted[chosen].astype(bool))
         all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks, choice)
@@ -123,7 +123,7 @@ TEST_SPLIT_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam")
 
 
 def _choose_test_split_map(run, explain_cfg, member_name, model, images, target):
-    """Measure the candidate maps on the best member and pick one by :func:`explain.choose_map_method`.
+    """Measure the candidate maps on the best member and pick one by :func:`explain.choose_map`.
 
     Candidates: Grad-CAM and the configured methods of :data:`TEST_SPLIT_METHODS`, each on
     every layer set of :func:`explain.layer_candidates` (every stage alone, then fused). Writes
@@ -132,26 +132,16 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
     measured and Grad-CAM on the last layer is recorded as an unmeasured default. Returns the
     choice and the scored table (None when nothing was measured).
     """
-    from ..explain import (DOWNSTREAM, choose_map_method, compare_layers, feature_map_size, fusion_layers,
-                           layer_candidates)
+    from ..explain import choose_map
 
     n_images = min(explain_cfg["layer_choice_images"], len(target))
     methods = [m for m in TEST_SPLIT_METHODS if m == "gradcam" or m in explain_cfg["methods"]]
-    fused = fusion_layers(model)
-    if n_images == 0:
-        table = None
-        choice = {"method": "gradcam", "layer": fused[-1], "map_side": int(feature_map_size(model)[0]),
-                  "reason": "not measured (explain.layer_choice_images is 0): Grad-CAM on the last convolutional "
-                            "layer, the conventional default."}
-    else:
-        x = images.at(int(model.input_shape[1]))[:n_images]
-        table = compare_layers(model, x, layer_candidates(model), methods=methods, target=target[:n_images],
-                               n_randomized=DOWNSTREAM, seed=explain_cfg["seed"])
-        choice, table = choose_map_method(table)
+    x = images.at(int(model.input_shape[1]))[:n_images] if n_images else None
+    choice, table = choose_map(model, x, target=target[:n_images], methods=methods, seed=explain_cfg["seed"],
+                               not_measured="explain.layer_choice_images is 0")
+    if table is not None:
         _io.write_csv(run.table("layer_choice.csv"), table, index=False)
-    # Stages counted from the last, so members of other architectures map the same choice onto their own layers.
-    stages = [fused.index(name) - len(fused) for name in choice["layer"].split("+")]
-    choice = {**choice, "fused": len(stages) > 1, "stages": stages, "member": member_name, "n_images": int(n_images)}
+    choice = {**choice, "member": member_name}
     _io.write_json(run.table("layer_choice.json"), choice)
     logger.info("explain: test-split maps by %s on %s (%s)", choice["method"], choice["layer"], choice["reason"])
     return choice, table
@@ -166,17 +156,9 @@ def map_label(choice):
     return f"{METHOD_NAMES[choice['method']]} ({choice['layer']})"
 
 
-def chosen_layers(model, choice):
-    """``model``'s layers at the chosen stages; a model with fewer stages gives its finest instead."""
-    from ..explain import fusion_layers
-
-    stages = fusion_layers(model)
-    return tuple(dict.fromkeys(stages[max(stage, -len(stages))] for stage in choice["stages"]))
-
-
 def _test_split_maps(run, member_models, images, predicted, masks, choice):
     """The chosen ensemble map of the predicted class for every test image, and its zone attention."""
-    from ..explain import ensemble_gradcam, zone_attention
+    from ..explain import chosen_layers, ensemble_gradcam, zone_attention
 
     all_maps, _ = ensemble_gradcam(member_models, images.for_models(member_models), method=choice["method"],
                                    layers=lambda m: chosen_layers(m, choice), target=predicted.astype(bool),

@@ -9,12 +9,12 @@ imported here: the functions take maps and tables already computed.
 
 import numpy as np
 
+from ..errors import DataError
+from ..validation import UNIT_INTERVAL, check_grey_images, check_param
+from ..outcomes import OUTCOMES, outcome_groups
 from ._style import (
     DIVERGING_CMAP, ERROR_COLORS, OUTCOME_SHORT, SEQUENTIAL_CMAP, finish_figure, new_figure, style,
 )
-from .errors import DataError
-from .validation import UNIT_INTERVAL, check_param
-from .outcomes import OUTCOMES, outcome_groups
 
 __all__ = ["plot_explanation_gallery", "plot_mean_maps", "plot_zone_attention"]
 
@@ -25,15 +25,6 @@ def _indices_by_outcome(owner, y_true, y_prob, threshold):
     """:data:`~pneumoxai.outcomes.OUTCOMES` name -> int ndarray of the samples with that outcome."""
     outcome = outcome_groups(y_true, y_prob, threshold=check_param(owner, "threshold", threshold, UNIT_INTERVAL))
     return {name: np.flatnonzero(outcome == name) for name in OUTCOMES}
-
-
-def _gray(images, n):
-    images = np.asarray(images, dtype=float)
-    if images.ndim == 4:
-        images = images.mean(axis=-1)
-    if images.ndim != 3 or len(images) != n:
-        raise DataError(f"images must have shape (n={n}, H, W[, 3]); got {images.shape}")
-    return images
 
 
 def _check_map(name, m, shape):
@@ -108,7 +99,7 @@ def plot_explanation_gallery(images, maps, y_true, y_prob, *, threshold=0.5, n_p
     """
     groups = _indices_by_outcome("plot_explanation_gallery", y_true, y_prob, threshold)
     p = np.asarray(y_prob, dtype=float)
-    gray = _gray(images, len(p))
+    gray = check_grey_images(images, owner="plot_explanation_gallery", n_samples=len(p))
     if not maps:
         raise DataError("maps is empty: give at least one name -> (n, H, W) array")
     maps = {name: _check_map(name, m, gray.shape) for name, m in maps.items()}
@@ -178,7 +169,7 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, threshold=0.5, path=Non
     m = np.asarray(maps, dtype=float)
     if m.ndim != 3 or len(m) != n:
         raise DataError(f"maps must have shape (n={n}, H, W); got {m.shape}")
-    gray = None if images is None else _gray(images, n)
+    gray = None if images is None else check_grey_images(images, owner="plot_mean_maps", n_samples=n)
     signed = bool((m < 0).any())
     with style():
         fig = new_figure(figsize=(3.0 * len(OUTCOMES), 3.2))

@@ -23,37 +23,15 @@ writes that one file, any other ``path`` is a stem written once per format
 applies the shared style (colour-blind-safe :data:`OKABE_ITO` palette). Outcome
 groups (false negative, false positive, correct) come from
 :func:`pneumoxai.outcomes.outcome_groups`.
+
+One private module per family (``_evaluation``, ``_slices``, ``_explanations``) and
+``_style`` (palette, figure creation and saving) that they share.
 """
 
-from ._figures_eval import (
-    plot_confusion_matrices,
-    plot_diversity,
-    plot_ensemble_size,
-    plot_pr,
-    plot_reliability,
-    plot_roc,
-    plot_threshold_analysis,
-)
-from ._figures_explain import plot_explanation_gallery, plot_mean_maps, plot_zone_attention
-from ._figures_slices import plot_feature_distributions, plot_slice_error_rates, plot_slice_examples, plot_slice_maps
+from . import _evaluation, _explanations, _slices
+from ._evaluation import *  # noqa: F401,F403 (the names of each family's __all__)
+from ._explanations import *  # noqa: F401,F403
+from ._slices import *  # noqa: F401,F403
 from ._style import OKABE_ITO, save_figure, style
 
-__all__ = [
-    "plot_roc",
-    "plot_pr",
-    "plot_confusion_matrices",
-    "plot_reliability",
-    "plot_threshold_analysis",
-    "plot_diversity",
-    "plot_ensemble_size",
-    "plot_slice_error_rates",
-    "plot_slice_examples",
-    "plot_feature_distributions",
-    "plot_slice_maps",
-    "plot_explanation_gallery",
-    "plot_mean_maps",
-    "plot_zone_attention",
-    "style",
-    "save_figure",
-    "OKABE_ITO",
-]
+__all__ = _evaluation.__all__ + _slices.__all__ + _explanations.__all__ + ["style", "save_figure", "OKABE_ITO"]

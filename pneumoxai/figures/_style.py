@@ -9,7 +9,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from .errors import param_error
+from ..errors import param_error
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under common colour-vision deficiencies.
 OKABE_ITO = (
@@ -83,7 +83,7 @@ def _targets(owner, path, formats):
 
 
 def _save(fig, targets):
-    from ._io import atomic_path
+    from .._io import atomic_path
 
     with style():  # savefig.dpi and savefig.bbox are read when saving
         for path, fmt in targets:

@@ -10,13 +10,13 @@ import textwrap
 
 import numpy as np
 
+from ..errors import DataError, param_error
+from ..outcomes import OUTCOMES, outcome_groups
+from ..validation import UNIT_INTERVAL, Interval, check_grey_images, check_param
+from ..slices import slice_mask
 from ._style import (
     ERROR_COLORS, OKABE_ITO, OUTCOME_SHORT, SEQUENTIAL_CMAP, finish_figure, new_figure, style,
 )
-from .errors import DataError, param_error
-from .outcomes import OUTCOMES, outcome_groups
-from .validation import UNIT_INTERVAL, Interval, check_param
-from .slices import slice_mask
 
 __all__ = ["plot_slice_error_rates", "plot_slice_examples", "plot_feature_distributions", "plot_slice_maps"]
 
@@ -55,7 +55,7 @@ def plot_slice_error_rates(slices, *, top=10, overall_rate=None, ax=None, path=N
     --------
     >>> import numpy as np, pandas as pd
     >>> from pneumoxai.slices import find_failure_slices
-    >>> from pneumoxai._figures_slices import plot_slice_error_rates
+    >>> from pneumoxai.figures import plot_slice_error_rates
     >>> rng = np.random.default_rng(0)
     >>> frame = pd.DataFrame({"contrast": rng.uniform(size=200)})
     >>> y = rng.integers(0, 2, size=200)
@@ -141,13 +141,7 @@ def plot_slice_examples(
     """
     if len(slices) == 0:
         raise DataError("no slices to plot (the slice table is empty)")
-    images = np.asarray(images)
-    if images.ndim == 4:
-        images = images.mean(axis=-1)
-    if images.ndim != 3 or len(images) != len(frame):
-        raise DataError(
-            f"images must have shape (n_samples={len(frame)}, H, W[, 3]); got {np.shape(images)}"
-        )
+    images = check_grey_images(images, owner="plot_slice_examples", n_samples=len(frame))
     if maps is not None and np.shape(maps) != images.shape:
         raise DataError(f"maps must have shape {images.shape}; got {np.shape(maps)}")
     outcome = None
@@ -219,7 +213,7 @@ def plot_feature_distributions(
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> from pneumoxai._figures_slices import plot_feature_distributions
+    >>> from pneumoxai.figures import plot_feature_distributions
     >>> rng = np.random.default_rng(0)
     >>> frame = pd.DataFrame({"brightness": rng.uniform(size=50), "contrast": rng.uniform(size=50)})
     >>> fig = plot_feature_distributions(frame, rng.integers(0, 2, 50), rng.uniform(size=50), kind="box")

@@ -10,10 +10,10 @@ by pyplot's figure registry. When ``path`` is given the figure is also saved, as
 import numpy as np
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
+from ..errors import ConfigError, DataError, param_error
+from ..metrics import choose_threshold, expected_calibration_error, reliability_bins
+from ..validation import UNIT_INTERVAL, Interval, check_binary, check_param
 from ._style import OKABE_ITO, SEQUENTIAL_CMAP, finish_figure, new_figure, style
-from .errors import ConfigError, DataError, param_error
-from .metrics import choose_threshold, expected_calibration_error, reliability_bins
-from .validation import UNIT_INTERVAL, Interval, check_binary, check_param
 
 __all__ = [
     "plot_roc",

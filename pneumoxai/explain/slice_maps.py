@@ -1,0 +1,128 @@
+"""Where each failure slice's errors look, against correct calls of the same class."""
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+from ..errors import DataError
+from ..lungs import ZONE_COLUMNS
+from ._base import _positive_int
+from .zones import zone_attention
+
+def _rise_p_value(values, errors, correct, y):
+    """One-sided Mann-Whitney p that ``values`` of the errors exceed those of correct calls of their main class."""
+    if not errors.any():
+        return np.nan
+    main_class = np.bincount(y[errors], minlength=2).argmax()
+    ok = np.isfinite(values) & (y == main_class)
+    a, b = values[errors & ok], values[correct & ok]
+    if len(a) < 2 or len(b) < 2:
+        return np.nan
+    return float(scipy.stats.mannwhitneyu(a, b, alternative="greater").pvalue)
+
+
+def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, threshold=0.5, faithfulness=None,
+                       peak_removal=None, findings_only=True, max_slices=10):
+    """Where in the image each failure slice's errors look, against correct calls of the same class.
+
+    Links "which images" (:func:`pneumoxai.slices.find_failure_slices`) to "where in
+    the image" (:func:`zone_attention`). For each slice, its errors are compared with
+    the correct calls of the same true class, weighted to the errors' class mix (a
+    slice of false positives is compared with true negatives).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame, shape (n_samples, n_columns)
+        The slicing table the slices were found on.
+    slice_table : pandas.DataFrame
+        Output of :func:`pneumoxai.slices.find_failure_slices` (with ``conditions``).
+    maps : array_like, shape (n_samples, H, W)
+        One attention map per image (e.g. of the predicted class).
+    masks : array_like, shape (n_samples, H, W)
+        Bool lung masks or zone ids, as in :func:`zone_attention`.
+    y_true : array_like of {0, 1}, shape (n_samples,)
+    y_prob : array_like, shape (n_samples,)
+        P(PNEUMONIA); a call is PNEUMONIA when ``y_prob >= threshold``.
+    threshold : float, default 0.5
+    faithfulness : array_like, shape (n_samples,), optional
+        A per-image faithfulness score of ``maps`` (e.g. :func:`deletion_auc` or a ROAD
+        gap); its mean over the slice's errors and over the reference is reported.
+    peak_removal : array_like, shape (n_samples,), optional
+        1 where removing the region under the map's peak changes the call, 0 where it
+        does not (``call_changed`` of :func:`pneumoxai.audit.peak_removal_effect`), NaN
+        where not measured; its mean over the slice's errors and over the reference is
+        reported: do the errors rest on where their maps point?
+    findings_only : bool, default True
+        Only slices with ``finding`` True (q below the search's alpha).
+    max_slices : int, default 10
+        At most this many slices, in the table's order.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per slice: ``slice``, ``n_errors``, ``n_reference``, then for each
+        zone column ``z`` of :data:`ZONE_COLUMNS` the mean share ``errors:z`` and
+        ``correct:z``, ``off_lung_shift`` (errors minus correct), ``off_lung_p``
+        (one-sided Mann-Whitney U p-value that the off-lung shares of the slice's
+        errors exceed those of correct calls; errors and correct calls of the errors'
+        more common class, so no class mix enters; NaN with fewer than 2 on either
+        side), ``top_zone_shift`` (zone with the largest increase), with ``faithfulness``
+        ``faithfulness_errors``, ``faithfulness_correct`` and ``faithfulness_n_errors``
+        (errors measured), and with ``peak_removal`` the same three ``peak_removal_changes_*``.
+    mean_maps : ndarray of float32, shape (n_slices, H, W)
+        Mean map of each slice's errors (zeros for a slice without errors).
+    """
+    from ..slices import slice_mask
+
+    if not isinstance(slice_table, pd.DataFrame) or "conditions" not in slice_table:
+        raise DataError("slice_table must be the DataFrame of find_failure_slices, with its 'conditions' column")
+    m = np.asarray(maps, np.float64)
+    y = np.asarray(y_true)
+    p = np.asarray(y_prob, np.float64)
+    n = len(frame)
+    if m.ndim != 3 or len(m) != n or y.shape != (n,) or p.shape != (n,):
+        raise DataError(f"maps (n, H, W), y_true and y_prob (n,) must have n = len(frame) = {n} rows; got "
+                        f"{m.shape}, {y.shape}, {p.shape}")
+    per_image = {}
+    for name, values, column in (("faithfulness", faithfulness, "faithfulness"),
+                                 ("peak_removal", peak_removal, "peak_removal_changes")):
+        if values is not None:
+            per_image[column] = np.asarray(values, np.float64)
+            if per_image[column].shape != (n,):
+                raise DataError(f"{name} must have shape ({n},); got {per_image[column].shape}")
+    max_slices = _positive_int("slice_explanations", "max_slices", max_slices)
+    shares = zone_attention(m, masks)
+    wrong = (p >= threshold).astype(int) != y
+    chosen = slice_table[slice_table["finding"].astype(bool)] if findings_only else slice_table
+    rows, mean_maps = [], []
+    for _, found in chosen.head(max_slices).iterrows():
+        errors = slice_mask(frame, found["conditions"]) & wrong
+        mix = np.bincount(y[errors], minlength=2) / max(1, errors.sum())
+        row = {"slice": found["slice"], "n_errors": int(errors.sum()), "n_reference": int((~wrong).sum())}
+        reference_weight = np.zeros(n)
+        for c in (0, 1):  # each correct call of class c weighs mix[c] / n(correct calls of c)
+            correct = ~wrong & (y == c)
+            if correct.any():
+                reference_weight[correct] = mix[c] / correct.sum()
+        for column in ZONE_COLUMNS:
+            values = shares[column].to_numpy()
+            row[f"errors:{column}"] = float(np.nanmean(values[errors])) if errors.any() else np.nan
+            ok = np.isfinite(values) & (reference_weight > 0)
+            row[f"correct:{column}"] = (float(np.average(values[ok], weights=reference_weight[ok]))
+                                        if ok.any() else np.nan)
+        row["off_lung_shift"] = row["errors:off_lung_attention"] - row["correct:off_lung_attention"]
+        row["off_lung_p"] = _rise_p_value(shares["off_lung_attention"].to_numpy(), errors, ~wrong, y)
+        shifts = {z: row[f"errors:{z}"] - row[f"correct:{z}"] for z in ZONE_COLUMNS}
+        finite = {z: v for z, v in shifts.items() if np.isfinite(v)}
+        row["top_zone_shift"] = max(finite, key=finite.get) if finite else None
+        for column, values in per_image.items():
+            measured = errors & np.isfinite(values)
+            row[f"{column}_errors"] = float(values[measured].mean()) if measured.any() else np.nan
+            row[f"{column}_n_errors"] = int(measured.sum())
+            ok = np.isfinite(values) & (reference_weight > 0)
+            row[f"{column}_correct"] = (float(np.average(values[ok], weights=reference_weight[ok]))
+                                        if ok.any() else np.nan)
+        rows.append(row)
+        mean_maps.append(m[errors].mean(axis=0) if errors.any() else np.zeros(m.shape[1:]))
+    table = pd.DataFrame(rows, columns=None if rows else ["slice", "n_errors", "n_reference"])
+    return table, np.asarray(mean_maps, np.float32).reshape((-1,) + m.shape[1:])

@@ -15,8 +15,9 @@ Everything a run produces lives in one folder, so any stage can be re-run alone:
       maps/*.npz                explanation maps
       report.html
 
-This module is the only place that spells these names; the stages, the report and the
-command line ask :class:`RunFolder` for paths. It never imports TensorFlow.
+This module is the only place that spells these names: the stages, the member code, the
+report and the command line ask :class:`RunFolder` for paths and name files by the
+constants below (``RESULTS_TABLE``, ``CARD_FILE``, ...). It never imports TensorFlow.
 """
 
 import contextlib
@@ -37,6 +38,42 @@ __all__ = [
     "RUN_FORMAT",
     "PRIMARY",
     "STAGES",
+    "RUN_FILE",
+    "CONFIG_FILE",
+    "REPORT_FILE",
+    "MODEL_FILE",
+    "CARD_FILE",
+    "PREDICTIONS_FILE",
+    "TRAIN_PATHS_FILE",
+    "CHECKPOINT_FILE",
+    "TRAINING_FILE",
+    "SNAPSHOT_STATE",
+    "RESUME_WEIGHTS_FILE",
+    "RESUME_RECORD_FILE",
+    "DATASET_TABLE",
+    "DUPLICATES_TABLE",
+    "RESULTS_TABLE",
+    "RESULTS_MARKDOWN",
+    "COMPARISONS_TABLE",
+    "DIVERSITY_TABLE",
+    "ENSEMBLE_SIZE_TABLE",
+    "ENSEMBLE_RECORD",
+    "LAYER_CHOICE_TABLE",
+    "LAYER_CHOICE_RECORD",
+    "ZONE_ATTENTION_ALL_TABLE",
+    "ZONE_ATTENTION_TABLE",
+    "EXPLAIN_SUMMARY_TABLE",
+    "FAILURE_SLICES_TABLE",
+    "MEMBER_FAILURE_SLICES_TABLE",
+    "SLICE_FEATURES_TABLE",
+    "SLICE_EXPLANATIONS_TABLE",
+    "TIMINGS_TABLE",
+    "TEST_MAPS_FILE",
+    "EXPLAIN_MAPS_FILE",
+    "SLICE_MAPS_FILE",
+    "predictions_table",
+    "prediction_cache_file",
+    "embedding_cache_file",
 ]
 
 RUN_FORMAT = 1

@@ -13,11 +13,6 @@ from ..run_folder import MODEL_FILE, PREDICTIONS_FILE
 from .cached import predict_members
 from .storage import load_member, read_card
 
-#: What a member folder holds: a model pneumoxai trained or imported, an imported predictions
-#: file, or one snapshot of a snapshot-ensemble run (a model too).
-MEMBER_KINDS = ("model", "predictions", "snapshot")
-
-
 def member_kind(card):
     """``"model"`` or ``"predictions"`` for a member card (members pneumoxai trained are models)."""
     return card.get("kind", "model")

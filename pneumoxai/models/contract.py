@@ -55,15 +55,8 @@ def check_classifier(model, owner, *, probabilities=None, warn_constant=False):
     hint = "wrap it with pneumoxai.models.adapt(model, preprocess=..., positive_index=...) first."
     if not isinstance(model, keras.Model):
         raise ModelContractError(f"{owner}: model must be a keras.Model; got {type(model).__name__}.")
-    try:
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError) as exc:  # a Sequential model never built or called
-        raise ModelContractError(f"{owner}: model {model.name!r} has no input shape yet; call "
-                                 "model.build((None, H, W, 3)) or start it with keras.Input((H, W, 3)).") from exc
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelContractError(f"{owner}: model {model.name!r} must have one input and one output; got "
-                                 f"{len(inputs)} inputs and {len(outputs)} outputs.")
-    in_shape, out_shape = tuple(inputs[0].shape), tuple(outputs[0].shape)
+    model_input, model_output = _single_input_output(model, owner)
+    in_shape, out_shape = tuple(model_input.shape), tuple(model_output.shape)
     if len(in_shape) != 4 or in_shape[-1] != 3:
         raise ModelContractError(f"{owner}: model {model.name!r} input must be (None, H, W, 3); got {in_shape}.")
     if out_shape[1:] != (1,):
@@ -83,6 +76,19 @@ def check_classifier(model, owner, *, probabilities=None, warn_constant=False):
             "training: pneumoxai feeds [0, 1] images, so wrap a model trained on other input with "
             "pneumoxai.models.adapt(model, preprocess=...).", ConstantPredictionsWarning, stacklevel=3)
     return proba
+
+
+def _single_input_output(model, owner):
+    """The one input and one output tensor of a Keras model, or a ModelContractError naming ``owner``."""
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError) as exc:  # a Sequential model never built or called
+        raise ModelContractError(f"{owner}: model {model.name!r} has no input shape yet; call "
+                                 "model.build((None, H, W, 3)) or start it with keras.Input((H, W, 3)).") from exc
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelContractError(f"{owner}: model {model.name!r} must have one input and one output; got "
+                                 f"{len(inputs)} inputs and {len(outputs)} outputs.")
+    return inputs[0], outputs[0]
 
 
 def adapt(model, *, preprocess="0-1", positive_index=None, name=None):
@@ -156,15 +162,7 @@ def adapt(model, *, preprocess="0-1", positive_index=None, name=None):
     if not isinstance(model, keras.Model):
         raise ModelContractError(f"{owner}: model must be a keras.Model; got {type(model).__name__}.")
     check_param(owner, "name", name, (None, Predicate(lambda value: isinstance(value, str), "a str")))
-    try:
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError) as exc:
-        raise ModelContractError(f"{owner}: model {model.name!r} has no input shape yet; call "
-                                 "model.build((None, H, W, 3)) or start it with keras.Input((H, W, 3)).") from exc
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelContractError(f"{owner}: model {model.name!r} must have one input and one output; got "
-                                 f"{len(inputs)} inputs and {len(outputs)} outputs.")
-    in_shape = tuple(inputs[0].shape)
+    in_shape = tuple(_single_input_output(model, owner)[0].shape)
     if len(in_shape) != 4 or in_shape[-1] != 3 or None in in_shape[1:3]:
         raise ModelContractError(f"{owner}: model {model.name!r} input must be (None, H, W, 3) with a fixed H and "
                                  f"W; got {in_shape}.")

@@ -7,8 +7,8 @@ import pandas as pd
 
 from .. import _io
 from ..errors import ConfigError
-from ..run_folder import (EXPLAIN_MAPS_FILE, EXPLAIN_SUMMARY_TABLE, LAYER_CHOICE_RECORD, LAYER_CHOICE_TABLE, TEST_MAPS_FILE,
-                          ZONE_ATTENTION_ALL_TABLE, ZONE_ATTENTION_TABLE)
+from ..run_folder import (EXPLAIN_MAPS_FILE, EXPLAIN_SUMMARY_TABLE, LAYER_CHOICE_RECORD, LAYER_CHOICE_TABLE,
+                          TEST_MAPS_FILE, ZONE_ATTENTION_ALL_TABLE, ZONE_ATTENTION_TABLE)
 from ._common import DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, run_members
 
 

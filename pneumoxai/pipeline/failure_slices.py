@@ -152,8 +152,8 @@ def _embeddings(run, config, test_rows):
     if not members:
         logger.info("slices: no member has the embedding layer %r; the 'cluster' column is left out", layer)
         return None
-    return predict_embeddings([member.directory for member in members], test_rows, layer=layer, cache_dir=run.cache("embeddings"),
-                              interpolation=config["data"]["interpolation"])
+    return predict_embeddings([member.directory for member in members], test_rows, layer=layer,
+                              cache_dir=run.cache("embeddings"), interpolation=config["data"]["interpolation"])
 
 
 def _off_lung_scores(run, paths):

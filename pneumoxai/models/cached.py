@@ -15,9 +15,10 @@ from .. import _io
 from ..errors import CacheError, DataError
 from ..run_folder import MODEL_FILE, embedding_cache_file, prediction_cache_file
 from ..validation import Interval, check_images, check_param
+# Through the module: every member is loaded by the one storage.load_member.
+from . import storage
 from .contract import check_classifier
 from .predict import predict_on_padded_batch
-from .storage import is_member_dir, load_member, read_card
 
 __all__ = ["TTA_ROTATIONS", "predict_members", "predict_embeddings"]
 
@@ -46,9 +47,9 @@ def _model_key(member, owner):
     """
     if isinstance(member, (str, Path)):
         directory = Path(member)
-        if not is_member_dir(directory):
+        if not storage.is_member_dir(directory):
             raise DataError(f"{str(directory)!r} is not a saved member (needs model.keras and card.json).")
-        card = read_card(directory)
+        card = storage.read_card(directory)
         if card.get("kind") == "predictions":
             raise DataError(f"{str(directory)!r} holds imported predictions, not a model to run.")
         digest = _io.sha256_file(directory / MODEL_FILE)
@@ -61,7 +62,7 @@ def _model_key(member, owner):
 
 
 def _member_model(directory, owner):
-    model = load_member(directory)[0]
+    model = storage.load_member(directory)[0]
     check_classifier(model, owner)
     return model
 

@@ -10,8 +10,9 @@ import pandas as pd
 
 from ..errors import DataError, RunFolderError
 from ..run_folder import MODEL_FILE, PREDICTIONS_FILE
+# Through the module: every member is loaded by the one storage.load_member.
+from . import storage
 from .cached import predict_members
-from .storage import load_member, read_card
 
 def member_kind(card):
     """``"model"`` or ``"predictions"`` for a member card (members pneumoxai trained are models)."""
@@ -64,7 +65,7 @@ class Member:
 
     def __init__(self, directory):
         self.directory = Path(directory)
-        self.card = read_card(self.directory)
+        self.card = storage.read_card(self.directory)
 
     def __repr__(self):
         return f"Member({str(self.directory)!r}, kind={self.kind!r})"
@@ -100,7 +101,7 @@ class Member:
 
     def load(self):
         """The Keras model (safe mode, checked against its card's hash); see :func:`load_member`."""
-        return load_member(self.directory)[0]
+        return storage.load_member(self.directory)[0]
 
     def layer_names(self):
         """Names of the model's top-level layers, read from its ``.keras`` file without building the model.

@@ -153,7 +153,7 @@ def _dispatch(args):
     from .config import load_config
     from .data import find_data_root
     from .errors import RunFolderError
-    from .run_folder import RunFolder
+    from .run_folder import RESULTS_MARKDOWN, RunFolder
 
     verbose = 0 if args.quiet else "auto"
     if args.command in ("run", "train"):
@@ -179,7 +179,7 @@ def _dispatch(args):
     with run.lock():
         if args.command == "evaluate":
             pipeline.evaluate_stage(run, config, verbose=verbose)
-            print(run.table("results.md").read_text(), end="")
+            print(run.table(RESULTS_MARKDOWN).read_text(), end="")
         elif args.command == "explain":
             pipeline.explain_stage(run, config, methods=args.method, max_images=args.max_images)
         elif args.command == "slices":

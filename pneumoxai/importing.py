@@ -21,11 +21,12 @@ import os
 import stat
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import _io
 from .errors import ConfigError, DataError, RunFolderError
+from .models.member import Member, member_kind, predictions_of
+from .run_folder import CARD_FILE, PREDICTIONS_FILE
 from .validation import check_probabilities
 
 __all__ = [
@@ -41,15 +42,9 @@ __all__ = [
 
 logger = logging.getLogger("pneumoxai")
 
-PREDICTIONS_FILE = "predictions.csv"
 MODEL_SUFFIXES = (".keras",)
 PREDICTION_SUFFIXES = (".csv", ".parquet")
 _PROBABILITY_COLUMN = "probability"
-
-
-def member_kind(card):
-    """``"model"`` or ``"predictions"`` for a member card (members pneumoxai trained are models)."""
-    return card.get("kind", "model")
 
 
 def read_predictions_file(path, *, data_root=None):
@@ -119,11 +114,11 @@ def _import_model(member_dir, name, source, preprocess, positive_index):
 
     model = models.load_model_file(source)
     adapted = models.adapt(model, preprocess=preprocess, positive_index=positive_index, name=name)
-    return models.save_member(member_dir, adapted, {
+    models.save_member(member_dir, adapted, {
         "name": name, "kind": "model", "imported": True, "source": str(source.resolve()),
         "source_sha256": _io.sha256_file(source), "preprocess": preprocess if isinstance(preprocess, str) else None,
         "positive_index": positive_index,
-    }), int(adapted.input_shape[1])
+    })
 
 
 def _import_predictions(member_dir, name, source, table, data_root):
@@ -140,8 +135,7 @@ def _import_predictions(member_dir, name, source, table, data_root):
     card = {"name": name, "kind": "predictions", "imported": True, "source": str(source.resolve()),
             "source_sha256": _io.sha256_file(source), "format": models.CARD_FORMAT,
             "predictions_sha256": _io.sha256_file(member_dir / PREDICTIONS_FILE), "n_predictions": int(len(frame))}
-    _io.write_json(member_dir / models.CARD_FILE, card)
-    return card
+    _io.write_json(member_dir / CARD_FILE, card)
 
 
 def import_members(run, members, *, data_root=None, config, table, preprocess=None, positive_index=None):
@@ -188,38 +182,29 @@ def import_members(run, members, *, data_root=None, config, table, preprocess=No
                               f"a predictions file ({', '.join(PREDICTION_SUFFIXES)}).")
         member_dir = run.member_dir(name)
         if models.is_member_dir(member_dir):
-            card = _io.read_json(member_dir / models.CARD_FILE)
+            card = _io.read_json(member_dir / CARD_FILE)
             if card.get("imported") and card.get("source_sha256") == _io.sha256_file(source):
                 logger.info("member %s: already imported from this file, kept", name)
-                config["members"].append(_member_entry(name, card))
+                config["members"].append(_member_entry(Member(member_dir)))
                 continue
             raise RunFolderError(f"Run folder {str(run.root)!r} already has a member {name!r}; pneumoxai never "
                                  "overwrites a member. Import under another name or into a new --out folder.")
         if suffix in MODEL_SUFFIXES:
-            card, _ = _import_model(member_dir, name, source, preprocess.get(name, "0-1"), positive_index.get(name))
+            _import_model(member_dir, name, source, preprocess.get(name, "0-1"), positive_index.get(name))
         else:
             if name in preprocess or name in positive_index:
                 raise ConfigError(f"Member {name!r} is a predictions file: --preprocess/--positive-index do not apply.")
-            card = _import_predictions(member_dir, name, source, table, data_root)
+            _import_predictions(member_dir, name, source, table, data_root)
         _make_read_only(member_dir)
-        logger.info("member %s: imported %s from %s", name, member_kind(card), source)
-        config["members"].append(_member_entry(name, card))
+        member = Member(member_dir)
+        logger.info("member %s: imported %s from %s", name, member.kind, source)
+        config["members"].append(_member_entry(member))
     return config
 
 
-def _member_entry(name, card):
+def _member_entry(member):
     """The config entry of an imported member: its name, the flag, and the input size of a model."""
-    entry = {"name": name, "imported": True}
-    if member_kind(card) == "model":
-        entry["image_size"] = int(card["input_size"])
+    entry = {"name": member.name, "imported": True}
+    if member.is_model:
+        entry["image_size"] = member.input_size
     return entry
-
-
-def predictions_of(member_dir, paths):
-    """Probabilities of an imported predictions member for ``paths``, in that order."""
-    frame = pd.read_csv(Path(member_dir) / PREDICTIONS_FILE).set_index("path")["probability"]
-    missing = [p for p in paths if p not in frame.index]
-    if missing:
-        raise DataError(f"Imported member {Path(member_dir).name!r} has no probability for {len(missing)} image(s), "
-                        f"e.g. {missing[0]!r}; import a predictions file that covers the run's images.")
-    return frame.loc[list(paths)].to_numpy(dtype=np.float64)

@@ -29,7 +29,10 @@ from .config import analysis_members
 from .lungs import ZONE_COLUMNS
 from .metrics import ORIGIN_ROW
 from .errors import CacheError, RunFolderError
-from .run_folder import PRIMARY, RunFolder
+from .run_folder import (CARD_FILE, COMPARISONS_TABLE, DATASET_TABLE, DIVERSITY_TABLE, ENSEMBLE_RECORD,
+                         ENSEMBLE_SIZE_TABLE, EXPLAIN_SUMMARY_TABLE, FAILURE_SLICES_TABLE, LAYER_CHOICE_RECORD,
+                         LAYER_CHOICE_TABLE, MEMBER_FAILURE_SLICES_TABLE, PRIMARY, RESULTS_TABLE,
+                         SLICE_EXPLANATIONS_TABLE, ZONE_ATTENTION_TABLE, RunFolder)
 
 __all__ = ["write_report", "summary_text"]
 
@@ -153,26 +156,26 @@ class _Run(RunFolder):
     def __init__(self, run_dir):
         super().__init__(run_dir)
         self.results = self.read_table(
-            "results.csv", columns=("model", "source", "threshold", "tn", "fp", "fn", "tp"), index_col="model",
+            RESULTS_TABLE, columns=("model", "source", "threshold", "tn", "fp", "fn", "tp"), index_col="model",
             required=f"run `{self.command('evaluate')}` (or `pneumoxai run`) first (no results yet)")
         self.run_record = self.read_json(self.run_file) or {}
         self.config = self.read_json(self.config_file) or {}
-        self.ensemble = self.read_json(self.table("ensemble.json")) or {}
-        self.dataset = self.read_table("dataset.csv", columns=("role", "label"))
-        self.comparisons = self.read_table("comparisons.csv")
-        self.diversity = self.read_table("diversity.csv")
-        self.ensemble_size = self.read_table("ensemble_size.csv")
+        self.ensemble = self.read_json(self.table(ENSEMBLE_RECORD)) or {}
+        self.dataset = self.read_table(DATASET_TABLE, columns=("role", "label"))
+        self.comparisons = self.read_table(COMPARISONS_TABLE)
+        self.diversity = self.read_table(DIVERSITY_TABLE)
+        self.ensemble_size = self.read_table(ENSEMBLE_SIZE_TABLE)
         slice_columns = ("slice", "finding", "size", "n_errors", "n_fn", "n_fp", "q_value")
-        self.slices = self.read_table("failure_slices.csv", columns=slice_columns)
-        self.member_slices = self.read_table("member_failure_slices.csv", columns=slice_columns)
-        self.explain_summary = self.read_table("explain_summary.csv", columns=("measure", "value"))
-        self.layer_choice = self.read_json(self.table("layer_choice.json"))
+        self.slices = self.read_table(FAILURE_SLICES_TABLE, columns=slice_columns)
+        self.member_slices = self.read_table(MEMBER_FAILURE_SLICES_TABLE, columns=slice_columns)
+        self.explain_summary = self.read_table(EXPLAIN_SUMMARY_TABLE, columns=("measure", "value"))
+        self.layer_choice = self.read_json(self.table(LAYER_CHOICE_RECORD))
         self.layer_candidates = self.read_table(
-            "layer_choice.csv", columns=("method", "layer", "map_side", "road_gap", "randomization_spearman", "chosen"))
+            LAYER_CHOICE_TABLE, columns=("method", "layer", "map_side", "road_gap", "randomization_spearman", "chosen"))
         self.slice_explanations = self.read_table(
-            "slice_explanations.csv", columns=("slice", "n_errors", "errors:off_lung_attention",
+            SLICE_EXPLANATIONS_TABLE, columns=("slice", "n_errors", "errors:off_lung_attention",
                                                "correct:off_lung_attention", "off_lung_shift", "top_zone_shift"))
-        self.zones = self.read_table("zone_attention.csv")
+        self.zones = self.read_table(ZONE_ATTENTION_TABLE)
         for frame in (self.slices, self.member_slices):
             if frame is not None:
                 # Hand-written or re-saved CSVs may hold "True"/"False" as text.
@@ -199,7 +202,7 @@ class _Run(RunFolder):
 
     def card(self, name):
         try:
-            return self.read_json(self._member_folders.get(name, self.member_dir(name)) / "card.json")
+            return self.read_json(self._member_folders.get(name, self.member_dir(name)) / CARD_FILE)
         except (CacheError, RunFolderError):
             return None
 
@@ -398,7 +401,7 @@ def _dataset_section(run):
     table = run.dataset
     if table is None:
         return _section("dataset", "Dataset", _note_not_run(
-            "tables/dataset.csv", run.command("train")))
+            f"tables/{DATASET_TABLE}", run.command("train")))
     roles = [r for r in _ROLES if r in set(table["role"])]
     classes = sorted(table["label_name"].astype(str).unique())
     rows = []
@@ -509,7 +512,7 @@ def _comparisons_section(run):
     frame = run.comparisons
     if frame is None:
         return _section("comparisons", "Model comparisons",
-                        _note_not_run("tables/comparisons.csv", run.command("evaluate")))
+                        _note_not_run(f"tables/{COMPARISONS_TABLE}", run.command("evaluate")))
     rows = [[r["model_a"], r["model_b"], _num(r["auc_a"]), _num(r["auc_b"]), _num(r["auc_diff"]), _p(r["auc_p"]),
              _count(r["n_only_a_wrong"]), _count(r["n_only_b_wrong"]), _p(r["mcnemar_p"]),
              "exact" if str(r.get("mcnemar_exact")).lower() == "true" else "chi-square"]
@@ -524,14 +527,14 @@ def _comparisons_section(run):
 def _ensemble_section(run):
     body = []
     single = len(run.members) < 2
-    for frame, stem, title in ((run.diversity, "diversity", "Member diversity"),
-                               (run.ensemble_size, "ensemble_size", "Ensemble size")):
+    for frame, stem, name, title in ((run.diversity, "diversity", DIVERSITY_TABLE, "Member diversity"),
+                                     (run.ensemble_size, "ensemble_size", ENSEMBLE_SIZE_TABLE, "Ensemble size")):
         body.append(_tag("h3", title))
         if frame is None and single:
             body.append(_tag("p", "Needs at least two members."))
             continue
         if frame is None:
-            body.append(_note_not_run(f"tables/{stem}.csv", run.command("evaluate")))
+            body.append(_note_not_run(f"tables/{name}", run.command("evaluate")))
             continue
         if stem == "diversity":
             rows = [[f"{r['member_a']} / {r['member_b']}", _num(r["disagreement"]), _num(r["yules_q"]),
@@ -553,7 +556,7 @@ def _slices_section(run):
     frame = run.slices
     if frame is None:
         return _section("slices", "Failure slices",
-                        _note_not_run("tables/failure_slices.csv", run.command("slices")))
+                        _note_not_run(f"tables/{FAILURE_SLICES_TABLE}", run.command("slices")))
     significant = frame[frame["finding"]]
     shown = significant.head(_SLICES_SHOWN) if len(significant) else frame.head(5)
     rows = [[r["slice"], _count(r["size"]), _count(r["n_errors"]),
@@ -577,7 +580,7 @@ def _slices_section(run):
     body.append(_tag("h3", "Per-member failure slices"))
     members = run.member_slices
     if members is None:
-        body.append(_note_not_run("tables/member_failure_slices.csv", run.command("slices")))
+        body.append(_note_not_run(f"tables/{MEMBER_FAILURE_SLICES_TABLE}", run.command("slices")))
     elif not members["finding"].any():
         body.append(_tag("p", "No member has a failure slice that survives the correction."))
     else:
@@ -685,7 +688,7 @@ def _explain_section(run):
 def _zones_section(run):
     if run.zones is None and run.figure("zone_attention") is None:
         return _section("zones", "Zone attention",
-                        _note_not_run("tables/zone_attention.csv", run.command("explain")))
+                        _note_not_run(f"tables/{ZONE_ATTENTION_TABLE}", run.command("explain")))
     body = []
     frame = run.zones
     if frame is not None:

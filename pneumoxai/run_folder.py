@@ -15,8 +15,9 @@ Everything a run produces lives in one folder, so any stage can be re-run alone:
       maps/*.npz                explanation maps
       report.html
 
-This module is the only place that spells these names; the stages, the report and the
-command line ask :class:`RunFolder` for paths. It never imports TensorFlow.
+This module is the only place that spells these names: the stages, the member code, the
+report and the command line ask :class:`RunFolder` for paths and name files by the
+constants below (``RESULTS_TABLE``, ``CARD_FILE``, ...). It never imports TensorFlow.
 """
 
 import contextlib
@@ -37,6 +38,42 @@ __all__ = [
     "RUN_FORMAT",
     "PRIMARY",
     "STAGES",
+    "RUN_FILE",
+    "CONFIG_FILE",
+    "REPORT_FILE",
+    "MODEL_FILE",
+    "CARD_FILE",
+    "PREDICTIONS_FILE",
+    "TRAIN_PATHS_FILE",
+    "CHECKPOINT_FILE",
+    "TRAINING_FILE",
+    "SNAPSHOT_STATE",
+    "RESUME_WEIGHTS_FILE",
+    "RESUME_RECORD_FILE",
+    "DATASET_TABLE",
+    "DUPLICATES_TABLE",
+    "RESULTS_TABLE",
+    "RESULTS_MARKDOWN",
+    "COMPARISONS_TABLE",
+    "DIVERSITY_TABLE",
+    "ENSEMBLE_SIZE_TABLE",
+    "ENSEMBLE_RECORD",
+    "LAYER_CHOICE_TABLE",
+    "LAYER_CHOICE_RECORD",
+    "ZONE_ATTENTION_ALL_TABLE",
+    "ZONE_ATTENTION_TABLE",
+    "EXPLAIN_SUMMARY_TABLE",
+    "FAILURE_SLICES_TABLE",
+    "MEMBER_FAILURE_SLICES_TABLE",
+    "SLICE_FEATURES_TABLE",
+    "SLICE_EXPLANATIONS_TABLE",
+    "TIMINGS_TABLE",
+    "TEST_MAPS_FILE",
+    "EXPLAIN_MAPS_FILE",
+    "SLICE_MAPS_FILE",
+    "predictions_table",
+    "prediction_cache_file",
+    "embedding_cache_file",
 ]
 
 RUN_FORMAT = 1
@@ -49,6 +86,60 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
 REPORT_FILE = "report.html"
 LOCK_FILE = ".lock"
+
+# members/<name>/: a member folder (also what save_member writes outside a run folder)
+MODEL_FILE = "model.keras"
+CARD_FILE = "card.json"
+PREDICTIONS_FILE = "predictions.csv"     # an imported predictions member's probabilities
+TRAIN_PATHS_FILE = "train_paths.json"    # the images a trained member saw
+CHECKPOINT_FILE = "checkpoint.keras"     # best model so far, while training
+TRAINING_FILE = "training.json"          # config and data a snapshot-ensemble folder trains
+SNAPSHOT_STATE = "_resume"               # resume state of a snapshot-ensemble run ...
+RESUME_WEIGHTS_FILE = "state.weights.h5"  # ... its weights and optimiser state
+RESUME_RECORD_FILE = "state.json"        # ... and the epoch they belong to
+
+# tables/: prepare and train
+DATASET_TABLE = "dataset.csv"
+DUPLICATES_TABLE = "duplicates.csv"
+# tables/: evaluate
+RESULTS_TABLE = "results.csv"
+RESULTS_MARKDOWN = "results.md"
+COMPARISONS_TABLE = "comparisons.csv"
+DIVERSITY_TABLE = "diversity.csv"
+ENSEMBLE_SIZE_TABLE = "ensemble_size.csv"
+ENSEMBLE_RECORD = "ensemble.json"
+# tables/: explain
+LAYER_CHOICE_TABLE = "layer_choice.csv"
+LAYER_CHOICE_RECORD = "layer_choice.json"
+ZONE_ATTENTION_ALL_TABLE = "zone_attention_all.csv"
+ZONE_ATTENTION_TABLE = "zone_attention.csv"
+EXPLAIN_SUMMARY_TABLE = "explain_summary.csv"
+# tables/: slices
+FAILURE_SLICES_TABLE = "failure_slices.csv"
+MEMBER_FAILURE_SLICES_TABLE = "member_failure_slices.csv"
+SLICE_FEATURES_TABLE = "slice_features.csv"
+SLICE_EXPLANATIONS_TABLE = "slice_explanations.csv"
+# tables/: run
+TIMINGS_TABLE = "timings.csv"
+# maps/
+TEST_MAPS_FILE = "test_maps.npz"
+EXPLAIN_MAPS_FILE = "explain.npz"
+SLICE_MAPS_FILE = "slice_maps.npz"
+
+
+def predictions_table(role):
+    """``predictions_val.csv`` / ``predictions_test.csv``: the evaluate stage's per-image probabilities."""
+    return f"predictions_{role}.csv"
+
+
+def prediction_cache_file(key):
+    """The file of one member's cached probabilities in ``cache/predictions``."""
+    return f"{key}.npz"
+
+
+def embedding_cache_file(key):
+    """The file of one member's cached embeddings in ``cache/embeddings``."""
+    return f"emb-{key}.npz"
 
 
 class RunFolder:
@@ -66,7 +157,7 @@ class RunFolder:
     Examples
     --------
     >>> run = RunFolder("runs/example")
-    >>> run.table("results.csv").relative_to(run.root.resolve()).as_posix()
+    >>> run.table(RESULTS_TABLE).relative_to(run.root.resolve()).as_posix()
     'tables/results.csv'
     >>> RunFolder("")
     Traceback (most recent call last):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumoxai import cli, predict
+from pneumoxai import cli
+from pneumoxai.models import cached as predict
 from pneumoxai.pipeline.evaluate import member_predictions
 from pneumoxai.run_folder import RunFolder
 

@@ -206,7 +206,7 @@ def test_an_imported_model_gives_its_own_probabilities_and_is_explained(make_kag
     assert card["imported"] and card["kind"] == "model" and card["preprocess"] == "caffe"
     # The slices stage looks for its embedding layer in the file, without loading the model.
     loaded, _ = models.load_member(run / "members" / "theirs")
-    assert models._saved_layer_names(run / "members" / "theirs") == {layer.name for layer in loaded.layers}
+    assert models.Member(run / "members" / "theirs").layer_names() == {layer.name for layer in loaded.layers}
 
 
 def test_deployment_prevalence_sets_the_threshold_on_validation(make_kaggle_tree, tmp_path, capsys):

@@ -211,7 +211,7 @@ def test_rerun_does_no_training_and_no_prediction(smoke_run, monkeypatch, capsys
         raise AssertionError("work was redone although its inputs did not change")
 
     monkeypatch.setattr(models, "train_member", forbidden)
-    monkeypatch.setattr(models, "load_member", forbidden)
+    monkeypatch.setattr(models.storage, "load_member", forbidden)
     before = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")}
     assert cli.main(argv) == 0
     err = capsys.readouterr().err

@@ -72,7 +72,7 @@ def test_cache_hit_and_invalidation(tmp_path, images, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the network ran although the cache should have answered")
 
-    monkeypatch.setattr(models, "load_member", fail)
+    monkeypatch.setattr(models.storage, "load_member", fail)
     np.testing.assert_array_equal(predict_members([member_dir], images, cache_dir=cache, progress=False), first)
     monkeypatch.undo()
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoxai import _io, cli, data, models, pipeline
+from pneumoxai import _io, cli, data, models, pipeline, run_folder
 from pneumoxai.config import parse_config
 from pneumoxai.errors import (CacheError, ConfigError, DataError, PneumoxaiError, RunFolderError, SkippedFilesWarning,
                               WeightsUnavailableError)
@@ -311,7 +311,7 @@ def test_a_snapshot_ensemble_member_trains_into_the_run_folder_as_its_snapshots(
     cards = [models.read_card(folder) for folder in folders]
     assert [c["name"] for c in cards] == ["m_snap1", "m_snap2"] and [c["epochs_run"] for c in cards] == [1, 2]
     assert all(0 <= c["val_metrics"]["roc_auc"] <= 1 and c["config"]["snapshots"] == 2 for c in cards)
-    assert not (run / "members" / "m" / models.SNAPSHOT_STATE).exists()  # resume state gone once finished
+    assert not (run / "members" / "m" / run_folder.SNAPSHOT_STATE).exists()  # resume state gone once finished
     first, second = (models.load_member(f)[0] for f in folders)
     assert first.get_layer("preprocess").input_norm == second.get_layer("preprocess").input_norm == "standardize"
     assert max(np.abs(a - b).max() for a, b in zip(first.get_weights(), second.get_weights())) > 1e-4  # two models

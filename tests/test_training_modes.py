@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from pneumoxai import _io, data, metrics, models
+from pneumoxai import _io, data, metrics, models, run_folder
 from pneumoxai.config import parse_config
 from pneumoxai.errors import ConfigError
 
@@ -90,32 +90,32 @@ class KillAfterEpoch(keras.callbacks.Callback):
 @pytest.mark.parametrize("native, gpu, expected", [(True, False, "mixed_bfloat16"), (False, True, "mixed_bfloat16"),
                                                    (False, False, "float32")])
 def test_auto_precision_chooses_bfloat16_only_where_native(monkeypatch, caplog, native, gpu, expected):
-    monkeypatch.setattr(models, "_cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(models, "_has_gpu", lambda: gpu)
+    monkeypatch.setattr(models.precision, "_cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(models.precision, "_has_gpu", lambda: gpu)
     with caplog.at_level(logging.INFO, logger="pneumoxai.models"):
         assert models.resolve_precision("auto") == expected
     assert f"chose {expected!r}" in caplog.text
 
 
 def test_explicit_bfloat16_is_refused_where_emulated_unless_forced(monkeypatch):
-    monkeypatch.setattr(models, "_cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(models, "_has_gpu", lambda: False)
+    monkeypatch.setattr(models.precision, "_cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(models.precision, "_has_gpu", lambda: False)
     with pytest.raises(ConfigError, match=r"precision='mixed_bfloat16' needs a GPU or a CPU with native bfloat16 "
                                           r".*set force_precision=true"):
         models.build_member(32, weights=None, dense_units=(4,), precision="mixed_bfloat16")
     assert models.resolve_precision("mixed_bfloat16", force=True) == "mixed_bfloat16"
-    monkeypatch.setattr(models, "_cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(models.precision, "_cpu_has_native_bf16", lambda: True)
     assert models.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
 
 
 def test_auto_precision_member_computes_in_bfloat16_and_its_card_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "_cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(models.precision, "_cpu_has_native_bf16", lambda: True)
     model = models.build_member(32, weights=None, dense_units=(4,), precision="auto")
     assert model.get_layer("conv1_conv").compute_dtype == "bfloat16"
     assert model.get_layer("prediction").compute_dtype == "float32"
     assert models.save_member(tmp_path / "m", model)["precision"] == "mixed_bfloat16"
-    monkeypatch.setattr(models, "_cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(models, "_has_gpu", lambda: False)
+    monkeypatch.setattr(models.precision, "_cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(models.precision, "_has_gpu", lambda: False)
     model = models.build_member(32, weights=None, dense_units=(4,), precision="auto")
     assert models.save_member(tmp_path / "f", model)["precision"] == "float32"
 
@@ -174,8 +174,8 @@ def test_snapshots_are_saved_at_cycle_ends_and_differ(images, tmp_path):
                                snapshot_dir=tmp_path, snapshot_metadata={"run": "t"})
     folders = [tmp_path / models.snapshot_name("tiny", k) for k in (1, 2, 3)]
     assert info["snapshots"] == [str(folder) for folder in folders]
-    assert not (tmp_path / models.SNAPSHOT_STATE).exists()  # resume state removed once finished
-    cards = [_io.read_json(folder / models.CARD_FILE) for folder in folders]
+    assert not (tmp_path / run_folder.SNAPSHOT_STATE).exists()  # resume state removed once finished
+    cards = [_io.read_json(folder / run_folder.CARD_FILE) for folder in folders]
     assert [card["epoch"] for card in cards] == [2, 4, 6]
     assert [card["snapshot"] for card in cards] == [1, 2, 3] and cards[0]["run"] == "t"
     loaded = [models.load_member(folder)[0] for folder in folders]
@@ -203,12 +203,12 @@ def test_a_killed_run_resumes_without_retraining_finished_snapshots(images, tmp_
     first, second = (tmp_path / models.snapshot_name("tiny", k) for k in (1, 2))
     assert models.is_member_dir(first) and models.is_member_dir(second)
     assert not (tmp_path / models.snapshot_name("tiny", 3)).exists()
-    hashes = [_io.sha256_file(folder / models.MODEL_FILE) for folder in (first, second)]
+    hashes = [_io.sha256_file(folder / run_folder.MODEL_FILE) for folder in (first, second)]
     log = LearningRateLog()
     info = models.train_member(tiny_model(seed=5), x[:36], y[:36], x[36:], y[36:], config, verbose=0,
                                snapshot_dir=tmp_path, callbacks=[log])
     assert info["epochs_run"] == 1  # only the unfinished third cycle
-    assert [_io.sha256_file(folder / models.MODEL_FILE) for folder in (first, second)] == hashes
+    assert [_io.sha256_file(folder / run_folder.MODEL_FILE) for folder in (first, second)] == hashes
     # Optimiser state came back too: the schedule continues at step 6, not from 0.
     assert log.iterations == [6, 7, 8]
     np.testing.assert_allclose(log.rates, [planned_lr(s, 1e-2, 9, "cosine", 3, 1e-4) for s in (6, 7, 8)], rtol=1e-5)
@@ -267,8 +267,8 @@ def test_new_options_default_to_todays_behaviour():
 
 
 def test_progressive_sizes_split_the_epochs_and_train_at_each_size(images, monkeypatch):
-    assert models._size_segments([16, 24, 32], 7) == [(16, 0, 2), (24, 2, 4), (32, 4, 7)]
-    assert models._size_segments([16, 32], 1) == [(32, 0, 1)]
+    assert models.training._size_segments([16, 24, 32], 7) == [(16, 0, 2), (24, 2, 4), (32, 4, 7)]
+    assert models.training._size_segments([16, 32], 1) == [(32, 0, 1)]
     x, y = images
     small = data.make_dataset(x, y, batch_size=12, size=16)
     assert next(iter(small))[0].shape == (12, 16, 16, 3)

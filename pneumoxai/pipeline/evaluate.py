@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 
 from .. import _io
-from ..run_folder import PRIMARY
-from ._common import PREDICTION_COLUMNS, load_table, logger, member_dirs, member_kind_of
+from ..run_folder import (COMPARISONS_TABLE, DIVERSITY_TABLE, ENSEMBLE_RECORD, ENSEMBLE_SIZE_TABLE, PRIMARY,
+                          RESULTS_MARKDOWN, RESULTS_TABLE, TRAIN_PATHS_FILE, predictions_table)
+from ._common import PREDICTION_COLUMNS, load_table, logger, prediction_options, run_members
 
 
 def member_predictions(run, config, role, *, table=None, progress=True):
@@ -21,23 +22,12 @@ def member_predictions(run, config, role, *, table=None, progress=True):
     rows : pandas.DataFrame
         The dataset rows, aligned with ``P``.
     """
-    from ..importing import predictions_of
-    from ..predict import predict_members
+    from ..models import Member
 
     table = load_table(run) if table is None else table
     rows = table[table["role"] == role].reset_index(drop=True)
-    dirs = member_dirs(run, config)
-    model_dirs = [d for d in dirs if member_kind_of(d) == "model"]
-    columns = {}
-    if model_dirs:
-        P = predict_members(model_dirs, rows, batch_size=config["evaluate"]["batch_size"],
-                            tta=config["evaluate"]["tta"], cache_dir=run.cache("predictions"), progress=progress,
-                            interpolation=config["data"]["interpolation"])
-        columns.update(zip(model_dirs, P.T))
-    for directory in dirs:
-        if directory not in columns:
-            columns[directory] = predictions_of(directory, rows["path"].tolist())
-    return pd.DataFrame({d.name: columns[d] for d in dirs}), rows
+    return Member.predict_many(run_members(run, config), rows, **prediction_options(run, config),
+                               progress=progress), rows
 
 
 def _trained_on(run, config, rows):
@@ -50,7 +40,7 @@ def _trained_on(run, config, rows):
             # Its training images are unknown here; `pneumoxai import` told the user to keep them out.
             columns.append(np.zeros(len(rows), dtype=bool))
             continue
-        paths = set(_io.read_json(run.member_dir(member["trained_as"]) / "train_paths.json"))
+        paths = set(_io.read_json(run.member_dir(member["trained_as"]) / TRAIN_PATHS_FILE))
         columns.append(rows["path"].isin(paths).to_numpy())
     return np.column_stack(columns)
 
@@ -147,8 +137,8 @@ def _results(run, evaluate_cfg, y_test, test_probs, thresholds, groups, *, refer
                             **options)
     split = len(results) - 1 if reference else len(results)
     results = pd.concat([results.iloc[:split], at_half, results.iloc[split:]])
-    _io.write_csv(run.table("results.csv"), results)
-    _io.write_text(run.table("results.md"), table_to_markdown(results) + "\n")
+    _io.write_csv(run.table(RESULTS_TABLE), results)
+    _io.write_text(run.table(RESULTS_MARKDOWN), table_to_markdown(results) + "\n")
     return results
 
 
@@ -161,21 +151,21 @@ def _write_comparisons(run, y_test, test_probs, thresholds, best_member):
     for a, b in pairs:
         result = compare(y_test, test_probs[a], test_probs[b], threshold=(thresholds[a], thresholds[b]))
         rows.append({"model_a": a, "model_b": b, **{k: v for k, v in result.items() if np.isscalar(v)}})
-    _io.write_csv(run.table("comparisons.csv"), pd.DataFrame(rows), index=False)
+    _io.write_csv(run.table(COMPARISONS_TABLE), pd.DataFrame(rows), index=False)
 
 
 def _write_predictions(run, role, rows, probs):
     out = rows[list(PREDICTION_COLUMNS)].copy()
     for name, values in probs.items():
         out[f"p[{name}]"] = values
-    _io.write_csv(run.table(f"predictions_{role}.csv"), out, index=False)
+    _io.write_csv(run.table(predictions_table(role)), out, index=False)
 
 
 def _write_ensemble_record(run, names, val_probs, y_val, thresholds, fitted, best_member):
     from ..calibration import TemperatureScaling
 
     calibrator = TemperatureScaling().fit(val_probs[PRIMARY], y_val)
-    _io.write_json(run.table("ensemble.json"), {
+    _io.write_json(run.table(ENSEMBLE_RECORD), {
         "primary": PRIMARY,
         "members": names,
         "thresholds": thresholds,
@@ -192,9 +182,9 @@ def _write_diversity(run, P_val, y_val, P_test, y_test):
 
     if P_val.shape[1] < 2:
         return None
-    _io.write_csv(run.table("diversity.csv"), diversity(P_test, y_test, threshold=0.5), index=False)
+    _io.write_csv(run.table(DIVERSITY_TABLE), diversity(P_test, y_test, threshold=0.5), index=False)
     size_curve = ensemble_size_curve(P_val, y_val, combiner="soft", metric="roc_auc")
-    _io.write_csv(run.table("ensemble_size.csv"), size_curve, index=False)
+    _io.write_csv(run.table(ENSEMBLE_SIZE_TABLE), size_curve, index=False)
     return size_curve
 
 
@@ -213,5 +203,5 @@ def _evaluation_figures(run, y_test, test_probs, thresholds, best_member, combin
     figures.plot_threshold_analysis(y_test, test_probs[PRIMARY], threshold=thresholds[PRIMARY],
                                     path=stem("threshold"))
     if size_curve is not None:
-        figures.plot_diversity(run.read_table("diversity.csv"), path=stem("diversity"))
+        figures.plot_diversity(run.read_table(DIVERSITY_TABLE), path=stem("diversity"))
         figures.plot_ensemble_size(size_curve, ylabel="val ROC AUC", path=stem("ensemble_size"))

@@ -7,8 +7,9 @@ import pandas as pd
 
 from .. import _io
 from ..errors import ConfigError
-from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, member_dirs,
-                      member_kind_of)
+from ..run_folder import (EXPLAIN_MAPS_FILE, EXPLAIN_SUMMARY_TABLE, LAYER_CHOICE_RECORD, LAYER_CHOICE_TABLE,
+                          TEST_MAPS_FILE, ZONE_ATTENTION_ALL_TABLE, ZONE_ATTENTION_TABLE)
+from ._common import DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, run_members
 
 
 def explain_stage(run, config, *, methods=None, max_images=None):
@@ -36,7 +37,6 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     """
     from ..explain import shared_models
     from ..lungs import lung_mask
-    from ..models import load_member
     from ..outcomes import explanation_sample
 
     started = time.perf_counter()
@@ -46,21 +46,22 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
     threshold = record["thresholds"][record["primary"]]
     predicted = (p_ens >= threshold).astype(int)
-    model_dirs = [d for d in member_dirs(run, config) if member_kind_of(d) == "model"]
-    if not model_dirs:
+    members = run_members(run, config)
+    model_members = [member for member in members if member.is_model]
+    if not model_members:
         raise ConfigError("explain: every member is an imported predictions file; maps need models "
                           "(import a .keras model, or leave the stage out with `pneumoxai run --skip explain`).")
-    left_out = sorted({d.name for d in member_dirs(run, config)} - {d.name for d in model_dirs})
+    left_out = sorted(member.name for member in members if not member.is_model)
     if left_out:
         logger.info("explain: member(s) %s are prediction files; the maps come from the model members only",
                     ", ".join(left_out))
-    member_models = [load_member(d)[0] for d in model_dirs]
+    member_models = [member.load() for member in model_members]
     _check_explainable(member_models)
     images = _ImagesBySize(predictions["path"].tolist(), interpolation=config["data"]["interpolation"])
     masks = lung_mask(images.at(DISPLAY_SIZE))
     chosen = explanation_sample(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
     best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
-    best_model = member_models[model_dirs.index(best)]
+    best_model = member_models[model_members.index(best)]
     # Every method and layer set of a member explains through one logit copy of it.
     with shared_models():
         choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model,
@@ -140,9 +141,9 @@ def _choose_test_split_map(run, explain_cfg, member_name, model, images, target)
     choice, table = choose_map(model, x, target=target[:n_images], methods=methods, seed=explain_cfg["seed"],
                                not_measured="explain.layer_choice_images is 0")
     if table is not None:
-        _io.write_csv(run.table("layer_choice.csv"), table, index=False)
+        _io.write_csv(run.table(LAYER_CHOICE_TABLE), table, index=False)
     choice = {**choice, "member": member_name}
-    _io.write_json(run.table("layer_choice.json"), choice)
+    _io.write_json(run.table(LAYER_CHOICE_RECORD), choice)
     logger.info("explain: test-split maps by %s on %s (%s)", choice["method"], choice["layer"], choice["reason"])
     return choice, table
 
@@ -165,14 +166,10 @@ def _test_split_maps(run, member_models, images, predicted, masks, choice):
                                    size=DISPLAY_SIZE)
     zones_all = zone_attention(all_maps, masks)
     zones_all.insert(0, "path", images.paths)
-    _io.write_csv(run.table("zone_attention_all.csv"), zones_all, index=False)
+    _io.write_csv(run.table(ZONE_ATTENTION_ALL_TABLE), zones_all, index=False)
     _io.save_npz(run.maps(TEST_MAPS_FILE), maps=all_maps.astype(np.float16), paths=np.array(images.paths, dtype=str),
                  method=np.array(map_label(choice)))
     return all_maps, zones_all
-
-
-#: The explain stage's maps of the whole test split, read by the slices stage.
-TEST_MAPS_FILE = "test_maps.npz"
 
 
 def _method_label(method, *, fused):
@@ -231,7 +228,7 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
     group = outcome_groups(y[chosen], predicted[chosen], threshold=0.5)
     chosen_paths = [paths[i] for i in chosen]
     arrays = {f"map_{i}": maps for i, maps in enumerate(subset_maps.values())}
-    _io.save_npz(run.maps("explain.npz"), paths=np.array(chosen_paths, dtype=str), group=group.astype(str),
+    _io.save_npz(run.maps(EXPLAIN_MAPS_FILE), paths=np.array(chosen_paths, dtype=str), group=group.astype(str),
                  methods=np.array(list(subset_maps), dtype=str), **arrays)
     zone_rows = []
     for label, maps in subset_maps.items():
@@ -240,7 +237,7 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
         shares.insert(0, "group", group)
         shares.insert(0, "path", chosen_paths)
         zone_rows.append(shares)
-    _io.write_csv(run.table("zone_attention.csv"), pd.concat(zone_rows, ignore_index=True), index=False)
+    _io.write_csv(run.table(ZONE_ATTENTION_TABLE), pd.concat(zone_rows, ignore_index=True), index=False)
 
 
 def _faithfulness_summary(run, best_name, zones_all, errors, masks, choice, choice_table):
@@ -271,7 +268,7 @@ def _faithfulness_summary(run, best_name, zones_all, errors, masks, choice, choi
              "n": choice["n_images"]},
         ]
     rows.append({"measure": "lung mask area fraction (test mean)", "value": float(masks.mean()), "n": len(masks)})
-    _io.write_csv(run.table("explain_summary.csv"), pd.DataFrame(rows), index=False)
+    _io.write_csv(run.table(EXPLAIN_SUMMARY_TABLE), pd.DataFrame(rows), index=False)
 
 
 def _explain_figures(run, display, chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold):

@@ -5,8 +5,9 @@ import time
 import numpy as np
 
 from .. import _io
-from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, member_dirs,
-                      member_kind_of)
+from ..run_folder import (FAILURE_SLICES_TABLE, MEMBER_FAILURE_SLICES_TABLE, SLICE_EXPLANATIONS_TABLE,
+                          SLICE_FEATURES_TABLE, SLICE_MAPS_FILE, TEST_MAPS_FILE, ZONE_ATTENTION_ALL_TABLE)
+from ._common import DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, run_members
 
 
 def slices_stage(run, config):
@@ -46,9 +47,9 @@ def slices_stage(run, config):
     options = dict(threshold=threshold, min_size=slices_cfg["min_size"], max_order=slices_cfg["max_order"],
                    alpha=slices_cfg["alpha"], n_bins=slices_cfg["n_bins"])
     found = find_failure_slices(frame, y, p_ens, **options)
-    _io.write_csv(run.table("failure_slices.csv"), found.drop(columns=["conditions"], errors="ignore"), index=False)
+    _io.write_csv(run.table(FAILURE_SLICES_TABLE), found.drop(columns=["conditions"], errors="ignore"), index=False)
     per_member = member_failure_slices(frame, y, P, p_ens, names, **options)
-    _io.write_csv(run.table("member_failure_slices.csv"),
+    _io.write_csv(run.table(MEMBER_FAILURE_SLICES_TABLE),
                   per_member.drop(columns=["conditions"], errors="ignore"), index=False)
     test_maps, method = _load_test_maps(run, predictions["path"])
     _slice_figures(run, found, frame, images, y, p_ens, threshold, test_maps)
@@ -72,7 +73,7 @@ def _slice_frame(run, config, predictions, images, masks, P, p_ens):
                         images=images, masks=masks, member_probs=P, ensemble_prob=p_ens,
                         embeddings=embeddings, zone_scores=_off_lung_scores(run, predictions["path"]),
                         n_clusters=config["slices"]["n_clusters"], seed=0)
-    _io.write_csv(run.table("slice_features.csv"), frame.assign(path=predictions["path"]), index=False)
+    _io.write_csv(run.table(SLICE_FEATURES_TABLE), frame.assign(path=predictions["path"]), index=False)
     return frame
 
 
@@ -96,8 +97,8 @@ def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshol
                                                          thresholds)
     table, mean_maps = slice_explanations(frame, found, maps, masks, y, p_ens, threshold=threshold,
                                           faithfulness=faithfulness, peak_removal=peak_removal)
-    _io.write_csv(run.table("slice_explanations.csv"), table, index=False)
-    _io.save_npz(run.maps("slice_maps.npz"), maps=mean_maps.astype(np.float16),
+    _io.write_csv(run.table(SLICE_EXPLANATIONS_TABLE), table, index=False)
+    _io.save_npz(run.maps(SLICE_MAPS_FILE), maps=mean_maps.astype(np.float16),
                  slices=table["slice"].to_numpy(dtype=str))
     correct = (p_ens >= threshold).astype(int) == y
     plot_slice_maps(table, mean_maps, background=images.mean(axis=(0, 3)), mask=masks.mean(axis=0) > 0.5,
@@ -112,13 +113,12 @@ def _per_image_faithfulness(run, config, found, frame, maps, y, p_ens, threshold
     from ..audit import peak_removal_effect
     from ..data import load_images
     from ..explain import deletion_auc, resize_maps
-    from ..models import load_member
     from ..slices import slice_mask
 
     best = best_model_member(run, config)
     if best is None:
         return None, None
-    model = load_member(best)[0]
+    model = best.load()
     wrong = (p_ens >= threshold).astype(int) != y
     in_slices = np.zeros(len(y), dtype=bool)
     for conditions in found.loc[found["finding"].astype(bool), "conditions"]:
@@ -140,7 +140,6 @@ def _per_image_faithfulness(run, config, found, frame, maps, y, p_ens, threshold
 
 def _embeddings(run, config, test_rows):
     """Activations of ``slices.embedding_layer`` of the model members that have it, or None."""
-    from ..models import _saved_layer_names
     from ..predict import predict_embeddings
 
     layer = config["slices"]["embedding_layer"]
@@ -148,17 +147,17 @@ def _embeddings(run, config, test_rows):
         return None
     imported = {m["name"] for m in config["members"] if m["imported"]}
     # Members pneumoxai trained all have the head's layers; an imported model is checked.
-    dirs = [d for d in member_dirs(run, config) if member_kind_of(d) == "model"
-            and (d.name not in imported or layer in _saved_layer_names(d))]
-    if not dirs:
+    members = [member for member in run_members(run, config) if member.is_model
+               and (member.name not in imported or layer in member.layer_names())]
+    if not members:
         logger.info("slices: no member has the embedding layer %r; the 'cluster' column is left out", layer)
         return None
-    return predict_embeddings(dirs, test_rows, layer=layer, cache_dir=run.cache("embeddings"),
-                              interpolation=config["data"]["interpolation"])
+    return predict_embeddings([member.directory for member in members], test_rows, layer=layer,
+                              cache_dir=run.cache("embeddings"), interpolation=config["data"]["interpolation"])
 
 
 def _off_lung_scores(run, paths):
-    zones = run.read_table("zone_attention_all.csv", columns=("path", "off_lung_attention"))
+    zones = run.read_table(ZONE_ATTENTION_ALL_TABLE, columns=("path", "off_lung_attention"))
     if zones is None or not set(paths) <= set(zones["path"]):
         return None
     return {"off_lung_attention": zones.set_index("path").loc[paths, "off_lung_attention"].to_numpy()}
@@ -180,7 +179,6 @@ def _load_test_maps(run, paths):
     """The explain stage's maps of the whole test split at DISPLAY_SIZE and the display name of their
     method, or ``(None, None)`` when the stage has not run on these images."""
     from ..explain import resize_maps
-    from .explanations import TEST_MAPS_FILE
 
     path = run.maps(TEST_MAPS_FILE)
     if not path.exists():

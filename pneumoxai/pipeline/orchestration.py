@@ -7,8 +7,8 @@ import pandas as pd
 
 from .. import _io
 from ..config import config_hash
-from ..run_folder import STAGES
-from ._common import logger, member_dirs, member_kind_of
+from ..run_folder import STAGES, TIMINGS_TABLE, ZONE_ATTENTION_ALL_TABLE
+from ._common import logger, run_members
 from .evaluate import evaluate_stage
 from .explanations import MIN_EXPLAIN_SIZE, explain_stage, too_small_to_explain
 from .failure_slices import slices_stage
@@ -28,13 +28,10 @@ def _stage_key(run, config, stage):
     """Hash of everything a stage's output depends on: config sections and upstream artifacts."""
     sections = {"evaluate": ("evaluate",), "explain": ("evaluate", "explain"), "slices": ("evaluate", "slices")}
     parts = {name: config[name] for name in sections[stage]}
-    from ..models import read_card
-
-    cards = [read_card(directory) for directory in member_dirs(run, config)]
-    parts["members"] = [card.get("model_sha256") or card["predictions_sha256"] for card in cards]
+    parts["members"] = [member.content_hash for member in run_members(run, config)]
     parts["run"] = run.read_json(run.run_file, required="run `pneumoxai train` first")["manifest_hash"]
     if stage == "slices":
-        zone = run.table("zone_attention_all.csv")
+        zone = run.table(ZONE_ATTENTION_ALL_TABLE)
         parts["zones"] = _io.sha256_file(zone) if zone.exists() else None
     return config_hash(parts)
 
@@ -123,7 +120,7 @@ def analyse(run, config, *, skip=(), verbose="auto", started=None):
     started = time.perf_counter() if started is None else started
     _run_stage(run, config, "evaluate", evaluate_stage, verbose=verbose)
     skip = set(skip)
-    if "explain" not in skip and all(member_kind_of(d) == "predictions" for d in member_dirs(run, config)):
+    if "explain" not in skip and not any(member.is_model for member in run_members(run, config)):
         logger.info("explain: skipped: every member is an imported predictions file (maps need models)")
         skip.add("explain")
     if "explain" not in skip and too_small_to_explain(config):
@@ -133,7 +130,7 @@ def analyse(run, config, *, skip=(), verbose="auto", started=None):
     for stage, function in (("explain", explain_stage), ("slices", slices_stage)):
         if stage not in skip:
             _run_stage(run, config, stage, function)
-    _io.write_csv(run.table("timings.csv"), stage_timings(run), index=False)
+    _io.write_csv(run.table(TIMINGS_TABLE), stage_timings(run), index=False)
     report_stage(run)
     logger.info("finished in %.0f s; report: %s", time.perf_counter() - started, run.report_file)
     text = summary_text(run.root)

@@ -9,7 +9,7 @@ import pandas as pd
 from .. import _io
 from ..config import config_hash
 from ..errors import DataError, RunFolderError
-from ..run_folder import RUN_FORMAT
+from ..run_folder import DATASET_TABLE, DUPLICATES_TABLE, RUN_FORMAT
 
 
 def prepare(run, data_root, config):
@@ -32,7 +32,7 @@ def prepare(run, data_root, config):
               "data_config_hash": config_hash(config["data"]), "manifest_hash": manifest_hash(table)}
     _check_same_data(run, record)
     _io.write_json(run.run_file, record)
-    _io.write_csv(run.table("dataset.csv"), table, index=False)
+    _io.write_csv(run.table(DATASET_TABLE), table, index=False)
     _warn_shared_patients(table)
     _record_duplicates(run, table)
     return table
@@ -61,7 +61,7 @@ def prepare_from_lists(run, val_list, test_list, config, *, data_root=None):
               "manifest_hash": manifest_hash(table)}
     _check_same_data(run, record)
     _io.write_json(run.run_file, record)
-    _io.write_csv(run.table("dataset.csv"), table, index=False)
+    _io.write_csv(run.table(DATASET_TABLE), table, index=False)
     _record_duplicates(run, table)
     return table
 
@@ -166,7 +166,7 @@ def _record_duplicates(run, table):
     from ..data import find_duplicates
 
     duplicates = find_duplicates(table, by="role")
-    _io.write_csv(run.table("duplicates.csv"), duplicates, index=False)
+    _io.write_csv(run.table(DUPLICATES_TABLE), duplicates, index=False)
     if len(duplicates):
         roles = duplicates.groupby("sha256")["role"].agg(lambda r: "/".join(sorted(set(r))))
         warnings.warn(

@@ -13,8 +13,8 @@ import pandas as pd
 from .. import _io
 from ..config import config_hash
 from ..errors import ConfigError, RunFolderError
-from ..run_folder import RunFolder
-from ._common import load_table, logger
+from ..run_folder import CHECKPOINT_FILE, SNAPSHOT_STATE, TRAIN_PATHS_FILE, TRAINING_FILE, RunFolder
+from ._common import load_table, logger, prediction_options
 from .prepare import prepare
 
 
@@ -128,14 +128,14 @@ def _selected_members(config, names):
 
 def _up_to_date(run, member, wanted, manifest):
     """The summary row of a member already trained with this config and data, else None."""
-    from .. import models
+    from ..models import Member, is_member_dir
 
     cards = []
     for folder in _saved_folders(run, member):
-        if not models.is_member_dir(folder):
+        if not is_member_dir(folder):
             return None
         try:
-            card = models.read_card(folder)
+            card = Member(folder).card
         except RunFolderError as exc:
             logger.info("member %s: %s Retraining.", member["name"], exc)
             return None
@@ -204,7 +204,7 @@ def _train_one(run, config, member, wanted, manifest, cache, distribution, chief
     snapshots = member["snapshots"] > 1
     if chief:
         # Before training: a snapshot saved just before a kill is complete, and so must be what it was trained on.
-        _io.write_json(member_dir / "train_paths.json", sorted(set(map(str, paths))))
+        _io.write_json(member_dir / TRAIN_PATHS_FILE, sorted(set(map(str, paths))))
     started = time.perf_counter()
     with distribution.scope(), _snapshot_folder(member_dir, record, snapshots, chief) as snapshot_dir:
         model = models.build_member(size, member["weights"], backbone=member["backbone"], seed=member["seed"],
@@ -212,7 +212,7 @@ def _train_one(run, config, member, wanted, manifest, cache, distribution, chief
                                     l2=member["l2"], bn_momentum=member["bn_momentum"],
                                     precision=member["precision"], force_precision=member["force_precision"],
                                     input_norm=member["input_norm"], name=member["name"])
-        checkpoint = member_dir / "checkpoint.keras" if chief and not snapshots else None
+        checkpoint = member_dir / CHECKPOINT_FILE if chief and not snapshots else None
         info = models.train_member(model, x, y, val_images, val_frame["label"].to_numpy(), member,
                                    checkpoint_path=checkpoint, class_weight=class_weight,
                                    verbose=_keras_verbose(verbose), snapshot_dir=snapshot_dir,
@@ -224,7 +224,7 @@ def _train_one(run, config, member, wanted, manifest, cache, distribution, chief
         val_metrics = _finish_snapshots(run, config, member, trained, val_frame)
     elif chief:
         models.save_member(member_dir, model, {**record, **trained})
-        (member_dir / "checkpoint.keras").unlink(missing_ok=True)
+        (member_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
         val_metrics = _saved_val_metrics(run, config, [member_dir], val_frame)[0]
         models.update_card(member_dir, {"val_metrics": val_metrics})
     else:  # a multi-worker worker saves nothing
@@ -243,8 +243,6 @@ def _snapshot_folder(member_dir, record, snapshots, chief):
     another config (changed, then killed mid-run) is cleared first, so its resume state and
     snapshots never mix into this run. Workers other than the chief save into a scratch folder.
     """
-    from ..models import SNAPSHOT_STATE
-
     if not snapshots:
         yield None
         return
@@ -252,7 +250,7 @@ def _snapshot_folder(member_dir, record, snapshots, chief):
         with tempfile.TemporaryDirectory() as scratch:
             yield Path(scratch)
         return
-    marker = member_dir / "training.json"
+    marker = member_dir / TRAINING_FILE
     wanted = {"config_hash": record["config_hash"], "manifest_hash": record["manifest_hash"]}
     previous = _io.read_json(marker) if marker.is_file() else None
     if previous != wanted:
@@ -265,13 +263,13 @@ def _snapshot_folder(member_dir, record, snapshots, chief):
 
 def _finish_snapshots(run, config, member, trained, val_frame):
     """Record each snapshot's name, validation metrics and timing on its card; return the last one's metrics."""
-    from .. import models
+    from ..models import Member, update_card
 
     folders = _saved_folders(run, member)
     for folder, val_metrics in zip(folders, _saved_val_metrics(run, config, folders, val_frame)):
         logger.info("member %s: val AUC %.4f", folder.name, val_metrics["roc_auc"])
-        models.update_card(folder, {**trained, "name": folder.name, "epochs_run": models.read_card(folder)["epoch"],
-                                    "val_metrics": val_metrics})
+        update_card(folder, {**trained, "name": folder.name, "epochs_run": Member(folder).card["epoch"],
+                             "val_metrics": val_metrics})
     return val_metrics
 
 
@@ -281,13 +279,12 @@ def _saved_val_metrics(run, config, folders, val_frame):
     Predicted as the evaluate stage will predict them (its batch size and TTA setting, the
     run's interpolation), so the validation split is predicted once per member, not twice.
     """
-    from ..predict import predict_members
+    from ..models import Member
 
-    P = predict_members(folders, val_frame, batch_size=config["evaluate"]["batch_size"],
-                        tta=config["evaluate"]["tta"], cache_dir=run.cache("predictions"), progress=False,
-                        interpolation=config["data"]["interpolation"])
+    P = Member.predict_many([Member(folder) for folder in folders], val_frame, **prediction_options(run, config),
+                            progress=False)
     y_val = val_frame["label"].to_numpy()
-    return [_quick_metrics(y_val, column) for column in P.T]
+    return [_quick_metrics(y_val, column) for column in P.to_numpy().T]
 
 
 def _quick_metrics(y_true, y_prob):

@@ -1,0 +1,171 @@
+"""The member folder on disk: save, load, the card, and the safe loading of model files."""
+
+import importlib.metadata
+import platform
+import time
+from pathlib import Path
+
+import keras
+
+from .. import _io
+from ..errors import CacheError, RunFolderError, UnsafeModelError, short_repr
+from ..run_folder import CARD_FILE, MODEL_FILE, PREDICTIONS_FILE
+from .architecture import _uncompiled_copy
+from .precision import _model_precision
+
+CARD_FORMAT = 1
+
+
+def _versions():
+    versions = {"python": platform.python_version()}
+    for package in ("pneumoxai", "tensorflow", "keras", "numpy", "scikit-learn"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def is_member_dir(path):
+    """True when ``path`` holds a complete saved member (its card is written last): a model, or the
+    predictions of an imported member."""
+    path = Path(path)
+    return (path / CARD_FILE).is_file() and ((path / MODEL_FILE).is_file() or (path / PREDICTIONS_FILE).is_file())
+
+
+def save_member(directory, model, metadata=None):
+    """Save a member as ``model.keras`` plus a JSON card, each written atomically.
+
+    The card is written last and records the model file's SHA-256, so a directory with a
+    card always holds a complete, verifiable model.
+
+    Parameters
+    ----------
+    directory : path
+    model : keras.Model
+    metadata : dict, default=None
+        Config, data manifest hash, seed, sizes, history, validation metrics...
+
+    Returns
+    -------
+    dict
+        The card as written.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / MODEL_FILE
+    if getattr(model, "optimizer", None) is not None:
+        # A .keras file keeps a compiled model's optimizer state (Adam: twice the weights);
+        # members are only ever loaded for inference, so save an uncompiled copy.
+        model = _uncompiled_copy(model)
+    with _io.atomic_path(model_path, suffix=".keras") as tmp:
+        model.save(tmp)
+    card = dict(metadata or {})
+    card.update({
+        "format": CARD_FORMAT,
+        "model_file": MODEL_FILE,
+        "model_sha256": _io.sha256_file(model_path),
+        "input_size": int(model.input_shape[1]),
+        "precision": _model_precision(model),
+        "versions": _versions(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    _io.write_json(directory / CARD_FILE, card)
+    return card
+
+
+def update_card(directory, fields):
+    """Add ``fields`` to a saved member's card (atomically); the model file is untouched, so its
+    recorded hash stays valid. Returns the updated card."""
+    card = {**read_card(directory), **fields}
+    _io.write_json(Path(directory) / CARD_FILE, card)
+    return card
+
+
+def read_card(directory):
+    """The JSON card of a saved member, checked for this version's card format.
+
+    Raises
+    ------
+    RunFolderError
+        Missing files, a damaged card, or a card from another card format.
+    """
+    directory = Path(directory)
+    if not is_member_dir(directory):
+        raise RunFolderError(f"{str(directory)!r} is not a saved member (needs {MODEL_FILE} and {CARD_FILE}).")
+    try:
+        card = _io.read_json(directory / CARD_FILE)
+    except CacheError as exc:
+        raise RunFolderError(f"The card of member {str(directory)!r} is damaged ({exc}); retrain the member.") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        found = card.get("format") if isinstance(card, dict) else type(card).__name__
+        raise RunFolderError(
+            f"Member {str(directory)!r} was saved with card format {short_repr(found)}; this version reads format "
+            f"{CARD_FORMAT}. Retrain it.")
+    needed = ("predictions_sha256",) if card.get("kind") == "predictions" else ("input_size", "model_sha256")
+    if any(card.get(key) is None for key in needed):
+        raise RunFolderError(f"The card of member {str(directory)!r} lacks {' or '.join(needed)}; re-create it.")
+    return card
+
+
+def _load_error(model_path, exc):
+    """One readable error for a model file Keras refuses to load."""
+    text = str(exc)
+    first = short_repr(text.splitlines()[0] if text else type(exc).__name__, 300)
+    if "TFSMLayer" in text:
+        return UnsafeModelError(f"Refusing to load {str(model_path)!r}: it wraps a TensorFlow SavedModel "
+                                "(TFSMLayer), which pneumoxai does not load. Save the model as a plain Keras model.")
+    if "safe_mode" in text or "lambda" in text.lower():
+        return UnsafeModelError(
+            f"Refusing to load {str(model_path)!r}: it contains a Lambda layer or other code that only loads "
+            "with safe_mode=False, which would run arbitrary code from the file. Rebuild the model without "
+            "Lambda layers (pneumoxai members never need them).")
+    if "Could not locate" in text or "custom" in text.lower() or "module" in text.lower():
+        return UnsafeModelError(f"Refusing to load {str(model_path)!r}: it names a class or function that is not a "
+                                f"registered Keras or pneumoxai object ({first}).")
+    return RunFolderError(f"{str(model_path)!r} could not be loaded as a Keras model: {first}")
+
+
+def load_member(directory, *, verify=True):
+    """Load a saved member with Keras safe mode; return ``(model, card)``.
+
+    Parameters
+    ----------
+    directory : path
+    verify : bool, default=True
+        Check the model file against the SHA-256 recorded in the card.
+
+    Raises
+    ------
+    RunFolderError
+        Missing files, a card from another card format, or a model file that does not
+        match its recorded hash (corrupt or replaced).
+    UnsafeModelError
+        The model needs unsafe deserialization (a Lambda layer, arbitrary code).
+    """
+    directory = Path(directory)
+    card = read_card(directory)
+    if card.get("kind") == "predictions":
+        raise RunFolderError(f"Member {str(directory)!r} holds imported predictions, not a model to load.")
+    model_path = directory / MODEL_FILE
+    if verify and _io.sha256_file(model_path) != card.get("model_sha256"):
+        raise RunFolderError(f"{str(model_path)!r} does not match the hash in its card: it is corrupt or was replaced.")
+    return load_model_file(model_path), card
+
+
+def load_model_file(path):
+    """Load a ``.keras`` file with Keras safe mode and no optimizer; any refusal is one pneumoxai error.
+
+    Raises
+    ------
+    UnsafeModelError
+        Code that only loads with ``safe_mode=False`` (a Lambda layer), unregistered
+        classes or functions, a wrapped TensorFlow SavedModel.
+    RunFolderError
+        Any other file Keras cannot load.
+    """
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for hostile or foreign files; each becomes one line
+        raise _load_error(path, exc) from exc
+

@@ -105,7 +105,10 @@ def test_a_changed_image_file_invalidates_the_cached_predictions(make_kaggle_tre
     path = frame["path"].iloc[0]
     stat = os.stat(path)
     write_image(Path(path), np.full((16, 16), 250, np.uint8))  # same name and place, brighter pixels
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old time stamp
+    with open(path, "ab") as file:  # even with the old size (a decoder ignores bytes after the JPEG's end)
+        file.write(bytes(stat.st_size - os.path.getsize(path)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old time stamp
+    assert os.path.getsize(path) == stat.st_size
     second = predict_members([member_dir], frame, cache_dir=cache, progress=False)[:, 0]
     np.testing.assert_allclose(second, expected(data.load_images(frame, 16)), rtol=1e-5)
     assert second[0] > first[0] + 0.1 and np.array_equal(second[1:], first[1:])

@@ -312,6 +312,26 @@ def test_ensemble_size_curve_picks_the_informative_member_first():
     assert sorted(curve["added"]) == [f"member_{j}" for j in range(4)]
 
 
+@pytest.mark.parametrize("metric, best", [("roc_auc", max), ("brier", min)])
+def test_ensemble_size_curve_is_the_greedy_choice_at_every_size(metric, best):
+    """Five members of different strengths in shuffled columns: every row is the best single addition."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    strengths = np.array([0.3, 1.2, 0.0, 0.8, 0.5])
+    P = special.expit((2 * y - 1)[:, None] * strengths + rng.normal(scale=1.5, size=(300, 5)))
+    scorer = {"roc_auc": roc_auc_score, "brier": brier_score_loss}[metric]
+    curve = ensemble_size_curve(P, y, metric=metric)
+    selected = []
+    for k, row in curve.iterrows():
+        candidates = {j: scorer(y, P[:, selected + [j]].mean(axis=1)) for j in range(5) if j not in selected}
+        chosen = best(candidates, key=candidates.get)
+        selected.append(chosen)
+        assert (row["n_members"], row["added"]) == (k + 1, f"member_{chosen}")
+        assert row["members"] == ", ".join(f"member_{j}" for j in selected)
+        assert row["score"] == pytest.approx(candidates[chosen], abs=1e-12)
+    assert selected != sorted(selected)  # the greedy order is not the column order
+
+
 def test_ensemble_size_curve_minimises_brier_and_supports_hard_votes():
     P, y = _members(n=200)
     curve = ensemble_size_curve(P, y, metric="brier")

@@ -248,6 +248,79 @@ def test_randomization_check_decorrelates_maps(trained):
         explain.randomization_check(model, x, n_layers=4)
 
 
+def _one_channel_model(size=16, seed=0):
+    """A ReLU conv with one channel, pooled into the prediction: |d logit / d x| = |w| |d pool / d x|."""
+    inputs = keras.Input((size, size, 3), name="image")
+    h = keras.layers.Conv2D(1, 3, padding="same", activation="relu", name="feat",
+                            kernel_initializer=keras.initializers.RandomNormal(seed=seed))(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(h))
+
+
+def test_randomization_check_fails_a_map_that_ignores_the_redrawn_weights():
+    """Positive control: re-drawing only the head rescales this saliency map, so it must score ~1 (>= the 0.9
+    bar, a failed map); re-drawing the conv too must bring it under the bar."""
+    model = _one_channel_model()
+    x = np.random.default_rng(0).random((8, 16, 16, 3)).astype(np.float32)
+    head_only = explain.randomization_check(model, x, method="saliency", n_layers=1)
+    both = explain.randomization_check(model, x, method="saliency", n_layers=2)
+    print(f"randomization positive control: head only {np.round(head_only, 3)}, both {np.round(both, 3)}")
+    assert (head_only > 0.99).all() and np.median(head_only) >= explain.MAX_RANDOMIZATION_SPEARMAN
+    assert np.median(both) < explain.MAX_RANDOMIZATION_SPEARMAN
+
+
+def _hand_gaussian_blur(images, sigma):
+    """Separable Gaussian per channel: radius round(4 sigma), mirror padding at the edges (edge pixel repeated)."""
+    radius = int(4 * sigma + 0.5)
+    weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    weights /= weights.sum()
+    out = np.asarray(images, np.float64)
+    for axis in (1, 2):
+        pad = [(0, 0)] * 4
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="symmetric")
+        length = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(k, k + length), axis=axis) for k, w in enumerate(weights))
+    return out
+
+
+def test_insertion_auc_starts_from_a_blurred_copy_by_default():
+    """By hand: a fixed Laplacian conv (edge energy, which blur removes), pixels restored most salient first."""
+    size, steps = 40, 4
+    inputs = keras.Input((size, size, 3), name="image")
+    h = keras.layers.Conv2D(1, 3, activation="relu", name="edges", use_bias=False)(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(h))
+    laplace = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)
+    model.get_layer("edges").set_weights([np.repeat(laplace[:, :, None, None], 3, axis=2) / 3])
+
+    def edges(images):  # the conv by hand: valid 3x3 Laplacian of the channel mean, ReLU, mean
+        g = images.mean(axis=-1)
+        lap = g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:] - 4 * g[:, 1:-1, 1:-1]
+        return np.maximum(lap, 0).mean(axis=(1, 2))
+
+    rng = np.random.default_rng(0)
+    x = rng.random((6, size, size, 3)).astype(np.float32)
+    sigma = size / 20  # RISE's blur: about 11 px at 224 px
+    blurred = _hand_gaussian_blur(x, sigma)
+    sharp, smooth = edges(x).mean(), edges(blurred).mean()
+    scale = 6 / (sharp - smooth)
+    model.get_layer("prediction").set_weights([np.array([[scale]], np.float32),
+                                               np.array([-scale * (sharp + smooth) / 2], np.float32)])
+    maps = rng.random((6, size, size)).astype(np.float32)
+    rank = np.argsort(np.argsort(-maps.reshape(6, -1), axis=1), axis=1).reshape(maps.shape)
+    curve = []
+    for k in range(steps + 1):
+        shown = (rank < round(k * size * size / steps))[..., None]
+        curve.append(1 / (1 + np.exp(-(scale * edges(np.where(shown, x, blurred)) - scale * (sharp + smooth) / 2))))
+    curve = np.array(curve)
+    assert curve[0].max() < 0.1 and curve[-1].min() > 0.9  # the blurred start is far from the image
+    expected = (curve[:-1] + curve[1:]).sum(axis=0) / (2 * steps)
+    np.testing.assert_allclose(explain.insertion_auc(model, x, maps, steps=steps), expected, atol=2e-4)
+    black = explain.insertion_auc(model, x, maps, steps=steps, baseline=0.0)
+    assert np.abs(black - expected).min() > 0.01  # the default is not a black start
+
+
 def test_ensemble_of_identical_members_has_no_spread(trained):
     model, x = trained["model"], trained["x"][:4]
     single = explain.gradcam(model, x)

@@ -269,6 +269,16 @@ def test_compare_layers_scores_every_method_and_layer(deep):
         finite = alone[np.isfinite(alone)]
         np.testing.assert_allclose(row.randomization_spearman, np.median(finite) if finite.size else np.nan,
                                    atol=1e-6)
+        # The ROAD gap the choice ranks by is the mean LeRF curve minus the mean MoRF curve of the same maps.
+        target = model.predict(x, verbose=0)[:, 0] >= 0.5
+        maps = explain.gradcam(model, x, method=method, layers=layers, target=target)
+        curves = {order: explain.road(model, x, maps, order=order, fractions=(0.1, 0.5, 0.9), target=target)
+                  for order in ("morf", "lerf")}
+        assert (row.road_morf, row.road_lerf) == pytest.approx((curves["morf"].mean(), curves["lerf"].mean()),
+                                                               abs=1e-6)
+        assert row.road_gap == pytest.approx(curves["lerf"].mean() - curves["morf"].mean(), abs=1e-6)
+        assert row.deletion_auc == pytest.approx(explain.deletion_auc(model, x, maps, steps=8, target=target).mean(),
+                                                 abs=1e-6)
 
 
 def _candidates(gaps, spearmans, sides, random_gap=0.01):
@@ -282,6 +292,8 @@ def _candidates(gaps, spearmans, sides, random_gap=0.01):
 @pytest.mark.parametrize("gaps, spearmans, sides, expected, reason", [
     ((0.30, 0.20, 0.10), (0.5, 0.5, 0.5), (3, 3, 3), 0, "largest ROAD gap"),  # plain best gap
     ((0.30, 0.20, 0.10), (0.95, 0.5, 0.5), (3, 3, 3), 1, "largest ROAD gap"),  # best fails randomization
+    ((0.30, 0.20, 0.10), (0.9, 0.5, 0.5), (3, 3, 3), 1, "largest ROAD gap"),  # at the 0.9 bar: fails
+    ((0.30, 0.20, 0.10), (0.8999, 0.5, 0.5), (3, 3, 3), 0, "largest ROAD gap"),  # just under it: passes
     ((0.30, 0.29, 0.10), (0.5, 0.5, 0.5), (3, 12, 3), 1, "finest map among gaps within"),  # tie -> finer map
     ((0.005, 0.002, 0.0), (0.5, 0.5, 0.5), (3, 12, 3), 0, "no candidate"),  # none beats random maps
     ((0.30, 0.20, 0.10), (0.99, np.nan, 0.97), (3, 12, 3), 0, "no candidate"),  # NaN Spearman: no evidence

@@ -1,10 +1,14 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import keras
 
+from conftest import write_image
 from pneumoxai import data, models
-from pneumoxai.predict import predict_members
+from pneumoxai.predict import predict_embeddings, predict_members
 from pneumoxai.errors import DataError
 
 
@@ -52,13 +56,18 @@ def test_probabilities_match_a_direct_computation(images):
     np.testing.assert_allclose(P[:, 1], expected(images, 8.0), rtol=1e-5)
 
 
-def test_tta_averages_flips_and_rotations(images):
+def test_tta_averages_the_identity_the_flip_and_both_rotations(images):
+    import cv2
+
     P = predict_members([mean_model()], images, tta=True, progress=False)[:, 0]
-    flipped = expected(images[:, :, ::-1])
-    plain = expected(images)
-    assert not np.allclose(P, plain)
-    # Two of the four views are the identity and the flip; the rotations stay close to the identity.
-    assert np.all(np.abs(P - (plain + flipped) / 2) < np.abs(plain - flipped) / 2 + 0.05)
+    rotation = {angle: cv2.getRotationMatrix2D((8.0, 8.0), angle, 1.0) for angle in (-5.0, 5.0)}
+    views = [images, images[:, :, ::-1]] + [
+        np.stack([cv2.warpAffine(image, rotation[angle], (16, 16), borderMode=cv2.BORDER_CONSTANT)
+                  for image in images]) for angle in (-5.0, 5.0)]
+    each = np.array([expected(view) for view in views])  # (4 views, 10 images)
+    np.testing.assert_allclose(P, each.mean(axis=0), rtol=1e-5)
+    # Every view matters at this tolerance: the identity and flip alone, or the flip alone, are far off.
+    assert np.abs(P - each[:2].mean(axis=0)).min() > 1e-3 and np.abs(P - each[1]).min() > 1e-3
 
 
 def test_cache_hit_and_invalidation(tmp_path, images, monkeypatch):
@@ -85,6 +94,51 @@ def test_cache_hit_and_invalidation(tmp_path, images, monkeypatch):
     third = predict_members([member_dir], images, cache_dir=cache, progress=False)
     assert len(list(cache.glob("*.npz"))) == 3
     np.testing.assert_allclose(third[:, 0], expected(images, 8.0), rtol=1e-5)
+
+
+def test_a_changed_image_file_invalidates_the_cached_predictions(make_kaggle_tree, tmp_path):
+    frame = data.scan_dataset(make_kaggle_tree(n_per_class=3, size=16))
+    member_dir = tmp_path / "m"
+    models.save_member(member_dir, mean_model())
+    cache = tmp_path / "cache"
+    first = predict_members([member_dir], frame, cache_dir=cache, progress=False)[:, 0]
+    path = frame["path"].iloc[0]
+    stat = os.stat(path)
+    write_image(Path(path), np.full((16, 16), 250, np.uint8))  # same name and place, brighter pixels
+    with open(path, "ab") as file:  # even with the old size (a decoder ignores bytes after the JPEG's end)
+        file.write(bytes(stat.st_size - os.path.getsize(path)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old time stamp
+    assert os.path.getsize(path) == stat.st_size
+    second = predict_members([member_dir], frame, cache_dir=cache, progress=False)[:, 0]
+    np.testing.assert_allclose(second, expected(data.load_images(frame, 16)), rtol=1e-5)
+    assert second[0] > first[0] + 0.1 and np.array_equal(second[1:], first[1:])
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_predict_embeddings_are_the_layers_activations(images, tmp_path):
+    """Two members, batches that need padding, a cache: the named Dense layer's ReLU output, computed by hand."""
+    def embedding_model(seed):
+        inputs = keras.Input((16, 16, 3))
+        pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+        hidden = keras.layers.Dense(5, activation="relu", name="embed",
+                                    kernel_initializer=keras.initializers.RandomNormal(stddev=3.0, seed=seed),
+                                    bias_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed + 1))(pooled)
+        return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="prediction")(hidden))
+
+    members = [embedding_model(0), embedding_model(5)]
+    by_hand = []
+    for model in members:
+        kernel, bias = model.get_layer("embed").get_weights()
+        by_hand.append(np.maximum(images.mean(axis=(1, 2)) @ kernel + bias, 0))
+    by_hand = np.concatenate(by_hand, axis=1)
+    assert (by_hand > 0).mean() > 0.3 and (by_hand == 0).any()  # ReLU both active and cut
+    through_keras = np.concatenate([keras.Model(m.inputs, m.get_layer("embed").output).predict(images, verbose=0)
+                                    for m in members], axis=1)
+    np.testing.assert_allclose(through_keras, by_hand, rtol=1e-5, atol=1e-6)
+    embeddings = predict_embeddings(members, images, layer="embed", batch_size=4, cache_dir=tmp_path)
+    assert embeddings.shape == (10, 10)
+    np.testing.assert_allclose(embeddings, by_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(predict_embeddings(members, images, layer="embed", cache_dir=tmp_path), embeddings)
 
 
 def test_corrupt_cache_is_reported_and_rebuilt(tmp_path, images):

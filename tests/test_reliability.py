@@ -16,8 +16,8 @@ import pytest
 
 from pneumoxai import _io, cli, data, models, pipeline, run_folder
 from pneumoxai.config import parse_config
-from pneumoxai.errors import (CacheError, ConfigError, DataError, PneumoxaiError, RunFolderError, SkippedFilesWarning,
-                              WeightsUnavailableError)
+from pneumoxai.errors import (CacheError, ConfigError, DataError, RunFolderError, SkippedFilesWarning,
+                              UnsafeModelError, WeightsUnavailableError)
 from pneumoxai.predict import predict_members
 from pneumoxai.run_folder import RunFolder
 
@@ -207,7 +207,7 @@ def _hostile_keras_file(path, patch):
 ], ids=["os.system", "eval", "unregistered", "tfsm"])
 def test_hostile_model_files_are_refused_in_one_error(tmp_path, patch):
     member = _hostile_keras_file(tmp_path / "member" / "model.keras", patch)
-    with pytest.raises(PneumoxaiError) as info:
+    with pytest.raises(UnsafeModelError, match="^Refusing to load ") as info:
         models.load_member(member)
     assert "\n" not in str(info.value) and "model.keras" in str(info.value)
     if patch["class_name"] == "TFSMLayer":

@@ -277,13 +277,29 @@ def _bh(p):
     return q
 
 
-def feature_shift(F_ref, F_target, *, alpha=0.05):
+def _share_rows(column, levels_ref, levels_target):
+    """One row per level: its share in each set, Fisher's exact test of the shares."""
+    from scipy.stats import fisher_exact
+
+    rows = []
+    for level in sorted(set(levels_ref) | set(levels_target)):
+        k_a, k_b = int((levels_ref == level).sum()), int((levels_target == level).sum())
+        odds, p = fisher_exact([[k_b, len(levels_target) - k_b], [k_a, len(levels_ref) - k_a]])
+        share_ref, share_target = k_a / len(levels_ref), k_b / len(levels_target)
+        rows.append({"feature": column, "level": level, "ref": share_ref, "target": share_target,
+                     "effect": share_target - share_ref, "statistic": float(odds), "p_value": float(p)})
+    return rows
+
+
+def feature_shift(F_ref, F_target, *, alpha=0.05, n_bins=4):
     """Which features moved between reference and target, with Benjamini-Hochberg q-values.
 
-    Numeric columns: two-sample Kolmogorov-Smirnov test, the standardised mean difference
-    ``(mean_target - mean_ref) / pooled sd`` and the medians. Other columns (strings,
-    booleans, categories): one row per level, its share in each set and Fisher's exact test
-    of that share. All p-values are adjusted together.
+    Numeric columns: two-sample Kolmogorov-Smirnov test and the standardised mean difference
+    ``(mean_target - mean_ref) / pooled sd``; then, as slices, the share of each of the
+    ``n_bins`` bins cut at the reference quantiles (each holds ``1 / n_bins`` of the reference)
+    in the target. Other columns (strings, booleans, categories): one row per level, its share
+    in each set. Shares are compared with Fisher's exact test. All p-values are adjusted
+    together.
 
     Parameters
     ----------
@@ -292,12 +308,14 @@ def feature_shift(F_ref, F_target, *, alpha=0.05):
         :func:`pneumoxai.slices.image_features` plus subtype).
     alpha : float, default=0.05
         ``finding`` is ``q_value < alpha``.
+    n_bins : int, default=4
+        Reference-quantile bins per numeric column (quartiles); 0 leaves the bins out.
 
     Returns
     -------
     DataFrame
-        ``feature``, ``level`` (empty for numbers), ``ref`` and ``target`` (mean, or share of
-        the level), ``effect`` (standardised mean difference, or difference of shares),
+        ``feature``, ``level`` (empty for a numeric column's distribution, the bin
+        ``"[low, high)"`` or the category), ``ref`` and ``target`` (mean, or share of the level), ``effect`` (standardised mean difference, or difference of shares),
         ``statistic`` (KS distance, or odds ratio), ``p_value``, ``q_value``, ``finding``;
         sorted by q-value, then by absolute effect.
 
@@ -310,7 +328,7 @@ def feature_shift(F_ref, F_target, *, alpha=0.05):
     >>> feature_shift(ref, target)["feature"].iloc[0]
     'brightness'
     """
-    from scipy.stats import fisher_exact, ks_2samp
+    from scipy.stats import ks_2samp
 
     owner = "feature_shift"
     for name, frame in (("F_ref", F_ref), ("F_target", F_target)):
@@ -320,25 +338,27 @@ def feature_shift(F_ref, F_target, *, alpha=0.05):
     if missing:
         raise DataError(f"{owner}: F_target lacks column(s) {missing} of F_ref.")
     check_param(owner, "alpha", alpha, OPEN_UNIT_INTERVAL)
+    check_param(owner, "n_bins", n_bins, (Interval("int", 0, 0), Interval("int", 2, None)))
     rows = []
     for column in F_ref.columns:
         a, b = F_ref[column], F_target[column]
-        if pd.api.types.is_numeric_dtype(a) and not pd.api.types.is_bool_dtype(a):
-            a, b = a.dropna().to_numpy(float), b.dropna().to_numpy(float)
-            if len(a) < 2 or len(b) < 2:
-                continue
-            sd = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
-            result = ks_2samp(a, b)
-            rows.append({"feature": column, "level": "", "ref": a.mean(), "target": b.mean(),
-                         "effect": (b.mean() - a.mean()) / sd if sd > 0 else 0.0,
-                         "statistic": float(result.statistic), "p_value": float(result.pvalue)})
+        if not pd.api.types.is_numeric_dtype(a) or pd.api.types.is_bool_dtype(a):
+            rows += _share_rows(column, a.astype(str).to_numpy(), b.astype(str).to_numpy())
             continue
-        a, b = a.astype(str), b.astype(str)
-        for level in sorted(set(a) | set(b)):
-            k_a, k_b = int((a == level).sum()), int((b == level).sum())
-            odds, p = fisher_exact([[k_b, len(b) - k_b], [k_a, len(a) - k_a]])
-            rows.append({"feature": column, "level": level, "ref": k_a / len(a), "target": k_b / len(b),
-                         "effect": k_b / len(b) - k_a / len(a), "statistic": float(odds), "p_value": float(p)})
+        a, b = a.dropna().to_numpy(float), b.dropna().to_numpy(float)
+        if len(a) < 2 or len(b) < 2:
+            continue
+        sd = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
+        result = ks_2samp(a, b)
+        rows.append({"feature": column, "level": "", "ref": a.mean(), "target": b.mean(),
+                     "effect": (b.mean() - a.mean()) / sd if sd > 0 else 0.0,
+                     "statistic": float(result.statistic), "p_value": float(result.pvalue)})
+        edges = np.unique(np.quantile(a, np.linspace(0, 1, n_bins + 1)[1:-1])) if n_bins else []
+        if len(edges):
+            names = np.array([f"[{low:.4g}, {high:.4g})" for low, high in zip(np.r_[-np.inf, edges],
+                                                                             np.r_[edges, np.inf])])
+            rows += _share_rows(column, names[np.searchsorted(edges, a, side="right")],
+                                names[np.searchsorted(edges, b, side="right")])
     table = pd.DataFrame(rows, columns=["feature", "level", "ref", "target", "effect", "statistic", "p_value"])
     table["q_value"] = _bh(table["p_value"])
     table["finding"] = table["q_value"] < alpha

@@ -158,9 +158,15 @@ def test_feature_shift_finds_brightness_and_subtype_with_bh_q_values():
     table = feature_shift(ref, target)
     found = table[table["finding"]]
     assert {"brightness", "centre", "subtype"} <= set(found["feature"])
-    row = table[(table["feature"] == "brightness")].iloc[0]
+    row = table[(table["feature"] == "brightness") & (table["level"] == "")].iloc[0]
     assert row["effect"] < 0 and row["statistic"] == pytest.approx(ks_2samp(ref["brightness"],
                                                                             target["brightness"]).statistic)
+    # Slices: the reference quartiles of brightness hold a quarter of the reference each; gamma darkens half
+    # the target, so its darkest quartile fills up.
+    bins = table[(table["feature"] == "brightness") & (table["level"] != "")].sort_values("level")
+    np.testing.assert_allclose(bins["ref"], 0.25, atol=0.01)
+    darkest = bins[bins["level"].str.startswith("[-inf")].iloc[0]
+    assert darkest["target"] > 0.4 and darkest["finding"]
     viral = table[(table["feature"] == "subtype") & (table["level"] == "viral")].iloc[0]
     assert viral["ref"] == pytest.approx((ref["subtype"] == "viral").mean())
     from statsmodels.stats.multitest import multipletests
@@ -255,6 +261,8 @@ def test_estimate_prevalence_is_reproducible_without_global_seed():
      r"X_ref has 20 NaN or infinite values"),
     (lambda: feature_shift(pd.DataFrame({"a": [1.0]}), pd.DataFrame({"b": [1.0]})), DataError,
      r"F_target lacks column\(s\) \['a'\]"),
+    (lambda: feature_shift(pd.DataFrame({"a": [1.0]}), pd.DataFrame({"a": [1.0]}), n_bins=1), ConfigError,
+     r"The 'n_bins' parameter of feature_shift must be an int in \[0, 0\] or an int >= 2; got 1"),
     (lambda: shift_harm([0, 1], [0.2, 0.8], [1.0, 2.0], top=1), ConfigError,
      r"The 'top' parameter of shift_harm must be a number in \(0, 1\); got 1"),
 ])

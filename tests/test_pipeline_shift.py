@@ -93,3 +93,38 @@ def test_shift_target_refuses_an_empty_folder(shifted_run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"holds no images"):
         _folder_images(tmp_path / "empty")
+
+
+def test_report_sections_and_summary_sentences(shifted_run):
+    from pneumoxai._report_shift import shift_sections, shift_sentences
+
+    run = shifted_run
+    assert "Not run" in shift_sections(run.root)[0] and shift_sentences(run.root) == []
+    shift_stage(run)
+    moved, referral = shift_sections(run.root)
+    assert moved.startswith('<section id="shift"><h2>Has the data moved?</h2>') and "data:image/png;base64," in moved
+    assert referral.startswith('<section id="referral"><h2>Referral</h2>') and "guarantee" in referral
+    sentence, rule = shift_sentences(run.root)
+    summary = pd.read_csv(run.table("shift_summary.csv")).set_index("analysis")
+    assert sentence.startswith("Validation to test, the data has moved")
+    assert f"(true {summary.loc['prevalence (true)', 'value']:.3f})" in sentence
+    assert rule == pd.read_csv(run.table("referral_rule.csv"))["statement"].iloc[0]
+
+
+def test_an_unlabelled_target_gets_the_shift_tables_without_truth(shifted_run):
+    from pneumoxai.pipeline.shift import _record, _shift_analysis
+
+    run = shifted_run
+    val = pd.read_csv(run.table("predictions_val.csv"))
+    target = pd.read_csv(run.table("predictions_test.csv")).drop(columns=["label", "patient_id", "subtype"])
+    summary = _shift_analysis(run, _record(run), val, target, name="site_b").set_index("analysis")
+    assert "prevalence (true)" not in summary.index and "(true" not in summary.loc["prevalence (EM)", "text"]
+    assert run.table("shift_features_site_b.csv").is_file() and run.figure("shift_features_site_b") is not None
+    assert not run.table("referral_rule.csv").exists()  # referral needs labels
+
+
+def test_cli_shift_on_a_folder_without_a_run(tmp_path, capsys):
+    from pneumoxai import cli
+
+    code = cli.main(["shift", "--run", str(tmp_path), "--target", str(tmp_path)])
+    assert code == cli.EXIT_ERROR and "has no config.json" in capsys.readouterr().err

@@ -1,0 +1,104 @@
+"""Has the data moved between the validation and the official test split of a real run, and what does referral buy?
+
+    python experiments/shift_real.py --run /work/runs/cpu128 --work /work/runs/cpu128_shift
+
+Copies the run folder ``--run`` to ``--work`` (the source is never written), runs the shift
+stage there (:func:`pneumoxai.pipeline.shift.shift_stage`: output shift, domain classifier on
+image features, where the data moved, prior shift by BBSE and EM with the threshold they
+suggest, risk-coverage, AURC/AUGRC, the referral table and the guaranteed referral rule), and
+copies its tables and figures to ``figures/shift_real/`` with ``summary.md`` (the numbers
+the README quotes) and ``provenance.json`` (command, git commit, CPU model and flags, load
+average, seconds, and the SHA-256 of the predictions the analysis read).
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pneumoxai import __version__, _io
+from pneumoxai.pipeline.shift import REFERRAL_DELTA, REFERRAL_TARGET, shift_stage
+from pneumoxai.run_folder import RunFolder
+
+from _provenance import cpu, machine, write_atomic  # noqa: E402 (experiments/, on sys.path as a script)
+
+HERE = Path(__file__).resolve().parent
+OUTPUTS = ("shift_summary.csv", "shift_output.csv", "shift_features.csv", "referral_summary.csv",
+           "referral_table.csv", "referral_rule.csv", "referral_curve.csv")
+FIGURES = ("shift_features", "referral_curve")
+
+
+def _git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _summary_markdown(out, source):
+    summary = pd.read_csv(out / "shift_summary.csv").set_index("analysis")
+    table = pd.read_csv(out / "referral_table.csv")
+    rules = pd.read_csv(out / "referral_rule.csv")
+    curves = pd.read_csv(out / "referral_summary.csv")
+    moved = pd.read_csv(out / "shift_features.csv", keep_default_na=False)
+    lines = [f"# Shift and referral on {source}", "", "## Has the data moved (validation -> official test)?", ""]
+    lines += [f"- {name}: {row['text']}" for name, row in summary.iterrows()]
+    findings = moved[moved["finding"].astype(str) == "True"]
+    lines += ["", f"{len(findings)} of {len(moved)} feature distributions / quartile slices / subtypes differ at "
+                  "q < 0.05 (Benjamini-Hochberg). Largest:", "",
+              "| feature | slice / level | val | test | effect | q |", "|---|---|---|---|---|---|"]
+    for _, row in findings.head(12).iterrows():
+        lines.append(f"| {row['feature']} | {row['level']} | {float(row['ref']):.3f} | {float(row['target']):.3f} | "
+                     f"{float(row['effect']):+.3f} | {float(row['q_value']):.2g} |")
+    lines += ["", "## Referral on the test split", "",
+              "| confidence | referred | kept | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|"]
+    for _, row in table.iterrows():
+        lines.append(f"| {row['confidence']} | {row['referred']:.0%} | {row['n_kept']} | {row['accuracy']:.3f} | "
+                     f"{row['sensitivity']:.3f} | {row['specificity']:.3f} |")
+    lines += ["", "| confidence | split | AURC | AUGRC | error rate |", "|---|---|---|---|---|"]
+    for _, row in curves.iterrows():
+        lines.append(f"| {row['confidence']} | {row['role']} | {row['aurc']:.4f} | {row['augrc']:.4f} | "
+                     f"{row['error_rate']:.3f} |")
+    lines += ["", f"Guaranteed rule (sensitivity on kept >= {REFERRAL_TARGET} with {1 - REFERRAL_DELTA:.0%} "
+                  "confidence, chosen on validation):", ""]
+    lines += [f"- {row['confidence']}: {row['statement']}" for _, row in rules.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="the run folder to analyse (read only)")
+    parser.add_argument("--work", required=True, help="where the copy is made and the stage writes")
+    parser.add_argument("--out", default=str(HERE.parent / "figures" / "shift_real"))
+    args = parser.parse_args(argv)
+    source, work, out = Path(args.run), Path(args.work), Path(args.out)
+    started = time.perf_counter()
+    if not work.exists():
+        shutil.copytree(source, work, symlinks=True)
+    run = RunFolder(work)
+    with run.lock():
+        shift_stage(run)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        shutil.copyfile(run.table(name), out / name)
+    for stem in FIGURES:
+        shutil.copyfile(run.figure(stem), out / f"{stem}.png")
+    write_atomic(out / "summary.md", _summary_markdown(out, source))
+    predictions = {name: _io.sha256_file(run.table(name)) for name in ("predictions_val.csv", "predictions_test.csv")}
+    write_atomic(out / "provenance.json", json.dumps({
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "git_commit": _git_commit(), "pneumoxai": __version__, "source_run": str(source.resolve()),
+        "predictions_sha256": predictions, "ensemble": json.loads(run.table("ensemble.json").read_text()),
+        "seconds": round(time.perf_counter() - started, 1), "machine": machine(), "cpu": cpu(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
+    print((out / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -41,6 +41,26 @@ def _git_commit():
         return None
 
 
+def _embedding_shift(run):
+    """The domain classifier on the members' penultimate-layer embeddings (TensorFlow; cached in the run)."""
+    from pneumoxai.config import analysis_members, parse_config
+    from pneumoxai.predict import predict_embeddings
+    from pneumoxai.shift import domain_classifier
+
+    config = parse_config(run.read_json(run.config_file, required="the run has no config"))
+    dirs = [run.analysis_member_dir(member) for member in analysis_members(config)]
+    sets = [run.read_table(f"predictions_{role}.csv") for role in ("val", "test")]
+    embeddings = [predict_embeddings(dirs, frame[["path", "label"]], layer=config["slices"]["embedding_layer"],
+                                     cache_dir=run.cache("embeddings"), interpolation=config["data"]["interpolation"])
+                  for frame in sets]
+    result = domain_classifier(*embeddings, groups_ref=sets[0]["patient_id"].astype(str),
+                               groups_target=sets[1]["patient_id"].astype(str), n_permutations=100, random_state=0)
+    row = pd.DataFrame([{"analysis": f"domain classifier (embeddings, {embeddings[0].shape[1]} dims of "
+                                     f"{len(dirs)} members)", "value": result["auc"], "p_value": result["p_value"]}])
+    _io.write_csv(run.table("shift_embeddings.csv"), row, index=False)
+    return row
+
+
 def _summary_markdown(out, source):
     summary = pd.read_csv(out / "shift_summary.csv").set_index("analysis")
     table = pd.read_csv(out / "referral_table.csv")
@@ -49,6 +69,9 @@ def _summary_markdown(out, source):
     moved = pd.read_csv(out / "shift_features.csv", keep_default_na=False)
     lines = [f"# Shift and referral on {source}", "", "## Has the data moved (validation -> official test)?", ""]
     lines += [f"- {name}: {row['text']}" for name, row in summary.iterrows()]
+    if (out / "shift_embeddings.csv").is_file():
+        lines += [f"- {row['analysis']}: ROC AUC {row['value']:.3f}, permutation p = {row['p_value']:.2g}"
+                  for _, row in pd.read_csv(out / "shift_embeddings.csv").iterrows()]
     findings = moved[moved["finding"].astype(str) == "True"]
     lines += ["", f"{len(findings)} of {len(moved)} feature distributions / quartile slices / subtypes differ at "
                   "q < 0.05 (Benjamini-Hochberg). Largest:", "",
@@ -76,6 +99,8 @@ def main(argv=None):
     parser.add_argument("--run", required=True, help="the run folder to analyse (read only)")
     parser.add_argument("--work", required=True, help="where the copy is made and the stage writes")
     parser.add_argument("--out", default=str(HERE.parent / "figures" / "shift_real"))
+    parser.add_argument("--embeddings", action="store_true",
+                        help="also a domain classifier on the members' embeddings (loads the models)")
     args = parser.parse_args(argv)
     source, work, out = Path(args.run), Path(args.work), Path(args.out)
     started = time.perf_counter()
@@ -84,8 +109,10 @@ def main(argv=None):
     run = RunFolder(work)
     with run.lock():
         shift_stage(run)
+        if args.embeddings:
+            _embedding_shift(run)
     out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:
+    for name in OUTPUTS + (("shift_embeddings.csv",) if args.embeddings else ()):
         shutil.copyfile(run.table(name), out / name)
     for stem in FIGURES:
         shutil.copyfile(run.figure(stem), out / f"{stem}.png")

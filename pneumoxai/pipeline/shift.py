@@ -123,6 +123,16 @@ def _shift_analysis(run, record, val, target, *, name):
                      "text": f"largest KS distance {result['statistic']:.3f} over {result['n_tests']} probability "
                              f"columns, p = {result['p_value']:.2g}"})
 
+    if labelled:  # within each class: what remains once the class mix (prior shift) is taken out
+        for label, class_name in ((0, "NORMAL"), (1, "PNEUMONIA")):
+            result = output_shift_test(val.loc[y_val == label, columns], target.loc[target["label"] == label, columns])
+            rows.append({"analysis": f"output shift within {class_name} (Bonferroni)", "value": result["statistic"],
+                         "ci_low": np.nan, "ci_high": np.nan, "p_value": result["p_value"],
+                         "text": f"largest KS distance {result['statistic']:.3f} among {class_name} images, "
+                                 f"p = {result['p_value']:.2g}; mean ensemble probability "
+                                 f"{result['table']['mean_ref'].iloc[-1]:.3f} (val) -> "
+                                 f"{result['table']['mean_target'].iloc[-1]:.3f} (test)"})
+
     f_val = _image_features(run, val["path"], "val")
     f_target = _image_features(run, target["path"], "test" if name is None else f"target{suffix}")
     groups = ({"groups_ref": val["patient_id"].astype(str), "groups_target": target["patient_id"].astype(str)}

@@ -104,8 +104,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     source, work, out = Path(args.run), Path(args.work), Path(args.out)
     started = time.perf_counter()
-    if not work.exists():
-        shutil.copytree(source, work, symlinks=True)
+    # Files already in --work that the source lacks (e.g. cached image features) are kept.
+    shutil.copytree(source, work, symlinks=True, dirs_exist_ok=True)
     run = RunFolder(work)
     with run.lock():
         shift_stage(run)

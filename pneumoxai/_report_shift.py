@@ -46,9 +46,21 @@ def _figure(run, stem, caption):
     return f'<figure><img src="{src}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
 
 
-def _not_run(run, anchor, title):
+def _not_run(run, anchor, title, *extra):
     return (f'<section id="{anchor}"><h2>{_e(title)}</h2><p class="notrun">Not run: tables/shift_summary.csv is '
-            f"missing. Produce it with <code>{_e(run.command('shift'))}</code>.</p></section>")
+            f"missing. Produce it with <code>{_e(run.command('shift'))}</code>.</p>{''.join(extra)}</section>")
+
+
+def _target_parts(run):
+    """A summary table per folder of deployment images added with ``pneumoxai shift --target``."""
+    parts = []
+    for name, target in (run.read_json(run.table("shift_targets.json")) or {}).items():
+        table = _read(run, f"shift_summary_{name}.csv")
+        if table is not None:
+            parts.append(f"<h3>Deployment images: {_e(name)} ({int(target['n_images'])} images in "
+                         f"<code>{_e(target['folder'])}</code>, no labels)</h3>")
+            parts.append(_table(table, {"analysis": "question", "text": "answer"}))
+    return parts
 
 
 def _read(run, name):
@@ -88,7 +100,7 @@ def shift_sections(run_dir):
     run = RunFolder(run_dir)
     summary = _read(run, "shift_summary.csv")
     if summary is None:
-        return [_not_run(run, *CONTENTS[0]), _not_run(run, *CONTENTS[1])]
+        return [_not_run(run, *CONTENTS[0], *_target_parts(run)), _not_run(run, *CONTENTS[1])]
     moved = _read(run, "shift_features.csv")
     output = _read(run, "shift_output.csv")
     parts = [
@@ -114,6 +126,7 @@ def shift_sections(run_dir):
                                   "effect": "effect", "q_value": "q"}))
     parts.append(_figure(run, "shift_features", "Where the data moved: standardised mean differences and "
                                                 "shares of reference-quartile slices (filled: q < 0.05)."))
+    parts += _target_parts(run)
     sections = [f'<section id="shift"><h2>Has the data moved?</h2>{"".join(parts)}</section>']
 
     table, curves, rules = (_read(run, name) for name in ("referral_table.csv", "referral_summary.csv",

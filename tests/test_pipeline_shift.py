@@ -123,6 +123,11 @@ def test_an_unlabelled_target_gets_the_shift_tables_without_truth(shifted_run):
     assert "prevalence (true)" not in summary.index and "(true" not in summary.loc["prevalence (EM)", "text"]
     assert run.table("shift_features_site_b.csv").is_file() and run.figure("shift_features_site_b") is not None
     assert not run.table("referral_rule.csv").exists()  # referral needs labels
+    from pneumoxai import _io
+    from pneumoxai._report_shift import shift_sections
+
+    _io.write_json(run.table("shift_targets.json"), {"site_b": {"folder": "/data/site_b", "n_images": N}})
+    assert f"Deployment images: site_b ({N} images in <code>/data/site_b</code>" in shift_sections(run.root)[0]
 
 
 def test_cli_shift_on_a_folder_without_a_run(tmp_path, capsys):

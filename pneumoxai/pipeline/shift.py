@@ -17,7 +17,6 @@ folder's name):
 - ``figures/shift_features<name>``, ``figures/referral_curve``.
 """
 
-import json
 import time
 from pathlib import Path
 
@@ -283,5 +282,5 @@ def shift_target(run, config, folder, *, name=None):
     targets = run.read_json(run.table("shift_targets.json")) or {}
     targets[name] = {"folder": str(Path(folder).resolve()), "n_images": len(paths)}
     _io.write_json(run.table("shift_targets.json"), targets)
-    logger.info("shift: %s: %s", name, json.dumps(summary.set_index("analysis")["text"].to_dict(), indent=1))
+    logger.info("shift: target %r: %d images", name, len(paths))
     return summary

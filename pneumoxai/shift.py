@@ -314,7 +314,8 @@ def feature_shift(F_ref, F_target, *, alpha=0.05, n_bins=4):
     -------
     DataFrame
         ``feature``, ``level`` (empty for a numeric column's distribution, the bin
-        ``"[low, high)"`` or the category), ``ref`` and ``target`` (mean, or share of the level), ``effect`` (standardised mean difference, or difference of shares),
+        ``"[low, high)"`` or the category), ``ref`` and ``target`` (mean, or share of the level),
+        ``effect`` (standardised mean difference, or difference of shares),
         ``statistic`` (KS distance, or odds ratio), ``p_value``, ``q_value``, ``finding``;
         sorted by q-value, then by absolute effect.
 

@@ -41,6 +41,46 @@ def _git_commit():
         return None
 
 
+def _predict_finished_snapshots(run):
+    """For a run still training: predictions of its finished snapshot members on val and test, written as the
+    evaluate stage writes them (soft-voting mean, thresholds by the config's rule on validation).
+
+    Returns the members used, or None when the run already has its predictions.
+    """
+    from pneumoxai import models
+    from pneumoxai.config import parse_config
+    from pneumoxai.metrics import choose_threshold
+    from pneumoxai.predict import predict_members
+
+    record = run.read_json(run.table("ensemble.json"))
+    if run.table("predictions_test.csv").is_file() and record is not None and not record.get("partial"):
+        return None
+    config = parse_config(run.read_json(run.config_file, required="the run has no config"))
+    dirs = sorted(d for d in run.path("members").glob("*/*_snap*") if models.is_member_dir(d))
+    if not dirs:
+        raise SystemExit(f"{run.root} has neither predictions nor a finished snapshot member yet.")
+    table = run.read_table("dataset.csv")
+    method = config["evaluate"]["threshold"]
+    thresholds, frames = {}, {}
+    for role in ("val", "test"):
+        rows = table[table["role"] == role].reset_index(drop=True)
+        P = predict_members(dirs, rows, batch_size=config["evaluate"]["batch_size"], tta=config["evaluate"]["tta"],
+                            cache_dir=run.cache("predictions"), interpolation=config["data"]["interpolation"])
+        frame = rows[["path", "label", "patient_id", "subtype"]].copy()
+        for j, directory in enumerate(dirs):
+            frame[f"p[{directory.name}]"] = P[:, j]
+        frame["p[soft voting]"] = P.mean(axis=1)
+        frames[role] = frame
+    for column in [c for c in frames["val"].columns if c.startswith("p[")]:
+        thresholds[column[2:-1]] = (float(method) if not isinstance(method, str) else
+                                    float(choose_threshold(frames["val"]["label"], frames["val"][column], method=method)))
+    for role, frame in frames.items():
+        _io.write_csv(run.table(f"predictions_{role}.csv"), frame, index=False)
+    _io.write_json(run.table("ensemble.json"), {"primary": "soft voting", "members": [d.name for d in dirs],
+                                                "thresholds": thresholds, "partial": True})
+    return [d.name for d in dirs]
+
+
 def _embedding_shift(run):
     """The domain classifier on the members' penultimate-layer embeddings (TensorFlow; cached in the run)."""
     from pneumoxai.config import analysis_members, parse_config
@@ -108,6 +148,7 @@ def main(argv=None):
     shutil.copytree(source, work, symlinks=True, dirs_exist_ok=True)
     run = RunFolder(work)
     with run.lock():
+        partial = _predict_finished_snapshots(run)
         shift_stage(run)
         if args.embeddings:
             _embedding_shift(run)
@@ -116,13 +157,17 @@ def main(argv=None):
         shutil.copyfile(run.table(name), out / name)
     for stem in FIGURES:
         shutil.copyfile(run.figure(stem), out / f"{stem}.png")
-    write_atomic(out / "summary.md", _summary_markdown(out, source))
+    note = ("" if partial is None else
+            f"\n**Partial run**: the source had not reached its evaluate stage; these are the finished snapshot "
+            f"member(s) {partial} only, predicted here, with their soft-voting mean as the ensemble.\n")
+    write_atomic(out / "summary.md", _summary_markdown(out, source) + note)
     predictions = {name: _io.sha256_file(run.table(name)) for name in ("predictions_val.csv", "predictions_test.csv")}
     write_atomic(out / "provenance.json", json.dumps({
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "git_commit": _git_commit(), "pneumoxai": __version__, "source_run": str(source.resolve()),
         "predictions_sha256": predictions, "ensemble": json.loads(run.table("ensemble.json").read_text()),
-        "seconds": round(time.perf_counter() - started, 1), "machine": machine(), "cpu": cpu(),
+        "partial_members": partial, "seconds": round(time.perf_counter() - started, 1), "machine": machine(),
+        "cpu": cpu(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
     print((out / "summary.md").read_text())
 

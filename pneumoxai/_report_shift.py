@@ -88,7 +88,9 @@ def shift_sentences(run_dir):
             f"a domain classifier on image features tells the sets apart with ROC AUC {domain['value']:.2f} "
             f"(p = {domain['p_value']:.2g}); the test's PNEUMONIA share is estimated at {prevalence['value']:.3f} "
             f"without its labels{true}, which suggests threshold "
-            f"{summary.loc['threshold for the BBSE prevalence', 'value']:.3f}.")
+            f"{summary.loc['threshold for the BBSE prevalence', 'value']:.3f}"
+            + ("; but the classes themselves moved (label shift violated), so that estimate and threshold are "
+               "biased." if "label shift violated" in str(prevalence["text"]) else "."))
     if rules is not None and len(rules):
         rule = rules.iloc[0]
         sentences.append(str(rule["statement"]))

@@ -62,6 +62,8 @@ def test_shift_stage_finds_the_planted_gamma_and_writes_the_referral_tables(shif
     assert summary.loc["domain classifier (image features)", "value"] > 0.6
     # Every test image went through gamma 2, so each class moved too (not only the class mix).
     assert summary.loc["output shift within NORMAL (Bonferroni)", "p_value"] < 0.05
+    assert "label shift violated (the NORMAL" in summary.loc["prevalence (BBSE)", "text"]
+    assert 0 <= summary.loc["threshold for the true prevalence", "value"] <= 1
     assert summary.loc["prevalence (true)", "value"] == pytest.approx(pd.read_csv(run.table(
         "predictions_test.csv"))["label"].mean())
     features = pd.read_csv(run.table("shift_features.csv"), keep_default_na=False)

@@ -159,6 +159,11 @@ def _shift_analysis(run, record, val, target, *, name):
     _io.write_csv(run.table(f"shift_features{suffix}.csv"), moved, index=False)
 
     true = float(target["label"].mean()) if labelled else np.nan
+    # Both estimators assume label shift (P(image | class) unchanged); a class that moved by itself biases them.
+    moved_classes = [row["analysis"].split()[3] for row in rows if row["analysis"].startswith("output shift within")
+                     and row["p_value"] < 0.05]
+    caveat = (f"; label shift violated (the {' and '.join(moved_classes)} images themselves moved), so the "
+              "estimate is biased" if moved_classes else "")
     for method in ("bbse", "em"):
         estimate = estimate_prevalence(y_val, p_val, p_target, method=method, threshold=threshold, n_boot=N_BOOT,
                                        random_state=0)
@@ -167,13 +172,18 @@ def _shift_analysis(run, record, val, target, *, name):
                      "text": f"estimated PNEUMONIA share {estimate['prevalence']:.3f} "
                              f"[{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
                              + (f" (true {true:.3f})" if labelled else "")
-                             + f"; validation {estimate['reference_prevalence']:.3f}"})
+                             + f"; validation {estimate['reference_prevalence']:.3f}{caveat}"})
         rows.append({"analysis": f"threshold for the {method.upper()} prevalence", "value": estimate["threshold"],
                      "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
                      "text": f"threshold {estimate['threshold']:.3f} (chosen on validation: {threshold:.3f})"})
     if labelled:
+        from ..metrics import prevalence_threshold
+
+        at_true = prevalence_threshold(y_val, p_val, true)
         rows.append({"analysis": "prevalence (true)", "value": true, "ci_low": np.nan, "ci_high": np.nan,
                      "p_value": np.nan, "text": f"true PNEUMONIA share {true:.3f}"})
+        rows.append({"analysis": "threshold for the true prevalence", "value": at_true, "ci_low": np.nan,
+                     "ci_high": np.nan, "p_value": np.nan, "text": f"threshold {at_true:.3f} by the same rule"})
     summary = pd.DataFrame(rows)
     _io.write_csv(run.table(f"shift_summary{suffix}.csv"), summary, index=False)
     _shift_figure(run, moved, suffix)

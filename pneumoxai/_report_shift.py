@@ -134,7 +134,8 @@ def shift_sections(run_dir):
     table, curves, rules = (_read(run, name) for name in ("referral_table.csv", "referral_summary.csv",
                                                           "referral_rule.csv"))
     parts = ["<p>Cases are referred to a radiologist from the least confident up. Confidence: the distance of "
-             "the ensemble's probability from its threshold (margin), the members' agreement (minus their "
+             "the ensemble's probability from its threshold (margin; logit margin: the same on the logit scale, "
+             "fair to both sides of a threshold far from 0.5), the members' agreement (minus their "
              "standard deviation), or the mean of their ranks (combined). AURC: mean error rate of the kept cases "
              "over coverages 1/n..1 (Geifman et al.); AUGRC: mean share of all cases both kept and wrong (Traub "
              "et al. 2024). The rule is chosen on validation by Learn-then-Test with exact binomial p-values: "

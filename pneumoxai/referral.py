@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: The named confidence scores of :func:`confidence_score`.
-CONFIDENCES = ("margin", "agreement", "combined")
+CONFIDENCES = ("margin", "logit_margin", "agreement", "combined")
 
 
 def confidence_score(p, *, threshold=0.5, confidence="margin", P=None, owner="confidence_score"):
@@ -49,8 +49,12 @@ def confidence_score(p, *, threshold=0.5, confidence="margin", P=None, owner="co
         Ensemble probabilities of PNEUMONIA.
     threshold : float, default=0.5
         The decision threshold.
-    confidence : {"margin", "agreement", "combined"} or array-like of shape (n_samples,), default="margin"
-        ``"margin"``: ``|p - threshold|``; ``"agreement"``: minus the standard deviation of
+    confidence : {"margin", "logit_margin", "agreement", "combined"} or array-like of shape (n_samples,), \
+default="margin"
+        ``"margin"``: ``|p - threshold|``; ``"logit_margin"``: ``|logit(p) - logit(threshold)|``
+        (probabilities clipped to [1e-6, 1 - 1e-6]), which treats both sides of a threshold far
+        from 0.5 alike (with ``threshold=0.05`` the margin of a NORMAL call is at most 0.05);
+        ``"agreement"``: minus the standard deviation of
         the members' probabilities (needs ``P``); ``"combined"``: the mean of the two scores'
         percentile ranks; an array is used as given.
     P : array-like of shape (n_samples, n_members), default=None
@@ -81,6 +85,9 @@ def confidence_score(p, *, threshold=0.5, confidence="margin", P=None, owner="co
     margin = np.abs(p - threshold)
     if confidence == "margin":
         return margin
+    if confidence == "logit_margin":
+        logit = lambda q: np.log(q / (1 - q))  # noqa: E731
+        return np.abs(logit(np.clip(p, 1e-6, 1 - 1e-6)) - logit(np.clip(threshold, 1e-6, 1 - 1e-6)))
     if P is None:
         raise DataError(f"{owner}: confidence={confidence!r} needs the member probabilities P.")
     P, _ = check_member_probabilities(P, owner=owner)
@@ -237,7 +244,7 @@ class ReferralRule:
     max_referral : float, default=0.5
         Largest share of cases that may be referred.
     step : float, default=0.01
-    confidence : {"margin", "agreement", "combined"}, default="margin"
+    confidence : {"margin", "logit_margin", "agreement", "combined"}, default="margin"
         See :func:`confidence_score`.
 
     Attributes

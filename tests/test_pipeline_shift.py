@@ -76,7 +76,7 @@ def test_shift_stage_finds_the_planted_gamma_and_writes_the_referral_tables(shif
     referral = pd.read_csv(run.table("referral_summary.csv")).set_index(["confidence", "role"])
     assert referral.loc[("margin", "test"), "aurc"] == pytest.approx(aurc(test["label"], test["p[soft voting]"]))
     rule = pd.read_csv(run.table("referral_rule.csv"))
-    assert set(rule["confidence"]) == {"margin", "agreement", "combined"}
+    assert set(rule["confidence"]) == {"margin", "logit_margin", "agreement", "combined"}
     for stem in ("shift_features", "referral_curve"):
         assert run.figure(stem) is not None
     # The features are cached per path and role: a second run reads them back.

@@ -67,6 +67,16 @@ def test_confidence_options_disagreement_and_combination():
     np.testing.assert_allclose(curve["risk"], [0, 0, 1 / 3, 1 / 4])
 
 
+def test_logit_margin_treats_both_sides_of_a_low_threshold_alike():
+    p = np.array([0.01, 0.05, 0.2, 0.9])
+    logit = np.log(p / (1 - p))
+    np.testing.assert_allclose(confidence_score(p, threshold=0.05, confidence="logit_margin"),
+                               np.abs(logit - logit[1]))
+    # p = 0.01 is as far below 0.05 on the logit scale (1.65) as p = 0.2154 is above it; |p - t| says 0.04 against 0.17.
+    assert confidence_score([0.01], threshold=0.05, confidence="logit_margin")[0] == pytest.approx(
+        confidence_score([0.2154], threshold=0.05, confidence="logit_margin")[0], rel=0.01)
+
+
 def test_referral_table_by_hand():
     y = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0, 0])
     p = np.array([0.9, 0.45, 0.52, 0.1, 0.8, 0.2, 0.7, 0.95, 0.3, 0.05])
@@ -149,7 +159,7 @@ def test_referral_rule_states_when_the_guarantee_did_not_hold():
     (lambda: aurc([0, 1], [0.2, 0.8], threshold=1.5), ConfigError,
      r"The 'threshold' parameter of risk_coverage must be a number in \[0, 1\]; got 1.5"),
     (lambda: aurc([0, 1], [0.2, 0.8], confidence="entropy"), ConfigError,
-     r"The 'confidence' parameter of risk_coverage must be one of 'margin', 'agreement', 'combined'"),
+     r"The 'confidence' parameter of risk_coverage must be one of 'margin', 'logit_margin', 'agreement', "),
     (lambda: aurc([0, 1], [0.2, 0.8], confidence="agreement"), DataError, r"needs the member probabilities P"),
     (lambda: aurc([0, 1], [0.2, 0.8], confidence=[1.0]), DataError, r"confidence must be a finite array"),
     (lambda: aurc([0, 2], [0.2, 0.8]), DataError, r"must hold only 0 \(NORMAL\) and 1 \(PNEUMONIA\)"),

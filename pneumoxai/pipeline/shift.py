@@ -199,13 +199,13 @@ def _shift_figure(run, moved, suffix):
 def _referral(run, record, val, test):
     """Risk-coverage, AURC/AUGRC, the referral table and the guaranteed rule, on the test split."""
     from .._figures_shift import plot_risk_coverage
-    from ..referral import ReferralRule, augrc, aurc, referral_table, risk_coverage
+    from ..referral import CONFIDENCES, ReferralRule, augrc, aurc, referral_table, risk_coverage
 
     members, primary = record["members"], record["primary"]
     threshold = float(record["thresholds"][primary])
     sets = {role: (frame["label"].to_numpy(), frame[f"p[{primary}]"].to_numpy(),
                    frame[[f"p[{m}]" for m in members]].to_numpy()) for role, frame in (("val", val), ("test", test))}
-    confidences = ("margin", "agreement", "combined") if len(members) > 1 else ("margin",)
+    confidences = CONFIDENCES if len(members) > 1 else ("margin", "logit_margin")
     curves, summary, tables, rules = {}, [], [], []
     for confidence in confidences:
         for role, (y, p, P) in sets.items():
@@ -226,7 +226,8 @@ def _referral(run, record, val, test):
     _io.write_csv(run.table("referral_summary.csv"), pd.DataFrame(summary), index=False)
     _io.write_csv(run.table("referral_table.csv"), pd.concat(tables, ignore_index=True), index=False)
     _io.write_csv(run.table("referral_rule.csv"), pd.DataFrame(rules), index=False)
-    plot_risk_coverage({label: curves[label] for label in curves if label.startswith(("margin", "agreement"))},
+    plot_risk_coverage({label: curves[label] for label in curves if label.split()[0] in ("margin", "logit_margin",
+                                                                                        "agreement")},
                        path=run.figure_stem("referral_curve"))
 
 

@@ -335,11 +335,14 @@ class ReferralRule:
         y, p = check_binary(y, p, owner="ReferralRule.evaluate", name="p")
         base = {"target": self.target, "delta": self.delta}
         if self.cutoff_ is None:
+            stop = self.candidates_[self.candidates_["tested"]].iloc[0]  # tested from the last row up
             return {**base, **_kept_metrics(y, (p >= self.threshold).astype(int), np.zeros(len(y), dtype=bool)),
                     "held": None, "statement": (
-                        f"No referral of at most {self.max_referral:.0%} of the validation cases reaches a "
-                        f"guaranteed sensitivity of {self.target:.0%} on the kept cases at {1 - self.delta:.0%} "
-                        "confidence; every case would have to be referred.")}
+                        f"No referral rule was certified: testing from {self.max_referral:.0%} referred downward, "
+                        f"the first candidate (refer {stop['referral']:.0%}, validation sensitivity on kept cases "
+                        f"{stop['sensitivity']:.3f}, p = {stop['p_value']:.2g}) did not show sensitivity >= "
+                        f"{self.target:.0%} at {1 - self.delta:.0%} confidence, so nothing is guaranteed with this "
+                        "confidence score.")}
         score = confidence_score(p, threshold=self.threshold, confidence=self.confidence, P=P,
                                  owner="ReferralRule.evaluate")
         metrics = _kept_metrics(y, (p >= self.threshold).astype(int), score >= self.cutoff_)

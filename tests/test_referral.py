@@ -151,6 +151,9 @@ def test_referral_rule_states_when_the_guarantee_did_not_hold():
     assert result["sensitivity"] < 0.95
     impossible = ReferralRule(target=0.999, delta=0.01, max_referral=0.05).fit(y, p)
     assert impossible.cutoff_ is None and impossible.evaluate(y, p)["held"] is None
+    # The fixed sequence starts at the most referral and stopped there at once.
+    assert "No referral rule was certified: testing from 5% referred downward, the first candidate (refer 5%" in (
+        impossible.evaluate(y, p)["statement"])
 
 
 # --------------------------------------------------------------------------- bad input

@@ -1,4 +1,4 @@
-"""Command line: ``pneumoxai {run,train,evaluate,explain,slices,report,import,analyse}``.
+"""Command line: ``pneumoxai {run,train,evaluate,explain,slices,shift,report,import,analyse}``.
 
 Every command answers bad input with a non-zero exit and one readable line; ``--debug``
 shows the full traceback instead.
@@ -50,7 +50,7 @@ def build_parser():
 
     run = sub.add_parser("run", help="train, evaluate, explain, slices and report into one run folder")
     _add_common(run, data=True, config=True, out=True)
-    run.add_argument("--skip", action="append", default=[], choices=["explain", "slices"],
+    run.add_argument("--skip", action="append", default=[], choices=["explain", "slices", "shift"],
                      help="leave out an analysis stage")
     _add_strategy(run)
 
@@ -72,6 +72,12 @@ def build_parser():
     slices = sub.add_parser("slices", help="failure slices of the ensemble and its members on the test split")
     _add_common(slices, run=True)
 
+    shift = sub.add_parser("shift", help="has the data moved? validation against test, or against --target DIR; "
+                                         "referral of the least confident cases")
+    _add_common(shift, run=True)
+    shift.add_argument("--target", metavar="DIR", help="a folder of unlabelled deployment images to compare with "
+                                                       "the validation split (no labels needed)")
+
     report = sub.add_parser("report", help="write RUN_DIR/report.html from the run's tables and figures")
     _add_common(report, run=True)
 
@@ -90,7 +96,7 @@ def build_parser():
 
     analyse = sub.add_parser("analyse", help="evaluate, explain, slices and report on the members in RUN_DIR")
     _add_common(analyse, run=True)
-    analyse.add_argument("--skip", action="append", default=[], choices=["explain", "slices"],
+    analyse.add_argument("--skip", action="append", default=[], choices=["explain", "slices", "shift"],
                          help="leave out an analysis stage")
     return parser
 
@@ -184,6 +190,11 @@ def _dispatch(args):
             pipeline.explain_stage(run, config, methods=args.method, max_images=args.max_images)
         elif args.command == "slices":
             pipeline.slices_stage(run, config)
+        elif args.command == "shift":
+            from .pipeline.shift import shift_stage, shift_target
+
+            summary = shift_stage(run, config) if args.target is None else shift_target(run, config, args.target)
+            print("\n".join(f"{row.analysis}: {row.text}" for row in summary.itertuples()))
         elif args.command == "report":
             pipeline.report_stage(run)
         elif args.command == "analyse":

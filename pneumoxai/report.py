@@ -25,6 +25,7 @@ import textwrap
 import pandas as pd
 
 from . import _io
+from ._report_shift import CONTENTS as _SHIFT_CONTENTS, shift_sections, shift_sentences
 from .config import analysis_members
 from .lungs import ZONE_COLUMNS
 from .metrics import ORIGIN_ROW
@@ -391,6 +392,7 @@ def _summary_section(run):
                               f"Benjamini-Hochberg correction at alpha = {run.alpha}; {len(shown)} distinct "
                               "ones are shown above. Nested slices often describe the same images; see ",
                          _tag("a", "Failure slices", href="#slices"), "."))
+    body += [_tag("p", sentence) for sentence in shift_sentences(run.root)]
     origin = _origin_text(run)
     if origin:
         body.append(_tag("p", origin))
@@ -720,10 +722,10 @@ def _document(run):
                   _tag("p", "Run folder ", _tag("code", str(run.root.resolve())),
                        f" · generated {generated} by pneumoxai {__version__}", class_="meta"),
                   _tag("nav", _tag("ol", [_tag("li", _tag("a", text, href=f"#{anchor}"))
-                                          for anchor, text in _CONTENTS])))
+                                          for anchor, text in _CONTENTS + _SHIFT_CONTENTS])))
     sections = [_summary_section(run), _dataset_section(run), _members_section(run), _results_section(run),
                 *_curves_sections(run), _comparisons_section(run), _ensemble_section(run), _slices_section(run),
-                _explain_section(run), _zones_section(run)]
+                _explain_section(run), _zones_section(run), *map(_Html, shift_sections(run.root))]
     head = _tag("head", _tag("meta", charset="utf-8"),
                 _tag("meta", name="viewport", content="width=device-width, initial-scale=1"),
                 _tag("title", title), _tag("style", _Html(_CSS)))
@@ -820,6 +822,8 @@ def summary_text(run_dir):
         for finding in findings[:_FINDINGS_SHOWN]:
             lines.append(textwrap.fill(f"{finding['labels'][0]} ({finding['kind']}): {_finding_text(finding, overall, run)}",
                                        width=100, initial_indent="  - ", subsequent_indent="    "))
+    for sentence in shift_sentences(run.root):
+        lines += ["", textwrap.fill(sentence, width=100)]
     report = run.report_file
     if report.is_file():
         lines += ["", f"Report: {report}"]

@@ -80,7 +80,7 @@ RUN_FORMAT = 1
 #: The combiner whose predictions the analyses (slices, explain, report) follow.
 PRIMARY = "soft voting"
 #: Stages in the order ``pneumoxai run`` runs them.
-STAGES = ("train", "evaluate", "explain", "slices")
+STAGES = ("train", "evaluate", "shift", "explain", "slices")
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"

@@ -29,9 +29,10 @@ SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke
 TABLES = ("dataset.csv", "results.csv", "results.md", "predictions_val.csv", "predictions_test.csv",
           "comparisons.csv", "diversity.csv", "ensemble_size.csv", "ensemble.json", "zone_attention.csv",
           "zone_attention_all.csv", "explain_summary.csv", "failure_slices.csv", "member_failure_slices.csv",
-          "slice_features.csv", "timings.csv")
+          "slice_features.csv", "timings.csv", "shift_summary.csv", "shift_output.csv", "shift_features.csv",
+          "shift_scores.csv", "referral_curve.csv", "referral_summary.csv", "referral_table.csv", "referral_rule.csv")
 FIGURES = ("roc", "pr", "confusion", "reliability", "threshold", "diversity", "ensemble_size", "gallery",
-           "mean_maps", "zone_attention", "slices_features")
+           "mean_maps", "zone_attention", "slices_features", "shift_features", "referral_curve")
 
 
 def assert_lock_free(folder):
@@ -88,7 +89,7 @@ def test_run_writes_every_table_and_figure(smoke_run):
     findings = pd.read_csv(out / "tables" / "failure_slices.csv")["finding"]
     assert (out / "tables" / "slice_explanations.csv").is_file() == bool(findings.any())
     timings = pd.read_csv(out / "tables" / "timings.csv", index_col="stage")
-    assert list(timings.index) == ["train", "evaluate", "explain", "slices"]
+    assert list(timings.index) == ["train", "evaluate", "shift", "explain", "slices"]
     assert (timings["seconds"] > 0).all() and (timings["peak_rss_mb"] > 100).all()
 
 

@@ -12,6 +12,7 @@ from ._common import logger, run_members
 from .evaluate import evaluate_stage
 from .explanations import MIN_EXPLAIN_SIZE, explain_stage, too_small_to_explain
 from .failure_slices import slices_stage
+from .shift import shift_stage
 from .train import train_stage, with_imported_members
 
 
@@ -26,7 +27,8 @@ def report_stage(run):
 
 def _stage_key(run, config, stage):
     """Hash of everything a stage's output depends on: config sections and upstream artifacts."""
-    sections = {"evaluate": ("evaluate",), "explain": ("evaluate", "explain"), "slices": ("evaluate", "slices")}
+    sections = {"evaluate": ("evaluate",), "explain": ("evaluate", "explain"), "slices": ("evaluate", "slices"),
+                "shift": ("evaluate",)}
     parts = {name: config[name] for name in sections[stage]}
     parts["members"] = [member.content_hash for member in run_members(run, config)]
     parts["run"] = run.read_json(run.run_file, required="run `pneumoxai train` first")["manifest_hash"]
@@ -127,7 +129,7 @@ def analyse(run, config, *, skip=(), verbose="auto", started=None):
         logger.info("explain: skipped: member(s) %s take images below %d px, whose last convolutional map is "
                     "1x1 (constant maps)", ", ".join(too_small_to_explain(config)), MIN_EXPLAIN_SIZE)
         skip.add("explain")
-    for stage, function in (("explain", explain_stage), ("slices", slices_stage)):
+    for stage, function in (("shift", shift_stage), ("explain", explain_stage), ("slices", slices_stage)):
         if stage not in skip:
             _run_stage(run, config, stage, function)
     _io.write_csv(run.table(TIMINGS_TABLE), stage_timings(run), index=False)

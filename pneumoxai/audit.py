@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError, param_error
+from .evidence import inpaint_regions, predicted_probabilities
 from .validation import Interval, Options, check_images, check_labels, check_maps, check_param, is_valid
 
 __all__ = [
@@ -192,30 +193,15 @@ def remove_marker(images, box, *, grow=1, radius=3):
     boxes = _check_box(box, x.shape[1:3], "remove_marker", n=len(x))
     check_param("remove_marker", "grow", grow, Interval("int", 0, None))
     check_param("remove_marker", "radius", radius, Interval("int", 1, None))
-    h, w = x.shape[1:3]
-    out = x.copy()
+    regions = np.zeros(x.shape[:3], bool)
     for i in range(len(x)):
         r0, c0, r1, c1 = boxes[min(i, len(boxes) - 1)]
-        mask = np.zeros((h, w), np.uint8)
-        mask[max(0, r0 - grow):r1 + grow, max(0, c0 - grow):c1 + grow] = 1
-        u8 = np.rint(x[i] * 255).astype(np.uint8)
-        filled = cv2.inpaint(u8, mask, radius, cv2.INPAINT_TELEA).astype(np.float32) / 255
-        out[i][mask > 0] = filled[mask > 0]
-    return out
+        regions[i, max(0, r0 - grow):r1 + grow, max(0, c0 - grow):c1 + grow] = True
+    return inpaint_regions(x, regions, radius=radius)
 
 
 def _probabilities(model_or_predict_fn, images, batch_size, owner="counterfactual_flip_rate"):
-    if hasattr(model_or_predict_fn, "predict"):
-        p = model_or_predict_fn.predict(images, batch_size=batch_size, verbose=0)
-    elif callable(model_or_predict_fn):
-        p = model_or_predict_fn(images)
-    else:
-        raise param_error(owner, "model_or_predict_fn",
-                          "a keras.Model or a callable images -> P(PNEUMONIA)", model_or_predict_fn)
-    p = np.asarray(p, np.float64).reshape(len(images), -1)
-    if p.shape[1] != 1 or not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
-        raise DataError(f"the model must return one probability per image in [0, 1]; got shape {p.shape}")
-    return p[:, 0]
+    return predicted_probabilities(model_or_predict_fn, images, batch_size=batch_size, owner=owner)
 
 
 def counterfactual_flip_rate(model_or_predict_fn, images, y_true, box, *, threshold=0.5, batch_size=64):

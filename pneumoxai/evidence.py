@@ -28,7 +28,7 @@ import numpy as np
 from .errors import DataError, param_error
 from .validation import Interval, check_images, check_param
 
-__all__ = ["evidence_regions", "inpaint_regions", "region_removal_test"]
+__all__ = ["evidence_regions", "inpaint_regions", "predicted_probabilities", "region_removal_test"]
 
 DEFAULT_LEVEL = 0.5  # half maximum: the usual cut of a blob's extent
 DEFAULT_GROW = 2  # pixels added around a region before inpainting
@@ -128,28 +128,48 @@ def inpaint_regions(images, regions, *, radius=3):
     return out
 
 
-def _probabilities(model, images, batch_size):
-    if hasattr(model, "predict"):
-        p = model.predict(images, batch_size=batch_size, verbose=0)
-    elif callable(model):
-        p = model(images)
+def predicted_probabilities(model_or_predict_fn, images, *, batch_size=64, owner="predicted_probabilities"):
+    """P(PNEUMONIA) of ``images`` from a Keras model or any callable, checked to be one per image.
+
+    Parameters
+    ----------
+    model_or_predict_fn : keras.Model or callable
+        A model with one sigmoid output (its ``predict`` is used), or ``f(images) -> (n,)``.
+    images : ndarray of shape (n, H, W, 3)
+    batch_size : int, default=64
+    owner : str
+        The function named in an error.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> predicted_probabilities(lambda x: x.mean(axis=(1, 2, 3)), np.full((2, 4, 4, 3), 0.25))
+    array([0.25, 0.25])
+    """
+    if hasattr(model_or_predict_fn, "predict"):
+        p = model_or_predict_fn.predict(images, batch_size=batch_size, verbose=0)
+    elif callable(model_or_predict_fn):
+        p = model_or_predict_fn(images)
     else:
-        raise param_error("region_removal_test", "model", "a keras.Model or a callable images -> P(PNEUMONIA)",
-                          model)
+        raise param_error(owner, "model_or_predict_fn",
+                          "a keras.Model or a callable images -> P(PNEUMONIA)", model_or_predict_fn)
     p = np.asarray(p, np.float64).reshape(len(images), -1)
     if p.shape[1] != 1 or not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
-        raise DataError(f"region_removal_test: the model must return one probability per image in [0, 1]; "
-                        f"got shape {p.shape}")
+        raise DataError(f"the model must return one probability per image in [0, 1]; got shape {p.shape}")
     return p[:, 0]
 
 
-def region_removal_test(model, images, maps, *, threshold=0.5, level=DEFAULT_LEVEL, grow=DEFAULT_GROW,
+def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, level=DEFAULT_LEVEL, grow=DEFAULT_GROW,
                         max_area=DEFAULT_MAX_AREA, alpha=DEFAULT_ALPHA, batch_size=64):
     """Do the calls rest on the region each map points at, more than on the same area elsewhere?
 
     Parameters
     ----------
-    model : keras.Model or callable
+    model_or_predict_fn : keras.Model or callable
         A model with one sigmoid output, or ``f(images) -> (n,)`` P(PNEUMONIA).
     images : array_like of shape (n, H, W, 3)
         Float images in [0, 1].
@@ -204,9 +224,10 @@ def region_removal_test(model, images, maps, *, threshold=0.5, level=DEFAULT_LEV
     regions = evidence_regions(m, level=level, grow=grow)
     h, w = m.shape[1:]
     control = np.roll(regions, (h // 2, w // 2), axis=(1, 2))
-    p_before = _probabilities(model, x, batch_size)
-    p_after = _probabilities(model, inpaint_regions(x, regions), batch_size)
-    p_control = _probabilities(model, inpaint_regions(x, control), batch_size)
+    def predict(images):
+        return predicted_probabilities(model_or_predict_fn, images, batch_size=batch_size, owner=owner)
+
+    p_before, p_after, p_control = predict(x), predict(inpaint_regions(x, regions)), predict(inpaint_regions(x, control))
     call = p_before >= threshold
     changed, control_changed = (p_after >= threshold) != call, (p_control >= threshold) != call
     area = regions.mean(axis=(1, 2))

@@ -224,7 +224,8 @@ def test_name_region_family():
     (lambda: evidence_regions(np.zeros((1, 4, 4)), level=1.5), "'level' parameter of evidence_regions"),
     (lambda: inpaint_regions(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8))), "regions must be booleans"),
     (lambda: region_removal_test(uses_lungs, radiographs(1, 0), np.zeros((1, 8, 8))), "one \\(H, W\\) map per image"),
-    (lambda: region_removal_test("model", radiographs(1, 0), np.zeros((1, SIZE, SIZE))), "'model' parameter"),
+    (lambda: region_removal_test("model", radiographs(1, 0), np.zeros((1, SIZE, SIZE))),
+     "'model_or_predict_fn' parameter"),
     (lambda: name_region(np.zeros((8, 8), bool)), "non-empty"),
     (lambda: place_masks((4, 4)), "at least 8x8"),
 ])

@@ -12,6 +12,7 @@ average, seconds, and the SHA-256 of the predictions the analysis read).
 """
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pneumoxai import __version__, _io
+from pneumoxai import __version__, files
 from pneumoxai.pipeline.shift import REFERRAL_DELTA, REFERRAL_TARGET, shift_stage
 from pneumoxai.run_folder import RunFolder
 
@@ -75,8 +76,8 @@ def _predict_finished_snapshots(run):
         thresholds[column[2:-1]] = (float(method) if not isinstance(method, str) else
                                     float(choose_threshold(frames["val"]["label"], frames["val"][column], method=method)))
     for role, frame in frames.items():
-        _io.write_csv(run.table(f"predictions_{role}.csv"), frame, index=False)
-    _io.write_json(run.table("ensemble.json"), {"primary": "soft voting", "members": [d.name for d in dirs],
+        files.write_csv(run.table(f"predictions_{role}.csv"), frame, index=False)
+    files.write_json(run.table("ensemble.json"), {"primary": "soft voting", "members": [d.name for d in dirs],
                                                 "thresholds": thresholds, "partial": True})
     return [d.name for d in dirs]
 
@@ -97,7 +98,7 @@ def _embedding_shift(run):
                                groups_target=sets[1]["patient_id"].astype(str), n_permutations=100, random_state=0)
     row = pd.DataFrame([{"analysis": f"domain classifier (embeddings, {embeddings[0].shape[1]} dims of "
                                      f"{len(dirs)} members)", "value": result["auc"], "p_value": result["p_value"]}])
-    _io.write_csv(run.table("shift_embeddings.csv"), row, index=False)
+    files.write_csv(run.table("shift_embeddings.csv"), row, index=False)
     return row
 
 
@@ -161,7 +162,7 @@ def main(argv=None):
             f"\n**Partial run**: the source had not reached its evaluate stage; these are the finished snapshot "
             f"member(s) {partial} only, predicted here, with their soft-voting mean as the ensemble.\n")
     write_atomic(out / "summary.md", _summary_markdown(out, source) + note)
-    predictions = {name: _io.sha256_file(run.table(name)) for name in ("predictions_val.csv", "predictions_test.csv")}
+    predictions = {name: hashlib.sha256(run.table(name).read_bytes()).hexdigest() for name in ("predictions_val.csv", "predictions_test.csv")}
     write_atomic(out / "provenance.json", json.dumps({
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "git_commit": _git_commit(), "pneumoxai": __version__, "source_run": str(source.resolve()),

@@ -158,6 +158,11 @@ def _out_of_fold(estimator, X, d, folds):
 
     score = np.empty(len(d))
     for train, test in folds:
+        if np.unique(d[train]).size < 2:
+            # A grouped fold of a permuted labelling can train on one side only (few patients):
+            # the only thing such a model can say is that side.
+            score[test] = d[train][0]
+            continue
         model = clone(estimator).fit(X[train], d[train])
         score[test] = model.predict_proba(X[test])[:, 1]
     return score

@@ -240,6 +240,14 @@ def test_estimate_prevalence_is_reproducible_without_global_seed():
     assert a == b
 
 
+def test_a_fold_that_trains_on_one_side_scores_that_side():
+    from pneumoxai.shift import _default_domain_estimator, _out_of_fold
+
+    X, d = np.random.default_rng(0).normal(size=(6, 2)), np.array([0, 0, 1, 1, 1, 1])
+    score = _out_of_fold(_default_domain_estimator(), X, d, [(np.arange(2, 6), np.arange(2))])
+    assert score[:2].tolist() == [1.0, 1.0]
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("call, error, match", [

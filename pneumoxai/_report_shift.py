@@ -7,7 +7,8 @@ returns finished HTML (or plain sentences) so :mod:`pneumoxai.report` only place
 import base64
 import html
 
-from .run_folder import RunFolder
+from .run_folder import (REFERRAL_CURVE_FIGURE, REFERRAL_RULE_TABLE, REFERRAL_SUMMARY_TABLE, REFERRAL_TABLE,
+                         SHIFT_TARGETS_RECORD, RunFolder, shift_features_figure, shift_table)
 
 __all__ = ["CONTENTS", "shift_sections", "shift_sentences"]
 
@@ -47,15 +48,15 @@ def _figure(run, stem, caption):
 
 
 def _not_run(run, anchor, title, *extra):
-    return (f'<section id="{anchor}"><h2>{_e(title)}</h2><p class="notrun">Not run: tables/shift_summary.csv is '
+    return (f'<section id="{anchor}"><h2>{_e(title)}</h2><p class="notrun">Not run: tables/{shift_table("summary")} is '
             f"missing. Produce it with <code>{_e(run.command('shift'))}</code>.</p>{''.join(extra)}</section>")
 
 
 def _target_parts(run):
     """A summary table per folder of deployment images added with ``pneumoxai shift --target``."""
     parts = []
-    for name, target in (run.read_json(run.table("shift_targets.json")) or {}).items():
-        table = _read(run, f"shift_summary_{name}.csv")
+    for name, target in (run.read_json(run.table(SHIFT_TARGETS_RECORD)) or {}).items():
+        table = _read(run, shift_table("summary", name))
         if table is not None:
             parts.append(f"<h3>Deployment images: {_e(name)} ({int(target['n_images'])} images in "
                          f"<code>{_e(target['folder'])}</code>, no labels)</h3>")
@@ -67,15 +68,15 @@ def _read(run, name):
     return run.read_table(name, keep_default_na=False, na_values=[""])
 
 
-def _summary(run, suffix=""):
-    table = _read(run, f"shift_summary{suffix}.csv")
+def _summary(run):
+    table = _read(run, shift_table("summary"))
     return None if table is None else table.set_index("analysis")
 
 
 def shift_sentences(run_dir):
     """One sentence on the shift and one on referral for the summary (empty when the stage has not run)."""
     run = RunFolder(run_dir)
-    summary, rules = _summary(run), _read(run, "referral_rule.csv")
+    summary, rules = _summary(run), _read(run, REFERRAL_RULE_TABLE)
     sentences = []
     if summary is not None:
         output, domain = summary.loc["output shift (Bonferroni)"], summary.loc["domain classifier (image features)"]
@@ -100,11 +101,11 @@ def shift_sentences(run_dir):
 def shift_sections(run_dir):
     """The "Has the data moved?" and "Referral" sections as HTML strings."""
     run = RunFolder(run_dir)
-    summary = _read(run, "shift_summary.csv")
+    summary = _read(run, shift_table("summary"))
     if summary is None:
         return [_not_run(run, *CONTENTS[0], *_target_parts(run)), _not_run(run, *CONTENTS[1])]
-    moved = _read(run, "shift_features.csv")
-    output = _read(run, "shift_output.csv")
+    moved = _read(run, shift_table("features"))
+    output = _read(run, shift_table("output"))
     parts = [
         "<p>Reference: the validation split (where the threshold and the combiners were chosen); target: the test "
         "split. Output shift: two-sample Kolmogorov-Smirnov tests on each member's and the ensemble's "
@@ -126,13 +127,13 @@ def shift_sections(run_dir):
                      "the first 12:</p>")
         parts.append(_table(top, {"feature": "feature", "level": "slice / level", "ref": "val", "target": "test",
                                   "effect": "effect", "q_value": "q"}))
-    parts.append(_figure(run, "shift_features", "Where the data moved: standardised mean differences and "
+    parts.append(_figure(run, shift_features_figure(), "Where the data moved: standardised mean differences and "
                                                 "shares of reference-quartile slices (filled: q < 0.05)."))
     parts += _target_parts(run)
     sections = [f'<section id="shift"><h2>Has the data moved?</h2>{"".join(parts)}</section>']
 
-    table, curves, rules = (_read(run, name) for name in ("referral_table.csv", "referral_summary.csv",
-                                                          "referral_rule.csv"))
+    table, curves, rules = (_read(run, name) for name in (REFERRAL_TABLE, REFERRAL_SUMMARY_TABLE,
+                                                          REFERRAL_RULE_TABLE))
     parts = ["<p>Cases are referred to a radiologist from the least confident up. Confidence: the distance of "
              "the ensemble's probability from its threshold (margin; logit margin: the same on the logit scale, "
              "fair to both sides of a threshold far from 0.5), the members' agreement (minus their "
@@ -151,6 +152,6 @@ def shift_sections(run_dir):
     if rules is not None:
         parts.append("<ul>" + "".join(f"<li><strong>{_e(r.confidence)}</strong>: {_e(r.statement)}</li>"
                                       for r in rules.itertuples()) + "</ul>")
-    parts.append(_figure(run, "referral_curve", "Risk-coverage on test (solid) and validation (dashed)."))
+    parts.append(_figure(run, REFERRAL_CURVE_FIGURE, "Risk-coverage on test (solid) and validation (dashed)."))
     sections.append(f'<section id="referral"><h2>Referral</h2>{"".join(parts)}</section>')
     return sections

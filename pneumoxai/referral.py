@@ -24,7 +24,7 @@ import pandas as pd
 
 from .errors import DataError, NotFittedError
 from .validation import (OPEN_UNIT_INTERVAL, UNIT_INTERVAL, Interval, ListOf, Options, check_binary,
-                         check_member_probabilities, check_param, check_probabilities)
+                         check_member_probabilities, check_param, check_probabilities, check_scores)
 
 __all__ = [
     "CONFIDENCES",
@@ -76,11 +76,7 @@ default="margin"
     p = check_probabilities(p, owner=owner, name="p")
     check_param(owner, "threshold", threshold, UNIT_INTERVAL)
     if not isinstance(confidence, str):
-        score = np.asarray(confidence, dtype=float)
-        if score.shape != p.shape or not np.isfinite(score).all():
-            raise DataError(f"{owner}: confidence must be a finite array of shape {p.shape}; got shape "
-                            f"{score.shape}.")
-        return score
+        return check_scores(confidence, p.size, owner=owner, name="confidence")
     check_param(owner, "confidence", confidence, Options(CONFIDENCES))
     margin = np.abs(p - threshold)
     if confidence == "margin":

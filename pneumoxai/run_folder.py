@@ -67,11 +67,23 @@ __all__ = [
     "MEMBER_FAILURE_SLICES_TABLE",
     "SLICE_FEATURES_TABLE",
     "SLICE_EXPLANATIONS_TABLE",
+    "SHIFT_TARGETS_RECORD",
+    "SHIFT_FEATURES_CACHE",
+    "REFERRAL_CURVE_TABLE",
+    "REFERRAL_SUMMARY_TABLE",
+    "REFERRAL_TABLE",
+    "REFERRAL_RULE_TABLE",
+    "SHIFT_FEATURES_FIGURE",
+    "SHIFT_TABLES",
+    "REFERRAL_CURVE_FIGURE",
     "TIMINGS_TABLE",
     "TEST_MAPS_FILE",
     "EXPLAIN_MAPS_FILE",
     "SLICE_MAPS_FILE",
     "predictions_table",
+    "target_predictions_table",
+    "shift_table",
+    "shift_features_figure",
     "prediction_cache_file",
     "embedding_cache_file",
 ]
@@ -119,17 +131,58 @@ FAILURE_SLICES_TABLE = "failure_slices.csv"
 MEMBER_FAILURE_SLICES_TABLE = "member_failure_slices.csv"
 SLICE_FEATURES_TABLE = "slice_features.csv"
 SLICE_EXPLANATIONS_TABLE = "slice_explanations.csv"
+# tables/: shift (the per-target tables are named by shift_table)
+SHIFT_TARGETS_RECORD = "shift_targets.json"          # deployment folders added with shift --target
+SHIFT_FEATURES_CACHE = "shift_image_features.csv"    # image features of val, test and each target
+REFERRAL_CURVE_TABLE = "referral_curve.csv"
+REFERRAL_SUMMARY_TABLE = "referral_summary.csv"
+REFERRAL_TABLE = "referral_table.csv"
+REFERRAL_RULE_TABLE = "referral_rule.csv"
 # tables/: run
 TIMINGS_TABLE = "timings.csv"
 # maps/
 TEST_MAPS_FILE = "test_maps.npz"
 EXPLAIN_MAPS_FILE = "explain.npz"
 SLICE_MAPS_FILE = "slice_maps.npz"
+# figures/ (stems; the plotting functions add .png / .pdf)
+SHIFT_FEATURES_FIGURE = "shift_features"
+REFERRAL_CURVE_FIGURE = "referral_curve"
+#: The kinds of table the shift stage writes per target, for :func:`shift_table`.
+SHIFT_TABLES = ("summary", "output", "features", "scores")
 
 
 def predictions_table(role):
     """``predictions_val.csv`` / ``predictions_test.csv``: the evaluate stage's per-image probabilities."""
     return f"predictions_{role}.csv"
+
+
+def target_predictions_table(target):
+    """``predictions_target_<target>.csv``: the members' probabilities of a folder added with shift --target."""
+    return predictions_table(f"target_{target}")
+
+
+def _target_suffix(target):
+    return "" if target is None else f"_{target}"
+
+
+def shift_table(kind, target=None):
+    """``shift_<kind>.csv`` for the test split, ``shift_<kind>_<target>.csv`` for a deployment folder.
+
+    ``kind`` is one of ``SHIFT_TABLES``: ``"summary"``, ``"output"``, ``"features"`` or ``"scores"``.
+
+    Examples
+    --------
+    >>> shift_table("summary"), shift_table("features", "site_b")
+    ('shift_summary.csv', 'shift_features_site_b.csv')
+    """
+    if kind not in SHIFT_TABLES:
+        raise ValueError(f"Unknown shift table {kind!r}; one of {SHIFT_TABLES}.")
+    return f"shift_{kind}{_target_suffix(target)}.csv"
+
+
+def shift_features_figure(target=None):
+    """Stem of the figure of where the data moved, per target like :func:`shift_table`."""
+    return SHIFT_FEATURES_FIGURE + _target_suffix(target)
 
 
 def prediction_cache_file(key):

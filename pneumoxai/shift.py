@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .validation import (OPEN_UNIT_INTERVAL, UNIT_INTERVAL, Interval, Options, check_binary, check_groups,
-                         check_member_probabilities, check_param, check_probabilities)
+from .validation import (OPEN_UNIT_INTERVAL, UNIT_INTERVAL, Interval, Options, check_binary, check_features,
+                         check_groups, check_member_probabilities, check_param, check_probabilities, check_scores)
 
 __all__ = [
     "output_shift_test",
@@ -145,22 +145,6 @@ def output_shift_test(P_ref, P_target, *, combine="bonferroni", alpha=0.05, n_pe
             "combine": combine, "table": table}
 
 
-def _features(X, *, owner, name):
-    """A numeric 2-D float array of finite features (a DataFrame's numeric columns)."""
-    if isinstance(X, pd.DataFrame):
-        X = X.select_dtypes("number")
-    try:
-        arr = np.asarray(X, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{owner}: {name} must hold numeric features ({exc}).") from None
-    if arr.ndim != 2 or 0 in arr.shape:
-        raise DataError(f"{owner}: {name} must be a non-empty 2-D array (n_samples, n_features); "
-                        f"got shape {arr.shape}.")
-    if not np.isfinite(arr).all():
-        raise DataError(f"{owner}: {name} has {int((~np.isfinite(arr)).sum())} NaN or infinite values.")
-    return arr
-
-
 def _default_domain_estimator():
     # A closed-form fit (no iterations), so refitting it for every fold of every permutation stays cheap.
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
@@ -174,6 +158,11 @@ def _out_of_fold(estimator, X, d, folds):
 
     score = np.empty(len(d))
     for train, test in folds:
+        if np.unique(d[train]).size < 2:
+            # A grouped fold of a permuted labelling can train on one side only (few patients):
+            # the only thing such a model can say is that side.
+            score[test] = d[train][0]
+            continue
         model = clone(estimator).fit(X[train], d[train])
         score[test] = model.predict_proba(X[test])[:, 1]
     return score
@@ -225,8 +214,8 @@ def domain_classifier(X_ref, X_target, *, groups_ref=None, groups_target=None, e
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 
     owner = "domain_classifier"
-    ref = _features(X_ref, owner=owner, name="X_ref")
-    target = _features(X_target, owner=owner, name="X_target")
+    ref = check_features(X_ref, owner=owner, name="X_ref")
+    target = check_features(X_target, owner=owner, name="X_target")
     if ref.shape[1] != target.shape[1]:
         raise DataError(f"{owner}: X_ref has {ref.shape[1]} features but X_target has {target.shape[1]}.")
     check_param(owner, "cv", cv, Interval("int", 2, None))
@@ -402,9 +391,7 @@ def shift_harm(y_ref, p_ref, score_ref, *, threshold=0.5, top=0.2):
 
     owner = "shift_harm"
     y, p = check_binary(y_ref, p_ref, owner=owner, name="p_ref")
-    score = np.asarray(score_ref, dtype=float)
-    if score.shape != p.shape:
-        raise DataError(f"{owner}: score_ref must have shape {p.shape}; got {score.shape}.")
+    score = check_scores(score_ref, p.size, owner=owner, name="score_ref")
     check_param(owner, "threshold", threshold, UNIT_INTERVAL)
     check_param(owner, "top", top, OPEN_UNIT_INTERVAL)
     correct = (p >= threshold).astype(int) == y

@@ -12,9 +12,10 @@ or from a config file (the same descriptions)::
 
 The array checks, one per kind of array: :func:`check_images` (colour images for a model),
 :func:`check_grey_images`, :func:`check_maps` (one map per image),
-:func:`check_probabilities` and :func:`check_member_probabilities`, :func:`check_labels`
-and :func:`check_groups`. They are the only place where pneumoxai decides what an image
-batch, a map, a probability vector or a label vector must look like, and they word every
+:func:`check_probabilities` and :func:`check_member_probabilities`, :func:`check_labels`,
+:func:`check_groups`, :func:`check_features` (a table of numeric features) and
+:func:`check_scores` (one number per sample). They are the only place where pneumoxai
+decides what an image batch, a map, a probability vector or a label vector must look like, and they word every
 refusal the same way ("<owner>: <name> ..."). No TensorFlow here.
 """
 
@@ -44,6 +45,8 @@ __all__ = [
     "check_labels",
     "check_binary",
     "check_groups",
+    "check_features",
+    "check_scores",
     "UNIT_INTERVAL",
     "OPEN_UNIT_INTERVAL",
 ]
@@ -498,3 +501,47 @@ def check_groups(groups, n_samples, *, owner, name="groups"):
     if pd.isna(g).any():
         raise DataError(f"{owner}: {name} (patient ids) has {int(pd.isna(g).sum())} missing values.")
     return g
+
+
+def check_features(X, *, owner, name="X"):
+    """Return features as a finite float array (n_samples, n_features), or raise DataError.
+
+    Parameters
+    ----------
+    X : array-like or pandas.DataFrame of shape (n_samples, n_features)
+        A DataFrame gives its numeric columns (path and label columns may stay in it).
+    owner, name : str
+
+    Examples
+    --------
+    >>> check_features(pd.DataFrame({"path": ["a", "b"], "mean": [0.5, 0.7]}), owner="f").tolist()
+    [[0.5], [0.7]]
+    >>> check_features([[0.1, np.inf]], owner="domain_classifier", name="X_ref")
+    Traceback (most recent call last):
+    ...
+    pneumoxai.errors.DataError: domain_classifier: X_ref has 1 NaN or infinite values.
+    """
+    if isinstance(X, pd.DataFrame):
+        X = X.select_dtypes("number")
+    arr = _numeric_array(X, owner, name, "a table of numeric features")
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise DataError(f"{owner}: {name} must be a non-empty 2-D array (n_samples, n_features); "
+                        f"got shape {arr.shape}.")
+    return _finite(arr.astype(float), owner, name)
+
+
+def check_scores(scores, n_samples, *, owner, name):
+    """Return one finite number per sample as a 1-D float array of length ``n_samples``, or raise DataError.
+
+    Examples
+    --------
+    >>> check_scores([1.0], 2, owner="aurc", name="confidence")
+    Traceback (most recent call last):
+    ...
+    pneumoxai.errors.DataError: aurc: confidence must have shape (2,), one number per sample; got shape (1,).
+    """
+    arr = _numeric_array(scores, owner, name, "a 1-D array of numbers").astype(float)
+    if arr.shape != (n_samples,):
+        raise DataError(f"{owner}: {name} must have shape ({n_samples},), one number per sample; "
+                        f"got shape {arr.shape}.")
+    return _finite(arr, owner, name)

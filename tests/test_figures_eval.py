@@ -120,6 +120,8 @@ def _plot_calls():
     """Every public plot_* with tiny valid inputs, as name -> call(**save_options)."""
     import pandas as pd
 
+    from pneumoxai.referral import risk_coverage
+
     rng = np.random.default_rng(1)
     n = 80
     y = np.tile([0, 1], n // 2)
@@ -148,6 +150,10 @@ def _plot_calls():
         "plot_slice_maps": lambda **kw: figures.plot_slice_maps(
             pd.DataFrame({"slice": ["contrast <= 0.3"], "n_errors": [20], "off_lung_shift": [0.1]}),
             maps[:1], background=images[0], mask=maps[0] > 0.5, reference_map=maps[1], **kw),
+        "plot_risk_coverage": lambda **kw: figures.plot_risk_coverage({"margin (test)": risk_coverage(y, p)}, **kw),
+        "plot_feature_shift": lambda **kw: figures.plot_feature_shift(pd.DataFrame(
+            {"feature": ["contrast", "contrast"], "level": ["", "Q1"], "effect": [0.5, -0.1],
+             "finding": [True, False]}), **kw),
     }
 
 

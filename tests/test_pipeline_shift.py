@@ -137,3 +137,33 @@ def test_cli_shift_on_a_folder_without_a_run(tmp_path, capsys):
 
     code = cli.main(["shift", "--run", str(tmp_path), "--target", str(tmp_path)])
     assert code == cli.EXIT_ERROR and "has no config.json" in capsys.readouterr().err
+
+
+class _FakeMember:
+    def __init__(self, name, is_model=True):
+        self.name, self.is_model = name, is_model
+
+
+def test_shift_target_averages_the_members_and_records_the_folder(shifted_run, tmp_path, monkeypatch):
+    """shift --target wiring, with the members' predictions stood in by the test split's (no TensorFlow)."""
+    import pneumoxai.pipeline.shift as stage
+    from pneumoxai.errors import RunFolderError
+    from pneumoxai.models import Member
+
+    run = shifted_run
+    known = pd.read_csv(run.table("predictions_test.csv")).set_index("path")
+    config = {"evaluate": {"batch_size": 8, "tta": False}, "data": {"interpolation": "auto"}}
+    predicted = lambda members, rows, **options: known.loc[rows["path"], ["p[m0]", "p[m1]"]].set_axis(  # noqa: E731
+        ["m0", "m1"], axis=1).reset_index(drop=True)
+    monkeypatch.setattr(Member, "predict_many", staticmethod(predicted))
+    monkeypatch.setattr(stage, "run_members", lambda run, config: [_FakeMember("m0"), _FakeMember("m1")])
+    stage.shift_target(run, config, tmp_path / "images" / "test", name="site_b")
+    target = pd.read_csv(run.table("predictions_target_site_b.csv")).set_index("path")
+    assert len(target) == N
+    np.testing.assert_allclose(target["p[soft voting]"], known.loc[target.index, "p[soft voting]"])
+    assert json.loads(run.table("shift_targets.json").read_text())["site_b"]["n_images"] == N
+    assert pd.read_csv(run.table("shift_summary_site_b.csv"))["analysis"].iloc[0] == "output shift (Bonferroni)"
+
+    monkeypatch.setattr(stage, "run_members", lambda run, config: [_FakeMember("m0"), _FakeMember("p", False)])
+    with pytest.raises(RunFolderError, match=r"Member\(s\) \['p'\] are imported prediction files"):
+        stage.shift_target(run, config, tmp_path / "images" / "test", name="site_c")

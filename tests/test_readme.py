@@ -50,6 +50,8 @@ SUBSTITUTIONS = {
         # The README elides training; three untrained members of the same recipe stand in for model_a..c.
         ("\n...\n", "\nmodel_a, (model_b, model_c) = model, (models.build_member(64, weights=None, seed=s, "
                     "bn_momentum=0.9) for s in (1, 2))\n"),
+        # 4 validation images: two folds, not five, for the domain classifier.
+        ("groups_target=test.patient_id)", "groups_target=test.patient_id, cv=2)"),
     ],
     _BYOM: [
         ('"../shared/data/chest_xray"', "str(DATA)"),

@@ -328,6 +328,7 @@ def test_run_without_results_raises(tmp_path):
 def test_figures_module_reexports():
     assert set(figures.__all__) == (set(_figures_eval.__all__) | set(_figures_slices.__all__)
                                     | {"plot_explanation_gallery", "plot_mean_maps", "plot_zone_attention",
+                                       "plot_risk_coverage", "plot_feature_shift",
                                        "style", "save_figure", "OKABE_ITO"})
     assert figures.plot_roc is _figures_eval.plot_roc
     assert figures.plot_zone_attention is _figures_explain.plot_zone_attention

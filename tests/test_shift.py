@@ -240,6 +240,14 @@ def test_estimate_prevalence_is_reproducible_without_global_seed():
     assert a == b
 
 
+def test_a_fold_that_trains_on_one_side_scores_that_side():
+    from pneumoxai.shift import _default_domain_estimator, _out_of_fold
+
+    X, d = np.random.default_rng(0).normal(size=(6, 2)), np.array([0, 0, 1, 1, 1, 1])
+    score = _out_of_fold(_default_domain_estimator(), X, d, [(np.arange(2, 6), np.arange(2))])
+    assert score[:2].tolist() == [1.0, 1.0]
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("call, error, match", [
@@ -265,6 +273,12 @@ def test_estimate_prevalence_is_reproducible_without_global_seed():
      r"The 'n_bins' parameter of feature_shift must be an int in \[0, 0\] or an int >= 2; got 1"),
     (lambda: shift_harm([0, 1], [0.2, 0.8], [1.0, 2.0], top=1), ConfigError,
      r"The 'top' parameter of shift_harm must be a number in \(0, 1\); got 1"),
+    (lambda: shift_harm([0, 1], [0.2, 0.8], [1.0]), DataError,
+     r"shift_harm: score_ref must have shape \(2,\), one number per sample; got shape \(1,\)"),
+    (lambda: domain_classifier(np.zeros(10), np.zeros((10, 2))), DataError,
+     r"domain_classifier: X_ref must be a non-empty 2-D array \(n_samples, n_features\); got shape \(10,\)"),
+    (lambda: domain_classifier([["a", "b"]] * 10, np.zeros((10, 2))), DataError,
+     r"domain_classifier: X_ref must be a real numeric array; got dtype <U1"),
 ])
 def test_bad_input_gets_one_readable_line(call, error, match):
     with pytest.raises(error, match=match):

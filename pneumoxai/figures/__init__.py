@@ -1,4 +1,4 @@
-"""Figures of a pneumoxai run, in three families.
+"""Figures of a pneumoxai run, in four families.
 
 Evaluation
     :func:`plot_roc`, :func:`plot_pr`, :func:`plot_confusion_matrices`,
@@ -13,6 +13,9 @@ Explanations
     :func:`plot_explanation_gallery` (Grad-CAM / SHAP overlays of false negatives,
     false positives and correct calls), :func:`plot_mean_maps` (mean map per outcome)
     and :func:`plot_zone_attention` (share of attention per lung zone and off-lung).
+Shift and referral
+    :func:`plot_feature_shift` (the features and slices that moved between two sets)
+    and :func:`plot_risk_coverage` (error rate of the kept cases against coverage).
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so
 it works under any backend and is not kept alive by pyplot's figure registry. Every
@@ -24,14 +27,16 @@ applies the shared style (colour-blind-safe :data:`OKABE_ITO` palette). Outcome
 groups (false negative, false positive, correct) come from
 :func:`pneumoxai.outcomes.outcome_groups`.
 
-One private module per family (``_evaluation``, ``_slices``, ``_explanations``) and
+One private module per family (``_evaluation``, ``_slices``, ``_explanations``, ``_shift``) and
 ``_style`` (palette, figure creation and saving) that they share.
 """
 
-from . import _evaluation, _explanations, _slices
+from . import _evaluation, _explanations, _shift, _slices
 from ._evaluation import *  # noqa: F401,F403 (the names of each family's __all__)
 from ._explanations import *  # noqa: F401,F403
+from ._shift import *  # noqa: F401,F403
 from ._slices import *  # noqa: F401,F403
 from ._style import OKABE_ITO, save_figure, style
 
-__all__ = _evaluation.__all__ + _slices.__all__ + _explanations.__all__ + ["style", "save_figure", "OKABE_ITO"]
+__all__ = (_evaluation.__all__ + _slices.__all__ + _explanations.__all__ + _shift.__all__
+           + ["style", "save_figure", "OKABE_ITO"])

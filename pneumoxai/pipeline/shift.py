@@ -25,7 +25,12 @@ import pandas as pd
 
 from .. import _io
 from ..errors import DataError, RunFolderError
-from ._common import PREDICTION_COLUMNS, logger, member_dirs, member_kind_of
+from ..referral import CONFIDENCES, ReferralRule, augrc, aurc, referral_table, risk_coverage
+from ..run_folder import (ENSEMBLE_RECORD, PRIMARY, REFERRAL_CURVE_FIGURE, REFERRAL_CURVE_TABLE, REFERRAL_RULE_TABLE,
+                          REFERRAL_SUMMARY_TABLE, REFERRAL_TABLE, SHIFT_FEATURES_CACHE, SHIFT_TARGETS_RECORD,
+                          predictions_table, shift_features_figure, shift_table, target_predictions_table)
+from ..shift import domain_classifier, estimate_prevalence, feature_shift, output_shift_test, shift_harm
+from ._common import PREDICTION_COLUMNS, logger, prediction_options, run_members
 
 __all__ = ["shift_stage", "shift_target", "REFERRAL_TARGET", "REFERRAL_DELTA", "REFERRED"]
 
@@ -36,22 +41,21 @@ REFERRED = (0.05, 0.1, 0.2)
 #: Side at which the image features of the shift analysis are measured: both sets the same way, and
 #: small enough to measure ~1,600 images in a minute on two cores.
 FEATURE_SIZE = 128
-FEATURES_FILE = "shift_image_features.csv"
 #: Permutations of the domain classifier's p-value and bootstrap resamples of the prevalence intervals.
 N_PERMUTATIONS, N_BOOT = 100, 200
 
 
 def _predictions(run, role):
     needed = f"run `{run.command('evaluate')}` first"
-    return run.read_table(f"predictions_{role}.csv", columns=PREDICTION_COLUMNS, required=needed)
+    return run.read_table(predictions_table(role), columns=PREDICTION_COLUMNS, required=needed)
 
 
 def _record(run):
     needed = f"run `{run.command('evaluate')}` first"
-    record = run.read_json(run.table("ensemble.json"), required=needed)
+    record = run.read_json(run.table(ENSEMBLE_RECORD), required=needed)
     for key in ("primary", "members", "thresholds"):
         if key not in record:
-            raise RunFolderError(f"{run.table('ensemble.json')} lacks {key!r}; delete it and {needed}.")
+            raise RunFolderError(f"{run.table(ENSEMBLE_RECORD)} lacks {key!r}; delete it and {needed}.")
     return record
 
 
@@ -60,7 +64,7 @@ def _image_features(run, paths, role):
     from ..data import load_images
     from ..slices import image_features
 
-    cached = run.read_table(FEATURES_FILE)
+    cached = run.read_table(SHIFT_FEATURES_CACHE)
     if cached is not None and {"path", "role"} <= set(cached.columns):
         rows = cached[cached["role"] == role].drop_duplicates("path").set_index("path")
         if set(paths) <= set(rows.index):
@@ -69,12 +73,14 @@ def _image_features(run, paths, role):
     fresh = features.assign(path=list(paths), role=role)
     if cached is not None and {"path", "role"} <= set(cached.columns):
         fresh = pd.concat([cached[cached["role"] != role], fresh], ignore_index=True)
-    _io.write_csv(run.table(FEATURES_FILE), fresh, index=False)
+    _io.write_csv(run.table(SHIFT_FEATURES_CACHE), fresh, index=False)
     return features
 
 
-def _suffix(name):
-    return "" if name is None else f"_{name}"
+def _row(analysis, value, text, *, p_value=np.nan, ci=(np.nan, np.nan)):
+    """One row of ``shift_summary``: a question, its number and the sentence that answers it."""
+    return {"analysis": analysis, "value": value, "ci_low": ci[0], "ci_high": ci[1], "p_value": p_value,
+            "text": text}
 
 
 def shift_stage(run, config=None):
@@ -103,103 +109,105 @@ def shift_stage(run, config=None):
 
 def _shift_analysis(run, record, val, target, *, name):
     """Write the shift tables of ``target`` against the validation split; return the summary."""
-    from ..shift import domain_classifier, estimate_prevalence, feature_shift, output_shift_test, shift_harm
+    from ..figures import plot_feature_shift
 
-    members, primary = record["members"], record["primary"]
+    primary = record["primary"]
     threshold = float(record["thresholds"][primary])
-    columns = [f"p[{m}]" for m in members] + [f"p[{primary}]"]
-    y_val = val["label"].to_numpy()
-    p_val, p_target = val[f"p[{primary}]"].to_numpy(), target[f"p[{primary}]"].to_numpy()
-    suffix = _suffix(name)
     labelled = "label" in target.columns and target["label"].notna().all()
-    rows = []
-    outputs = {combine: output_shift_test(val[columns], target[columns], combine=combine, random_state=0)
-               for combine in ("bonferroni", "permutation")}
-    _io.write_csv(run.table(f"shift_output{suffix}.csv"), outputs["bonferroni"]["table"], index=False)
-    for combine, result in outputs.items():
-        rows.append({"analysis": f"output shift ({combine.capitalize()})", "value": result["statistic"],
-                     "ci_low": np.nan, "ci_high": np.nan, "p_value": result["p_value"],
-                     "text": f"largest KS distance {result['statistic']:.3f} over {result['n_tests']} probability "
-                             f"columns, p = {result['p_value']:.2g}"})
-
-    if labelled:  # within each class: what remains once the class mix (prior shift) is taken out
-        for label, class_name in ((0, "NORMAL"), (1, "PNEUMONIA")):
-            result = output_shift_test(val.loc[y_val == label, columns], target.loc[target["label"] == label, columns])
-            rows.append({"analysis": f"output shift within {class_name} (Bonferroni)", "value": result["statistic"],
-                         "ci_low": np.nan, "ci_high": np.nan, "p_value": result["p_value"],
-                         "text": f"largest KS distance {result['statistic']:.3f} among {class_name} images, "
-                                 f"p = {result['p_value']:.2g}; mean ensemble probability "
-                                 f"{result['table']['mean_ref'].iloc[-1]:.3f} (val) -> "
-                                 f"{result['table']['mean_target'].iloc[-1]:.3f} (test)"})
-
+    rows = _output_rows(run, record, val, target, name=name, labelled=labelled)
     f_val = _image_features(run, val["path"], "val")
-    f_target = _image_features(run, target["path"], "test" if name is None else f"target{suffix}")
-    groups = ({"groups_ref": val["patient_id"].astype(str), "groups_target": target["patient_id"].astype(str)}
-              if "patient_id" in target.columns and target["patient_id"].notna().all() else {})
-    domain = domain_classifier(f_val, f_target, n_permutations=N_PERMUTATIONS, random_state=0, **groups)
-    rows.append({"analysis": "domain classifier (image features)", "value": domain["auc"], "ci_low": np.nan,
-                 "ci_high": np.nan, "p_value": domain["p_value"],
-                 "text": f"ROC AUC {domain['auc']:.3f} telling target from validation images, "
-                         f"permutation p = {domain['p_value']:.2g}"})
-    _io.write_csv(run.table(f"shift_scores{suffix}.csv"), pd.DataFrame({
-        "path": list(val["path"]) + list(target["path"]),
-        "role": ["val"] * len(val) + ["target"] * len(target),
-        "target_likeness": np.r_[domain["score_ref"], domain["score_target"]]}), index=False)
-
-    harm = shift_harm(y_val, p_val, domain["score_ref"], threshold=threshold, top=0.2)
-    rows.append({"analysis": "harm: accuracy on the 20% most target-like validation images",
-                 "value": harm["accuracy_target_like"], "ci_low": np.nan, "ci_high": np.nan,
-                 "p_value": harm["p_value"],
-                 "text": f"accuracy {harm['accuracy_target_like']:.3f} on the most target-like validation images "
-                         f"against {harm['accuracy_all']:.3f} on all (Fisher p = {harm['p_value']:.2g})"})
-
+    f_target = _image_features(run, target["path"], "test" if name is None else f"target_{name}")
+    rows += _domain_rows(run, val, target, f_val, f_target, name=name, threshold=threshold,
+                         p_val=val[f"p[{primary}]"].to_numpy())
     meta = ["subtype"] if labelled and "subtype" in target.columns else []
     moved = feature_shift(pd.concat([f_val, val[meta].reset_index(drop=True)], axis=1),
                           pd.concat([f_target, target[meta].reset_index(drop=True)], axis=1))
-    _io.write_csv(run.table(f"shift_features{suffix}.csv"), moved, index=False)
-
-    true = float(target["label"].mean()) if labelled else np.nan
-    # Both estimators assume label shift (P(image | class) unchanged); a class that moved by itself biases them.
-    moved_classes = [row["analysis"].split()[3] for row in rows if row["analysis"].startswith("output shift within")
-                     and row["p_value"] < 0.05]
-    caveat = (f"; label shift violated (the {' and '.join(moved_classes)} images themselves moved), so the "
-              "estimate is biased" if moved_classes else "")
-    for method in ("bbse", "em"):
-        estimate = estimate_prevalence(y_val, p_val, p_target, method=method, threshold=threshold, n_boot=N_BOOT,
-                                       random_state=0)
-        rows.append({"analysis": f"prevalence ({method.upper()})", "value": estimate["prevalence"],
-                     "ci_low": estimate["ci_low"], "ci_high": estimate["ci_high"], "p_value": np.nan,
-                     "text": f"estimated PNEUMONIA share {estimate['prevalence']:.3f} "
-                             f"[{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
-                             + (f" (true {true:.3f})" if labelled else "")
-                             + f"; validation {estimate['reference_prevalence']:.3f}{caveat}"})
-        rows.append({"analysis": f"threshold for the {method.upper()} prevalence", "value": estimate["threshold"],
-                     "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
-                     "text": f"threshold {estimate['threshold']:.3f} (chosen on validation: {threshold:.3f})"})
-    if labelled:
-        from ..metrics import prevalence_threshold
-
-        at_true = prevalence_threshold(y_val, p_val, true)
-        rows.append({"analysis": "prevalence (true)", "value": true, "ci_low": np.nan, "ci_high": np.nan,
-                     "p_value": np.nan, "text": f"true PNEUMONIA share {true:.3f}"})
-        rows.append({"analysis": "threshold for the true prevalence", "value": at_true, "ci_low": np.nan,
-                     "ci_high": np.nan, "p_value": np.nan, "text": f"threshold {at_true:.3f} by the same rule"})
+    _io.write_csv(run.table(shift_table("features", name)), moved, index=False)
+    rows += _prevalence_rows(val, target, primary=primary, threshold=threshold, labelled=labelled,
+                             moved_classes=[row["analysis"].split()[3] for row in rows if row["p_value"] < 0.05
+                                            and row["analysis"].startswith("output shift within")])
     summary = pd.DataFrame(rows)
-    _io.write_csv(run.table(f"shift_summary{suffix}.csv"), summary, index=False)
-    _shift_figure(run, moved, suffix)
+    _io.write_csv(run.table(shift_table("summary", name)), summary, index=False)
+    plot_feature_shift(moved, path=run.figure_stem(shift_features_figure(name)))
     return summary
 
 
-def _shift_figure(run, moved, suffix):
-    from .._figures_shift import plot_feature_shift
+def _output_rows(run, record, val, target, *, name, labelled):
+    """KS tests on the members' and the ensemble's probabilities, overall and (with labels) per class."""
+    columns = [f"p[{m}]" for m in record["members"]] + [f"p[{record['primary']}]"]
+    outputs = {combine: output_shift_test(val[columns], target[columns], combine=combine, random_state=0)
+               for combine in ("bonferroni", "permutation")}
+    _io.write_csv(run.table(shift_table("output", name)), outputs["bonferroni"]["table"], index=False)
+    rows = [_row(f"output shift ({combine.capitalize()})", result["statistic"], p_value=result["p_value"],
+                 text=f"largest KS distance {result['statistic']:.3f} over {result['n_tests']} probability "
+                      f"columns, p = {result['p_value']:.2g}") for combine, result in outputs.items()]
+    if not labelled:
+        return rows
+    for label, class_name in ((0, "NORMAL"), (1, "PNEUMONIA")):  # what remains once the class mix is taken out
+        result = output_shift_test(val.loc[val["label"] == label, columns], target.loc[target["label"] == label,
+                                                                                       columns])
+        means = result["table"].iloc[-1]
+        rows.append(_row(f"output shift within {class_name} (Bonferroni)", result["statistic"],
+                         p_value=result["p_value"],
+                         text=f"largest KS distance {result['statistic']:.3f} among {class_name} images, "
+                              f"p = {result['p_value']:.2g}; mean ensemble probability "
+                              f"{means['mean_ref']:.3f} (val) -> {means['mean_target']:.3f} (test)"))
+    return rows
 
-    plot_feature_shift(moved, path=run.figure_stem(f"shift_features{suffix}"))
+
+def _domain_rows(run, val, target, f_val, f_target, *, name, threshold, p_val):
+    """The domain classifier on image features, each image's target-likeness, and the harm it predicts."""
+    groups = ({"groups_ref": val["patient_id"].astype(str), "groups_target": target["patient_id"].astype(str)}
+              if "patient_id" in target.columns and target["patient_id"].notna().all() else {})
+    domain = domain_classifier(f_val, f_target, n_permutations=N_PERMUTATIONS, random_state=0, **groups)
+    _io.write_csv(run.table(shift_table("scores", name)), pd.DataFrame({
+        "path": list(val["path"]) + list(target["path"]),
+        "role": ["val"] * len(val) + ["target"] * len(target),
+        "target_likeness": np.r_[domain["score_ref"], domain["score_target"]]}), index=False)
+    harm = shift_harm(val["label"].to_numpy(), p_val, domain["score_ref"], threshold=threshold, top=0.2)
+    return [
+        _row("domain classifier (image features)", domain["auc"], p_value=domain["p_value"],
+             text=f"ROC AUC {domain['auc']:.3f} telling target from validation images, "
+                  f"permutation p = {domain['p_value']:.2g}"),
+        _row("harm: accuracy on the 20% most target-like validation images", harm["accuracy_target_like"],
+             p_value=harm["p_value"],
+             text=f"accuracy {harm['accuracy_target_like']:.3f} on the most target-like validation images "
+                  f"against {harm['accuracy_all']:.3f} on all (Fisher p = {harm['p_value']:.2g})"),
+    ]
+
+
+def _prevalence_rows(val, target, *, primary, threshold, labelled, moved_classes):
+    """BBSE and EM estimates of the target's PNEUMONIA share and the thresholds they suggest."""
+    from ..metrics import prevalence_threshold
+
+    y_val, p_val = val["label"].to_numpy(), val[f"p[{primary}]"].to_numpy()
+    true = float(target["label"].mean()) if labelled else np.nan
+    # Both estimators assume label shift (P(image | class) unchanged); a class that moved by itself biases them.
+    caveat = (f"; label shift violated (the {' and '.join(moved_classes)} images themselves moved), so the "
+              "estimate is biased" if moved_classes else "")
+    rows = []
+    for method in ("bbse", "em"):
+        estimate = estimate_prevalence(y_val, p_val, target[f"p[{primary}]"].to_numpy(), method=method,
+                                       threshold=threshold, n_boot=N_BOOT, random_state=0)
+        rows.append(_row(f"prevalence ({method.upper()})", estimate["prevalence"],
+                         ci=(estimate["ci_low"], estimate["ci_high"]),
+                         text=f"estimated PNEUMONIA share {estimate['prevalence']:.3f} "
+                              f"[{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
+                              + (f" (true {true:.3f})" if labelled else "")
+                              + f"; validation {estimate['reference_prevalence']:.3f}{caveat}"))
+        rows.append(_row(f"threshold for the {method.upper()} prevalence", estimate["threshold"],
+                         text=f"threshold {estimate['threshold']:.3f} (chosen on validation: {threshold:.3f})"))
+    if labelled:
+        at_true = prevalence_threshold(y_val, p_val, true)
+        rows.append(_row("prevalence (true)", true, text=f"true PNEUMONIA share {true:.3f}"))
+        rows.append(_row("threshold for the true prevalence", at_true,
+                         text=f"threshold {at_true:.3f} by the same rule"))
+    return rows
 
 
 def _referral(run, record, val, test):
     """Risk-coverage, AURC/AUGRC, the referral table and the guaranteed rule, on the test split."""
-    from .._figures_shift import plot_risk_coverage
-    from ..referral import CONFIDENCES, ReferralRule, augrc, aurc, referral_table, risk_coverage
+    from ..figures import plot_risk_coverage
 
     members, primary = record["members"], record["primary"]
     threshold = float(record["thresholds"][primary])
@@ -222,13 +230,13 @@ def _referral(run, record, val, test):
         realised = rule.evaluate(*sets["test"])
         rules.append({"confidence": confidence, "val_referral": rule.referral_, "cutoff": rule.cutoff_, **realised})
     curve_table = pd.concat([c.assign(curve=label) for label, c in curves.items()], ignore_index=True)
-    _io.write_csv(run.table("referral_curve.csv"), curve_table, index=False)
-    _io.write_csv(run.table("referral_summary.csv"), pd.DataFrame(summary), index=False)
-    _io.write_csv(run.table("referral_table.csv"), pd.concat(tables, ignore_index=True), index=False)
-    _io.write_csv(run.table("referral_rule.csv"), pd.DataFrame(rules), index=False)
-    plot_risk_coverage({label: curves[label] for label in curves if label.split()[0] in ("margin", "logit_margin",
-                                                                                        "agreement")},
-                       path=run.figure_stem("referral_curve"))
+    _io.write_csv(run.table(REFERRAL_CURVE_TABLE), curve_table, index=False)
+    _io.write_csv(run.table(REFERRAL_SUMMARY_TABLE), pd.DataFrame(summary), index=False)
+    _io.write_csv(run.table(REFERRAL_TABLE), pd.concat(tables, ignore_index=True), index=False)
+    _io.write_csv(run.table(REFERRAL_RULE_TABLE), pd.DataFrame(rules), index=False)
+    shown = ("margin", "logit_margin", "agreement")
+    plot_risk_coverage({label: curve for label, curve in curves.items() if label.split()[0] in shown},
+                       path=run.figure_stem(REFERRAL_CURVE_FIGURE))
 
 
 def _folder_images(folder):
@@ -267,8 +275,7 @@ def shift_target(run, config, folder, *, name=None):
     pandas.DataFrame
         The summary table.
     """
-    from ..predict import predict_members
-    from ..run_folder import PRIMARY
+    from ..models import Member
 
     record = _record(run)
     if record["primary"] != PRIMARY:
@@ -278,20 +285,19 @@ def shift_target(run, config, folder, *, name=None):
     if not name.replace("-", "").replace("_", "").isalnum():
         raise DataError(f"The target name {name!r} must hold only letters, digits, '-' and '_'.")
     paths = _folder_images(folder)
-    dirs = member_dirs(run, config)
-    imported = [d.name for d in dirs if member_kind_of(d) != "model"]
+    members = run_members(run, config)
+    imported = [member.name for member in members if not member.is_model]
     if imported:
         raise RunFolderError(f"Member(s) {imported} are imported prediction files and cannot score new images; "
                              "shift --target needs model members.")
     rows = pd.DataFrame({"path": paths, "label": 0})  # the label only enters the cache key
-    P = predict_members(dirs, rows, batch_size=config["evaluate"]["batch_size"], tta=config["evaluate"]["tta"],
-                        cache_dir=run.cache("predictions"), interpolation=config["data"]["interpolation"])
-    target = pd.DataFrame({"path": paths, **{f"p[{d.name}]": P[:, j] for j, d in enumerate(dirs)}})
-    target[f"p[{PRIMARY}]"] = P.mean(axis=1)
-    _io.write_csv(run.table(f"predictions_target_{name}.csv"), target, index=False)
+    P = Member.predict_many(members, rows, **prediction_options(run, config))
+    target = pd.DataFrame({"path": paths, **{f"p[{column}]": P[column].to_numpy() for column in P.columns}})
+    target[f"p[{PRIMARY}]"] = P.mean(axis=1).to_numpy()
+    _io.write_csv(run.table(target_predictions_table(name)), target, index=False)
     summary = _shift_analysis(run, record, _predictions(run, "val"), target, name=name)
-    targets = run.read_json(run.table("shift_targets.json")) or {}
+    targets = run.read_json(run.table(SHIFT_TARGETS_RECORD)) or {}
     targets[name] = {"folder": str(Path(folder).resolve()), "n_images": len(paths)}
-    _io.write_json(run.table("shift_targets.json"), targets)
+    _io.write_json(run.table(SHIFT_TARGETS_RECORD), targets)
     logger.info("shift: target %r: %d images", name, len(paths))
     return summary

@@ -66,6 +66,7 @@ ORIGIN_ROW = "origin (reported)"
 _THRESHOLD_METHODS = ("youden", "sensitivity", "f1")
 _N_BINS = Interval("int", 1, 10_000)
 _N_BOOT = Interval("int", 0, 1_000_000)
+_SEED = Interval("int", 0, 2**32 - 1)  # what np.random.default_rng accepts as an int
 _ECE_BINS = 10  # binning of the "ece" metric in evaluate and results_table
 # Bootstrap resamples are processed in blocks of at most this many (resample, sample) cells
 # so memory stays bounded on large test sets.
@@ -346,6 +347,7 @@ def evaluate(y_true, y_prob, threshold=0.5, n_boot=1000, ci=0.95, seed=0, groups
     threshold = float(check_param("evaluate", "threshold", threshold, UNIT_INTERVAL))
     check_param("evaluate", "n_boot", n_boot, _N_BOOT)
     check_param("evaluate", "ci", ci, OPEN_UNIT_INTERVAL)
+    check_param("evaluate", "seed", seed, _SEED)
     groups = check_groups(groups, y.size, owner="evaluate")
     values, cm = _point_metrics(y, p, threshold)
     intervals = {}
@@ -539,9 +541,12 @@ def compare(y_true, p_a, p_b, threshold=0.5, ci=0.95):
         half = stats.norm.ppf(0.5 + ci / 2) * np.sqrt(var)
         diff_ci = (diff - half, diff + half)
     else:
+        why = ("the two models rank the images identically (an ensemble of one member is that member)"
+               if np.array_equal(stats.rankdata(pa), stats.rankdata(pb)) else
+               "both models separate the classes perfectly (AUC 0 or 1)")
         warnings.warn(
-            "The DeLong variance of the AUC difference is zero (identical rankings or "
-            "perfect separation); z and p are undefined.",
+            f"The DeLong variance of the AUC difference is zero because {why}: the test's z and p are "
+            "undefined (NaN); the AUC difference itself is exact.",
             stacklevel=2,
         )
         z = p_value = float("nan")

@@ -394,6 +394,9 @@ def load_config(path=None, overrides=()):
         raw = {"members": [{"name": "member0"}]}
     else:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"Config file {str(path)!r} is a folder; pass a YAML or JSON file, e.g. "
+                              "experiments/configs/smoke.yaml.")
         if not path.is_file():
             raise ConfigError(f"Config file {str(path)!r} does not exist.")
         raw = _read_config_file(path)

@@ -141,6 +141,8 @@ def scan_dataset(root):
     1  train      1    person7   virus
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"Dataset folder {str(root)!r} is a file; pass the folder that holds train/ and test/.")
     if not root.is_dir():
         raise DataError(f"Dataset folder {str(root)!r} does not exist. {_GET_DATA_HELP}")
     rows, skipped = [], []

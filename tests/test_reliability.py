@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoxai import _io, cli, data, models, pipeline
+from pneumoxai import _io, cli, data, metrics, models, pipeline
 from pneumoxai.config import parse_config
 from pneumoxai.errors import (CacheError, ConfigError, DataError, PneumoxaiError, RunFolderError, SkippedFilesWarning,
                               WeightsUnavailableError)
 from pneumoxai.predict import predict_members
 from pneumoxai.run_folder import RunFolder
+from pneumoxai.slices import find_failure_slices
 
 TINY = {"defaults": {"weights": None, "image_size": 32, "dense_units": [8], "epochs_frozen": 1,
                      "epochs_finetune": 0, "batch_size": 8, "balancing": "class_weight"},
@@ -65,6 +66,22 @@ def test_broken_links_are_skipped_and_named(make_kaggle_tree, make_link, reason)
     with pytest.warns(SkippedFilesWarning, match=f"IM-8888-0001.jpeg \\({reason}"):
         frame = data.scan_dataset(root)
     assert len(frame) == 16 and frame["path"].is_unique
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(make_kaggle_tree):
+    root = make_kaggle_tree(n_per_class=4)
+    folder = os.fsencode(root / "train" / "NORMAL")
+    with open(folder + b"/IM-8888-\xff.jpeg", "wb") as fh:
+        fh.write((root / "train" / "NORMAL" / "IM-0000-0000.jpeg").read_bytes())
+    with pytest.warns(SkippedFilesWarning, match=r"IM-8888-\\xff.jpeg \(file name is not valid UTF-8; rename it\)"):
+        frame = data.scan_dataset(root)
+    assert len(frame) == 16
+
+
+def test_a_one_member_comparison_says_why_delong_is_undefined():
+    with pytest.warns(UserWarning, match=r"rank the images identically \(an ensemble of one member is that member\)"):
+        result = metrics.compare([0, 1, 0, 1, 1], [0.2, 0.7, 0.4, 0.6, 0.3], [0.2, 0.7, 0.4, 0.6, 0.3])
+    assert result["auc_diff"] == 0 and np.isnan(result["auc_p"])
 
 
 def test_a_file_linked_twice_under_one_label_is_scored_once(make_kaggle_tree):
@@ -138,6 +155,9 @@ def test_empty_output_folder_is_refused(capsys, tmp_path):
 # --------------------------------------------------------------------------- one line instead of a traceback
 
 
+_FORTY = pd.DataFrame({"patient_id": [f"p{i}" for i in range(40)], "label": [0, 1] * 20})
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda: data.split_by_patient(pd.DataFrame({"patient_id": ["a"], "label": [0]}), seed=-1), ConfigError,
      "'seed' parameter of split_by_patient"),
@@ -147,6 +167,18 @@ def test_empty_output_folder_is_refused(capsys, tmp_path):
      "'batch_size' parameter of predict_members"),
     (lambda: models.build_member(32, weights=None, seed=0, precision="int8"), ConfigError,
      "'precision' parameter of build_member"),
+    (lambda: metrics.evaluate([0, 1, 0, 1], [0.2, 0.8, 0.4, 0.6], seed=-1), ConfigError,
+     r"'seed' parameter of evaluate must be an int in \[0, 4294967295\]; got -1"),
+    (lambda: data.patient_folds(_FORTY, n_splits="abc"), ConfigError,
+     r"'n_splits' parameter of patient_folds must be an int in \[2, 40\]; got 'abc'"),
+    (lambda: data.patient_folds(_FORTY, n_splits=100), ConfigError, r"must be an int in \[2, 40\]; got 100"),
+    (lambda: data.patient_folds(_FORTY, seed=-1), ConfigError, "'seed' parameter of patient_folds"),
+    (lambda: data.split_by_patient(_FORTY, "abc"), ConfigError,
+     r"'val_fraction' parameter of split_by_patient must be a number in \(0, 1\); got 'abc'"),
+    (lambda: find_failure_slices(pd.DataFrame({"c": [[1, 2]] * 40}), _FORTY["label"], np.full(40, 0.5)), DataError,
+     "column 'c' of frame holds list values"),
+    (lambda: find_failure_slices(pd.DataFrame({"c": [{"a": 1}] * 40}), _FORTY["label"], np.full(40, 0.5)),
+     DataError, "column 'c' of frame holds dict values"),
 ])
 def test_api_parameters_are_checked_at_the_boundary(call, error, match):
     with pytest.raises(error, match=match):

@@ -8,7 +8,7 @@ import pandas as pd
 from .. import _io
 from ..config import config_hash
 from ..run_folder import STAGES
-from ._common import logger, member_dirs, member_kind_of
+from ._common import RUN_FIRST, logger, member_dirs, member_kind_of
 from .evaluate import evaluate_stage
 from .explanations import MIN_EXPLAIN_SIZE, explain_stage, too_small_to_explain
 from .failure_slices import slices_stage
@@ -32,7 +32,7 @@ def _stage_key(run, config, stage):
 
     cards = [read_card(directory) for directory in member_dirs(run, config)]
     parts["members"] = [card.get("model_sha256") or card["predictions_sha256"] for card in cards]
-    parts["run"] = run.read_json(run.run_file, required="run `pneumoxai train` first")["manifest_hash"]
+    parts["run"] = run.read_json(run.run_file, required=RUN_FIRST)["manifest_hash"]
     if stage == "slices":
         zone = run.table("zone_attention_all.csv")
         parts["zones"] = _io.sha256_file(zone) if zone.exists() else None

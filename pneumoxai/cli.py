@@ -240,7 +240,7 @@ def _import(args):
     from .config import apply_overrides, load_config, parse_config
     from .data import find_data_root
     from .errors import ConfigError, PneumoxaiError
-    from .importing import check_imports, parse_member_spec, write_imports
+    from .importing import check_imports, parse_member_spec, planned_config, write_imports
     from .pipeline.prepare import dataset_from_lists, dataset_from_scan, record_dataset
     from .run_folder import RunFolder
 
@@ -263,13 +263,14 @@ def _import(args):
         plan = check_imports(run, args.member, data_root=data_root, table=table,
                              preprocess=_pairs(args.preprocess, "--preprocess"),
                              positive_index=_pairs(args.positive_index, "--positive-index", int))
+        config = pipeline.with_imported_members(run, parse_config(planned_config({**config, "members": []}, plan)))
     except PneumoxaiError as exc:
         raise type(exc)(f"{str(exc).rstrip('.')}. Nothing was imported and {str(run.root)!r} is unchanged; fix "
                         "this and run the same `pneumoxai import` again.") from exc
     with run.lock():
         record_dataset(run, table, record)
-        config = write_imports(run, plan, {**config, "members": []})
-        _io.write_json(run.config_file, pipeline.with_imported_members(run, parse_config(config)))
+        write_imports(run, plan)
+        _io.write_json(run.config_file, config)
     print(f"Imported {len(names)} member(s) into {run.root}. pneumoxai cannot see which images they were trained "
           "on: keep the validation and test images out of their training data, or the combiners and results "
           f"are optimistic. Next: pneumoxai analyse --run {run.root}")

@@ -35,6 +35,7 @@ __all__ = [
     "import_members",
     "check_imports",
     "write_imports",
+    "planned_config",
     "read_predictions_file",
     "member_kind",
     "predictions_of",
@@ -123,7 +124,7 @@ def _checked_model(name, source, preprocess, positive_index):
     model = models.adapt(models.load_model_file(source), preprocess=preprocess, positive_index=positive_index,
                          name=name)
     return model, {"name": name, "kind": "model", "imported": True, "source": str(source.resolve()),
-                   "source_sha256": _io.sha256_file(source),
+                   "source_sha256": _io.sha256_file(source), "input_size": int(model.input_shape[1]),
                    "preprocess": preprocess if isinstance(preprocess, str) else None, "positive_index": positive_index}
 
 
@@ -195,28 +196,31 @@ def check_imports(run, members, *, data_root=None, table, preprocess=None, posit
     return plan
 
 
-def write_imports(run, plan, config):
-    """Write the members checked by :func:`check_imports` (read-only files); return ``config`` with them."""
+def planned_config(config, plan):
+    """``config`` with the members of a :func:`check_imports` plan in place of any of the same name."""
+    names = [name for name, *_ in plan]
+    return {**config, "members": [m for m in config["members"] if m["name"] not in names]
+            + [_member_entry(name, card) for name, _, _, card in plan]}
+
+
+def write_imports(run, plan):
+    """Write the members checked by :func:`check_imports` as read-only files."""
     from . import models
 
-    names = [name for name, *_ in plan]
-    config = {**config, "members": [m for m in config["members"] if m["name"] not in names]}
     for name, source, payload, card in plan:
         member_dir = run.member_dir(name)
         if payload is None:
             logger.info("member %s: already imported from this file, kept", name)
-        elif member_kind(card) == "model":
+            continue
+        if member_kind(card) == "model":
             card = models.save_member(member_dir, payload, card)
         else:
             member_dir.mkdir(parents=True, exist_ok=True)
             _io.write_csv(member_dir / PREDICTIONS_FILE, payload, index=False)
-            card = {**card, "predictions_sha256": _io.sha256_file(member_dir / PREDICTIONS_FILE)}
-            _io.write_json(member_dir / models.CARD_FILE, card)
-        if payload is not None:
-            _make_read_only(member_dir)
-            logger.info("member %s: imported %s from %s", name, member_kind(card), source)
-        config["members"].append(_member_entry(name, card))
-    return config
+            _io.write_json(member_dir / models.CARD_FILE,
+                           {**card, "predictions_sha256": _io.sha256_file(member_dir / PREDICTIONS_FILE)})
+        _make_read_only(member_dir)
+        logger.info("member %s: imported %s from %s", name, member_kind(card), source)
 
 
 def import_members(run, members, *, data_root=None, config, table, preprocess=None, positive_index=None):
@@ -249,7 +253,8 @@ def import_members(run, members, *, data_root=None, config, table, preprocess=No
     """
     plan = check_imports(run, members, data_root=data_root, table=table, preprocess=preprocess,
                          positive_index=positive_index)
-    return write_imports(run, plan, config)
+    write_imports(run, plan)
+    return planned_config(config, plan)
 
 
 def _member_entry(name, card):

@@ -213,6 +213,78 @@ def test_damaged_run_folder_files_give_one_line(capsys, tmp_path, command, files
     assert re.search(match, line), line
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["explain", "--run", "{run}", "--max-images", "-5"], r"--max-images must be an int in \[1, 10000\]; got -5\.$"),
+    (["analyse", "--run", "{run}", "--set", "defaults.seed=1"], "on an existing run, --set changes evaluate, explain"),
+    (["evaluate", "--run", "{run}", "--set", "explain.max_images=0"], "'max_images' option in 'explain'"),
+    (["train", "--config", "{tmp}", "--data", "{tmp}", "--out", "{tmp}/out"], r"is a folder; pass a YAML or JSON"),
+    (["train", "--data", "{run}/config.json", "--out", "{tmp}/out"], "is a file; pass the folder that holds train/"),
+    (["evaluate", "--run", "{run}/config.json"], "is a file, not a run folder"),
+], ids=["max-images", "set-member-option", "set-out-of-range", "config-dir", "data-file", "run-file"])
+def test_misused_options_name_what_they_got(capsys, tmp_path, argv, match):
+    run = _run_folder_with(tmp_path)
+    config = (run / "config.json").read_bytes()
+    line = one_line_error(capsys, [a.format(run=run, tmp=tmp_path) for a in argv])
+    assert re.search(match, line), line
+    assert (run / "config.json").read_bytes() == config  # a refused --set records nothing
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    """A run made by the list-import route with one tiny model member, evaluated once (copied per case)."""
+    from conftest import write_image
+
+    base = tmp_path_factory.mktemp("evaluated")
+    rng = np.random.default_rng(0)
+    for role in ("val", "test"):
+        paths = [write_image(base / "images" / f"{role}_{label}_{i}.png",
+                             rng.integers(0, 256, (16, 16), dtype=np.uint8) // (2 - label))
+                 for label in (0, 1) for i in range(6)]
+        pd.DataFrame({"path": paths, "label": [0] * 6 + [1] * 6}).to_csv(base / f"{role}.csv", index=False)
+    _mean_model(32).save(base / "m.keras")
+    run = base / "run"
+    argv = ["import", "--val-list", base / "val.csv", "--test-list", base / "test.csv", "--out", run,
+            "--member", f"m={base / 'm.keras'}", "--set", "evaluate.n_boot=20"]
+    assert cli.main([str(a) for a in argv]) == 0
+    assert cli.main(["evaluate", "--run", str(run), "--quiet"]) == 0
+    return run
+
+
+def _cut_short(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+
+
+def _drop_last_row(path):
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+def _card_input_size_abc(path):
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "input_size": "abc"}))
+
+
+@pytest.mark.parametrize("command, damaged, damage, match", [
+    ("evaluate", "tables/dataset.csv", _cut_short,
+     r"dataset.csv is cut short or damaged \(.*\); delete it and re-run the `pneumoxai train`, `run` or `import`"),
+    ("evaluate", "tables/dataset.csv", _drop_last_row, r"its rows differ from the dataset recorded in run.json"),
+    ("slices", "tables/predictions_test.csv", _cut_short,
+     r"predictions_test.csv is cut short or damaged \(.*\); delete it and run `pneumoxai evaluate --run .*run`"),
+    ("explain", "tables/predictions_test.csv", _drop_last_row, r"\(11 rows for the 12 test images"),
+    ("evaluate", "members/m/card.json", _card_input_size_abc,
+     r"card of member .* is damaged \(input_size 'abc' is not an int in \[8, 4096\]\); delete the member's folder "
+     r"and import it again with `pneumoxai import --out .*run --member m=PATH`"),
+], ids=["dataset-cut", "dataset-row-lost", "predictions-cut", "predictions-row-lost", "card-input-size"])
+def test_damaged_files_of_a_real_run_are_named_with_their_fix(evaluated_run, tmp_path, capsys, command, damaged,
+                                                              damage, match):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    damage(run / damaged)
+    line = one_line_error(capsys, [command, "--run", run])
+    assert re.search(match, line), line
+
+
 def _hostile_keras_file(path, patch):
     """A real .keras archive whose config names ``patch`` (module, class) where a layer should be."""
     models.save_member(path.parent, _mean_model(), {"name": "m"})

@@ -282,7 +282,8 @@ def test_a_refused_import_leaves_the_run_folder_byte_identical(make_kaggle_tree,
     code, _, err = run_cli(capsys, "import", "--out", run, "--member", f"a={tmp_path / 'a.csv'}", *fresh)
     assert code == cli.EXIT_ERROR and err.count("\n") == 1
     assert "pneumoxai: error: Predictions file" in err and "lacks column(s) ['probability']" in err
-    assert f"Nothing was imported and {str(run)!r} is unchanged; fix this and run the same `pneumoxai import` again" in err
+    assert (f"Nothing was imported and {str(run)!r} is unchanged; fix this and run the same `pneumoxai import` "
+            "again") in err
     assert _tree_hashes(run) == before  # every file byte-identical, none added (the lock file too: same process)
 
 

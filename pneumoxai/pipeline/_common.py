@@ -80,7 +80,8 @@ _INPUT_SIZE = Interval("int", 8, 4096)
 def _remake(run, member):
     """The one command that re-creates a member's folder."""
     if member.get("imported"):
-        return f"import it again with `pneumoxai import --out {shlex.quote(str(run.root))} --member {member['name']}=PATH`"
+        return (f"import it again with `pneumoxai import --out {shlex.quote(str(run.root))} "
+                f"--member {member['name']}=PATH`")
     return f"train it again with `{run.command('train')} --data DIR --config FILE`"
 
 

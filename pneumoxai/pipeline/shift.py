@@ -25,7 +25,7 @@ import pandas as pd
 
 from .. import _io
 from ..errors import DataError, RunFolderError
-from ._common import PREDICTION_COLUMNS, logger, member_dirs, member_kind_of
+from ._common import PREDICTION_COLUMNS, logger, prediction_options, run_members
 
 __all__ = ["shift_stage", "shift_target", "REFERRAL_TARGET", "REFERRAL_DELTA", "REFERRED"]
 
@@ -103,7 +103,7 @@ def shift_stage(run, config=None):
 
 def _shift_analysis(run, record, val, target, *, name):
     """Write the shift tables of ``target`` against the validation split; return the summary."""
-    from ..shift import domain_classifier, estimate_prevalence, feature_shift, output_shift_test, shift_harm
+    from ..shift import domain_classifier, feature_shift, output_shift_test, shift_harm
 
     members, primary = record["members"], record["primary"]
     threshold = float(record["thresholds"][primary])
@@ -158,10 +158,22 @@ def _shift_analysis(run, record, val, target, *, name):
                           pd.concat([f_target, target[meta].reset_index(drop=True)], axis=1))
     _io.write_csv(run.table(f"shift_features{suffix}.csv"), moved, index=False)
 
+    rows += _prevalence_rows(rows, y_val, p_val, p_target, target, threshold=threshold, labelled=labelled)
+    summary = pd.DataFrame(rows)
+    _io.write_csv(run.table(f"shift_summary{suffix}.csv"), summary, index=False)
+    _shift_figure(run, moved, suffix)
+    return summary
+
+
+def _prevalence_rows(earlier, y_val, p_val, p_target, target, *, threshold, labelled):
+    """Summary rows of the prevalence estimates on ``target`` (caveated by the class-wise shift in ``earlier``)."""
+    from ..shift import estimate_prevalence
+
+    rows = []
     true = float(target["label"].mean()) if labelled else np.nan
     # Both estimators assume label shift (P(image | class) unchanged); a class that moved by itself biases them.
-    moved_classes = [row["analysis"].split()[3] for row in rows if row["analysis"].startswith("output shift within")
-                     and row["p_value"] < 0.05]
+    moved_classes = [row["analysis"].split()[3] for row in earlier
+                     if row["analysis"].startswith("output shift within") and row["p_value"] < 0.05]
     caveat = (f"; label shift violated (the {' and '.join(moved_classes)} images themselves moved), so the "
               "estimate is biased" if moved_classes else "")
     for method in ("bbse", "em"):
@@ -184,10 +196,7 @@ def _shift_analysis(run, record, val, target, *, name):
                      "p_value": np.nan, "text": f"true PNEUMONIA share {true:.3f}"})
         rows.append({"analysis": "threshold for the true prevalence", "value": at_true, "ci_low": np.nan,
                      "ci_high": np.nan, "p_value": np.nan, "text": f"threshold {at_true:.3f} by the same rule"})
-    summary = pd.DataFrame(rows)
-    _io.write_csv(run.table(f"shift_summary{suffix}.csv"), summary, index=False)
-    _shift_figure(run, moved, suffix)
-    return summary
+    return rows
 
 
 def _shift_figure(run, moved, suffix):
@@ -267,7 +276,7 @@ def shift_target(run, config, folder, *, name=None):
     pandas.DataFrame
         The summary table.
     """
-    from ..predict import predict_members
+    from ..models import Member
     from ..run_folder import PRIMARY
 
     record = _record(run)
@@ -278,15 +287,14 @@ def shift_target(run, config, folder, *, name=None):
     if not name.replace("-", "").replace("_", "").isalnum():
         raise DataError(f"The target name {name!r} must hold only letters, digits, '-' and '_'.")
     paths = _folder_images(folder)
-    dirs = member_dirs(run, config)
-    imported = [d.name for d in dirs if member_kind_of(d) != "model"]
+    members = run_members(run, config)
+    imported = [member.name for member in members if not member.is_model]
     if imported:
         raise RunFolderError(f"Member(s) {imported} are imported prediction files and cannot score new images; "
                              "shift --target needs model members.")
     rows = pd.DataFrame({"path": paths, "label": 0})  # the label only enters the cache key
-    P = predict_members(dirs, rows, batch_size=config["evaluate"]["batch_size"], tta=config["evaluate"]["tta"],
-                        cache_dir=run.cache("predictions"), interpolation=config["data"]["interpolation"])
-    target = pd.DataFrame({"path": paths, **{f"p[{d.name}]": P[:, j] for j, d in enumerate(dirs)}})
+    P = Member.predict_many(members, rows, **prediction_options(run, config))
+    target = pd.DataFrame({"path": paths, **{f"p[{m.name}]": P[:, j] for j, m in enumerate(members)}})
     target[f"p[{PRIMARY}]"] = P.mean(axis=1)
     _io.write_csv(run.table(f"predictions_target_{name}.csv"), target, index=False)
     summary = _shift_analysis(run, record, _predictions(run, "val"), target, name=name)

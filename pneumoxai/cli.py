@@ -30,8 +30,16 @@ def _add_common(parser, *, data=False, config=False, out=False, run=False):
         parser.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder to write into")
     if run:
         parser.add_argument("--run", metavar="RUN_DIR", required=True, help="an existing run folder")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                            help="override an analysis option of the run's config.json and record it there, e.g. "
+                                 "--set explain.methods=[gradcam] (sections: " + ", ".join(_ANALYSIS_SECTIONS)
+                                 + "; repeatable)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress display")
+
+
+#: What ``--set`` may change on a run whose members exist: the analyses, and how images are resized for them.
+_ANALYSIS_SECTIONS = ("evaluate", "explain", "slices", "data.interpolation")
 
 
 def _add_strategy(parser):
@@ -148,18 +156,34 @@ def _import_tensorflow_quietly():
         os.close(devnull)
 
 
-def _load_run_config(run):
-    from .config import parse_config
+def _load_run_config(run, overrides):
+    """The run's config.json with ``--set`` overrides of the analysis sections applied (and recorded)."""
+    from . import _io
+    from .config import apply_overrides, parse_config
+    from .errors import ConfigError
+    from .pipeline._common import RUN_FIRST
 
-    return parse_config(run.read_json(run.config_file, required="create it with `pneumoxai train` or `pneumoxai run`"))
+    raw = run.read_json(run.config_file, required=RUN_FIRST)
+    if not overrides:
+        return parse_config(raw)
+    for item in overrides:
+        target = item.partition("=")[0].strip()
+        if target.split(".")[0] not in _ANALYSIS_SECTIONS and target not in _ANALYSIS_SECTIONS:
+            raise ConfigError(f"--set {item!r}: on an existing run, --set changes {', '.join(_ANALYSIS_SECTIONS)}; "
+                              "member and data options take effect when members are trained or imported "
+                              "(pneumoxai train/run/import --set ...).")
+    config = parse_config(apply_overrides(raw, overrides))
+    _io.write_json(run.config_file, config)
+    return config
 
 
 def _dispatch(args):
     from . import pipeline
-    from .config import load_config
+    from .config import EXPLAIN_SPEC, load_config
     from .data import find_data_root
-    from .errors import RunFolderError
+    from .errors import ConfigError, RunFolderError
     from .run_folder import RESULTS_MARKDOWN, RunFolder
+    from .validation import describe, is_valid
 
     verbose = 0 if args.quiet else "auto"
     if args.command in ("run", "train"):
@@ -180,9 +204,14 @@ def _dispatch(args):
         return _import(args)
     run = RunFolder(args.run)
     if not run.root.is_dir():
-        raise RunFolderError(f"Run folder {str(run.root)!r} does not exist; create it with `pneumoxai run --out DIR`.")
-    config = _load_run_config(run)
+        what = "is a file, not a run folder" if run.root.exists() else "does not exist"
+        raise RunFolderError(f"Run folder {str(run.root)!r} {what}; create one with `pneumoxai run --out DIR` (or "
+                             "`pneumoxai import --out DIR` for models trained elsewhere).")
+    max_images = EXPLAIN_SPEC["max_images"][1]  # the flag overrides explain.max_images, so it has its bounds
+    if args.command == "explain" and args.max_images is not None and not is_valid(args.max_images, max_images):
+        raise ConfigError(f"--max-images must be {describe(max_images)}; got {args.max_images}.")
     with run.lock():
+        config = _load_run_config(run, args.overrides)
         if args.command == "evaluate":
             pipeline.evaluate_stage(run, config, verbose=verbose)
             print(run.table(RESULTS_MARKDOWN).read_text(), end="")
@@ -221,8 +250,9 @@ def _import(args):
     from . import _io, pipeline
     from .config import apply_overrides, load_config, parse_config
     from .data import find_data_root
-    from .errors import ConfigError
-    from .importing import import_members, parse_member_spec
+    from .errors import ConfigError, PneumoxaiError
+    from .importing import check_imports, parse_member_spec, planned_config, write_imports
+    from .pipeline.prepare import dataset_from_lists, dataset_from_scan, record_dataset
     from .run_folder import RunFolder
 
     names = [parse_member_spec(spec)[0] for spec in args.member]
@@ -230,20 +260,28 @@ def _import(args):
     # The members are the imported ones; a --config contributes its data, evaluate, explain and slices sections.
     base = {"members": members} if args.config is None else {**load_config(args.config), "members": members}
     config = parse_config(apply_overrides(base, args.overrides))
+    if (args.val_list is None) != (args.test_list is None):
+        raise ConfigError("--val-list and --test-list go together (or neither: the split of --data is used).")
     run = RunFolder(args.out)
-    with run.lock():
-        if (args.val_list is None) != (args.test_list is None):
-            raise ConfigError("--val-list and --test-list go together (or neither: the split of --data is used).")
+    # All or nothing: every member is checked before the folder is touched, so a refusal leaves it as it was.
+    try:
         if args.val_list:
             data_root = args.data
-            table = pipeline.prepare_from_lists(run, args.val_list, args.test_list, config, data_root=data_root)
+            table, record = dataset_from_lists(run, args.val_list, args.test_list, data_root=data_root)
         else:
             data_root = find_data_root(args.data)
-            table = pipeline.prepare(run, data_root, config)
-        config = import_members(run, args.member, data_root=data_root, config={**config, "members": []},
-                                table=table, preprocess=_pairs(args.preprocess, "--preprocess"),
-                                positive_index=_pairs(args.positive_index, "--positive-index", int))
-        _io.write_json(run.config_file, pipeline.with_imported_members(run, parse_config(config)))
+            table, record = dataset_from_scan(run, data_root, config)
+        plan = check_imports(run, args.member, data_root=data_root, table=table,
+                             preprocess=_pairs(args.preprocess, "--preprocess"),
+                             positive_index=_pairs(args.positive_index, "--positive-index", int))
+        config = pipeline.with_imported_members(run, parse_config(planned_config({**config, "members": []}, plan)))
+    except PneumoxaiError as exc:
+        raise type(exc)(f"{str(exc).rstrip('.')}. Nothing was imported and {str(run.root)!r} is unchanged; fix "
+                        "this and run the same `pneumoxai import` again.") from exc
+    with run.lock():
+        record_dataset(run, table, record)
+        write_imports(run, plan)
+        _io.write_json(run.config_file, config)
     print(f"Imported {len(names)} member(s) into {run.root}. pneumoxai cannot see which images they were trained "
           "on: keep the validation and test images out of their training data, or the combiners and results "
           f"are optimistic. Next: pneumoxai analyse --run {run.root}")

@@ -214,9 +214,10 @@ def parse_config(raw):
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"A config must be a mapping of sections; got {type(raw).__name__}.")
-    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS), key=str)  # keys of any type: 1 beside 'foo'
     if unknown:
-        raise ConfigError(f"Unknown config section(s) {unknown}; valid sections: {sorted(TOP_LEVEL_KEYS)}.")
+        raise ConfigError(f"Unknown config section(s) {short_repr(unknown)}; valid sections: "
+                          f"{sorted(TOP_LEVEL_KEYS)}.")
     config = {name: _check_section(name, raw.get(name) or {}, spec, name) for name, spec in SECTION_SPECS.items()}
     entries = raw.get("members")
     if not isinstance(entries, list) or not entries:
@@ -225,8 +226,8 @@ def parse_config(raw):
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "name" not in entry:
             raise ConfigError(f"members[{index}] must be a mapping with a 'name'; got {entry!r}.")
-        merged = dict(raw.get("defaults") or {}, **entry)
-        member = _check_section("members", merged, MEMBER_SPEC, f"members[{index}]")
+        _check_keys(entry, MEMBER_SPEC, f"members[{index}]")
+        member = _check_section("members", {**(raw.get("defaults") or {}), **entry}, MEMBER_SPEC, f"members[{index}]")
         try:
             check_training_modes(member)
         except ConfigError as exc:
@@ -393,6 +394,9 @@ def load_config(path=None, overrides=()):
         raw = {"members": [{"name": "member0"}]}
     else:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"Config file {str(path)!r} is a folder; pass a YAML or JSON file, e.g. "
+                              "experiments/configs/smoke.yaml.")
         if not path.is_file():
             raise ConfigError(f"Config file {str(path)!r} does not exist.")
         raw = _read_config_file(path)

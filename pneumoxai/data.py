@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError, SkippedFilesWarning
-from .validation import Interval, Options, check_labels, check_param
+from .validation import SEED, Interval, Options, check_labels, check_param
 
 __all__ = [
     "CLASS_NAMES",
@@ -140,6 +140,8 @@ def scan_dataset(root):
     1  train      1    person7   virus
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"Dataset folder {str(root)!r} is a file; pass the folder that holds train/ and test/.")
     if not root.is_dir():
         raise DataError(f"Dataset folder {str(root)!r} does not exist. {_GET_DATA_HELP}")
     rows, skipped = [], []
@@ -160,6 +162,12 @@ def scan_dataset(root):
                 )
             for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
                 if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                try:
+                    entry.name.encode("utf-8")
+                except UnicodeEncodeError:  # the table, its CSV and its hashes need text names
+                    skipped.append((os.fsencode(entry.path).decode("utf-8", "backslashreplace"),
+                                    "file name is not valid UTF-8; rename it"))
                     continue
                 path = _resolved_file(entry, skipped)
                 if path is None:
@@ -345,11 +353,9 @@ def split_by_patient(frame, val_fraction=0.2, seed=0):
     >>> len(val), set(train.patient_id) & set(val.patient_id)
     (4, set())
     """
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise ConfigError(f"The 'val_fraction' parameter of split_by_patient must be in (0, 1); got {val_fraction!r}.")
-    patients = _patient_table(frame)
     check_param("split_by_patient", "val_fraction", val_fraction, Interval("real", 0, 1, closed="neither"))
-    check_param("split_by_patient", "seed", seed, Interval("int", 0, 2**32 - 1))
+    check_param("split_by_patient", "seed", seed, SEED)
+    patients = _patient_table(frame)
     rng = np.random.default_rng(seed)
     val_patients = []
     for _, group in patients.groupby("label", sort=True):
@@ -388,9 +394,11 @@ def patient_folds(frame, n_splits=5, seed=0):
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
-    if int(n_splits) < 2:
-        raise ConfigError(f"The 'n_splits' parameter of patient_folds must be an int >= 2; got {n_splits!r}.")
-    splitter = StratifiedGroupKFold(n_splits=int(n_splits), shuffle=True, random_state=seed)
+    check_param("patient_folds", "seed", seed, SEED)
+    n_patients = _patient_table(frame).shape[0]
+    # Each fold holds out at least one patient, so there can be no more folds than patients.
+    check_param("patient_folds", "n_splits", n_splits, Interval("int", 2, max(n_patients, 2)))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = np.empty(len(frame), dtype=np.int64)
     for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(frame)), frame["label"], frame["patient_id"])):
         folds[held_out] = fold

@@ -42,6 +42,7 @@ from ._probability_classifier import EPS, ProbabilityClassifier, logit
 from .errors import DataError, param_error
 from .validation import (
     OPEN_UNIT_INTERVAL,
+    SEED,
     UNIT_INTERVAL,
     Interval,
     Options,
@@ -103,7 +104,7 @@ _CONSTRAINTS = {
                                                    "a scikit-learn classifier with fit and predict_proba")),
         "features": Options(("proba", "logit")),
         "cv": Interval("int", 2, 100),
-        "seed": (None, Interval("int", 0, 2**32 - 1)),
+        "seed": (None, SEED),
         "threshold": UNIT_INTERVAL,
     },
     "diversity": {

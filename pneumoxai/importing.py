@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import _io
 from .errors import ConfigError, DataError, RunFolderError
-from .models.member import Member, member_kind, predictions_of
+from .models.member import member_kind, predictions_of
 from .run_folder import CARD_FILE, PREDICTIONS_FILE
 from .validation import check_probabilities
 
@@ -34,6 +34,9 @@ __all__ = [
     "MODEL_SUFFIXES",
     "PREDICTION_SUFFIXES",
     "import_members",
+    "check_imports",
+    "write_imports",
+    "planned_config",
     "read_predictions_file",
     "member_kind",
     "predictions_of",
@@ -109,19 +112,19 @@ def _make_read_only(directory):
             os.chmod(path, stat.S_IMODE(path.stat().st_mode) & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def _import_model(member_dir, name, source, preprocess, positive_index):
+def _checked_model(name, source, preprocess, positive_index):
+    """The adapted model of a model file and its card, nothing written."""
     from . import models
 
-    model = models.load_model_file(source)
-    adapted = models.adapt(model, preprocess=preprocess, positive_index=positive_index, name=name)
-    models.save_member(member_dir, adapted, {
-        "name": name, "kind": "model", "imported": True, "source": str(source.resolve()),
-        "source_sha256": _io.sha256_file(source), "preprocess": preprocess if isinstance(preprocess, str) else None,
-        "positive_index": positive_index,
-    })
+    model = models.adapt(models.load_model_file(source), preprocess=preprocess, positive_index=positive_index,
+                         name=name)
+    return model, {"name": name, "kind": "model", "imported": True, "source": str(source.resolve()),
+                   "source_sha256": _io.sha256_file(source), "input_size": int(model.input_shape[1]),
+                   "preprocess": preprocess if isinstance(preprocess, str) else None, "positive_index": positive_index}
 
 
-def _import_predictions(member_dir, name, source, table, data_root):
+def _checked_predictions(name, source, table, data_root):
+    """The rows of a predictions file for the run's validation and test images and its card, nothing written."""
     from . import models
 
     frame = read_predictions_file(source, data_root=data_root)
@@ -131,15 +134,95 @@ def _import_predictions(member_dir, name, source, table, data_root):
         raise DataError(f"Predictions file {str(source)!r} has no probability for {len(missing)} of the "
                         f"{len(needed)} validation and test images, e.g. {missing.iloc[0]!r}.")
     frame = frame[frame["path"].isin(set(needed["path"]))]
-    _io.write_csv(member_dir / PREDICTIONS_FILE, frame, index=False)
-    card = {"name": name, "kind": "predictions", "imported": True, "source": str(source.resolve()),
-            "source_sha256": _io.sha256_file(source), "format": models.CARD_FORMAT,
-            "predictions_sha256": _io.sha256_file(member_dir / PREDICTIONS_FILE), "n_predictions": int(len(frame))}
-    _io.write_json(member_dir / CARD_FILE, card)
+    return frame, {"name": name, "kind": "predictions", "imported": True, "source": str(source.resolve()),
+                   "source_sha256": _io.sha256_file(source), "format": models.CARD_FORMAT,
+                   "n_predictions": int(len(frame))}
+
+
+def check_imports(run, members, *, data_root=None, table, preprocess=None, positive_index=None):
+    """Check every member to import, writing nothing: what :func:`write_imports` then writes.
+
+    Each model file is loaded and adapted, each predictions file read and matched to the
+    validation and test images of ``table``, and each name checked against the members
+    already in ``run``, so that one refused member leaves the run folder as it was.
+
+    Returns
+    -------
+    list of tuple
+        ``(name, source, payload, card)`` per member: ``payload`` is the adapted model,
+        the predictions frame, or None for a member already imported from the same file
+        (``card`` is then its card).
+    """
+    from . import models
+
+    preprocess, positive_index = preprocess or {}, positive_index or {}
+    entries = [parse_member_spec(spec) for spec in members]
+    names = [name for name, _ in entries]
+    unknown = sorted((set(preprocess) | set(positive_index)) - set(names))
+    if unknown:
+        raise ConfigError(f"--preprocess/--positive-index name member(s) {unknown} that are not imported; "
+                          f"imported: {names}.")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"Member name(s) {twice} are given twice; each imported member needs its own name.")
+    plan = []
+    for name, source in entries:
+        if not source.is_file():
+            raise DataError(f"The file of member {name!r}, {str(source)!r}, does not exist.")
+        suffix = source.suffix.lower()
+        if suffix not in MODEL_SUFFIXES + PREDICTION_SUFFIXES:
+            raise ConfigError(f"Member {name!r}: {str(source)!r} is neither a model ({', '.join(MODEL_SUFFIXES)}) nor "
+                              f"a predictions file ({', '.join(PREDICTION_SUFFIXES)}).")
+        member_dir = run.member_dir(name)
+        if models.is_member_dir(member_dir):
+            card = _io.read_json(member_dir / CARD_FILE)
+            if card.get("imported") and card.get("source_sha256") == _io.sha256_file(source):
+                plan.append((name, source, None, card))
+                continue
+            raise RunFolderError(f"Run folder {str(run.root)!r} already has a member {name!r}; pneumoxai never "
+                                 "overwrites a member. Import under another name or into a new --out folder.")
+        if suffix in MODEL_SUFFIXES:
+            plan.append((name, source, *_checked_model(name, source, preprocess.get(name, "0-1"),
+                                                       positive_index.get(name))))
+        else:
+            if name in preprocess or name in positive_index:
+                raise ConfigError(f"Member {name!r} is a predictions file: --preprocess/--positive-index do not apply.")
+            plan.append((name, source, *_checked_predictions(name, source, table, data_root)))
+    return plan
+
+
+def planned_config(config, plan):
+    """``config`` with the members of a :func:`check_imports` plan in place of any of the same name."""
+    names = [name for name, *_ in plan]
+    return {**config, "members": [m for m in config["members"] if m["name"] not in names]
+            + [_member_entry(name, card) for name, _, _, card in plan]}
+
+
+def write_imports(run, plan):
+    """Write the members checked by :func:`check_imports` as read-only files."""
+    from . import models
+
+    for name, source, payload, card in plan:
+        member_dir = run.member_dir(name)
+        if payload is None:
+            logger.info("member %s: already imported from this file, kept", name)
+            continue
+        if member_kind(card) == "model":
+            card = models.save_member(member_dir, payload, card)
+        else:
+            member_dir.mkdir(parents=True, exist_ok=True)
+            _io.write_csv(member_dir / PREDICTIONS_FILE, payload, index=False)
+            _io.write_json(member_dir / CARD_FILE,
+                           {**card, "predictions_sha256": _io.sha256_file(member_dir / PREDICTIONS_FILE)})
+        _make_read_only(member_dir)
+        logger.info("member %s: imported %s from %s", name, member_kind(card), source)
 
 
 def import_members(run, members, *, data_root=None, config, table, preprocess=None, positive_index=None):
     """Register model files and prediction files as read-only members of ``run``.
+
+    Every member is checked (:func:`check_imports`) before any is written, so one
+    refused member leaves the run folder as it was.
 
     Parameters
     ----------
@@ -163,48 +246,15 @@ def import_members(run, members, *, data_root=None, config, table, preprocess=No
     dict
         The config with the imported members appended.
     """
-    from . import models
-
-    preprocess, positive_index = preprocess or {}, positive_index or {}
-    entries = [parse_member_spec(spec) for spec in members]
-    names = [name for name, _ in entries]
-    unknown = sorted((set(preprocess) | set(positive_index)) - set(names))
-    if unknown:
-        raise ConfigError(f"--preprocess/--positive-index name member(s) {unknown} that are not imported; "
-                          f"imported: {names}.")
-    config = {**config, "members": [m for m in config["members"] if m["name"] not in names]}
-    for name, source in entries:
-        if not source.is_file():
-            raise DataError(f"The file of member {name!r}, {str(source)!r}, does not exist.")
-        suffix = source.suffix.lower()
-        if suffix not in MODEL_SUFFIXES + PREDICTION_SUFFIXES:
-            raise ConfigError(f"Member {name!r}: {str(source)!r} is neither a model ({', '.join(MODEL_SUFFIXES)}) nor "
-                              f"a predictions file ({', '.join(PREDICTION_SUFFIXES)}).")
-        member_dir = run.member_dir(name)
-        if models.is_member_dir(member_dir):
-            card = _io.read_json(member_dir / CARD_FILE)
-            if card.get("imported") and card.get("source_sha256") == _io.sha256_file(source):
-                logger.info("member %s: already imported from this file, kept", name)
-                config["members"].append(_member_entry(Member(member_dir)))
-                continue
-            raise RunFolderError(f"Run folder {str(run.root)!r} already has a member {name!r}; pneumoxai never "
-                                 "overwrites a member. Import under another name or into a new --out folder.")
-        if suffix in MODEL_SUFFIXES:
-            _import_model(member_dir, name, source, preprocess.get(name, "0-1"), positive_index.get(name))
-        else:
-            if name in preprocess or name in positive_index:
-                raise ConfigError(f"Member {name!r} is a predictions file: --preprocess/--positive-index do not apply.")
-            _import_predictions(member_dir, name, source, table, data_root)
-        _make_read_only(member_dir)
-        member = Member(member_dir)
-        logger.info("member %s: imported %s from %s", name, member.kind, source)
-        config["members"].append(_member_entry(member))
-    return config
+    plan = check_imports(run, members, data_root=data_root, table=table, preprocess=preprocess,
+                         positive_index=positive_index)
+    write_imports(run, plan)
+    return planned_config(config, plan)
 
 
-def _member_entry(member):
+def _member_entry(name, card):
     """The config entry of an imported member: its name, the flag, and the input size of a model."""
-    entry = {"name": member.name, "imported": True}
-    if member.is_model:
-        entry["image_size"] = member.input_size
+    entry = {"name": name, "imported": True}
+    if member_kind(card) == "model":
+        entry["image_size"] = int(card["input_size"])
     return entry

@@ -30,6 +30,7 @@ from sklearn.metrics import (
 from .errors import ConfigError, DataError, param_error
 from .validation import (
     OPEN_UNIT_INTERVAL,
+    SEED,
     UNIT_INTERVAL,
     Interval,
     Options,
@@ -346,6 +347,7 @@ def evaluate(y_true, y_prob, threshold=0.5, n_boot=1000, ci=0.95, seed=0, groups
     threshold = float(check_param("evaluate", "threshold", threshold, UNIT_INTERVAL))
     check_param("evaluate", "n_boot", n_boot, _N_BOOT)
     check_param("evaluate", "ci", ci, OPEN_UNIT_INTERVAL)
+    check_param("evaluate", "seed", seed, SEED)
     groups = check_groups(groups, y.size, owner="evaluate")
     values, cm = _point_metrics(y, p, threshold)
     intervals = {}
@@ -539,9 +541,12 @@ def compare(y_true, p_a, p_b, threshold=0.5, ci=0.95):
         half = stats.norm.ppf(0.5 + ci / 2) * np.sqrt(var)
         diff_ci = (diff - half, diff + half)
     else:
+        why = ("the two models rank the images identically (an ensemble of one member is that member)"
+               if np.array_equal(stats.rankdata(pa), stats.rankdata(pb)) else
+               "both models separate the classes perfectly (AUC 0 or 1)")
         warnings.warn(
-            "The DeLong variance of the AUC difference is zero (identical rankings or "
-            "perfect separation); z and p are undefined.",
+            f"The DeLong variance of the AUC difference is zero because {why}: the test's z and p are "
+            "undefined (NaN); the AUC difference itself is exact.",
             stacklevel=2,
         )
         z = p_value = float("nan")

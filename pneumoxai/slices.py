@@ -26,6 +26,7 @@ References
    Inference", J. Am. Stat. Assoc. 22(158):209-212, 1927.
 """
 
+import collections.abc
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, param_error
+from .errors import DataError, param_error, short_repr
 from .validation import (OPEN_UNIT_INTERVAL, UNIT_INTERVAL, Interval, Options, check_grey_images, check_labels,
                          check_param, check_probabilities)
 
@@ -627,6 +628,13 @@ def _check_inputs(frame, y_true, y_prob, threshold, min_size, max_order, alpha, 
     if frame.columns.duplicated().any():
         dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise DataError(f"frame has duplicated column names: {dup}")
+    for col in frame.columns[frame.dtypes == object]:
+        # Levels are compared and counted, so a cell must be hashable (not a list, dict or array).
+        bad = next((v for v in frame[col] if not isinstance(v, collections.abc.Hashable)), None)
+        if bad is not None:
+            raise DataError(f"{owner}: column {str(col)!r} of frame holds {type(bad).__name__} values (e.g. "
+                            f"{short_repr(bad, 60)}); a slicing column holds numbers, strings, categories or "
+                            "booleans.")
     check_param(owner, "min_size", min_size, Interval("int", 1, None))
     check_param(owner, "max_order", max_order, Options(MAX_ORDERS))
     check_param(owner, "n_bins", n_bins, Interval("int", MIN_BINS, 1000))

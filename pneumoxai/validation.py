@@ -49,6 +49,7 @@ __all__ = [
     "check_scores",
     "UNIT_INTERVAL",
     "OPEN_UNIT_INTERVAL",
+    "SEED",
 ]
 
 
@@ -234,6 +235,8 @@ def check_param(owner, name, value, spec, *, where=None):
 
 UNIT_INTERVAL = Interval("real", 0, 1)
 OPEN_UNIT_INTERVAL = Interval("real", 0, 1, closed="neither")
+#: An int seed, as NumPy (default_rng, RandomState) and scikit-learn accept it.
+SEED = Interval("int", 0, 2**32 - 1)
 
 
 def check_images(images, *, owner, name="images", size=None, model=None):

@@ -36,6 +36,8 @@ def test_defaults_section_applies_under_member_entries():
     ({"defaults": {"augment": {"shear": 0.1}}, "members": [{"name": "m"}]},
      r"Unknown config key\(s\) \['shear'\] in 'defaults.augment'"),
     ({"defaults": {1: 2}, "members": [{"name": "m"}]}, "keys in 'defaults' must be names; got \\[1\\]"),
+    ({"members": [{"name": "m0", 1: "x"}]}, r"Config keys in 'members\[0\]' must be names; got \[1\]"),
+    ({1: "x", "foo": "y", "members": [{"name": "m"}]}, r"Unknown config section\(s\) \[1, 'foo'\]"),
     ({"members": [{"name": "m", "dense_units": [[8, 8]]}]}, "'dense_units' option .* non-empty list"),
     ({"members": [{"name": "m", "dense_units": []}]}, "'dense_units' option .* non-empty list"),
     ({"members": [{"name": "m", "dense_units": [10**9]}]}, r"'dense_units' option .* \[1, 8192\]"),
@@ -97,6 +99,8 @@ def test_deeply_nested_json_config(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         config.load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a folder; pass a YAML or JSON file"):
+        config.load_config(tmp_path)
 
 
 def test_shipped_configs_are_valid():

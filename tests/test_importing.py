@@ -222,3 +222,75 @@ def test_deployment_prevalence_sets_the_threshold_on_validation(make_kaggle_tree
     val = pd.read_csv(run / "tables" / "predictions_val.csv")
     thresholds = json.loads((run / "tables" / "ensemble.json").read_text())["thresholds"]
     assert thresholds["p"] == pytest.approx(prevalence_threshold(val["label"], val["p[p]"], 0.3))
+
+
+def _lists_of(root, folder):
+    """The documented list route's two CSVs: the tree's train/ images as the validation list, test/ as the test list."""
+    frame = data.scan_dataset(root)
+    for role, split in (("val", "train"), ("test", "test")):
+        frame.loc[frame["split"] == split, ["path", "label", "patient_id"]].to_csv(folder / f"{role}.csv", index=False)
+    return folder / "val.csv", folder / "test.csv"
+
+
+def test_the_documented_list_import_route_runs_with_the_default_config(make_kaggle_tree, tmp_path, capsys):
+    """README's route: `import --val-list --test-list --member --preprocess --positive-index`, then `analyse`,
+    nothing else set. The run has no training images, so SHAP's background comes from the validation images."""
+    import keras
+
+    root = make_kaggle_tree(n_per_class=4, size=32)
+    model = _caffe_softmax_model()
+    _spread_the_head(model, keras.applications.resnet50.preprocess_input(
+        data.load_images(data.scan_dataset(root)["path"], 32) * 255.0))
+    model.save(tmp_path / "model.keras")
+    val, test = _lists_of(root, tmp_path)
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "import", "--val-list", val, "--test-list", test, "--member",
+                             f"m={tmp_path / 'model.keras'}", "--preprocess", "m=caffe", "--positive-index", "m=1",
+                             "--out", run)
+    assert code == 0, err
+    assert f"Next: pneumoxai analyse --run {run}" in out
+    code, _, err = run_cli(capsys, "analyse", "--run", run)
+    assert code == 0, err
+    assert "explain: SHAP background from the 8 validation images (the run has no training images)" in err
+    with np.load(run / "maps" / "explain.npz") as maps:
+        methods, shap, paths = list(maps["methods"]), maps["map_2"], maps["paths"]
+    assert methods == ["Grad-CAM", "Grad-CAM++", "SHAP"]  # the default explain.methods
+    assert len(paths) == 8 and shap.shape == (8, 224, 224) and np.abs(shap).max() > 0
+    assert (run / "report.html").is_file()
+
+
+def _tree_hashes(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_import_leaves_the_run_folder_byte_identical(make_kaggle_tree, tmp_path, capsys):
+    root = make_kaggle_tree(n_per_class=6, size=32)
+    for name, seed in (("a", 0), ("c", 2)):
+        _planted_predictions(root, tmp_path / f"{name}.csv", seed)
+    pd.read_csv(tmp_path / "a.csv").rename(columns={"probability": "prob"}).to_csv(tmp_path / "bad.csv", index=False)
+    run = tmp_path / "run"
+    fresh = ["--data", root, "--member", f"c={tmp_path / 'c.csv'}", "--member", f"bad={tmp_path / 'bad.csv'}"]
+
+    # A new folder is not even created.
+    code, _, err = run_cli(capsys, "import", "--out", run, *fresh)
+    assert code == cli.EXIT_ERROR and not run.exists()
+    assert "lacks column(s) ['probability']" in err and "Nothing was imported" in err
+
+    # An existing run: the good members before and after the bad one are not written either.
+    assert run_cli(capsys, "import", "--out", run, "--data", root, "--member", f"a={tmp_path / 'a.csv'}")[0] == 0
+    before = _tree_hashes(run)
+    code, _, err = run_cli(capsys, "import", "--out", run, "--member", f"a={tmp_path / 'a.csv'}", *fresh)
+    assert code == cli.EXIT_ERROR and err.count("\n") == 1
+    assert "pneumoxai: error: Predictions file" in err and "lacks column(s) ['probability']" in err
+    assert (f"Nothing was imported and {str(run)!r} is unchanged; fix this and run the same `pneumoxai import` "
+            "again") in err
+    assert _tree_hashes(run) == before  # every file byte-identical, none added (the lock file too: same process)
+
+
+def test_analysis_options_can_be_set_on_an_existing_run(imported, capsys):
+    _, run, _ = imported
+    code, _, err = run_cli(capsys, "evaluate", "--run", run, "--quiet", "--set", "evaluate.threshold=0.3")
+    assert code == 0, err
+    thresholds = json.loads((run / "tables" / "ensemble.json").read_text())["thresholds"]
+    assert set(thresholds.values()) == {0.3}
+    assert json.loads((run / "config.json").read_text())["evaluate"]["threshold"] == 0.3  # recorded for report

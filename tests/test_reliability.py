@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoxai import _io, cli, data, models, pipeline, run_folder
+from pneumoxai import _io, cli, data, metrics, models, pipeline, run_folder
 from pneumoxai.config import parse_config
 from pneumoxai.errors import (CacheError, ConfigError, DataError, RunFolderError, SkippedFilesWarning,
                               UnsafeModelError, WeightsUnavailableError)
 from pneumoxai.predict import predict_members
 from pneumoxai.run_folder import RunFolder
+from pneumoxai.slices import find_failure_slices
 
 TINY = {"defaults": {"weights": None, "image_size": 32, "dense_units": [8], "epochs_frozen": 1,
                      "epochs_finetune": 0, "batch_size": 8, "balancing": "class_weight"},
@@ -65,6 +66,22 @@ def test_broken_links_are_skipped_and_named(make_kaggle_tree, make_link, reason)
     with pytest.warns(SkippedFilesWarning, match=f"IM-8888-0001.jpeg \\({reason}"):
         frame = data.scan_dataset(root)
     assert len(frame) == 16 and frame["path"].is_unique
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(make_kaggle_tree):
+    root = make_kaggle_tree(n_per_class=4)
+    folder = os.fsencode(root / "train" / "NORMAL")
+    with open(folder + b"/IM-8888-\xff.jpeg", "wb") as fh:
+        fh.write((root / "train" / "NORMAL" / "IM-0000-0000.jpeg").read_bytes())
+    with pytest.warns(SkippedFilesWarning, match=r"IM-8888-\\xff.jpeg \(file name is not valid UTF-8; rename it\)"):
+        frame = data.scan_dataset(root)
+    assert len(frame) == 16
+
+
+def test_a_one_member_comparison_says_why_delong_is_undefined():
+    with pytest.warns(UserWarning, match=r"rank the images identically \(an ensemble of one member is that member\)"):
+        result = metrics.compare([0, 1, 0, 1, 1], [0.2, 0.7, 0.4, 0.6, 0.3], [0.2, 0.7, 0.4, 0.6, 0.3])
+    assert result["auc_diff"] == 0 and np.isnan(result["auc_p"])
 
 
 def test_a_file_linked_twice_under_one_label_is_scored_once(make_kaggle_tree):
@@ -138,6 +155,9 @@ def test_empty_output_folder_is_refused(capsys, tmp_path):
 # --------------------------------------------------------------------------- one line instead of a traceback
 
 
+_FORTY = pd.DataFrame({"patient_id": [f"p{i}" for i in range(40)], "label": [0, 1] * 20})
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda: data.split_by_patient(pd.DataFrame({"patient_id": ["a"], "label": [0]}), seed=-1), ConfigError,
      "'seed' parameter of split_by_patient"),
@@ -147,6 +167,18 @@ def test_empty_output_folder_is_refused(capsys, tmp_path):
      "'batch_size' parameter of predict_members"),
     (lambda: models.build_member(32, weights=None, seed=0, precision="int8"), ConfigError,
      "'precision' parameter of build_member"),
+    (lambda: metrics.evaluate([0, 1, 0, 1], [0.2, 0.8, 0.4, 0.6], seed=-1), ConfigError,
+     r"'seed' parameter of evaluate must be an int in \[0, 4294967295\]; got -1"),
+    (lambda: data.patient_folds(_FORTY, n_splits="abc"), ConfigError,
+     r"'n_splits' parameter of patient_folds must be an int in \[2, 40\]; got 'abc'"),
+    (lambda: data.patient_folds(_FORTY, n_splits=100), ConfigError, r"must be an int in \[2, 40\]; got 100"),
+    (lambda: data.patient_folds(_FORTY, seed=-1), ConfigError, "'seed' parameter of patient_folds"),
+    (lambda: data.split_by_patient(_FORTY, "abc"), ConfigError,
+     r"'val_fraction' parameter of split_by_patient must be a number in \(0, 1\); got 'abc'"),
+    (lambda: find_failure_slices(pd.DataFrame({"c": [[1, 2]] * 40}), _FORTY["label"], np.full(40, 0.5)), DataError,
+     "column 'c' of frame holds list values"),
+    (lambda: find_failure_slices(pd.DataFrame({"c": [{"a": 1}] * 40}), _FORTY["label"], np.full(40, 0.5)),
+     DataError, "column 'c' of frame holds dict values"),
 ])
 def test_api_parameters_are_checked_at_the_boundary(call, error, match):
     with pytest.raises(error, match=match):
@@ -177,6 +209,78 @@ def _run_folder_with(tmp_path, **files):
 ])
 def test_damaged_run_folder_files_give_one_line(capsys, tmp_path, command, files, match):
     run = _run_folder_with(tmp_path, **files)
+    line = one_line_error(capsys, [command, "--run", run])
+    assert re.search(match, line), line
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["explain", "--run", "{run}", "--max-images", "-5"], r"--max-images must be an int in \[1, 10000\]; got -5\.$"),
+    (["analyse", "--run", "{run}", "--set", "defaults.seed=1"], "on an existing run, --set changes evaluate, explain"),
+    (["evaluate", "--run", "{run}", "--set", "explain.max_images=0"], "'max_images' option in 'explain'"),
+    (["train", "--config", "{tmp}", "--data", "{tmp}", "--out", "{tmp}/out"], r"is a folder; pass a YAML or JSON"),
+    (["train", "--data", "{run}/config.json", "--out", "{tmp}/out"], "is a file; pass the folder that holds train/"),
+    (["evaluate", "--run", "{run}/config.json"], "is a file, not a run folder"),
+], ids=["max-images", "set-member-option", "set-out-of-range", "config-dir", "data-file", "run-file"])
+def test_misused_options_name_what_they_got(capsys, tmp_path, argv, match):
+    run = _run_folder_with(tmp_path)
+    config = (run / "config.json").read_bytes()
+    line = one_line_error(capsys, [a.format(run=run, tmp=tmp_path) for a in argv])
+    assert re.search(match, line), line
+    assert (run / "config.json").read_bytes() == config  # a refused --set records nothing
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    """A run made by the list-import route with one tiny model member, evaluated once (copied per case)."""
+    from conftest import write_image
+
+    base = tmp_path_factory.mktemp("evaluated")
+    rng = np.random.default_rng(0)
+    for role in ("val", "test"):
+        paths = [write_image(base / "images" / f"{role}_{label}_{i}.png",
+                             rng.integers(0, 256, (16, 16), dtype=np.uint8) // (2 - label))
+                 for label in (0, 1) for i in range(6)]
+        pd.DataFrame({"path": paths, "label": [0] * 6 + [1] * 6}).to_csv(base / f"{role}.csv", index=False)
+    _mean_model(32).save(base / "m.keras")
+    run = base / "run"
+    argv = ["import", "--val-list", base / "val.csv", "--test-list", base / "test.csv", "--out", run,
+            "--member", f"m={base / 'm.keras'}", "--set", "evaluate.n_boot=20"]
+    assert cli.main([str(a) for a in argv]) == 0
+    assert cli.main(["evaluate", "--run", str(run), "--quiet"]) == 0
+    return run
+
+
+def _cut_short(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+
+
+def _drop_last_row(path):
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+def _card_input_size_abc(path):
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "input_size": "abc"}))
+
+
+@pytest.mark.parametrize("command, damaged, damage, match", [
+    ("evaluate", "tables/dataset.csv", _cut_short,
+     r"dataset.csv is cut short or damaged \(.*\); delete it and re-run the `pneumoxai train`, `run` or `import`"),
+    ("evaluate", "tables/dataset.csv", _drop_last_row, r"its rows differ from the dataset recorded in run.json"),
+    ("slices", "tables/predictions_test.csv", _cut_short,
+     r"predictions_test.csv is cut short or damaged \(.*\); delete it and run `pneumoxai evaluate --run .*run`"),
+    ("explain", "tables/predictions_test.csv", _drop_last_row, r"\(11 rows for the 12 test images"),
+    ("evaluate", "members/m/card.json", _card_input_size_abc,
+     r"card of member .* is damaged \(input_size 'abc' is not an int in \[8, 4096\]\); delete the member's folder "
+     r"and import it again with `pneumoxai import --out .*run --member m=PATH`"),
+], ids=["dataset-cut", "dataset-row-lost", "predictions-cut", "predictions-row-lost", "card-input-size"])
+def test_damaged_files_of_a_real_run_are_named_with_their_fix(evaluated_run, tmp_path, capsys, command, damaged,
+                                                              damage, match):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    damage(run / damaged)
     line = one_line_error(capsys, [command, "--run", run])
     assert re.search(match, line), line
 

@@ -2,9 +2,12 @@
 
 
 import logging
+import re
+import shlex
 
-from ..errors import RunFolderError
+from ..errors import CacheError, RunFolderError, short_repr
 from ..run_folder import DATASET_TABLE, ENSEMBLE_RECORD, RESULTS_TABLE, predictions_table
+from ..validation import Interval, is_valid
 
 logger = logging.getLogger("pneumoxai")
 
@@ -13,9 +16,39 @@ DISPLAY_SIZE = 224
 PREDICTION_COLUMNS = ("path", "label", "patient_id", "subtype")
 
 
+#: What a run folder without its dataset or members needs, on either route.
+RUN_FIRST = ("run `pneumoxai train` or `pneumoxai run` first (or `pneumoxai import` for models trained "
+             "elsewhere)")
+_ROLES = ("train", "val", "test")
+_SHA256 = re.compile(r"[0-9a-f]{64}|<missing>")
+
+
 def load_table(run):
-    return run.read_table(DATASET_TABLE, columns=("path", "label", "role", "patient_id", "subtype"),
-                          required="run `pneumoxai train` or `pneumoxai run` first")
+    """``tables/dataset.csv``, refused by name when it is cut short or damaged (checked against ``run.json``)."""
+    from ..data import manifest_hash
+
+    table = run.read_table(DATASET_TABLE, columns=("path", "label", "role", "patient_id", "subtype"),
+                           required=RUN_FIRST)
+    problem = _first_problem(table, ("path", "label", "role"))
+    if problem is None and not table["role"].isin(_ROLES).all():
+        problem = f"a role outside {list(_ROLES)}"
+    if problem is None and "sha256" in table and not table["sha256"].astype(str).map(_SHA256.fullmatch).all():
+        problem = "a sha256 that is not a file hash"
+    if problem is None and not table["label"].isin((0, 1)).all():
+        problem = "a label other than 0 or 1"
+    record = run.read_json(run.run_file)
+    if problem is None and record is not None and record.get("manifest_hash") != manifest_hash(table):
+        problem = "its rows differ from the dataset recorded in run.json"
+    if problem is not None:
+        raise CacheError(f"{run.table(DATASET_TABLE)} is cut short or damaged ({problem}); delete it and re-run the "
+                         "`pneumoxai train`, `run` or `import` command that made the run (its members are kept).")
+    return table
+
+
+def _first_problem(frame, columns):
+    """Empty cells in ``columns`` (what a cut-short write leaves), or None. Patient ids may be empty by right."""
+    empty = [c for c in columns if frame[c].isna().any()]
+    return f"empty cells in {empty}" if empty else None
 
 
 def run_members(run, config):
@@ -28,10 +61,29 @@ def run_members(run, config):
     for member in analysis_members(config):
         directory = run.analysis_member_dir(member)
         if not is_member_dir(directory):
-            raise RunFolderError(f"Member {member['name']!r} is not trained in {str(run.root)!r}; "
-                                 "run `pneumoxai train` (or `pneumoxai run`) first.")
-        members.append(Member(directory))
+            if member.get("imported"):
+                raise RunFolderError(f"Member {member['name']!r} was imported into {str(run.root)!r} but its folder "
+                                     f"is missing; {_remake(run, member)}.")
+            raise RunFolderError(f"Member {member['name']!r} is not trained in {str(run.root)!r}; {RUN_FIRST}.")
+        loaded = Member(directory)
+        size = loaded.card.get("input_size")
+        if loaded.is_model and not is_valid(size, _INPUT_SIZE):
+            raise RunFolderError(f"The card of member {str(directory)!r} is damaged (input_size {short_repr(size)} is "
+                                 f"not {_INPUT_SIZE}); delete the member's folder and {_remake(run, member)}.")
+        members.append(loaded)
     return members
+
+
+#: The image sides pneumoxai.data.load_images makes.
+_INPUT_SIZE = Interval("int", 8, 4096)
+
+
+def _remake(run, member):
+    """The one command that re-creates a member's folder."""
+    if member.get("imported"):
+        return (f"import it again with `pneumoxai import --out {shlex.quote(str(run.root))} "
+                f"--member {member['name']}=PATH`")
+    return f"train it again with `{run.command('train')} --data DIR --config FILE`"
 
 
 def prediction_options(run, config):
@@ -54,9 +106,21 @@ def best_model_member(run, config, *, required=None):
 def evaluation_record(run):
     """Test-split predictions and the ensemble record written by :func:`evaluate_stage`."""
     needed = f"run `{run.command('evaluate')}` first"
-    predictions = run.read_table(predictions_table("test"), columns=PREDICTION_COLUMNS, required=needed)
+    test_table = predictions_table("test")
+    predictions = run.read_table(test_table, columns=PREDICTION_COLUMNS, required=needed)
     record = run.read_json(run.table(ENSEMBLE_RECORD), required=needed)
     for key in ("primary", "members", "thresholds", "best_member"):
         if key not in record:
             raise RunFolderError(f"{run.table(ENSEMBLE_RECORD)} lacks {key!r}; delete it and {needed}.")
+    table = load_table(run)
+    probabilities = [c for c in predictions.columns if c.startswith("p[")]
+    problem = _first_problem(predictions, ["path", "label", *probabilities])
+    test_paths = table.loc[table["role"] == "test", "path"]
+    if problem is None and (len(predictions) != len(test_paths) or set(predictions["path"]) != set(test_paths)):
+        problem = f"{len(predictions)} rows for the {len(test_paths)} test images of tables/{DATASET_TABLE}"
+    if problem is None and f"p[{record['primary']}]" not in predictions:
+        problem = f"no column p[{record['primary']}]"
+    if problem is not None:
+        raise CacheError(f"{run.table(test_table)} is cut short or damaged ({problem}); delete it "
+                         f"and run `{run.command('evaluate')}`.")
     return predictions, record

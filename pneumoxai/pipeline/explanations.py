@@ -202,14 +202,18 @@ def _gallery_maps(run, config, member_models, images, target, methods):
 
 
 def _ensemble_shap(run, explain_cfg, member_models, images, target):
-    """Mean of the members' logit SHAP maps, each against a class-balanced training background."""
+    """Mean of the members' logit SHAP maps, each against a class-balanced background of training images
+    (of validation images when the run has none, as after an import from lists; the log says so)."""
     from ..data import load_images
     from ..explain import background_sample, resize_maps, shap_maps
 
     table = load_table(run)
-    train_rows = table[table["role"] == "train"]
-    pool = train_rows.sample(n=min(len(train_rows), 20 * explain_cfg["shap_background"]),
-                             random_state=explain_cfg["seed"])
+    rows = table[table["role"] == "train"]
+    if rows.empty:
+        rows = table[table["role"] == "val"]
+        logger.info("explain: SHAP background from the %d validation images (the run has no training images)",
+                    len(rows))
+    pool = rows.sample(n=min(len(rows), 20 * explain_cfg["shap_background"]), random_state=explain_cfg["seed"])
     per_member = []
     for model in member_models:
         size = int(model.input_shape[1])

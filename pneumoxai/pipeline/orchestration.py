@@ -8,7 +8,7 @@ import pandas as pd
 from .. import _io
 from ..config import config_hash
 from ..run_folder import STAGES, TIMINGS_TABLE, ZONE_ATTENTION_ALL_TABLE
-from ._common import logger, run_members
+from ._common import RUN_FIRST, logger, run_members
 from .evaluate import evaluate_stage
 from .explanations import MIN_EXPLAIN_SIZE, explain_stage, too_small_to_explain
 from .failure_slices import slices_stage
@@ -31,7 +31,7 @@ def _stage_key(run, config, stage):
                 "shift": ("evaluate",)}
     parts = {name: config[name] for name in sections[stage]}
     parts["members"] = [member.content_hash for member in run_members(run, config)]
-    parts["run"] = run.read_json(run.run_file, required="run `pneumoxai train` first")["manifest_hash"]
+    parts["run"] = run.read_json(run.run_file, required=RUN_FIRST)["manifest_hash"]
     if stage == "slices":
         zone = run.table(ZONE_ATTENTION_ALL_TABLE)
         parts["zones"] = _io.sha256_file(zone) if zone.exists() else None

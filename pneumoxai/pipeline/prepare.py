@@ -23,18 +23,8 @@ def prepare(run, data_root, config):
     pandas.DataFrame
         ``tables/dataset.csv``: the scan table plus ``role`` (train / val / test).
     """
-    from ..data import file_hashes, manifest_hash
-
-    table = _assign_roles(data_root, config["data"])
-    table["sha256"] = file_hashes(table)
-    _refuse_conflicting_labels(table)
-    record = {"format": RUN_FORMAT, "data_root": str(Path(data_root).resolve()),
-              "data_config_hash": config_hash(config["data"]), "manifest_hash": manifest_hash(table)}
-    _check_same_data(run, record)
-    _io.write_json(run.run_file, record)
-    _io.write_csv(run.table(DATASET_TABLE), table, index=False)
-    _warn_shared_patients(table)
-    _record_duplicates(run, table)
+    table, record = dataset_from_scan(run, data_root, config)
+    record_dataset(run, table, record)
     return table
 
 
@@ -50,6 +40,26 @@ def prepare_from_lists(run, val_list, test_list, config, *, data_root=None):
     pandas.DataFrame
         ``tables/dataset.csv`` (roles ``val`` and ``test``).
     """
+    table, record = dataset_from_lists(run, val_list, test_list, data_root=data_root)
+    record_dataset(run, table, record)
+    return table
+
+
+def dataset_from_scan(run, data_root, config):
+    """The table and ``run.json`` record of :func:`prepare`, checked against ``run`` but not written."""
+    from ..data import file_hashes, manifest_hash
+
+    table = _assign_roles(data_root, config["data"])
+    table["sha256"] = file_hashes(table)
+    _refuse_conflicting_labels(table)
+    record = {"format": RUN_FORMAT, "data_root": str(Path(data_root).resolve()),
+              "data_config_hash": config_hash(config["data"]), "manifest_hash": manifest_hash(table)}
+    _check_same_data(run, record)
+    return table, record
+
+
+def dataset_from_lists(run, val_list, test_list, *, data_root=None):
+    """The table and ``run.json`` record of :func:`prepare_from_lists`, checked against ``run`` but not written."""
     from ..data import file_hashes, manifest_hash
 
     parts = [_read_list(path, role, data_root) for role, path in (("val", val_list), ("test", test_list))]
@@ -60,10 +70,17 @@ def prepare_from_lists(run, val_list, test_list, config, *, data_root=None):
               "data_config_hash": config_hash({"val_list": table.loc[table.role == "val", "path"].tolist()}),
               "manifest_hash": manifest_hash(table)}
     _check_same_data(run, record)
+    return table, record
+
+
+def record_dataset(run, table, record):
+    """Write ``run.json``, ``tables/dataset.csv`` and ``tables/duplicates.csv``; warn about leakage."""
+    _check_same_data(run, record)  # again: the caller may have checked before taking the folder's lock
     _io.write_json(run.run_file, record)
     _io.write_csv(run.table(DATASET_TABLE), table, index=False)
+    if (table["role"] == "train").any():
+        _warn_shared_patients(table)
     _record_duplicates(run, table)
-    return table
 
 
 def _read_list(path, role, data_root):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .figures._style import OKABE_ITO, finish_figure, new_figure, style
+from ._style import OKABE_ITO, finish_figure, new_figure, style
 
 __all__ = ["plot_risk_coverage", "plot_feature_shift"]
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError, param_error
-from .validation import Interval, check_images, check_param
+from .validation import Interval, check_images, check_maps, check_param
 
 __all__ = ["evidence_regions", "inpaint_regions", "predicted_probabilities", "region_removal_test"]
 
@@ -34,13 +34,6 @@ DEFAULT_LEVEL = 0.5  # half maximum: the usual cut of a blob's extent
 DEFAULT_GROW = 2  # pixels added around a region before inpainting
 DEFAULT_MAX_AREA = 0.25  # a region over a quarter of the image localises nothing
 DEFAULT_ALPHA = 0.05
-
-
-def _check_maps(maps, owner):
-    m = np.asarray(maps, np.float64)
-    if m.ndim != 3 or len(m) == 0 or not np.isfinite(m).all():
-        raise DataError(f"{owner}: maps must be a finite (n, H, W) array with n >= 1; got shape {m.shape}")
-    return m
 
 
 def evidence_regions(maps, *, level=DEFAULT_LEVEL, grow=DEFAULT_GROW):
@@ -72,7 +65,7 @@ def evidence_regions(maps, *, level=DEFAULT_LEVEL, grow=DEFAULT_GROW):
            [0, 1, 1, 1, 1, 1, 1, 0]])
     """
     owner = "evidence_regions"
-    m = _check_maps(maps, owner)
+    m = check_maps(maps, owner=owner)
     check_param(owner, "level", level, Interval("real", 0, 1, closed="neither"))
     check_param(owner, "grow", grow, Interval("int", 0, None))
     n, h, w = m.shape
@@ -213,7 +206,7 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
 
     owner = "region_removal_test"
     x = check_images(images, owner=owner)
-    m = _check_maps(maps, owner)
+    m = check_maps(maps, owner=owner)
     if m.shape != x.shape[:3]:
         raise DataError(f"{owner}: maps must be one (H, W) map per image, {x.shape[:3]}; got {m.shape} "
                         "(explain.resize_maps brings maps to the images' size)")

@@ -220,7 +220,7 @@ def test_name_region_family():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: evidence_regions(np.zeros((0, 4, 4))), "maps must be a finite"),
+    (lambda: evidence_regions(np.zeros((0, 4, 4))), "evidence_regions: maps is empty \\(0 maps\\)"),
     (lambda: evidence_regions(np.zeros((1, 4, 4)), level=1.5), "'level' parameter of evidence_regions"),
     (lambda: inpaint_regions(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8))), "regions must be booleans"),
     (lambda: region_removal_test(uses_lungs, radiographs(1, 0), np.zeros((1, 8, 8))), "one \\(H, W\\) map per image"),

@@ -7,4 +7,6 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
 # --durations: the slowest tests in every log, to keep the suite inside its 15-minute budget.
-.venv/bin/python -m pytest --doctest-modules pneumoxai tests --durations=15 "$@"
+# Two workers, one test file each at a time (--dist loadfile), so a module's fixture (the
+# real-data smoke run) is built once; the many single-threaded tests overlap the TensorFlow ones.
+.venv/bin/python -m pytest --doctest-modules pneumoxai tests --durations=15 -n 2 --dist loadfile "$@"

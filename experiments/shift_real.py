@@ -24,13 +24,16 @@ import pandas as pd
 
 from pneumoxai import __version__, files
 from pneumoxai.pipeline.shift import REFERRAL_DELTA, REFERRAL_TARGET, shift_stage
-from pneumoxai.run_folder import RunFolder
+from pneumoxai.run_folder import (DATASET_TABLE, ENSEMBLE_RECORD, REFERRAL_CURVE_TABLE, REFERRAL_RULE_TABLE,
+                                  REFERRAL_SUMMARY_TABLE, REFERRAL_TABLE, RunFolder, predictions_table, shift_table)
 
 from _provenance import cpu, machine, write_atomic  # noqa: E402 (experiments/, on sys.path as a script)
 
 HERE = Path(__file__).resolve().parent
-OUTPUTS = ("shift_summary.csv", "shift_output.csv", "shift_features.csv", "referral_summary.csv",
-           "referral_table.csv", "referral_rule.csv", "referral_curve.csv")
+OUTPUTS = (shift_table("summary"), shift_table("output"), shift_table("features"), REFERRAL_SUMMARY_TABLE,
+           REFERRAL_TABLE, REFERRAL_RULE_TABLE, REFERRAL_CURVE_TABLE)
+# The embeddings' domain classifier is this script's own analysis, not a stage table.
+EMBEDDINGS_TABLE = "shift_embeddings.csv"
 FIGURES = ("shift_features", "referral_curve")
 
 
@@ -53,14 +56,14 @@ def _predict_finished_snapshots(run):
     from pneumoxai.metrics import choose_threshold
     from pneumoxai.predict import predict_members
 
-    record = run.read_json(run.table("ensemble.json"))
-    if run.table("predictions_test.csv").is_file() and record is not None and not record.get("partial"):
+    record = run.read_json(run.table(ENSEMBLE_RECORD))
+    if run.table(predictions_table("test")).is_file() and record is not None and not record.get("partial"):
         return None
     config = parse_config(run.read_json(run.config_file, required="the run has no config"))
     dirs = sorted(d for d in run.path("members").glob("*/*_snap*") if models.is_member_dir(d))
     if not dirs:
         raise SystemExit(f"{run.root} has neither predictions nor a finished snapshot member yet.")
-    table = run.read_table("dataset.csv")
+    table = run.read_table(DATASET_TABLE)
     method = config["evaluate"]["threshold"]
     thresholds, frames = {}, {}
     for role in ("val", "test"):
@@ -77,7 +80,7 @@ def _predict_finished_snapshots(run):
                                     float(choose_threshold(frames["val"]["label"], frames["val"][column], method=method)))
     for role, frame in frames.items():
         files.write_csv(run.table(f"predictions_{role}.csv"), frame, index=False)
-    files.write_json(run.table("ensemble.json"), {"primary": "soft voting", "members": [d.name for d in dirs],
+    files.write_json(run.table(ENSEMBLE_RECORD), {"primary": "soft voting", "members": [d.name for d in dirs],
                                                 "thresholds": thresholds, "partial": True})
     return [d.name for d in dirs]
 
@@ -98,21 +101,21 @@ def _embedding_shift(run):
                                groups_target=sets[1]["patient_id"].astype(str), n_permutations=100, random_state=0)
     row = pd.DataFrame([{"analysis": f"domain classifier (embeddings, {embeddings[0].shape[1]} dims of "
                                      f"{len(dirs)} members)", "value": result["auc"], "p_value": result["p_value"]}])
-    files.write_csv(run.table("shift_embeddings.csv"), row, index=False)
+    files.write_csv(run.table(EMBEDDINGS_TABLE), row, index=False)
     return row
 
 
 def _summary_markdown(out, source):
-    summary = pd.read_csv(out / "shift_summary.csv").set_index("analysis")
-    table = pd.read_csv(out / "referral_table.csv")
-    rules = pd.read_csv(out / "referral_rule.csv")
-    curves = pd.read_csv(out / "referral_summary.csv")
-    moved = pd.read_csv(out / "shift_features.csv", keep_default_na=False)
+    summary = pd.read_csv(out / shift_table("summary")).set_index("analysis")
+    table = pd.read_csv(out / REFERRAL_TABLE)
+    rules = pd.read_csv(out / REFERRAL_RULE_TABLE)
+    curves = pd.read_csv(out / REFERRAL_SUMMARY_TABLE)
+    moved = pd.read_csv(out / shift_table("features"), keep_default_na=False)
     lines = [f"# Shift and referral on {source}", "", "## Has the data moved (validation -> official test)?", ""]
     lines += [f"- {name}: {row['text']}" for name, row in summary.iterrows()]
-    if (out / "shift_embeddings.csv").is_file():
+    if (out / EMBEDDINGS_TABLE).is_file():
         lines += [f"- {row['analysis']}: ROC AUC {row['value']:.3f}, permutation p = {row['p_value']:.2g}"
-                  for _, row in pd.read_csv(out / "shift_embeddings.csv").iterrows()]
+                  for _, row in pd.read_csv(out / EMBEDDINGS_TABLE).iterrows()]
     findings = moved[moved["finding"].astype(str) == "True"]
     lines += ["", f"{len(findings)} of {len(moved)} feature distributions / quartile slices / subtypes differ at "
                   "q < 0.05 (Benjamini-Hochberg). Largest:", "",
@@ -154,7 +157,7 @@ def main(argv=None):
         if args.embeddings:
             _embedding_shift(run)
     out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS + (("shift_embeddings.csv",) if args.embeddings else ()):
+    for name in OUTPUTS + ((EMBEDDINGS_TABLE,) if args.embeddings else ()):
         shutil.copyfile(run.table(name), out / name)
     for stem in FIGURES:
         shutil.copyfile(run.figure(stem), out / f"{stem}.png")
@@ -162,11 +165,11 @@ def main(argv=None):
             f"\n**Partial run**: the source had not reached its evaluate stage; these are the finished snapshot "
             f"member(s) {partial} only, predicted here, with their soft-voting mean as the ensemble.\n")
     write_atomic(out / "summary.md", _summary_markdown(out, source) + note)
-    predictions = {name: hashlib.sha256(run.table(name).read_bytes()).hexdigest() for name in ("predictions_val.csv", "predictions_test.csv")}
+    predictions = {name: hashlib.sha256(run.table(name).read_bytes()).hexdigest() for name in (predictions_table("val"), predictions_table("test"))}
     write_atomic(out / "provenance.json", json.dumps({
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "git_commit": _git_commit(), "pneumoxai": __version__, "source_run": str(source.resolve()),
-        "predictions_sha256": predictions, "ensemble": json.loads(run.table("ensemble.json").read_text()),
+        "predictions_sha256": predictions, "ensemble": json.loads(run.table(ENSEMBLE_RECORD).read_text()),
         "partial_members": partial, "seconds": round(time.perf_counter() - started, 1), "machine": machine(),
         "cpu": cpu(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")

@@ -315,14 +315,18 @@ def _removal_text(r, alpha):
         return (f"Their maps do not localise the cause: for {n - n_localised} of the {n} calls tested, the "
                 "half-maximum region around the map's peak covers more than a quarter of the image, so no region "
                 "is named")
-    place = f"the {r['removal_place']}"
-    rests = r["removal_p"] < alpha
-    return (f"Removing the region their maps point at, {place} (the half-maximum region around each map's peak, "
-            f"inpainted from its surroundings), changes {r['removal_changes_errors']:.0%} of the {n_localised} "
-            f"calls tested by the best member, against {r['removal_changes_control']:.0%} when the same region is "
-            f"removed half the image away (one-sided exact McNemar p = {_p(r['removal_p'])}): "
-            + (f"the calls rest on {place}" if rests else
-               f"the calls do not rest on {place} more than on any other region of its size"))
+    place, share = f"the {r['removal_place']}", r.get("removal_place_share")
+    if _missing(share) or share >= 0.5:
+        lead, target = f"Removing the region their maps point at, {place} (", place
+    else:  # a place only some of the regions lie in is not where the calls rest
+        lead, target = (f"Removing the region each map points at (no one place holds most of them; {place} holds "
+                        f"{share:.0%}; "), "where their maps point"
+    return (f"{lead}the half-maximum region around each map's peak, inpainted from its surroundings), changes "
+            f"{r['removal_changes_errors']:.0%} of the {n_localised} calls tested by the best member, against "
+            f"{r['removal_changes_control']:.0%} when the same region is removed half the image away (one-sided "
+            f"exact McNemar p = {_p(r['removal_p'])}): "
+            + (f"the calls rest on {target}" if r["removal_p"] < alpha else
+               f"the calls do not rest on {target} more than on any other region of its size"))
 
 
 def _in_words(label):
@@ -689,7 +693,7 @@ def _slice_explanations_part(run):
         f"Ensemble {_map_name(run)} of the predicted class. Each slice's errors are compared with the correct calls "
         f"of the same true class, weighted to the errors' class mix.{test} Deletion AUC of the best model member on "
         "a sample (lower = the map points at what drives the call)."
-        + (" Region removal: for up to 32 errors per slice, the best member predicts again with the half-maximum "
+        + (" Region removal: for 32 errors sampled per slice (all when fewer), the best member predicts again with the half-maximum "
            "region around each map's peak inpainted from its surroundings, and with the same region shifted by half "
            "the image; the share of the calls each changes, over the errors whose region covers at most a quarter "
            "of the image (a slice is 'not localised' when fewer than half of them do), and the one-sided exact "

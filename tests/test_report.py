@@ -249,6 +249,17 @@ def test_a_finding_says_whether_its_calls_rest_on_the_region_its_maps_point_at(r
     assert "0.71" in slices and "Removing the region under the peak" not in text
 
 
+def test_regions_scattered_over_several_places_are_not_named_as_one(run):
+    row = {**_WHERE, "removal_n_errors": 8, "removal_n_localised": 8, "removal_localised": True,
+           "removal_changes_errors": 0.0, "removal_changes_control": 0.125, "removal_p": 1.0,
+           "removal_rests_on_region": False, "removal_place": "left middle lung zone", "removal_place_share": 0.25}
+    pd.DataFrame([row]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
+    summary = html.unescape(_section(write_report(run).read_text(encoding="utf-8"), "summary"))
+    assert ("Removing the region each map points at (no one place holds most of them; the left middle lung zone "
+            "holds 25%; the half-maximum region") in summary
+    assert "the calls do not rest on where their maps point more than on any other region of its size." in summary
+
+
 def _p(value):
     return f"{value:.3f}"
 

@@ -26,6 +26,22 @@ def _rise_p_value(values, errors, correct, y):
     return float(scipy.stats.mannwhitneyu(a, b, alternative="greater").pvalue)
 
 
+def _checked_per_image(faithfulness, region_removal, n):
+    """``faithfulness`` as floats (or None), after checking both per-image inputs have ``n`` rows."""
+    if region_removal is not None:
+        missing = {"call_changed", "control_changed", "localised", "places"} - set(getattr(region_removal, "columns", ()))
+        if not isinstance(region_removal, pd.DataFrame) or missing or len(region_removal) != n:
+            raise DataError(f"region_removal must be a DataFrame of {n} rows with columns call_changed, "
+                            f"control_changed, localised and places; got {type(region_removal).__name__}"
+                            + (f" lacking {sorted(missing)}" if missing else f" of {len(region_removal)} rows"))
+    if faithfulness is None:
+        return None
+    values = np.asarray(faithfulness, np.float64)
+    if values.shape != (n,):
+        raise DataError(f"faithfulness must have shape ({n},); got {values.shape}")
+    return values
+
+
 def _removal_row(removal, errors, alpha):
     """The region-removal verdict of one slice's measured errors (``removal_*`` columns)."""
     from collections import Counter
@@ -120,17 +136,7 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
     if m.ndim != 3 or len(m) != n or y.shape != (n,) or p.shape != (n,):
         raise DataError(f"maps (n, H, W), y_true and y_prob (n,) must have n = len(frame) = {n} rows; got "
                         f"{m.shape}, {y.shape}, {p.shape}")
-    per_image = {}
-    if faithfulness is not None:
-        per_image["faithfulness"] = np.asarray(faithfulness, np.float64)
-        if per_image["faithfulness"].shape != (n,):
-            raise DataError(f"faithfulness must have shape ({n},); got {per_image['faithfulness'].shape}")
-    if region_removal is not None:
-        missing = {"call_changed", "control_changed", "localised", "places"} - set(getattr(region_removal, "columns", ()))
-        if not isinstance(region_removal, pd.DataFrame) or missing or len(region_removal) != n:
-            raise DataError(f"region_removal must be a DataFrame of {n} rows with columns call_changed, "
-                            f"control_changed, localised and places; got {type(region_removal).__name__} "
-                            f"of {len(region_removal)} rows" + (f" lacking {sorted(missing)}" if missing else ""))
+    faithfulness = _checked_per_image(faithfulness, region_removal, n)
     max_slices = _positive_int("slice_explanations", "max_slices", max_slices)
     check_param("slice_explanations", "alpha", alpha, OPEN_UNIT_INTERVAL)
     shares = zone_attention(m, masks)
@@ -157,15 +163,15 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
         shifts = {z: row[f"errors:{z}"] - row[f"correct:{z}"] for z in ZONE_COLUMNS}
         finite = {z: v for z, v in shifts.items() if np.isfinite(v)}
         row["top_zone_shift"] = max(finite, key=finite.get) if finite else None
+        if faithfulness is not None:
+            measured = errors & np.isfinite(faithfulness)
+            row["faithfulness_errors"] = float(faithfulness[measured].mean()) if measured.any() else np.nan
+            row["faithfulness_n_errors"] = int(measured.sum())
+            ok = np.isfinite(faithfulness) & (reference_weight > 0)
+            row["faithfulness_correct"] = (float(np.average(faithfulness[ok], weights=reference_weight[ok]))
+                                           if ok.any() else np.nan)
         if region_removal is not None:
             row.update(_removal_row(region_removal, errors, alpha))
-        for column, values in per_image.items():
-            measured = errors & np.isfinite(values)
-            row[f"{column}_errors"] = float(values[measured].mean()) if measured.any() else np.nan
-            row[f"{column}_n_errors"] = int(measured.sum())
-            ok = np.isfinite(values) & (reference_weight > 0)
-            row[f"{column}_correct"] = (float(np.average(values[ok], weights=reference_weight[ok]))
-                                        if ok.any() else np.nan)
         rows.append(row)
         mean_maps.append(m[errors].mean(axis=0) if errors.any() else np.zeros(m.shape[1:]))
     table = pd.DataFrame(rows, columns=None if rows else ["slice", "n_errors", "n_reference"])

@@ -484,7 +484,8 @@ def _members_section(run):
             setup = (f"{cfg.get('backbone')} @ {cfg.get('image_size')} px, weights {cfg.get('weights') or 'none'}, "
                      f"{cfg.get('balancing')}, seed {cfg.get('seed')}{', bootstrap' if cfg.get('bootstrap') else ''}; "
                      f"lr {cfg.get('learning_rate')}, dense {cfg.get('dense_units')}, dropout {cfg.get('dropout')}")
-            epochs = f"{card.get('epochs_run', '—')} / {(cfg.get('epochs_frozen') or 0) + (cfg.get('epochs_finetune') or 0)}"
+            planned = (cfg.get("epochs_frozen") or 0) + (cfg.get("epochs_finetune") or 0)
+            epochs = f"{card.get('epochs_run', '—')} / {planned}"
         val = card.get("val_metrics", {})
         rows.append([name, setup, epochs,
                      _num(card.get("seconds_per_epoch"), 1), _count(card.get("n_train")), _num(val.get("roc_auc")),
@@ -693,11 +694,12 @@ def _slice_explanations_part(run):
         f"Ensemble {_map_name(run)} of the predicted class. Each slice's errors are compared with the correct calls "
         f"of the same true class, weighted to the errors' class mix.{test} Deletion AUC of the best model member on "
         "a sample (lower = the map points at what drives the call)."
-        + (" Region removal: for 32 errors sampled per slice (all when fewer), the best member predicts again with the half-maximum "
-           "region around each map's peak inpainted from its surroundings, and with the same region shifted by half "
-           "the image; the share of the calls each changes, over the errors whose region covers at most a quarter "
-           "of the image (a slice is 'not localised' when fewer than half of them do), and the one-sided exact "
-           "McNemar p that the region changes more calls than its shifted copy." if removed else ""))))
+        + (" Region removal: for 32 errors sampled per slice (all when fewer), the best member predicts again "
+           "with the half-maximum region around each map's peak inpainted from its surroundings, and with the same "
+           "region shifted by half the image; the share of the calls each changes, over the errors whose region "
+           "covers at most a quarter of the image (a slice is 'not localised' when fewer than half of them do), and "
+           "the one-sided exact McNemar p that the region changes more calls than its shifted copy."
+           if removed else ""))))
     body.append(_figure(run, "slice_maps", "Mean map of each slice's errors beside the correct calls' mean map; "
                                           "white: mean lung outline.", "slices"))
     return body

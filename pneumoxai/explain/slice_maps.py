@@ -29,7 +29,8 @@ def _rise_p_value(values, errors, correct, y):
 def _checked_per_image(faithfulness, region_removal, n):
     """``faithfulness`` as floats (or None), after checking both per-image inputs have ``n`` rows."""
     if region_removal is not None:
-        missing = {"call_changed", "control_changed", "localised", "places"} - set(getattr(region_removal, "columns", ()))
+        needed = {"call_changed", "control_changed", "localised", "places"}
+        missing = needed - set(getattr(region_removal, "columns", ()))
         if not isinstance(region_removal, pd.DataFrame) or missing or len(region_removal) != n:
             raise DataError(f"region_removal must be a DataFrame of {n} rows with columns call_changed, "
                             f"control_changed, localised and places; got {type(region_removal).__name__}"

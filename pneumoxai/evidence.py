@@ -17,7 +17,9 @@ follows the evidence:
 
 A map whose region covers more than ``max_area`` of the image does not localise anything:
 the test reports ``localised = False`` for it and its call is not counted, so a global
-shortcut (gamma, noise, a blur) gets no region named.
+shortcut (gamma, noise, a blur) gets no region named. Each localised region is named in
+words (:func:`pneumoxai.regions.name_region`), and :func:`removal_verdict` gives the
+verdict of any subset of the images (e.g. of one failure slice) from the per-image results.
 
 No TensorFlow here: the model is a Keras model or any callable ``images -> P(PNEUMONIA)``.
 """
@@ -28,7 +30,7 @@ import numpy as np
 from .errors import DataError, param_error
 from .validation import Interval, check_images, check_maps, check_param
 
-__all__ = ["evidence_regions", "inpaint_regions", "predicted_probabilities", "region_removal_test"]
+__all__ = ["evidence_regions", "inpaint_regions", "predicted_probabilities", "region_removal_test", "removal_verdict"]
 
 DEFAULT_LEVEL = 0.5  # half maximum: the usual cut of a blob's extent
 DEFAULT_GROW = 2  # pixels added around a region before inpainting
@@ -157,7 +159,7 @@ def predicted_probabilities(model_or_predict_fn, images, *, batch_size=64, owner
 
 
 def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, level=DEFAULT_LEVEL, grow=DEFAULT_GROW,
-                        max_area=DEFAULT_MAX_AREA, alpha=DEFAULT_ALPHA, batch_size=64):
+                        max_area=DEFAULT_MAX_AREA, alpha=DEFAULT_ALPHA, lung_masks=None, batch_size=64):
     """Do the calls rest on the region each map points at, more than on the same area elsewhere?
 
     Parameters
@@ -176,6 +178,9 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
         (``localised``) and left out of the counts and the test.
     alpha : float in (0, 1), default=0.05
         Level of the one-sided test behind ``rests_on_region``.
+    lung_masks : bool array_like of shape (n, H, W), default=None
+        The images' lung fields, for naming the regions; :func:`pneumoxai.lungs.lung_mask`
+        computes them when omitted.
     batch_size : int, default=64
 
     Returns
@@ -184,10 +189,9 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
         Per image ((n,) arrays): ``p_before``, ``p_after`` (region removed), ``p_control``
         (the same region moved by half the image), ``call_changed``,
         ``control_changed``, ``localised``, ``area`` (the region's share of the image),
-        and ``regions`` ((n, H, W) bool). Over the localised images: ``n_localised``,
-        ``share_changed``, ``share_control_changed``, ``n_only_region`` and
-        ``n_only_control`` (discordant pairs), ``p_value`` (one-sided exact McNemar;
-        1.0 without discordant pairs) and ``rests_on_region`` (``p_value < alpha``).
+        ``places`` (the region in words, :func:`pneumoxai.regions.name_region`; None where
+        not localised) and ``regions`` ((n, H, W) bool); then the verdict over the
+        localised images, the keys of :func:`removal_verdict`.
 
     Examples
     --------
@@ -198,11 +202,15 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
     ...     return (images[:, 1:4, 12:31, 0] < 0.2).mean(axis=(1, 2)) * 3 > 0.5
     >>> maps = np.zeros((6, 32, 32))
     >>> maps[:, 1:4, 12:31] = 1.0                  # the maps cover the strip
-    >>> result = region_removal_test(lambda im: strip_says_pneumonia(im).astype(float), x, maps)
+    >>> result = region_removal_test(lambda im: strip_says_pneumonia(im).astype(float), x, maps,
+    ...                              lung_masks=np.zeros((6, 32, 32), bool))
     >>> result["share_changed"], result["share_control_changed"], result["rests_on_region"]
     (1.0, 0.0, True)
+    >>> result["places"][0]
+    'top-right corner, outside both lungs'
     """
-    from scipy.stats import binomtest
+    from .lungs import lung_mask
+    from .regions import name_region
 
     owner = "region_removal_test"
     x = check_images(images, owner=owner)
@@ -214,6 +222,9 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
     check_param(owner, "max_area", max_area, Interval("real", 0, 1, closed="right"))
     check_param(owner, "alpha", alpha, Interval("real", 0, 1, closed="neither"))
     check_param(owner, "batch_size", batch_size, Interval("int", 1, None))
+    lungs = lung_mask(x) if lung_masks is None else np.asarray(lung_masks).astype(bool)
+    if lungs.shape != m.shape:
+        raise DataError(f"{owner}: lung_masks must have shape {m.shape} (n, H, W); got {lungs.shape}")
     regions = evidence_regions(m, level=level, grow=grow)
     h, w = m.shape[1:]
     control = np.roll(regions, (h // 2, w // 2), axis=(1, 2))
@@ -225,17 +236,57 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
     changed, control_changed = (p_after >= threshold) != call, (p_control >= threshold) != call
     area = regions.mean(axis=(1, 2))
     localised = area <= max_area
-    only_region = int((changed & ~control_changed & localised).sum())
-    only_control = int((control_changed & ~changed & localised).sum())
-    p_value = (binomtest(only_region, only_region + only_control, 0.5, alternative="greater").pvalue
-               if only_region + only_control else 1.0)
-    n_localised = int(localised.sum())
+    places = np.array([name_region(r, lung_masks=k) if ok else None for r, k, ok in zip(regions, lungs, localised)],
+                      dtype=object)
     return {
         "p_before": p_before, "p_after": p_after, "p_control": p_control,
         "call_changed": changed, "control_changed": control_changed, "localised": localised,
-        "area": area, "regions": regions, "n_localised": n_localised,
-        "share_changed": float(changed[localised].mean()) if n_localised else float("nan"),
-        "share_control_changed": float(control_changed[localised].mean()) if n_localised else float("nan"),
+        "area": area, "places": places, "regions": regions,
+        **removal_verdict(changed, control_changed, localised, alpha=alpha),
+    }
+
+
+def removal_verdict(call_changed, control_changed, localised, *, alpha=DEFAULT_ALPHA):
+    """The verdict of :func:`region_removal_test` over any set of its images (e.g. one failure slice's).
+
+    Parameters
+    ----------
+    call_changed, control_changed, localised : bool array_like of shape (n,)
+        Per image, as :func:`region_removal_test` returns them: whether removing the map's
+        region (its control, the same region moved) changed the call, and whether the map
+        localises at all.
+    alpha : float in (0, 1), default=0.05
+
+    Returns
+    -------
+    dict
+        Over the localised images: ``n_localised``, ``share_changed`` and
+        ``share_control_changed`` (NaN without localised images), ``n_only_region`` and
+        ``n_only_control`` (the discordant pairs), ``p_value`` (one-sided exact McNemar:
+        the binomial upper tail of ``n_only_region`` among the discordant pairs at 1/2;
+        1.0 without discordant pairs) and ``rests_on_region`` (``p_value < alpha``).
+
+    Examples
+    --------
+    >>> v = removal_verdict([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1])
+    >>> v["n_only_region"], round(v["p_value"], 4), v["rests_on_region"]
+    (5, 0.0312, True)
+    """
+    from scipy.stats import binomtest
+
+    check_param("removal_verdict", "alpha", alpha, Interval("real", 0, 1, closed="neither"))
+    changed, control, ok = (np.asarray(v).astype(bool).ravel() for v in (call_changed, control_changed, localised))
+    if not changed.shape == control.shape == ok.shape:
+        raise DataError(f"removal_verdict: call_changed, control_changed and localised must have one value per "
+                        f"image; got {changed.shape}, {control.shape}, {ok.shape}")
+    only_region, only_control = int((changed & ~control & ok).sum()), int((control & ~changed & ok).sum())
+    p_value = (binomtest(only_region, only_region + only_control, 0.5, alternative="greater").pvalue
+               if only_region + only_control else 1.0)
+    n_localised = int(ok.sum())
+    return {
+        "n_localised": n_localised,
+        "share_changed": float(changed[ok].mean()) if n_localised else float("nan"),
+        "share_control_changed": float(control[ok].mean()) if n_localised else float("nan"),
         "n_only_region": only_region, "n_only_control": only_control,
         "p_value": float(p_value), "rests_on_region": bool(p_value < alpha),
     }

@@ -14,11 +14,14 @@ place, what burnt-in text, rulers, markers and collimation change:
 the share of its pixels far darker and far brighter than the image (dark and bright
 blobs, either polarity of a tag), and its Canny edge density (text and rulers are edges);
 per lung zone, brightness against the whole lung field and edge density.
-:func:`describe_feature` turns a column name into words, and :func:`name_region` names a
+:func:`describe_feature` turns a column name into words (:func:`describe_slice` a whole
+slice label), and :func:`name_region` names a
 boolean region of an image (where a map points) after the place it overlaps most.
 
 No TensorFlow here. Images are float arrays ``(n, H, W, 3)`` in [0, 1].
 """
+
+import re
 
 import cv2
 import numpy as np
@@ -35,6 +38,7 @@ __all__ = [
     "place_masks",
     "region_features",
     "describe_feature",
+    "describe_slice",
     "name_region",
 ]
 
@@ -188,6 +192,28 @@ def describe_feature(column):
                 return f"brightness of the {PLACE_WORDS[place]} against both lungs"
             return f"{words} in the {PLACE_WORDS[place]}"
     return str(column)
+
+
+def describe_slice(label):
+    """A failure slice's label with each :func:`region_features` column in words.
+
+    Parameters
+    ----------
+    label : str
+        A ``slice`` of :func:`pneumoxai.slices.find_failure_slices`.
+
+    Returns
+    -------
+    str
+        The label with every column of :func:`region_features` replaced by
+        :func:`describe_feature`; other names and the numbers unchanged.
+
+    Examples
+    --------
+    >>> describe_slice("edge_density_top_right > 0.021 and subtype == normal")
+    'edge density in the top-right corner > 0.021 and subtype == normal'
+    """
+    return re.sub(r"\b[a-z_]+\b", lambda word: describe_feature(word.group()), str(label))
 
 
 def name_region(region, *, lung_masks=None):

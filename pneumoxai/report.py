@@ -29,11 +29,12 @@ from ._report_shift import CONTENTS as _SHIFT_CONTENTS, shift_sections, shift_se
 from .config import analysis_members
 from .lungs import ZONE_COLUMNS
 from .metrics import ORIGIN_ROW
+from .regions import describe_slice
 from .errors import CacheError, RunFolderError
 from .run_folder import (CARD_FILE, COMPARISONS_TABLE, DATASET_TABLE, DIVERSITY_TABLE, ENSEMBLE_RECORD,
                          ENSEMBLE_SIZE_TABLE, EXPLAIN_SUMMARY_TABLE, FAILURE_SLICES_TABLE, LAYER_CHOICE_RECORD,
                          LAYER_CHOICE_TABLE, MEMBER_FAILURE_SLICES_TABLE, PRIMARY, RESULTS_TABLE,
-                         SLICE_EXPLANATIONS_TABLE, ZONE_ATTENTION_TABLE, RunFolder)
+                         SLICE_EXPLANATIONS_TABLE, ZONE_ATTENTION_TABLE, RunFolder, slice_examples_figure)
 
 __all__ = ["write_report", "summary_text"]
 
@@ -41,6 +42,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ROLES = ("train", "val", "test")
 _FINDINGS_SHOWN = 5  # distinct findings in the summary; the full list is in the slices section
 _SLICES_SHOWN = 15
+_SLICE_FIGURES_SHOWN = 10  # figures of a few images per significant slice (the slices stage draws as many)
 _VOID = frozenset({"meta", "img", "br", "hr"})
 
 # (column, header) of the results table; metric columns get "[low, high]" from <metric>_low/_high.
@@ -289,17 +291,48 @@ def _where_text(run, labels):
     if not _missing(p_rise):
         verdict = "a significant rise" if p_rise < run.alpha else "no significant rise"
         text += f" ({verdict}, one-sided Mann-Whitney p = {_p(p_rise)})"
+    removal = _removal_text(r, run.alpha)
     zone = r["top_zone_shift"]
-    if isinstance(zone, str) and zone:
+    # Maps that do not localise the cause name no place, not even the zone that gained most.
+    if isinstance(zone, str) and zone and not (removal and not _truthy(r.get("removal_localised"))):
         text += f"; the region gaining most attention is {'outside the lungs' if zone == 'off_lung_attention' else 'the ' + zone.replace('_', ' ') + ' zone'}"
-    changed, changed_correct = r.get("peak_removal_changes_errors"), r.get("peak_removal_changes_correct")
-    if not (_missing(changed) or _missing(changed_correct)):
-        measured = r.get("peak_removal_changes_n_errors")
-        of = "these calls" if _missing(measured) else f"the {int(measured)} of these calls measured"
-        text += (f". Removing the region under the peak of their maps (inpainted from its surroundings) changes "
-                 f"{changed:.0%} of {of} by the best member, against {changed_correct:.0%} of its correct "
-                 "calls of the same class")
-    return text + "."
+    return text + "." + (f" {removal}." if removal else "")
+
+
+def _truthy(value):
+    """A boolean cell of a CSV read back (True, "True", 1)."""
+    return str(value).strip().lower() in ("true", "1", "1.0")
+
+
+def _removal_text(r, alpha):
+    """Do the slice's errors rest on the region their maps point at? From the ``removal_*`` columns of
+    ``tables/slice_explanations.csv`` (:func:`pneumoxai.evidence.region_removal_test`); None when not measured."""
+    measured = r.get("removal_n_errors")
+    if _missing(measured) or not int(measured):
+        return None
+    n, n_localised = int(measured), int(r["removal_n_localised"])
+    if not _truthy(r.get("removal_localised")):
+        return (f"Their maps do not localise the cause: for {n - n_localised} of the {n} calls tested, the "
+                "half-maximum region around the map's peak covers more than a quarter of the image, so no region "
+                "is named")
+    place, share = f"the {r['removal_place']}", r.get("removal_place_share")
+    if _missing(share) or share >= 0.5:
+        lead, target = f"Removing the region their maps point at, {place} (", place
+    else:  # a place only some of the regions lie in is not where the calls rest
+        lead, target = (f"Removing the region each map points at (no one place holds most of them; {place} holds "
+                        f"{share:.0%}; "), "where their maps point"
+    return (f"{lead}the half-maximum region around each map's peak, inpainted from its surroundings), changes "
+            f"{r['removal_changes_errors']:.0%} of the {n_localised} calls tested by the best member, against "
+            f"{r['removal_changes_control']:.0%} when the same region is removed half the image away (one-sided "
+            f"exact McNemar p = {_p(r['removal_p'])}): "
+            + (f"the calls rest on {target}" if r["removal_p"] < alpha else
+               f"the calls do not rest on {target} more than on any other region of its size"))
+
+
+def _in_words(label):
+    """``" (edge density in the top-right corner > 0.021)"`` for a slice on place features, else ``""``."""
+    words = describe_slice(label)
+    return f" ({words})" if words != str(label) else ""
 
 
 def _no_findings_text(run):
@@ -383,8 +416,8 @@ def _summary_section(run):
         overall = run.overall()
         shown = findings[:_FINDINGS_SHOWN]
         for kind, heading in _KIND_HEADINGS.items():
-            items = [_tag("li", _tag("code", f["labels"][0]), ": ", _finding_text(f, overall, run))
-                     for f in shown if f["kind"] == kind]
+            items = [_tag("li", _tag("code", f["labels"][0]), _in_words(f["labels"][0]), ": ",
+                          _finding_text(f, overall, run)) for f in shown if f["kind"] == kind]
             if items:
                 body.append(_tag("div", _tag("p", _tag("strong", heading)), _tag("ul", items), class_="finding"))
         n_sig = int(run.slices["finding"].sum())
@@ -445,12 +478,16 @@ def _members_section(run):
             rows.append([name, "not trained (no readable card.json)", *["—"] * 6])
             continue
         cfg = card.get("config", {})
-        setup = (f"{cfg.get('backbone')} @ {cfg.get('image_size')} px, weights {cfg.get('weights') or 'none'}, "
-                 f"{cfg.get('balancing')}, seed {cfg.get('seed')}{', bootstrap' if cfg.get('bootstrap') else ''}; "
-                 f"lr {cfg.get('learning_rate')}, dense {cfg.get('dense_units')}, dropout {cfg.get('dropout')}")
-        planned = (cfg.get("epochs_frozen") or 0) + (cfg.get("epochs_finetune") or 0)
+        if card.get("imported"):
+            setup, epochs = _imported_setup(card), "—"
+        else:
+            setup = (f"{cfg.get('backbone')} @ {cfg.get('image_size')} px, weights {cfg.get('weights') or 'none'}, "
+                     f"{cfg.get('balancing')}, seed {cfg.get('seed')}{', bootstrap' if cfg.get('bootstrap') else ''}; "
+                     f"lr {cfg.get('learning_rate')}, dense {cfg.get('dense_units')}, dropout {cfg.get('dropout')}")
+            planned = (cfg.get("epochs_frozen") or 0) + (cfg.get("epochs_finetune") or 0)
+            epochs = f"{card.get('epochs_run', '—')} / {planned}"
         val = card.get("val_metrics", {})
-        rows.append([name, setup, f"{card.get('epochs_run', '—')} / {planned}",
+        rows.append([name, setup, epochs,
                      _num(card.get("seconds_per_epoch"), 1), _count(card.get("n_train")), _num(val.get("roc_auc")),
                      _num(val.get("accuracy")), _num(weights.get(name))])
     headers = ["Member", "Configuration", "Epochs run / planned", "s / epoch", "Train images", "Val AUC",
@@ -465,6 +502,18 @@ def _members_section(run):
         text = "; ".join(extra)
         body.append(_tag("p", text[0].upper() + text[1:] + "."))
     return _section("members", "Ensemble members", *body)
+
+
+def _imported_setup(card):
+    """What is known of an imported member (kind, source file, preprocessing, input size), never "None"."""
+    source = card.get("source") or "an unrecorded file"
+    if card.get("kind") == "predictions":
+        n = card.get("n_predictions")
+        return f"imported predictions from {source}" + (f" ({int(n)} images)" if not _missing(n) else "")
+    known = [f"input {int(card['input_size'])} px" if not _missing(card.get("input_size")) else None,
+             f"preprocessing {card['preprocess']}" if card.get("preprocess") else "preprocessing custom (not recorded)",
+             f"output {card['positive_index']} is PNEUMONIA" if not _missing(card.get("positive_index")) else None]
+    return f"imported model from {source}; " + ", ".join(k for k in known if k)
 
 
 def _results_section(run):
@@ -578,6 +627,7 @@ def _slices_section(run):
     body.append(_figure(run, "slices_top", "Error rate of the top slices, with the overall error rate.", "slices"))
     body.append(_figure(run, "slices_examples", "Example images from the top slices.", "slices"))
     body.append(_figure(run, "slices_features", "Image features of errors against correct calls.", "slices"))
+    body.extend(_slice_images_part(run, significant))
     body.extend(_slice_explanations_part(run))
     body.append(_tag("h3", "Per-member failure slices"))
     members = run.member_slices
@@ -595,6 +645,17 @@ def _slices_section(run):
     return _section("slices", "Failure slices", *body)
 
 
+def _slice_images_part(run, significant):
+    """A few images of each significant slice with their maps, as the slices stage drew them."""
+    body = []
+    for rank, label in enumerate(significant["slice"].head(_SLICE_FIGURES_SHOWN), start=1):
+        stem = slice_examples_figure(rank)
+        if run.figure(stem) is not None:
+            body.append(_figure(run, stem, f"Slice {rank}, {label}{_in_words(label)}: a few of its images, errors "
+                                           "first, with the map of the predicted class.", "slices"))
+    return [_tag("h3", "Images of each significant slice"), *body] if body else []
+
+
 def _slice_explanations_part(run):
     """Which images (the slice) linked to where in the image (its errors' maps against correct calls)."""
     table = run.slice_explanations
@@ -602,7 +663,7 @@ def _slice_explanations_part(run):
         return []
     body = [_tag("h3", "Where each failure slice's errors look")]
     faithful = "faithfulness_errors" in table.columns
-    removed = "peak_removal_changes_errors" in table.columns
+    removed = "removal_changes_errors" in table.columns
     tested = "off_lung_p" in table.columns
     rows = []
     for _, r in table.iterrows():
@@ -613,23 +674,32 @@ def _slice_explanations_part(run):
         if faithful:
             row += [_num(r["faithfulness_errors"], 3), _num(r["faithfulness_correct"], 3)]
         if removed:
-            row += [_num(r["peak_removal_changes_errors"], 2), _num(r["peak_removal_changes_correct"], 2)]
+            localised = _truthy(r["removal_localised"])
+            row += [_count(r["removal_n_errors"]), r["removal_place"] if localised else "not localised",
+                    _num(r["removal_changes_errors"], 2), _num(r["removal_changes_control"], 2),
+                    _p(r["removal_p"])]
         rows.append(row)
     headers = (["Slice", "Errors", "Off-lung share (errors)", "Off-lung share (correct)", "Shift"]
                + (["p (rise)"] if tested else []) + ["Zone gaining most"])
     if faithful:
         headers += ["Deletion AUC (errors)", "Deletion AUC (correct)"]
     if removed:
-        headers += ["Peak removal changes call (errors)", "Peak removal changes call (correct)"]
-    numeric = [i for i, header in enumerate(headers) if i and header != "Zone gaining most"]
+        headers += ["Errors tested", "Region their maps point at", "Removing it changes call",
+                    "Removing it elsewhere changes call", "p (McNemar)"]
+    numeric = [i for i, header in enumerate(headers)
+               if i and header not in ("Zone gaining most", "Region their maps point at")]
     test = (" p (rise): one-sided Mann-Whitney U test that the errors' off-lung shares exceed those of correct "
             "calls of their class." if tested else "")
     body.append(_table(headers, rows, numeric=numeric, caption=(
         f"Ensemble {_map_name(run)} of the predicted class. Each slice's errors are compared with the correct calls "
         f"of the same true class, weighted to the errors' class mix.{test} Deletion AUC of the best model member on "
         "a sample (lower = the map points at what drives the call)."
-        + (" Peak removal: share of that sample's calls by the best member that change when a window of a quarter "
-           "of the image side around the map's peak is inpainted from its surroundings." if removed else ""))))
+        + (" Region removal: for 32 errors sampled per slice (all when fewer), the best member predicts again "
+           "with the half-maximum region around each map's peak inpainted from its surroundings, and with the same "
+           "region shifted by half the image; the share of the calls each changes, over the errors whose region "
+           "covers at most a quarter of the image (a slice is 'not localised' when fewer than half of them do), and "
+           "the one-sided exact McNemar p that the region changes more calls than its shifted copy."
+           if removed else ""))))
     body.append(_figure(run, "slice_maps", "Mean map of each slice's errors beside the correct calls' mean map; "
                                           "white: mean lung outline.", "slices"))
     return body
@@ -820,7 +890,9 @@ def summary_text(run_dir):
         overall = run.overall()
         lines.append(f"Where misdiagnoses occur (significant after Benjamini-Hochberg at alpha = {run.alpha}):")
         for finding in findings[:_FINDINGS_SHOWN]:
-            lines.append(textwrap.fill(f"{finding['labels'][0]} ({finding['kind']}): {_finding_text(finding, overall, run)}",
+            label = finding["labels"][0]
+            lines.append(textwrap.fill(f"{label}{_in_words(label)} ({finding['kind']}): "
+                                       f"{_finding_text(finding, overall, run)}",
                                        width=100, initial_indent="  - ", subsequent_indent="    "))
     for sentence in shift_sentences(run.root):
         lines += ["", textwrap.fill(sentence, width=100)]

@@ -76,6 +76,7 @@ __all__ = [
     "SHIFT_FEATURES_FIGURE",
     "SHIFT_TABLES",
     "REFERRAL_CURVE_FIGURE",
+    "SLICE_EXAMPLES_FIGURE",
     "TIMINGS_TABLE",
     "TEST_MAPS_FILE",
     "EXPLAIN_MAPS_FILE",
@@ -84,6 +85,7 @@ __all__ = [
     "target_predictions_table",
     "shift_table",
     "shift_features_figure",
+    "slice_examples_figure",
     "prediction_cache_file",
     "embedding_cache_file",
 ]
@@ -147,6 +149,7 @@ SLICE_MAPS_FILE = "slice_maps.npz"
 # figures/ (stems; the plotting functions add .png / .pdf)
 SHIFT_FEATURES_FIGURE = "shift_features"
 REFERRAL_CURVE_FIGURE = "referral_curve"
+SLICE_EXAMPLES_FIGURE = "slice_examples"     # one per significant slice, by slice_examples_figure
 #: The kinds of table the shift stage writes per target, for :func:`shift_table`.
 SHIFT_TABLES = ("summary", "output", "features", "scores")
 
@@ -183,6 +186,11 @@ def shift_table(kind, target=None):
 def shift_features_figure(target=None):
     """Stem of the figure of where the data moved, per target like :func:`shift_table`."""
     return SHIFT_FEATURES_FIGURE + _target_suffix(target)
+
+
+def slice_examples_figure(rank):
+    """Stem of the figure of a few images of the ``rank``-th significant failure slice (1 = first), with maps."""
+    return f"{SLICE_EXAMPLES_FIGURE}_{int(rank)}"
 
 
 def prediction_cache_file(key):

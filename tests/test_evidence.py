@@ -19,7 +19,7 @@ import pytest
 
 from pneumoxai.audit import peak_removal_effect
 from pneumoxai.errors import DataError
-from pneumoxai.evidence import evidence_regions, inpaint_regions, region_removal_test
+from pneumoxai.evidence import evidence_regions, inpaint_regions, region_removal_test, removal_verdict
 from pneumoxai.regions import BORDER_PLACES, describe_feature, name_region, place_masks, region_features
 from pneumoxai.slices import find_failure_slices
 
@@ -147,6 +147,34 @@ def test_a_global_shortcut_with_diffuse_maps_gets_no_region(seed):
     assert result["n_only_region"] <= 1
 
 
+@pytest.mark.parametrize("corner", CORNERS)
+def test_the_region_a_strip_model_rests_on_is_named_after_its_corner(corner):
+    mask = marker_mask("strip", corner)
+    x = stamp(radiographs(N, seed=12), mask, "bright", text=True)
+    lungs = np.zeros((N, SIZE, SIZE), bool)
+    lungs[:, 30:110, 20:58] = lungs[:, 30:110, 70:108] = True
+    result = region_removal_test(uses_marker(mask), x, cam_like(mask, N, seed=13), lung_masks=lungs)
+    words = corner.replace("_", "-") + " corner, outside both lungs"
+    assert result["rests_on_region"] and list(result["places"]) == [words] * N
+
+
+def test_removal_verdict_is_the_exact_mcnemar_test_over_the_localised_images():
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(14)
+    changed, control, localised = rng.random((3, 80)) < [[0.6], [0.3], [0.8]]
+    verdict = removal_verdict(changed, control, localised, alpha=0.01)
+    b = int((changed & ~control & localised).sum())
+    c = int((control & ~changed & localised).sum())
+    expected = binomtest(b, b + c, 0.5, alternative="greater").pvalue
+    assert (verdict["n_only_region"], verdict["n_only_control"]) == (b, c)
+    assert verdict["p_value"] == pytest.approx(expected) and verdict["rests_on_region"] == (expected < 0.01)
+    assert verdict["share_changed"] == pytest.approx(changed[localised].mean())
+    assert verdict["n_localised"] == localised.sum()
+    nothing = removal_verdict(changed, control, np.zeros(80, bool))
+    assert nothing["p_value"] == 1.0 and np.isnan(nothing["share_changed"]) and not nothing["rests_on_region"]
+
+
 def test_evidence_region_is_the_half_maximum_component_around_the_peak():
     m = np.zeros((1, 16, 16))
     m[0, 2:5, 2:12] = 1.0
@@ -227,6 +255,9 @@ def test_name_region_family():
     (lambda: region_removal_test("model", radiographs(1, 0), np.zeros((1, SIZE, SIZE))),
      "'model_or_predict_fn' parameter"),
     (lambda: name_region(np.zeros((8, 8), bool)), "non-empty"),
+    (lambda: removal_verdict([1, 0], [1], [1, 1]), "one value per image"),
+    (lambda: region_removal_test(uses_lungs, radiographs(1, 0), np.zeros((1, SIZE, SIZE)),
+                                 lung_masks=np.zeros((1, 8, 8))), "lung_masks must have shape"),
     (lambda: place_masks((4, 4)), "at least 8x8"),
 ])
 def test_bad_input_is_one_line(call, match):

@@ -337,21 +337,33 @@ def test_slice_explanations_compare_errors_with_correct_calls_of_the_same_class(
     maps[:40, 0, 0] = 3.0      # the marker slice looks at a corner
     maps[:40, 4, 3] = 1.0
     faith = np.where(marker, 0.2, 0.6)
-    # Removing the peak changes 30 of the 40 errors' calls (the other 10 not measured) and only calls of
-    # PNEUMONIA images, which do not enter the reference of a slice of NORMAL images.
-    peak_removal = np.where(y == 1, 1.0, 0.0)
-    peak_removal[:40] = np.r_[np.ones(30), np.full(10, np.nan)]
+    # Region removal tested on 30 of the 40 errors (the other 10 not measured): 28 localise, 26 of them
+    # change under removal of their region and 2 under removal of its shifted copy (one of them under both).
+    removal = pd.DataFrame({"call_changed": np.nan, "control_changed": np.nan, "localised": np.nan,
+                            "places": None}, index=range(n))
+    removal.loc[:29, ["call_changed", "control_changed", "localised"]] = 0.0
+    removal.loc[:25, "call_changed"] = 1.0
+    removal.loc[[0, 27], "control_changed"] = 1.0
+    removal.loc[:27, "localised"] = 1.0
+    removal.loc[:27, "places"] = ["top-left corner, outside both lungs"] * 20 + ["top edge"] * 8
+    removal.loc[28:29, ["call_changed", "control_changed"]] = 1.0   # not localised: not counted
     found = slices.find_failure_slices(frame, y, p, min_size=20)
     table, mean_maps = explain.slice_explanations(frame, found, maps, masks, y, p, faithfulness=faith,
-                                                  peak_removal=peak_removal)
+                                                  region_removal=removal)
     top = table.iloc[0]
     assert top["slice"] == "marker == True" and top["n_errors"] == 40
     assert top["errors:off_lung_attention"] == pytest.approx(0.75)
     assert top["correct:off_lung_attention"] == pytest.approx(0.0)
     assert top["off_lung_shift"] == pytest.approx(0.75) and top["top_zone_shift"] == "off_lung_attention"
     assert top["faithfulness_errors"] == pytest.approx(0.2) and top["faithfulness_correct"] == pytest.approx(0.6)
-    assert top["peak_removal_changes_errors"] == 1.0 and top["peak_removal_changes_correct"] == 0.0
-    assert (top["peak_removal_changes_n_errors"], top["faithfulness_n_errors"]) == (30, 40)
+    assert (top["removal_n_errors"], top["removal_n_localised"], top["faithfulness_n_errors"]) == (30, 28, 40)
+    assert top["removal_changes_errors"] == pytest.approx(26 / 28)
+    assert top["removal_changes_control"] == pytest.approx(2 / 28)
+    # Discordant pairs: 25 changed by the region only, 1 (row 27) by its shifted copy only.
+    assert top["removal_p"] == pytest.approx(scipy.stats.binomtest(25, 26, 0.5, alternative="greater").pvalue)
+    assert top["removal_localised"] and top["removal_rests_on_region"]
+    assert top["removal_place"] == "top-left corner, outside both lungs"
+    assert top["removal_place_share"] == pytest.approx(20 / 28)
     np.testing.assert_allclose(mean_maps[0], maps[:40].mean(0))
     assert mean_maps.shape == (len(table), side, side)
 

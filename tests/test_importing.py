@@ -204,6 +204,11 @@ def test_an_imported_model_gives_its_own_probabilities_and_is_explained(make_kag
     assert (run / "maps" / "test_maps.npz").is_file() and (run / "figures" / "gallery.png").is_file()
     card = json.loads((run / "members" / "theirs" / "card.json").read_text())
     assert card["imported"] and card["kind"] == "model" and card["preprocess"] == "caffe"
+    # The report's members table says what is known of both, never "None".
+    report = (run / "report.html").read_text(encoding="utf-8")
+    members = report[report.index('<section id="members">'):report.index("</section>", report.index('id="members"'))]
+    assert f"imported model from {(tmp_path / 'theirs.keras').resolve()}; input 32 px, preprocessing caffe" in members
+    assert f"imported predictions from {(tmp_path / 'vendor.csv').resolve()}" in members and "None" not in members
     # The slices stage looks for its embedding layer in the file, without loading the model.
     loaded, _ = models.load_member(run / "members" / "theirs")
     assert models.Member(run / "members" / "theirs").layer_names() == {layer.name for layer in loaded.layers}

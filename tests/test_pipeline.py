@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -135,41 +136,56 @@ def test_a_planted_finding_is_explained_by_its_errors_maps_and_faithfulness(plan
         (passed["y_prob"] >= passed["threshold"]).astype(int) != passed["y_true"])
     row = explained.iloc[0]
     assert row["n_errors"] == errors.sum() > 0
-    for column, values in (("faithfulness", passed["faithfulness"]), ("peak_removal_changes", passed["peak_removal"])):
-        measured = errors & np.isfinite(values)
-        assert row[f"{column}_n_errors"] == measured.sum() > 0  # under 64 images every error is measured
-        assert row[f"{column}_errors"] == pytest.approx(values[measured].mean(), abs=1e-12)
-    assert set(np.unique(passed["peak_removal"][np.isfinite(passed["peak_removal"])])) <= {0.0, 1.0}
+    measured = errors & np.isfinite(passed["faithfulness"])
+    assert row["faithfulness_n_errors"] == measured.sum() > 0  # under 64 images every error is measured
+    assert row["faithfulness_errors"] == pytest.approx(passed["faithfulness"][measured].mean(), abs=1e-12)
     assert 0 < row["faithfulness_errors"] < 1
+    removal = passed["region_removal"]
+    tested = errors & removal["localised"].notna().to_numpy()
+    assert row["removal_n_errors"] == tested.sum() == min(errors.sum(), 32)
+    localised = tested & (removal["localised"] == 1).to_numpy()
+    assert row["removal_n_localised"] == localised.sum()
+    if row["removal_localised"]:
+        assert row["removal_changes_errors"] == pytest.approx(removal["call_changed"][localised].mean())
+        assert row["removal_place"] == Counter(removal["places"][localised]).most_common(1)[0][0]
+    else:
+        assert pd.isna(row["removal_place"])
+    # A few images of the slice with their maps, in the report under its label.
+    assert run.figure_stem("slice_examples_1").with_suffix(".png").is_file()
+    report = write_report(run.root).read_text(encoding="utf-8")
+    assert "Images of each significant slice" in report and "Slice 1, " in report
+    # The slicing table measures every named place.
+    features = pd.read_csv(run.table("slice_features.csv"))
+    assert {"edge_density_top_right", "dark_area_bottom_left", "rel_brightness_left_lower"} <= set(features.columns)
 
 
-def test_slice_explanations_ask_whether_the_best_members_calls_rest_on_the_maps_peak(planted_finding):
-    from pneumoxai import audit
+def test_slice_explanations_ask_whether_the_best_members_calls_rest_on_the_maps_region(planted_finding):
     from pneumoxai.config import load_config
+    from pneumoxai.evidence import region_removal_test
     from pneumoxai.pipeline import failure_slices
 
     run, passed = planted_finding
     config = load_config(SMOKE)
     table = pd.read_csv(run.table("slice_explanations.csv"))
-    assert {"peak_removal_changes_errors", "peak_removal_changes_correct"} <= set(table.columns)
+    assert {"removal_n_errors", "removal_changes_errors", "removal_changes_control", "removal_p",
+            "removal_localised", "removal_place"} <= set(table.columns)
 
     # The same measurement from the run's files and the public API: the best member, its own threshold, the
-    # stored maps at its input size, a window of a quarter of its side.
+    # stored maps at its input size, the half-maximum region against the same region shifted.
     predictions = pd.read_csv(run.table("predictions_test.csv"))
     record = json.loads(run.table("ensemble.json").read_text())
     results = pd.read_csv(run.table("results.csv"), index_col="model")
     best = results.loc[["smoke_a", "smoke_b"], "roc_auc"].idxmax()
     model = models.load_member(run.path("members") / best)[0]
     size = int(model.input_shape[1])
-    x = load_images(predictions["path"], size, interpolation=config["data"]["interpolation"])
-    maps = explain.resize_maps(failure_slices._load_test_maps(run, predictions["path"])[0], size)
-    changed = audit.peak_removal_effect(model, x, maps, size=size // 4,
-                                        threshold=record["thresholds"][best])["call_changed"]
-    measured = np.isfinite(passed["peak_removal"])
-    correct = (predictions[f"p[{record['primary']}]"] >= record["thresholds"][record["primary"]]).astype(int) \
-        == predictions["label"]
-    assert measured[correct.to_numpy()].all()  # under 64 images every correct call is in the sample
-    np.testing.assert_array_equal(passed["peak_removal"][measured], changed[measured].astype(float))
+    removal = passed["region_removal"]
+    tested = np.flatnonzero(removal["localised"].notna().to_numpy())
+    x = load_images(predictions["path"].iloc[tested], size, interpolation=config["data"]["interpolation"])
+    maps = explain.resize_maps(failure_slices._load_test_maps(run, predictions["path"])[0][tested], size)
+    result = region_removal_test(model, x, maps, threshold=record["thresholds"][best])
+    for column in ("call_changed", "control_changed", "localised"):
+        np.testing.assert_array_equal(removal[column].to_numpy()[tested], result[column].astype(float))
+    assert list(removal["places"].iloc[tested]) == list(result["places"])
 
 
 def test_test_split_maps_are_the_measured_choice_among_every_stage_alone_and_fused(smoke_run):

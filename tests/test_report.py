@@ -1,6 +1,7 @@
 """The HTML report and terminal summary: self-contained, faithful to the tables, findings only, escaped."""
 
 import base64
+import html
 import json
 from html.parser import HTMLParser
 
@@ -221,21 +222,143 @@ def test_a_finding_says_where_its_errors_look(run, p_rise, verdict):
     assert "Where they look" in " ".join(summary_text(run).split())
 
 
-def test_a_finding_says_whether_its_calls_rest_on_where_its_maps_point(run):
-    row = {"slice": "subtype == virus", "n_errors": 9, "n_reference": 5, "errors:off_lung_attention": 0.61,
-           "correct:off_lung_attention": 0.34, "off_lung_shift": 0.27, "top_zone_shift": "off_lung_attention",
-           "off_lung_p": 2e-5, "faithfulness_errors": 0.21, "faithfulness_correct": 0.33,
-           "peak_removal_changes_errors": 0.714, "peak_removal_changes_correct": 0.031,
-           "peak_removal_changes_n_errors": 7}
+_WHERE = {"slice": "subtype == virus", "n_errors": 9, "n_reference": 5, "errors:off_lung_attention": 0.61,
+          "correct:off_lung_attention": 0.34, "off_lung_shift": 0.27, "top_zone_shift": "off_lung_attention",
+          "off_lung_p": 2e-5, "faithfulness_errors": 0.21, "faithfulness_correct": 0.33}
+
+
+@pytest.mark.parametrize("p_value, verdict", [
+    (0.002, "the calls rest on the top-right corner, outside both lungs."),
+    (0.31, "the calls do not rest on the top-right corner, outside both lungs more than on any other region of "
+           "its size."),
+])
+def test_a_finding_says_whether_its_calls_rest_on_the_region_its_maps_point_at(run, p_value, verdict):
+    row = {**_WHERE, "removal_n_errors": 9, "removal_n_localised": 7, "removal_localised": True,
+           "removal_changes_errors": 0.714, "removal_changes_control": 0.0, "removal_p": p_value,
+           "removal_rests_on_region": p_value < 0.05, "removal_place": "top-right corner, outside both lungs",
+           "removal_place_share": 1.0}
     pd.DataFrame([row]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
-    _png(run / "figures" / "slice_maps.png")
     text = write_report(run).read_text(encoding="utf-8")
-    assert ("the region gaining most attention is outside the lungs. Removing the region under the peak of their maps "
-            "(inpainted from its surroundings) changes 71% of the 7 of these calls measured by the best member, "
-            "against 3% of its "
-            "correct calls of the same class.") in _section(text, "summary")
+    assert ("the region gaining most attention is outside the lungs. Removing the region their maps point at, the "
+            "top-right corner, outside both lungs (the half-maximum region around each map's peak, inpainted from its "
+            "surroundings), changes 71% of the 7 calls tested by the best member, against 0% when the same region is "
+            f"removed half the image away (one-sided exact McNemar p = {_p(p_value)}): {verdict}"
+            ) in html.unescape(_section(text, "summary"))
     slices = _section(text, "slices")
-    assert "Peak removal changes call (errors)" in slices and "0.71" in slices and "0.03" in slices
+    assert "Region their maps point at" in slices and "<td>top-right corner, outside both lungs</td>" in slices
+    assert "0.71" in slices and "Removing the region under the peak" not in text
+
+
+def test_regions_scattered_over_several_places_are_not_named_as_one(run):
+    row = {**_WHERE, "removal_n_errors": 8, "removal_n_localised": 8, "removal_localised": True,
+           "removal_changes_errors": 0.0, "removal_changes_control": 0.125, "removal_p": 1.0,
+           "removal_rests_on_region": False, "removal_place": "left middle lung zone", "removal_place_share": 0.25}
+    pd.DataFrame([row]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
+    summary = html.unescape(_section(write_report(run).read_text(encoding="utf-8"), "summary"))
+    assert ("Removing the region each map points at (no one place holds most of them; the left middle lung zone "
+            "holds 25%; the half-maximum region") in summary
+    assert "the calls do not rest on where their maps point more than on any other region of its size." in summary
+
+
+def _p(value):
+    return f"{value:.3f}"
+
+
+def test_maps_that_do_not_localise_name_no_region(run):
+    row = {**_WHERE, "top_zone_shift": "left_lower", "removal_n_errors": 9, "removal_n_localised": 2,
+           "removal_localised": False, "removal_changes_errors": 0.5, "removal_changes_control": 0.0,
+           "removal_p": 0.25, "removal_rests_on_region": False, "removal_place": None, "removal_place_share": None}
+    pd.DataFrame([row]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
+    summary = html.unescape(_section(write_report(run).read_text(encoding="utf-8"), "summary"))
+    assert ("Their maps do not localise the cause: for 7 of the 9 calls tested, the half-maximum region around the "
+            "map's peak covers more than a quarter of the image, so no region is named.") in summary
+    _assert_names_no_place(summary)
+    assert "<td>not localised</td>" in _section(write_report(run).read_text(encoding="utf-8"), "slices")
+
+
+def _assert_names_no_place(text):
+    from pneumoxai.regions import PLACE_WORDS
+
+    named = [words for words in PLACE_WORDS.values() if words in text]
+    assert not named and "gaining most attention" not in text and "rest on" not in text, named
+
+
+def test_a_global_gamma_shortcut_gets_a_sentence_that_names_no_region(run):
+    """From planted model to sentence: a model reading the global gamma, its (flat) gradient maps, the region test,
+    the slice verdict and the report."""
+    from pneumoxai.evidence import region_removal_test
+    from pneumoxai.explain import slice_explanations
+    from pneumoxai.slices import find_failure_slices
+
+    rng = np.random.default_rng(0)
+    n = 40
+    x = np.clip(0.45 + rng.normal(0, 0.05, (n, 32, 32, 1)) * np.ones(3), 0, 1).astype(np.float32)
+    gamma = np.arange(n) < 16
+    x[gamma] = x[gamma] ** 1.6                                # darker everywhere, nowhere in particular
+    y = np.zeros(n, int)
+
+    def reads_gamma(images):
+        return 1.0 / (1.0 + np.exp(-80 * (0.36 - images.mean(axis=(1, 2, 3)))))
+    p = reads_gamma(x)
+    maps = np.ones((n, 32, 32))                               # the gradient of a global mean is flat
+    result = region_removal_test(reads_gamma, x, maps, lung_masks=np.zeros((n, 32, 32), bool))
+    assert not result["localised"].any()
+    removal = pd.DataFrame({k: result[k].astype(float) for k in ("call_changed", "control_changed", "localised")})
+    removal["places"] = result["places"]
+    frame = pd.DataFrame({"gamma": gamma, "noise": rng.random(n)})
+    found = find_failure_slices(frame, y, p, min_size=8, max_order=1)
+    masks = np.zeros((n, 32, 32), bool)
+    masks[:, 8:28, 4:14] = masks[:, 8:28, 18:28] = True
+    table, _ = slice_explanations(frame, found, maps, masks, y, p, region_removal=removal)
+    assert table["slice"].iloc[0] == "gamma == True" and not table["removal_localised"].iloc[0]
+    table["slice"] = "subtype == virus"                      # the run fixture's finding
+    table.to_csv(run / "tables" / "slice_explanations.csv", index=False)
+    summary = html.unescape(_section(write_report(run).read_text(encoding="utf-8"), "summary"))
+    assert "Their maps do not localise the cause: for 16 of the 16 calls tested" in summary
+    _assert_names_no_place(summary)
+
+
+def test_a_planted_top_right_text_strip_is_a_slice_named_top_right(run):
+    """From planted images to words: the strip's place has the highest value of its region feature, the slice
+    search cuts on a top-right column, and the summary says top-right in words."""
+    import cv2
+
+    from pneumoxai.regions import BORDER_PLACES, region_features
+    from pneumoxai.slices import find_failure_slices
+
+    rng = np.random.default_rng(1)
+    n = 60
+    x = np.clip(0.5 + rng.normal(0, 0.02, (n, 48, 48)), 0, 1).astype(np.float32)
+    marked = np.arange(n) < 20
+    canvas = np.zeros((48, 48), np.uint8)
+    cv2.putText(canvas, "PORT", (31, 10), cv2.FONT_HERSHEY_PLAIN, 0.6, 1, 1)
+    x[marked, 2:12, 30:47] = 0.1
+    x[marked] = np.where(canvas > 0, 0.9, x[marked])
+    lungs = np.zeros((n, 48, 48), bool)
+    lungs[:, 16:42, 6:20] = lungs[:, 16:42, 28:42] = True
+    features = region_features(np.repeat(x[..., None], 3, axis=-1), masks=lungs)
+    for measure in ("edge_density", "dark_area"):
+        means = features.loc[marked, [f"{measure}_{place}" for place in BORDER_PLACES]].mean()
+        assert means.idxmax() == f"{measure}_top_right", means
+    y, p = np.zeros(n, int), np.where(marked, 0.9, 0.1)      # every marked image is a false alarm
+    with pytest.warns(UserWarning, match="constant"):
+        found = find_failure_slices(features, y, p, min_size=10, max_order=1)
+    top = found.iloc[0]
+    assert top["finding"] and top["n_errors"] == top["size"] == 20 and "top_right" in top["slice"]
+    found.drop(columns="conditions").to_csv(run / "tables" / "failure_slices.csv", index=False)
+    summary = html.unescape(_section(write_report(run).read_text(encoding="utf-8"), "summary"))
+    assert f"<code>{top['slice']}</code> (" in summary and "in the top-right corner" in summary
+    assert "in the top-right corner" in summary_text(run)
+
+
+def test_each_significant_slice_shows_its_images(run):
+    _png(run / "figures" / "slice_examples_1.png")
+    _png(run / "figures" / "slice_examples_2.png")           # no second significant slice: not shown
+    text = write_report(run).read_text(encoding="utf-8")
+    slices = _section(text, "slices")
+    assert "Images of each significant slice" in slices
+    assert "Slice 1, subtype == virus: a few of its images, errors first" in slices and "Slice 2" not in slices
+    assert len(_parse(text).imgs) == len(EVAL_FIGURES + SLICE_FIGURES + EXPLAIN_FIGURES) + 1
 
 
 def test_no_findings_says_none_survived(run):
@@ -296,6 +419,23 @@ def test_explanations_and_zone_attention_when_present(run):
     assert ("<td>Grad-CAM</td><td>false_negative</td><td class=\"num\">2</td><td class=\"num\">0.200</td>"
             "<td class=\"num\">0.400</td>") in zones
     assert "<td>SHAP</td><td>false_negative</td><td class=\"num\">1</td><td class=\"num\">0.900</td>" in zones
+
+
+def test_imported_members_are_shown_with_what_is_known(run):
+    cards = {"m1": {"name": "m1", "kind": "model", "imported": True, "source": "/models/user_cnn.keras",
+                    "source_sha256": "ab", "input_size": 128, "preprocess": "caffe", "positive_index": 1},
+             "m2": {"name": "m2", "kind": "predictions", "imported": True, "source": "/preds/vendor.csv",
+                    "source_sha256": "cd", "format": 1, "n_predictions": 40}}
+    config = json.loads((run / "config.json").read_text())
+    config["members"] = [{"name": "m1", "imported": True, "image_size": 128}, {"name": "m2", "imported": True}]
+    (run / "config.json").write_text(json.dumps(config))
+    for name, card in cards.items():
+        (run / "members" / name / "card.json").write_text(json.dumps(card))
+    members = _section(write_report(run).read_text(encoding="utf-8"), "members")
+    assert ("imported model from /models/user_cnn.keras; input 128 px, preprocessing caffe, output 1 is PNEUMONIA"
+            in members)
+    assert "imported predictions from /preds/vendor.csv (40 images)" in members
+    assert "None" not in members
 
 
 def test_members_and_leakage(run):

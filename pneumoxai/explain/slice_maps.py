@@ -6,8 +6,13 @@ import scipy.stats
 
 from ..errors import DataError
 from ..lungs import ZONE_COLUMNS
+from ..validation import OPEN_UNIT_INTERVAL, check_param
 from ._base import _positive_int
 from .zones import zone_attention
+
+#: A slice's maps localise when at least this share of its measured errors' maps do.
+_LOCALISED_SHARE = 0.5
+
 
 def _rise_p_value(values, errors, correct, y):
     """One-sided Mann-Whitney p that ``values`` of the errors exceed those of correct calls of their main class."""
@@ -21,8 +26,46 @@ def _rise_p_value(values, errors, correct, y):
     return float(scipy.stats.mannwhitneyu(a, b, alternative="greater").pvalue)
 
 
+def _checked_per_image(faithfulness, region_removal, n):
+    """``faithfulness`` as floats (or None), after checking both per-image inputs have ``n`` rows."""
+    if region_removal is not None:
+        needed = {"call_changed", "control_changed", "localised", "places"}
+        missing = needed - set(getattr(region_removal, "columns", ()))
+        if not isinstance(region_removal, pd.DataFrame) or missing or len(region_removal) != n:
+            raise DataError(f"region_removal must be a DataFrame of {n} rows with columns call_changed, "
+                            f"control_changed, localised and places; got {type(region_removal).__name__}"
+                            + (f" lacking {sorted(missing)}" if missing else f" of {len(region_removal)} rows"))
+    if faithfulness is None:
+        return None
+    values = np.asarray(faithfulness, np.float64)
+    if values.shape != (n,):
+        raise DataError(f"faithfulness must have shape ({n},); got {values.shape}")
+    return values
+
+
+def _removal_row(removal, errors, alpha):
+    """The region-removal verdict of one slice's measured errors (``removal_*`` columns)."""
+    from collections import Counter
+
+    from ..evidence import removal_verdict
+
+    measured = errors & removal["localised"].notna().to_numpy()
+    part = removal[measured]
+    verdict = removal_verdict(part["call_changed"].to_numpy(bool), part["control_changed"].to_numpy(bool),
+                              part["localised"].to_numpy(bool), alpha=alpha)
+    n_localised = verdict["n_localised"]
+    localised = n_localised > 0 and n_localised >= _LOCALISED_SHARE * measured.sum()
+    places = Counter(str(place) for place, ok in zip(part["places"], part["localised"].to_numpy(bool)) if ok)
+    place, count = places.most_common(1)[0] if localised else (None, 0)
+    return {"removal_n_errors": int(measured.sum()), "removal_n_localised": n_localised,
+            "removal_localised": bool(localised), "removal_changes_errors": verdict["share_changed"],
+            "removal_changes_control": verdict["share_control_changed"], "removal_p": verdict["p_value"],
+            "removal_rests_on_region": bool(localised and verdict["rests_on_region"]), "removal_place": place,
+            "removal_place_share": count / n_localised if localised else np.nan}
+
+
 def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, threshold=0.5, faithfulness=None,
-                       peak_removal=None, findings_only=True, max_slices=10):
+                       region_removal=None, alpha=0.05, findings_only=True, max_slices=10):
     """Where in the image each failure slice's errors look, against correct calls of the same class.
 
     Links "which images" (:func:`pneumoxai.slices.find_failure_slices`) to "where in
@@ -47,11 +90,14 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
     faithfulness : array_like, shape (n_samples,), optional
         A per-image faithfulness score of ``maps`` (e.g. :func:`deletion_auc` or a ROAD
         gap); its mean over the slice's errors and over the reference is reported.
-    peak_removal : array_like, shape (n_samples,), optional
-        1 where removing the region under the map's peak changes the call, 0 where it
-        does not (``call_changed`` of :func:`pneumoxai.audit.peak_removal_effect`), NaN
-        where not measured; its mean over the slice's errors and over the reference is
-        reported: do the errors rest on where their maps point?
+    region_removal : pandas.DataFrame of n_samples rows, optional
+        Per image, what :func:`pneumoxai.evidence.region_removal_test` measured:
+        ``call_changed``, ``control_changed`` and ``localised`` (1/0, NaN where not
+        measured) and ``places`` (the region in words, None where not localised). Per
+        slice, its measured errors give the verdict (:func:`pneumoxai.evidence.removal_verdict`):
+        do the errors rest on where their maps point, more than on the same area elsewhere?
+    alpha : float, default 0.05
+        Level of that verdict's one-sided test.
     findings_only : bool, default True
         Only slices with ``finding`` True (q below the search's alpha).
     max_slices : int, default 10
@@ -68,7 +114,15 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
         more common class, so no class mix enters; NaN with fewer than 2 on either
         side), ``top_zone_shift`` (zone with the largest increase), with ``faithfulness``
         ``faithfulness_errors``, ``faithfulness_correct`` and ``faithfulness_n_errors``
-        (errors measured), and with ``peak_removal`` the same three ``peak_removal_changes_*``.
+        (errors measured), and with ``region_removal``: ``removal_n_errors`` (errors
+        measured), ``removal_n_localised`` (of them, maps that localise),
+        ``removal_localised`` (at least half of them do), ``removal_changes_errors`` and
+        ``removal_changes_control`` (share of the localised errors' calls changed by
+        removing the map's region and by removing the same region moved by half the
+        image), ``removal_p`` (one-sided exact McNemar), ``removal_rests_on_region``
+        (``removal_p < alpha`` and localised), ``removal_place`` (the most common region
+        in words among the localised errors; None when not localised) and
+        ``removal_place_share`` (its share of them).
     mean_maps : ndarray of float32, shape (n_slices, H, W)
         Mean map of each slice's errors (zeros for a slice without errors).
     """
@@ -83,14 +137,9 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
     if m.ndim != 3 or len(m) != n or y.shape != (n,) or p.shape != (n,):
         raise DataError(f"maps (n, H, W), y_true and y_prob (n,) must have n = len(frame) = {n} rows; got "
                         f"{m.shape}, {y.shape}, {p.shape}")
-    per_image = {}
-    for name, values, column in (("faithfulness", faithfulness, "faithfulness"),
-                                 ("peak_removal", peak_removal, "peak_removal_changes")):
-        if values is not None:
-            per_image[column] = np.asarray(values, np.float64)
-            if per_image[column].shape != (n,):
-                raise DataError(f"{name} must have shape ({n},); got {per_image[column].shape}")
+    faithfulness = _checked_per_image(faithfulness, region_removal, n)
     max_slices = _positive_int("slice_explanations", "max_slices", max_slices)
+    check_param("slice_explanations", "alpha", alpha, OPEN_UNIT_INTERVAL)
     shares = zone_attention(m, masks)
     wrong = (p >= threshold).astype(int) != y
     chosen = slice_table[slice_table["finding"].astype(bool)] if findings_only else slice_table
@@ -115,13 +164,15 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
         shifts = {z: row[f"errors:{z}"] - row[f"correct:{z}"] for z in ZONE_COLUMNS}
         finite = {z: v for z, v in shifts.items() if np.isfinite(v)}
         row["top_zone_shift"] = max(finite, key=finite.get) if finite else None
-        for column, values in per_image.items():
-            measured = errors & np.isfinite(values)
-            row[f"{column}_errors"] = float(values[measured].mean()) if measured.any() else np.nan
-            row[f"{column}_n_errors"] = int(measured.sum())
-            ok = np.isfinite(values) & (reference_weight > 0)
-            row[f"{column}_correct"] = (float(np.average(values[ok], weights=reference_weight[ok]))
-                                        if ok.any() else np.nan)
+        if faithfulness is not None:
+            measured = errors & np.isfinite(faithfulness)
+            row["faithfulness_errors"] = float(faithfulness[measured].mean()) if measured.any() else np.nan
+            row["faithfulness_n_errors"] = int(measured.sum())
+            ok = np.isfinite(faithfulness) & (reference_weight > 0)
+            row["faithfulness_correct"] = (float(np.average(faithfulness[ok], weights=reference_weight[ok]))
+                                           if ok.any() else np.nan)
+        if region_removal is not None:
+            row.update(_removal_row(region_removal, errors, alpha))
         rows.append(row)
         mean_maps.append(m[errors].mean(axis=0) if errors.any() else np.zeros(m.shape[1:]))
     table = pd.DataFrame(rows, columns=None if rows else ["slice", "n_errors", "n_reference"])

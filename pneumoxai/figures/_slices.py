@@ -104,7 +104,7 @@ def plot_slice_error_rates(slices, *, top=10, overall_rate=None, ax=None, path=N
 
 def plot_slice_examples(
     slices, frame, images, *, maps=None, y_true=None, y_prob=None, threshold=0.5,
-    top=4, n_examples=4, seed=0, path=None, formats=("png", "pdf"),
+    top=4, n_examples=4, seed=0, title="Examples from the top failure slices", path=None, formats=("png", "pdf"),
 ):
     """Example images from each of the top slices, misclassified ones first.
 
@@ -129,6 +129,8 @@ def plot_slice_examples(
         Images per slice (columns of the panel).
     seed : int, default=0
         Seed of the random choice among a slice's errors and among its correct calls.
+    title : str, default="Examples from the top failure slices"
+        The figure's title (e.g. one slice in words when ``top=1``).
     path : str or path-like, default=None
         Where to save the figure; see :func:`plot_slice_error_rates`.
     formats : tuple of str, default=("png", "pdf")
@@ -174,7 +176,7 @@ def plot_slice_examples(
                     kind = outcome[i]
                     ax.set_title(f"{kind.replace('_', ' ')}\np={np.asarray(y_prob)[i]:.2f}",
                                  fontsize=8, color=ERROR_COLORS[kind])
-        fig.suptitle("Examples from the top failure slices")
+        fig.suptitle(textwrap.fill(str(title), 90), fontsize=9 if len(str(title)) > 60 else None)
         return finish_figure(fig, path, formats, "plot_slice_examples")
 
 

@@ -3,25 +3,30 @@
 import time
 
 import numpy as np
+import pandas as pd
 
 from .. import _io
-from ..run_folder import (FAILURE_SLICES_TABLE, MEMBER_FAILURE_SLICES_TABLE, SLICE_EXPLANATIONS_TABLE,
-                          SLICE_FEATURES_TABLE, SLICE_MAPS_FILE, TEST_MAPS_FILE, ZONE_ATTENTION_ALL_TABLE)
+from ..run_folder import (FAILURE_SLICES_TABLE, MEMBER_FAILURE_SLICES_TABLE, SLICE_EXAMPLES_FIGURE,
+                          SLICE_EXPLANATIONS_TABLE, SLICE_FEATURES_TABLE, SLICE_MAPS_FILE, TEST_MAPS_FILE,
+                          ZONE_ATTENTION_ALL_TABLE, slice_examples_figure)
 from ._common import DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, run_members
 
 
 def slices_stage(run, config):
     """Failure slices of the primary ensemble and of each member on the test split.
 
-    Slice columns: image characteristics (at 224 px, with lung masks), subtype,
-    patient image count, member disagreement, confidence bin, k-means clusters of the
-    members' penultimate-layer embeddings, and off-lung attention when the explain
-    stage has produced it. Writes ``tables/failure_slices.csv``,
-    ``tables/member_failure_slices.csv``, ``tables/slice_features.csv`` and figures.
+    Slice columns: image characteristics (at 224 px, with lung masks) and the same
+    measured per named place (:func:`pneumoxai.regions.region_features`: each corner,
+    edge and lung zone), subtype, patient image count, member disagreement, confidence
+    bin, k-means clusters of the members' penultimate-layer embeddings, and off-lung
+    attention when the explain stage has produced it. Writes
+    ``tables/failure_slices.csv``, ``tables/member_failure_slices.csv``,
+    ``tables/slice_features.csv`` and figures, one of a few images per significant slice.
     When the explain stage has mapped the test split, each significant slice also gets
     its mean map, its zone attention against correct calls of the same class, the
-    faithfulness (deletion AUC) of its maps and whether removing the region under their
-    peaks changes the calls: ``tables/slice_explanations.csv``,
+    faithfulness (deletion AUC) of its maps and whether its errors' calls rest on the
+    region their maps point at (:func:`pneumoxai.evidence.region_removal_test` under
+    the best model member): ``tables/slice_explanations.csv``,
     ``maps/slice_maps.npz`` and ``figures/slice_maps``.
 
     Returns
@@ -62,8 +67,9 @@ def slices_stage(run, config):
 
 
 def _slice_frame(run, config, predictions, images, masks, P, p_ens):
-    """The slicing table: image features with lung masks, metadata, member disagreement, embedding clusters,
-    and off-lung attention when the explain stage has run."""
+    """The slicing table: image features with lung masks, the same per named place, metadata, member
+    disagreement, embedding clusters, and off-lung attention when the explain stage has run."""
+    from ..regions import region_features
     from ..slices import slice_frame
 
     table = load_table(run)
@@ -73,19 +79,22 @@ def _slice_frame(run, config, predictions, images, masks, P, p_ens):
                         images=images, masks=masks, member_probs=P, ensemble_prob=p_ens,
                         embeddings=embeddings, zone_scores=_off_lung_scores(run, predictions["path"]),
                         n_clusters=config["slices"]["n_clusters"], seed=0)
+    frame = pd.concat([frame, region_features(images, masks=masks)], axis=1)
     _io.write_csv(run.table(SLICE_FEATURES_TABLE), frame.assign(path=predictions["path"]), index=False)
     return frame
 
 
 #: Images whose per-image faithfulness is measured for the slice explanations (deletion AUC costs 21 predictions each).
 _FAITHFULNESS_IMAGES = 64
-#: Side of the window removed around each map's peak, as a share of the image side: on the 128 px shortcut audit
-#: a quarter of the side (32 px) separated the marked member's calls from the control's as well as any of 19-56 px.
-_PEAK_WINDOW = 0.25
+#: Errors per explained slice whose calls are tested by removing their maps' region (3 predictions each).
+_REMOVAL_ERRORS = 32
+#: Significant slices explained and shown with example images, in the table's order.
+_EXPLAINED_SLICES = 10
 
 
 def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, paths, maps, method, thresholds):
-    """Mean map, zone shift and map faithfulness of each significant slice (needs the explain stage's maps)."""
+    """Mean map, zone shift, map faithfulness and region-removal verdict of each significant slice (needs the
+    explain stage's maps)."""
     from ..explain import slice_explanations
     from ..figures import plot_slice_maps
 
@@ -93,10 +102,11 @@ def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshol
         why = "no significant slice" if maps is not None else "no maps of the test split (run explain)"
         logger.info("slices: no slice explanations: %s", why)
         return
-    faithfulness, peak_removal = _per_image_faithfulness(run, config, found, frame, maps, y, p_ens, threshold, paths,
-                                                         thresholds)
+    faithfulness, removal = _per_image_evidence(run, config, found, frame, maps, y, p_ens, threshold, paths,
+                                                thresholds)
     table, mean_maps = slice_explanations(frame, found, maps, masks, y, p_ens, threshold=threshold,
-                                          faithfulness=faithfulness, peak_removal=peak_removal)
+                                          faithfulness=faithfulness, region_removal=removal,
+                                          alpha=config["slices"]["alpha"], max_slices=_EXPLAINED_SLICES)
     _io.write_csv(run.table(SLICE_EXPLANATIONS_TABLE), table, index=False)
     _io.save_npz(run.maps(SLICE_MAPS_FILE), maps=mean_maps.astype(np.float16),
                  slices=table["slice"].to_numpy(dtype=str))
@@ -106,12 +116,13 @@ def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshol
                     path=run.figure_stem("slice_maps"))
 
 
-def _per_image_faithfulness(run, config, found, frame, maps, y, p_ens, threshold, paths, thresholds):
-    """Deletion AUC of the stored maps under the best model member (lower = more faithful), and whether removing
-    the region under each map's peak changes that member's call (1/0), for the errors of the significant slices
-    and a sample of correct calls (NaN elsewhere); (None, None) without a model member."""
-    from ..audit import peak_removal_effect
+def _per_image_evidence(run, config, found, frame, maps, y, p_ens, threshold, paths, thresholds):
+    """Under the best model member: the deletion AUC of the stored maps (lower = more faithful) for the errors
+    of the significant slices and a sample of correct calls (NaN elsewhere), and the region-removal test
+    (:func:`pneumoxai.evidence.region_removal_test`) of up to ``_REMOVAL_ERRORS`` errors of each explained
+    slice, as the per-image frame ``slice_explanations`` takes; (None, None) without a model member."""
     from ..data import load_images
+    from ..evidence import region_removal_test
     from ..explain import deletion_auc, resize_maps
     from ..slices import slice_mask
 
@@ -120,22 +131,32 @@ def _per_image_faithfulness(run, config, found, frame, maps, y, p_ens, threshold
         return None, None
     model = best.load()
     wrong = (p_ens >= threshold).astype(int) != y
-    in_slices = np.zeros(len(y), dtype=bool)
-    for conditions in found.loc[found["finding"].astype(bool), "conditions"]:
-        in_slices |= slice_mask(frame, conditions)
     rng = np.random.default_rng(0)
-    errors = rng.permutation(np.flatnonzero(in_slices & wrong))[:_FAITHFULNESS_IMAGES // 2]
+    slice_errors = [slice_mask(frame, conditions) & wrong
+                    for conditions in found.loc[found["finding"].astype(bool), "conditions"]]
+    in_slices = np.logical_or.reduce(slice_errors)
+    errors = rng.permutation(np.flatnonzero(in_slices))[:_FAITHFULNESS_IMAGES // 2]
     correct = rng.permutation(np.flatnonzero(~wrong))[:_FAITHFULNESS_IMAGES - len(errors)]
-    chosen = np.sort(np.concatenate([errors, correct]))
+    scored = np.sort(np.concatenate([errors, correct]))
+    tested = np.unique(np.concatenate([rng.permutation(np.flatnonzero(members))[:_REMOVAL_ERRORS]
+                                       for members in slice_errors[:_EXPLAINED_SLICES]]))
+    chosen = np.union1d(scored, tested)
     size = int(model.input_shape[1])
     x = load_images([paths[i] for i in chosen], size, interpolation=config["data"]["interpolation"])
     member_maps = resize_maps(maps[chosen], size)
-    target = p_ens[chosen] >= threshold
-    deletion, peak_removal = np.full(len(y), np.nan), np.full(len(y), np.nan)
-    deletion[chosen] = deletion_auc(model, x, member_maps, target=target)
-    peak_removal[chosen] = peak_removal_effect(model, x, member_maps, size=max(1, round(_PEAK_WINDOW * size)),
-                                               threshold=thresholds[best.name])["call_changed"]
-    return deletion, peak_removal
+    deletion = np.full(len(y), np.nan)
+    at = np.searchsorted(chosen, scored)
+    deletion[scored] = deletion_auc(model, x[at], member_maps[at], target=p_ens[scored] >= threshold)
+    at = np.searchsorted(chosen, tested)
+    result = region_removal_test(model, x[at], member_maps[at], threshold=thresholds[best.name],
+                                 alpha=config["slices"]["alpha"])
+    removal = pd.DataFrame({column: np.full(len(y), np.nan) for column in ("call_changed", "control_changed",
+                                                                           "localised")})
+    removal["places"] = None
+    for column in ("call_changed", "control_changed", "localised"):
+        removal.loc[tested, column] = result[column].astype(float)
+    removal.loc[tested, "places"] = result["places"]
+    return deletion, removal
 
 
 def _embeddings(run, config, test_rows):
@@ -165,14 +186,26 @@ def _off_lung_scores(run, paths):
 
 def _slice_figures(run, found, frame, images, y, p_ens, threshold, maps):
     from .. import figures
+    from ..regions import describe_feature, describe_slice
 
     errors = (p_ens >= threshold).astype(int) != y
+    for stale in run.path("figures").glob(f"{SLICE_EXAMPLES_FIGURE}_*"):  # of an earlier run's slices
+        stale.unlink()
     if len(found):
         figures.plot_slice_error_rates(found, top=10, overall_rate=float(errors.mean()),
                                        path=run.figure_stem("slices_top"))
         figures.plot_slice_examples(found, frame, images, maps=maps, y_true=y, y_prob=p_ens,
                                     threshold=threshold, top=4, n_examples=4, path=run.figure_stem("slices_examples"))
-    figures.plot_feature_distributions(frame, y, p_ens, threshold=threshold, path=run.figure_stem("slices_features"))
+        significant = found[found["finding"].astype(bool)].head(_EXPLAINED_SLICES)
+        for rank, label in enumerate(significant["slice"], start=1):
+            figures.plot_slice_examples(significant.iloc[rank - 1:rank], frame, images, maps=maps, y_true=y,
+                                        y_prob=p_ens, threshold=threshold, top=1, n_examples=4,
+                                        title=describe_slice(label), path=run.figure_stem(slice_examples_figure(rank)))
+    # The per-place columns are shown by the slices they define, not as 56 more distributions.
+    plain = [column for column in frame.columns if describe_feature(column) == str(column)
+             and frame[column].dtype.kind in "iuf" and frame[column].nunique(dropna=True) > 1]
+    figures.plot_feature_distributions(frame, y, p_ens, columns=plain, threshold=threshold,
+                                       path=run.figure_stem("slices_features"))
 
 
 def _load_test_maps(run, paths):

@@ -1,6 +1,6 @@
 """Sphinx configuration: user guide and experiment pages in Markdown (MyST), the API reference by autodoc.
 
-The API pages are written at build time from each public module's ``__all__`` (``docs/api/<module>.rst``,
+The API pages are written when the build starts, from each public module's ``__all__`` (``docs/api/<module>.rst``,
 not committed), so a name added to ``__all__`` is documented without touching the docs. Figures are read
 from the repository's top-level ``figures/`` folder by relative path; Sphinx copies the ones a page shows.
 
@@ -52,11 +52,17 @@ PUBLIC_MODULES = (
 )
 
 
+def _exports(module):
+    mod = importlib.import_module(module)
+    return {name: getattr(mod, name) for name in mod.__all__}
+
+
 def _home(obj):
-    """The public module that defines ``obj`` (the longest prefix of its ``__module__``), or None."""
+    """The public module whose page indexes ``obj``: of those exporting it, the one that defines it, else the first."""
+    exporters = [m for m in PUBLIC_MODULES if any(value is obj for value in _exports(m).values())]
     module = getattr(obj, "__module__", None) or ""
-    homes = [m for m in PUBLIC_MODULES if module == m or module.startswith(m + ".")]
-    return max(homes, key=len) if homes else None
+    defining = [m for m in exporters if module == m or module.startswith(m + ".")]
+    return max(defining, key=len) if defining else (exporters[0] if exporters else None)
 
 
 def _directive(module, name, obj):
@@ -72,7 +78,7 @@ def _directive(module, name, obj):
         lines = [f".. autodata:: {qualified}", "   :annotation:"]
         if isinstance(obj, (str, int, float, tuple, frozenset)) and len(repr(obj)) <= 100:
             lines[-1] += f" = {obj!r}"
-    home = _home(obj)
+    home = module if isinstance(obj, (str, int, float)) else _home(obj)  # equal scalars may be one object
     if home is not None and home != module:
         lines.append("   :no-index:")
     return "\n".join(lines) + "\n"
@@ -115,8 +121,6 @@ def write_api_pages(folder=DOCS / "api"):
             path.write_text(text)
 
 
-write_api_pages()
-
 
 def _skip_foreign_member(app, what, name, obj, skip, options):
     """Leave out members a class inherits from scikit-learn (e.g. the metadata-routing ``set_*_request``)."""
@@ -127,4 +131,5 @@ def _skip_foreign_member(app, what, name, obj, skip, options):
 
 
 def setup(app):
+    app.connect("builder-inited", lambda app: write_api_pages())  # before Sphinx looks for source files
     app.connect("autodoc-skip-member", _skip_foreign_member)

@@ -68,8 +68,8 @@ def _home(obj):
 def _directive(module, name, obj):
     """The autodoc directive for one public name; a re-export is shown without a second index entry."""
     qualified = f"{module}.{name}"
-    if inspect.ismodule(obj):
-        return f"* :mod:`{obj.__name__}`\n"
+    if inspect.ismodule(obj):  # the top-level package's submodules form one tight list
+        return f"* :mod:`{obj.__name__}`" + ("" if module == "pneumoxai" else "\n")
     if inspect.isclass(obj):
         lines = [f".. autoclass:: {qualified}", "   :members:"]
     elif callable(obj):
@@ -90,7 +90,7 @@ def api_page(module):
     title = f"``{module}``"
     head = [title, "=" * len(title), "", f".. automodule:: {module}", "   :no-members:", ""]
     names = [n for n in mod.__all__ if n != "__version__"]
-    body = [_directive(module, name, getattr(mod, name)) for name in names]
+    body = [_directive(module, name, getattr(mod, name)) for name in names] + [""]
     if module == "pneumoxai":
         head.append(f"Version: ``{pneumoxai.__version__}``. Submodules (imported on first use):\n")
     return "\n".join(head) + "\n" + "\n".join(body)

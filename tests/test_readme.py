@@ -69,8 +69,9 @@ SUBSTITUTIONS = {
     _API: [
         ('"../shared/data/chest_xray"', "str(DATA)"),  # 40 + 16 generated images instead of the real data set
         # The block elides training; three untrained members of the same recipe stand in for model_a..c.
-        ("\n...\n", "\nmodel_a, (model_b, model_c) = model, (models.build_member(64, weights=None, seed=s, "
-                    "bn_momentum=0.9) for s in (1, 2))\n"),
+        ("\n...  # train model_a, model_b, model_c like model: models.train_member(model, ...)\n",
+         "\nmodel_a, (model_b, model_c) = model, (models.build_member(64, weights=None, seed=s, "
+         "bn_momentum=0.9) for s in (1, 2))\n"),
     ],
     _BYOM: [
         ('"../shared/data/chest_xray"', "str(DATA)"),

@@ -127,7 +127,7 @@ def reliability_bins(y_true, y_prob, n_bins=10):
 
 
 def expected_calibration_error(y_true, y_prob, n_bins=10):
-    """Expected calibration error: count-weighted mean |mean predicted - observed| over bins.
+    """Expected calibration error: count-weighted mean ``|mean predicted - observed|`` over bins.
 
     Uses the equal-width bins of :func:`reliability_bins` (Naeini et al., 2015;
     Guo et al., 2017).

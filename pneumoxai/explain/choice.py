@@ -1,6 +1,7 @@
 """Which map to trust: every CAM method on every candidate layer set measured, and one chosen by a fixed rule."""
 
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from .cam import _cam_explainer
 from .faithfulness import deletion_auc
 from .layers import _feature_layers, feature_map_size, fusion_layers, layer_candidates
 from .road import road
-from .sanity import _layers_to_randomize, _randomized_copy, _spearman_rows
+from .sanity import _copy_refusal, _explain_randomized, _layers_to_randomize, _randomized_copy, _spearman_rows
 
 
 def _nanmedian(values):
@@ -37,15 +38,20 @@ def _randomized_copies(model, specs, n_randomized, seed):
     """Each candidate's randomized copy of ``model``, as :func:`randomization_check` builds it.
 
     Built before any map, so bad layer names or ``n_randomized`` fail first; candidates that
-    re-initialise the same layers share one copy.
+    re-initialise the same layers share one copy. A model that cannot be copied (Lambda or
+    custom layers) gets a warning and no copies: its randomization check is skipped.
     """
     copies, randomized = {}, {}
+    refusal = _copy_refusal("compare_layers", model)
     for spec in specs:
         explained = _feature_layers("compare_layers", model, None, spec)
         names = tuple(_layers_to_randomize("compare_layers", model, n_randomized, explained, name="n_randomized"))
-        if names not in copies:
+        if names not in copies and not refusal:
             copies[names] = _randomized_copy(model, names, seed)
-        randomized[spec] = copies[names]
+        randomized[spec] = copies.get(names)
+    if refusal:
+        warnings.warn(f"{refusal} The randomization check is skipped (randomization_spearman is NaN).", UserWarning,
+                      stacklevel=3)
     return randomized
 
 
@@ -89,9 +95,10 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         ``layer``, ``map_side`` (side of the finest feature map), ``deletion_auc``,
         ``road_morf``, ``road_lerf``, ``road_gap`` (means over images and fractions),
         ``randomization_spearman`` (median over images with a non-constant map; NaN
-        when re-initialisation leaves every map constant) and ``seconds_per_image``.
+        when re-initialisation leaves every map constant, or when the model has Lambda or custom
+        layers and cannot be copied: a warning says the check is skipped) and ``seconds_per_image``.
     """
-    # One block: the model (and each randomized copy) is checked once and explained through one logit copy.
+    # One block: the model (and each randomized copy) is checked once and explained through one logit model.
     with shared_models():
         _check_model(model, "compare_layers")
         x = check_images(images, model=model, owner="compare_layers")
@@ -112,13 +119,15 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
                 started = time.perf_counter()
                 maps = explainer(x, target=is_pneumonia)
                 seconds = (time.perf_counter() - started) / len(x)
-                maps_randomized = _cam_explainer("compare_layers", randomized[spec], method, None, batch_size, max_n,
-                                                 layers=spec)(x, target=is_pneumonia)
+                spearman = np.nan
+                if randomized[spec] is not None:
+                    maps_randomized = _explain_randomized(lambda copy: _cam_explainer(
+                        "compare_layers", copy, method, None, batch_size, max_n, layers=spec)(x, target=is_pneumonia),
+                        randomized[spec])
+                    spearman = _nanmedian(_spearman_rows(maps, maps_randomized))
                 rows.append({"method": method, "layer": "+".join(spec),
                              "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),
-                             **scores(maps),
-                             "randomization_spearman": _nanmedian(_spearman_rows(maps, maps_randomized)),
-                             "seconds_per_image": seconds})
+                             **scores(maps), "randomization_spearman": spearman, "seconds_per_image": seconds})
         chance = np.random.default_rng(seed).random(x.shape[:3], dtype=np.float32)
         rows.append({"method": "random", "layer": "", "map_side": x.shape[1], **scores(chance),
                      "randomization_spearman": np.nan, "seconds_per_image": np.nan})

@@ -40,7 +40,7 @@ class SaliencyMap(MapExplainer):
             raise param_error("SaliencyMap", "noise", "a positive number", noise)
         self.noise = float(noise)
         self._rng = np.random.default_rng(seed)
-        self._vis = Saliency(_logit_model(model, self._output_name), clone=False)
+        self._vis = Saliency(_logit_model(model, type(self).__name__), clone=False)
 
     def _images_per_call(self, shape):
         return max(1, self.batch_size // max(1, self.smooth_samples))

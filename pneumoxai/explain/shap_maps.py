@@ -61,7 +61,7 @@ class GradientSHAP(MapExplainer):
         self.n_samples = _positive_int("GradientSHAP", "n_samples", n_samples)
         self.seed = int(seed)
         self._explainer = shap.GradientExplainer(
-            _logit_model(model, self._output_name), background, batch_size=self.batch_size
+            _logit_model(model, type(self).__name__), background, batch_size=self.batch_size
         )
 
     def _explain_batch(self, x, is_pneumonia):
@@ -98,7 +98,7 @@ class PartitionSHAP(MapExplainer):
         self.max_evals = _positive_int("PartitionSHAP", "max_evals", max_evals, minimum=8)
         self.blur = None if blur is None else _positive_int("PartitionSHAP", "blur", blur)
         self.seed = int(seed)
-        self._logit = _logit_model(model, self._output_name)
+        self._logit = _logit_model(model, type(self).__name__)
 
     def _logit_of(self, masked):
         # A direct call: model.predict()'s per-call setup dominates shap's many small batches.

@@ -185,6 +185,49 @@ def test_api_parameters_are_checked_at_the_boundary(call, error, match):
         call()
 
 
+_IMAGES = np.random.default_rng(0).random((4, 8, 8, 3)).astype(np.float32)
+_Y, _P = np.array([0, 1, 0, 1]), np.array([0.2, 0.8, 0.3, 0.6])
+
+
+def _explain():
+    from pneumoxai import explain
+
+    return explain
+
+
+# Every public function that takes seed= checks it with validation.SEED before NumPy, shap or imblearn sees it.
+SEEDS = {
+    "shap_maps": lambda: _explain().shap_maps(_mean_model(), _IMAGES, _IMAGES, seed=-1),
+    "shap_maps partition": lambda: _explain().shap_maps(_mean_model(), _IMAGES, method="partition", seed=-1),
+    "GradientSHAP": lambda: _explain().GradientSHAP(_mean_model(), _IMAGES, seed=-1),
+    "PartitionSHAP": lambda: _explain().PartitionSHAP(_mean_model(), seed=-1),
+    "SaliencyMap": lambda: _explain().SaliencyMap(_mean_model(), seed=-1),
+    "saliency": lambda: _explain().saliency(_mean_model(), _IMAGES, seed=-1),
+    "background_sample": lambda: _explain().background_sample(_IMAGES, _Y, seed=-1),
+    "road_impute": lambda: _explain().road_impute(_IMAGES, np.zeros((4, 8, 8), bool), seed=-1),
+    "road": lambda: _explain().road(_mean_model(), _IMAGES, _IMAGES[..., 0], seed=-1),
+    "random_map_baseline": lambda: _explain().random_map_baseline(_mean_model(), _IMAGES, seed=-1),
+    "randomization_check": lambda: _explain().randomization_check(_mean_model(), _IMAGES, method="saliency", seed=-1),
+    "compare_layers": lambda: _explain().compare_layers(_mean_model(), _IMAGES, ["image"], seed=-1),
+    "choose_map": lambda: _explain().choose_map(_mean_model(), seed=-1),
+    "explanation_sample": lambda: __import__("pneumoxai.outcomes").outcomes.explanation_sample(_Y, _P, 2, seed=-1),
+    "balance": lambda: data.balance(_IMAGES, _Y, "oversample", seed=-1),
+    "make_dataset": lambda: data.make_dataset(_IMAGES, _Y, seed=-1),
+    "build_member": lambda: models.build_member(32, weights=None, seed=-1),
+    "plot_explanation_gallery": lambda: __import__("pneumoxai.figures").figures.plot_explanation_gallery(
+        _IMAGES[..., 0], {"m": _IMAGES[..., 0]}, _Y, _P, seed=-1),
+    "results_table": lambda: metrics.results_table(_Y, {"m": _P}, seed=-1),
+    "evaluate": lambda: metrics.evaluate(_Y, _P, seed=-1),
+}
+
+
+@pytest.mark.parametrize("owner", SEEDS)
+def test_every_public_seed_is_checked_in_one_line(owner):
+    with pytest.raises(ConfigError, match=rf"^The 'seed' parameter of {owner.split()[0]} must be an int in "
+                                          r"\[0, 4294967295\]; got -1\.$"):
+        SEEDS[owner]()
+
+
 def _run_folder_with(tmp_path, **files):
     run = tmp_path / "run"
     (run / "tables").mkdir(parents=True)

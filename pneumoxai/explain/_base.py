@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ConfigError, ModelContractError
 from ..models import check_classifier
 from ..models.contract import _CONSTANT_MIN_IMAGES, sigmoid_head
-from ..validation import Interval, Options, check_images, check_param
+from ..validation import SEED, Interval, Options, check_images, check_param
 
 # Allowed option values, declared once.
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam", "scorecam")
@@ -37,6 +37,10 @@ def _choice(owner, name, value, allowed):
 
 def _positive_int(owner, name, value, minimum=1):
     return int(check_param(owner, name, value, Interval("int", minimum, None)))
+
+
+def _seed(owner, seed):
+    return int(check_param(owner, "seed", seed, SEED))
 
 
 def _check_model(model, owner):

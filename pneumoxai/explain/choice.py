@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..errors import param_error
 from ..validation import Interval, check_images, check_param
-from ._base import CAM_METHODS, DOWNSTREAM, _check_model, _choice, _target_is_pneumonia, shared_models
+from ._base import CAM_METHODS, DOWNSTREAM, _check_model, _choice, _seed, _target_is_pneumonia, shared_models
 from .cam import _cam_explainer
 from .faithfulness import deletion_auc
 from .layers import _feature_layers, feature_map_size, fusion_layers, layer_candidates
@@ -101,6 +101,7 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
     # One block: the model (and each randomized copy) is checked once and explained through one logit model.
     with shared_models():
         _check_model(model, "compare_layers")
+        seed = _seed("compare_layers", seed)
         x = check_images(images, model=model, owner="compare_layers")
         specs = _candidates(methods, layers)
         is_pneumonia = _target_is_pneumonia("compare_layers", target, model, x, batch_size)
@@ -267,6 +268,7 @@ def choose_map(model, images=None, *, target="predicted", methods=MAP_CHOICE_MET
     >>> choice["method"], choice["layer"], choice["stages"], table is None
     ('gradcam', 'conv_b', [-1], True)
     """
+    _seed("choose_map", seed)
     stages = fusion_layers(model)
     if images is None:
         choice, table = {"method": "gradcam", "layer": stages[-1], "map_side": int(feature_map_size(model)[0]),

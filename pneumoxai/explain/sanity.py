@@ -8,7 +8,7 @@ import scipy.stats
 
 from ..errors import ConfigError, ConstantPredictionsWarning, ModelContractError
 from ..validation import Interval, Options, check_images, check_param
-from ._base import DOWNSTREAM, RANDOMIZATION_METHODS, _check_model, _choice, _positive_int, _target_is_pneumonia
+from ._base import DOWNSTREAM, RANDOMIZATION_METHODS, _check_model, _choice, _positive_int, _seed, _target_is_pneumonia
 from .cam import _cam_explainer
 from .layers import _feature_layers
 from .saliency import SaliencyMap
@@ -152,6 +152,7 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
         ReLU-clipped CAM), which carries no ranking.
     """
     _choice("randomization_check", "method", method, RANDOMIZATION_METHODS)
+    seed = _seed("randomization_check", seed)
     _check_model(model, "randomization_check")
     refusal = _copy_refusal("randomization_check", model)
     if refusal:

@@ -361,6 +361,19 @@ def test_hostile_model_files_are_refused_in_one_error(tmp_path, patch):
         assert "TFSMLayer" in str(info.value)
 
 
+def test_a_vocabulary_file_outside_the_archive_is_named_not_blamed_on_a_lambda_layer(tmp_path):
+    vocabulary = tmp_path / "vocabulary.txt"
+    vocabulary.write_text("a\nb\n")
+    member = _hostile_keras_file(tmp_path / "member" / "model.keras", {
+        "class_name": "StringLookup", "module": "keras.layers", "registered_name": None,
+        "config": {"name": "lookup", "vocabulary": str(vocabulary)}})
+    with pytest.raises(UnsafeModelError, match=r"^Refusing to load .*model.keras': its StringLookup layer \['lookup'\] "
+                                               r"only loads with safe_mode=False \('Requested the loading of a "
+                                               r"vocabulary file outside of the model archive'\)") as info:
+        models.load_member(member)
+    assert "Lambda" not in str(info.value) and "\n" not in str(info.value)
+
+
 def test_a_file_that_is_not_a_weights_file_is_one_error(tmp_path):
     fake = tmp_path / "resnet50_notop.h5"
     fake.write_bytes(b"not an HDF5 file at all")

@@ -1,8 +1,11 @@
 """The member folder on disk: save, load, the card, and the safe loading of model files."""
 
 import importlib.metadata
+import json
 import platform
+import re
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -108,13 +111,48 @@ def read_card(directory):
     return card
 
 
+def _archive_layers(model_path):
+    """``{class name: [layer names]}`` of every layer the archive's ``config.json`` names; empty when unreadable."""
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return {}
+    layers, pending = {}, [config]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str) and isinstance(node.get("config"), dict):
+                layers.setdefault(node["class_name"], []).append(str(node["config"].get("name", "?")))
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return layers
+
+
+def _failing_class(text, layers):
+    """The class Keras could not deserialize: the innermost one its nested message names that the archive holds."""
+    named = re.findall(r"<class '(?:[\w.]+\.)?(\w+)'> could not be deserialized", text)
+    held = [name for name in named if name in layers and name not in ("Functional", "Sequential", "Model")]
+    return held[-1] if held else None
+
+
 def _load_error(model_path, exc):
-    """One readable error for a model file Keras refuses to load."""
+    """One readable error for a model file Keras refuses to load, naming the layer class that failed."""
     text = str(exc)
     first = short_repr(text.splitlines()[0] if text else type(exc).__name__, 300)
     if "TFSMLayer" in text:
         return UnsafeModelError(f"Refusing to load {str(model_path)!r}: it wraps a TensorFlow SavedModel "
                                 "(TFSMLayer), which pneumoxai does not load. Save the model as a plain Keras model.")
+    layers = _archive_layers(model_path)
+    failing = _failing_class(text, layers)
+    if "safe_mode" in text and failing is not None and failing != "Lambda":
+        reason = text.rsplit("Exception encountered: ", 1)[-1].split(". ")[0]
+        return UnsafeModelError(
+            f"Refusing to load {str(model_path)!r}: its {failing} layer {layers[failing]} only loads with "
+            f"safe_mode=False ({short_repr(reason, 200)}), which pneumoxai never uses. Re-save the model with "
+            f"everything the {failing} layer needs inside the file (e.g. a vocabulary given as a list), or "
+            "without that layer.")
     if "safe_mode" in text or "lambda" in text.lower():
         return UnsafeModelError(
             f"Refusing to load {str(model_path)!r}: it contains a Lambda layer or other code that only loads "

@@ -306,6 +306,11 @@ def _card_input_size_abc(path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "input_size": "abc"}))
 
 
+def _card_format_2(path):
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": 2}))
+
+
 @pytest.mark.parametrize("command, damaged, damage, match", [
     ("evaluate", "tables/dataset.csv", _cut_short,
      r"dataset.csv is cut short or damaged \(.*\); delete it and re-run the `pneumoxai train`, `run` or `import`"),
@@ -314,9 +319,17 @@ def _card_input_size_abc(path):
      r"predictions_test.csv is cut short or damaged \(.*\); delete it and run `pneumoxai evaluate --run .*run`"),
     ("explain", "tables/predictions_test.csv", _drop_last_row, r"\(11 rows for the 12 test images"),
     ("evaluate", "members/m/card.json", _card_input_size_abc,
-     r"card of member .* is damaged \(input_size 'abc' is not an int in \[8, 4096\]\); delete the member's folder "
+     r"card of member .* is damaged \(input_size 'abc' in card.json is not an int in \[8, 4096\]\); delete the "
+     r"member's folder "
      r"and import it again with `pneumoxai import --out .*run --member m=PATH`"),
-], ids=["dataset-cut", "dataset-row-lost", "predictions-cut", "predictions-row-lost", "card-input-size"])
+    ("evaluate", "members/m/card.json", _cut_short,
+     r"card of member .* is damaged \(card.json is not valid JSON: .*\); delete the member's folder and import it "
+     r"again with `pneumoxai import --out .*run --member m=PATH`\.$"),
+    ("evaluate", "members/m/card.json", _card_format_2,
+     r"is damaged \(card.json has card format 2; this version reads format 1\); delete the member's folder and "
+     r"import it again"),
+], ids=["dataset-cut", "dataset-row-lost", "predictions-cut", "predictions-row-lost", "card-input-size", "card-cut",
+        "card-format"])
 def test_damaged_files_of_a_real_run_are_named_with_their_fix(evaluated_run, tmp_path, capsys, command, damaged,
                                                               damage, match):
     import shutil
@@ -326,6 +339,33 @@ def test_damaged_files_of_a_real_run_are_named_with_their_fix(evaluated_run, tmp
     damage(run / damaged)
     line = one_line_error(capsys, [command, "--run", run])
     assert re.search(match, line), line
+
+
+def _card_binary(path):
+    path.write_bytes(b"\x00\xff\xfe garbage")
+
+
+def _card_list(path):
+    path.write_text("[1, 2]")
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_cut_short, r"card.json is not valid JSON: Unterminated string"),
+    (_card_binary, r"card.json is not valid JSON: 'utf-8' codec can't decode"),
+    (_card_list, r"card.json holds a list, not a JSON object"),
+    (_card_format_2, r"card.json has card format 2; this version reads format 1"),
+    (_card_input_size_abc, r"input_size 'abc' in card.json is not an int in \[8, 4096\]"),
+], ids=["cut", "binary", "list", "format", "input-size"])
+def test_a_damaged_card_gives_one_line_with_one_fix_through_the_api(tmp_path, damage, problem):
+    folder = tmp_path / "m"
+    models.save_member(folder, _mean_model(), {"name": "m"})
+    damage(folder / "card.json")
+    for call in (lambda: models.read_card(folder),
+                 lambda: predict_members([folder], np.zeros((8, 8, 8, 3)), progress=False)):
+        with pytest.raises(RunFolderError, match=rf"^The card of member '.*m' is damaged \({problem}.*\); delete "
+                                                 r"the member's folder and train or import it again\.$") as info:
+            call()
+        assert str(info.value).count("delete") == 1 and "\n" not in str(info.value)
 
 
 def _hostile_keras_file(path, patch):

@@ -13,6 +13,7 @@ import keras
 from .. import _io
 from ..errors import CacheError, RunFolderError, UnsafeModelError, short_repr
 from ..run_folder import CARD_FILE, MODEL_FILE, PREDICTIONS_FILE
+from ..validation import Interval, is_valid
 from .architecture import _uncompiled_copy
 from .precision import _model_precision
 
@@ -85,30 +86,52 @@ def update_card(directory, fields):
     return card
 
 
+#: The image sides a member's card may record (those pneumoxai.data.load_images makes).
+INPUT_SIZE = Interval("int", 8, 4096)
+
+
 def read_card(directory):
     """The JSON card of a saved member, checked for this version's card format.
 
     Raises
     ------
     RunFolderError
-        Missing files, a damaged card, or a card from another card format.
+        Missing files, or a damaged card (not JSON, another card format, a missing or
+        bad field), with one fix: re-create the member.
     """
     directory = Path(directory)
     if not is_member_dir(directory):
         raise RunFolderError(f"{str(directory)!r} is not a saved member (needs {MODEL_FILE} and {CARD_FILE}).")
-    try:
-        card = _io.read_json(directory / CARD_FILE)
-    except CacheError as exc:
-        raise RunFolderError(f"The card of member {str(directory)!r} is damaged ({exc}); retrain the member.") from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        found = card.get("format") if isinstance(card, dict) else type(card).__name__
-        raise RunFolderError(
-            f"Member {str(directory)!r} was saved with card format {short_repr(found)}; this version reads format "
-            f"{CARD_FORMAT}. Retrain it.")
-    needed = ("predictions_sha256",) if card.get("kind") == "predictions" else ("input_size", "model_sha256")
-    if any(card.get(key) is None for key in needed):
-        raise RunFolderError(f"The card of member {str(directory)!r} lacks {' or '.join(needed)}; re-create it.")
+    card, problem = card_problem(directory)
+    if problem is not None:
+        raise RunFolderError(f"The card of member {str(directory)!r} is damaged ({problem}); delete the member's "
+                             "folder and train or import it again.")
     return card
+
+
+def card_problem(directory):
+    """``(card, None)``, or ``(None, what is wrong with the card)`` in a few words naming the file and field.
+
+    For callers that know the one command that re-creates the member (the run folder's
+    route) and say it instead of :func:`read_card`'s generic fix.
+    """
+    path = Path(directory) / CARD_FILE
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"{CARD_FILE} is not valid JSON: {exc}"
+    if not isinstance(card, dict):
+        return None, f"{CARD_FILE} holds a {type(card).__name__}, not a JSON object"
+    if card.get("format") != CARD_FORMAT:
+        return None, (f"{CARD_FILE} has card format {short_repr(card.get('format'))}; this version reads format "
+                      f"{CARD_FORMAT}")
+    needed = ("predictions_sha256",) if card.get("kind") == "predictions" else ("input_size", "model_sha256")
+    missing = [key for key in needed if card.get(key) is None]
+    if missing:
+        return None, f"{CARD_FILE} lacks {' and '.join(missing)}"
+    if card.get("kind") != "predictions" and not is_valid(card["input_size"], INPUT_SIZE):
+        return None, f"input_size {short_repr(card['input_size'])} in {CARD_FILE} is not {INPUT_SIZE}"
+    return card, None
 
 
 def _archive_layers(model_path):

@@ -161,6 +161,11 @@ def test_the_layer_choice_skips_the_randomization_check_of_a_lambda_model_with_a
                                        fractions=(0.5,))
     assert table["randomization_spearman"].isna().all()
     assert np.isfinite(table["road_gap"]).all()
+    choice, scored = explain.choose_map_method(table)
+    assert "randomization check (skipped: the model has Lambda or custom layers" in choice["reason"]
+    # Judged by ROAD alone: the candidate passes the skipped check exactly when it beats random maps.
+    assert scored["passes_randomization"].tolist() == [True, False]
+    assert scored["chosen"].tolist() == [True, False]
 
 
 def test_explainers_warn_like_predict_members_on_nearly_constant_outputs():

@@ -32,10 +32,23 @@ def test_readme_is_a_front_page_with_the_two_commands():
     assert "pneumoxai import " in README and "pneumoxai analyse --run" in README
 
 
+def _api_page(page, link):
+    """Whether ``link`` is an API page the docs build writes (docs/api/ is generated, not committed)."""
+    import importlib.util
+
+    target = ((ROOT / page).parent / link).resolve()
+    if target.parent != (ROOT / "docs" / "api").resolve() or target.suffix != ".rst":
+        return False
+    spec = importlib.util.spec_from_file_location("pneumoxai_docs_conf", ROOT / "docs" / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return target.stem == "index" or target.stem in conf.PUBLIC_MODULES
+
+
 @pytest.mark.parametrize("page", list(PAGES))
 def test_every_relative_link_of_a_page_exists(page):
     links = re.findall(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)", PAGES[page])
-    missing = [link for link in links if not ((ROOT / page).parent / link).exists()]
+    missing = [link for link in links if not ((ROOT / page).parent / link).exists() and not _api_page(page, link)]
     assert not missing, f"{page} links to missing files: {missing}"
 
 

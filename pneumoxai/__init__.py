@@ -12,6 +12,7 @@ _SUBMODULES = (
     "data", "models", "ensemble", "calibration", "metrics", "slices", "explain",
     "figures", "report", "cli", "config", "errors", "pipeline",
     "predict", "lungs", "run_folder", "outcomes", "audit", "files",
+    "regions", "evidence", "shift", "referral", "importing", "validation",
 )
 
 __all__ = list(_SUBMODULES) + ["__version__"]

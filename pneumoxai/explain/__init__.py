@@ -50,7 +50,7 @@ that is silenced locally. ``shap.DeepExplainer`` is not used: it fails on ResNet
 
 One module per concern: ``_base`` (option values, checks, the logit model, :class:`MapExplainer`),
 ``layers`` (which layers), ``cam``, ``saliency``, ``shap_maps``, ``ensemble`` (ensemble maps),
-``zones``, ``faithfulness`` (deletion / insertion), ``road``, ``sanity`` (randomization check),
+``zone_attention``, ``faithfulness`` (deletion / insertion), ``road``, ``sanity`` (randomization check),
 ``choice`` (layer and method choice) and ``slice_maps`` (maps per failure slice).
 """
 
@@ -62,7 +62,7 @@ from .cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, gradcam
 from .saliency import SaliencyMap, saliency
 from .shap_maps import GradientSHAP, PartitionSHAP, background_sample, shap_maps
 from .ensemble import ensemble_gradcam, resize_maps
-from .zones import zone_attention
+from .zone_attention import zone_attention
 from .faithfulness import deletion_auc, insertion_auc, random_map_baseline
 from .road import road, road_impute
 from .sanity import randomization_check

@@ -8,7 +8,7 @@ from ..errors import DataError
 from ..lungs import ZONE_COLUMNS
 from ..validation import OPEN_UNIT_INTERVAL, check_param
 from ._base import _positive_int
-from .zones import zone_attention
+from .zone_attention import zone_attention
 
 #: A slice's maps localise when at least this share of its measured errors' maps do.
 _LOCALISED_SHARE = 0.5

@@ -141,3 +141,33 @@ def test_chunk_size_is_checked(table, members):
         predict_members(members, table, chunk_size=0)
     with pytest.raises(ConfigError, match=r"The 'chunk_size' parameter of iter_images must be"):
         next(data.iter_images(table, chunk_size=2.5))
+
+
+def test_streamed_image_features_equal_those_of_the_whole_array(tmp_path):
+    from pneumoxai.slices import image_features, streamed_image_features
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(40):  # a dark band on one side, of random width, for lung-like content and asymmetry
+        image = np.clip(rng.normal(170, 30, (48, 40)), 0, 255)
+        image[8:40, 4:4 + rng.integers(4, 16)] *= 0.3
+        paths.append(str(write_image(tmp_path / f"f{i:02d}.png", image.astype(np.uint8))))
+    with warnings.catch_warnings(record=True) as whole_warnings:
+        warnings.simplefilter("always")
+        whole = image_features(data.load_images(paths, 32))
+    with warnings.catch_warnings(record=True) as streamed_warnings:
+        warnings.simplefilter("always")
+        streamed = streamed_image_features(paths, 32, chunk_size=16)
+    assert [str(w.message) for w in streamed_warnings] == [str(w.message) for w in whole_warnings]
+    assert whole["lr_asymmetry"].std() > 0.01
+    pd.testing.assert_frame_equal(streamed, whole, rtol=1e-6)
+
+
+def test_the_chunk_size_is_a_config_option_outside_the_stage_keys():
+    from pneumoxai.config import parse_config
+
+    members = [{"name": "m"}]
+    assert parse_config({"members": members})["evaluate"]["chunk_size"] == data.DEFAULT_CHUNK_SIZE
+    assert parse_config({"members": members, "evaluate": {"chunk_size": 32}})["evaluate"]["chunk_size"] == 32
+    with pytest.raises(ConfigError, match=r"chunk_size"):
+        parse_config({"members": members, "evaluate": {"chunk_size": 0}})

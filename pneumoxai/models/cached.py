@@ -107,7 +107,8 @@ def _data_key(images, size, keys, owner):
         return keys["table"]
     array = check_images(images, owner=owner, size=(size, size))
     if "array" not in keys:
-        keys["array"] = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        # Hashed through its buffer: tobytes() would copy the whole array (the same digest).
+        keys["array"] = hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
     return keys["array"]
 
 

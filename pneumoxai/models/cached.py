@@ -151,14 +151,22 @@ def _batched(model, chunk, batch_size, tta):
     return np.concatenate(parts)
 
 
-def _pending_by_size(members, images, owner, interpolation, key_of, read_cached):
+def _cached_and_pending(owner, members, images, *, batch_size, chunk_size, interpolation, suffix, cache_path,
+                        read):
     """Cached outputs by member index, and the other members grouped by input size as
-    (index, model loader, key) lists, so that each size's images are decoded once."""
+    (index, model loader, key) lists, so that each size's images are decoded once.
+
+    A member's key hashes its model key, the data key and ``suffix`` (what else the
+    output depends on); ``read(path, key, n_samples)`` is the cached output or None.
+    """
+    check_param(owner, "batch_size", batch_size, Interval("int", 1, 4096))
+    check_param(owner, "chunk_size", chunk_size, Interval("int", 1, None))
     keys, done, pending = {"interpolation": interpolation}, {}, {}
     for index, member in enumerate(members):
         load_model, model_key, size = _model_key(member, owner)
-        key = hashlib.sha256(key_of(model_key, _data_key(images, size, keys, owner)).encode()).hexdigest()[:32]
-        cached = read_cached(key)
+        text = f"{model_key}|{_data_key(images, size, keys, owner)}|{suffix}|v1"
+        key = hashlib.sha256(text.encode()).hexdigest()[:32]
+        cached = read(cache_path(key), key, len(images))
         if cached is not None:
             done[index] = cached
         else:
@@ -196,8 +204,9 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
         :func:`pneumoxai.data.load_images`); part of the cache key.
     chunk_size : int, default=DEFAULT_CHUNK_SIZE
         Files of a table decoded at once (see :func:`pneumoxai.data.iter_images`): peak
-        memory holds two chunks of images, whatever the table's length. Not part of the
-        cache key: it changes memory, not predictions.
+        memory holds two chunks of images, whatever the table's length; a multiple of
+        ``batch_size`` keeps every batch full. Not part of the cache key: it changes
+        memory, not predictions.
 
     Returns
     -------
@@ -220,17 +229,13 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
     """
     if len(members) == 0:
         raise DataError("predict_members needs at least one member.")
-    check_param("predict_members", "batch_size", batch_size, Interval("int", 1, 4096))
-    check_param("predict_members", "chunk_size", chunk_size, Interval("int", 1, None))
     cache_path = _cache_path_of(cache_dir, prediction_cache_file)
-    done, pending = _pending_by_size(
-        members, images, "predict_members", interpolation,
-        key_of=lambda model_key, data_key: f"{model_key}|{data_key}|tta={bool(tta)}|v1",
-        read_cached=lambda key: _read_cache(cache_path(key), key, len(images)))
-    variants = 4 if tta else 1
+    done, pending = _cached_and_pending("predict_members", members, images, batch_size=batch_size,
+                                        chunk_size=chunk_size, interpolation=interpolation, suffix=f"tta={bool(tta)}",
+                                        cache_path=cache_path, read=_read_cache)
     for size, group in pending.items():
         models = [load_model() for _, load_model, _ in group]
-        with _progress_bar(len(images) * variants, len(models), "predict", progress) as bar:
+        with _progress_bar(len(images), len(models), "predict", progress) as bar:
             outputs = _stream(images, size, [partial(_batched, model, batch_size=batch_size, tta=tta)
                                              for model in models],
                               chunk_size=chunk_size, interpolation=interpolation, bar=bar)
@@ -264,7 +269,7 @@ def _read_cache(path, key, n_samples):
             raise CacheError(f"{path} does not match its key or shape")
         return data["proba"]
     except (CacheError, KeyError) as exc:
-        warnings.warn(f"Prediction cache {path.name} is corrupt ({exc}); recomputing it.", UserWarning, stacklevel=5)
+        warnings.warn(f"Prediction cache {path.name} is corrupt ({exc}); recomputing it.", UserWarning, stacklevel=4)
         path.unlink(missing_ok=True)
         return None
 
@@ -278,7 +283,7 @@ def _read_embedding_cache(path, key, n_samples):
             return data["embeddings"]
     except (CacheError, KeyError):
         pass
-    warnings.warn(f"Embedding cache {path.name} is corrupt; recomputing it.", UserWarning, stacklevel=5)
+    warnings.warn(f"Embedding cache {path.name} is corrupt; recomputing it.", UserWarning, stacklevel=4)
     return None
 
 
@@ -291,13 +296,10 @@ def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, c
     """
     import keras
 
-    check_param("predict_embeddings", "batch_size", batch_size, Interval("int", 1, 4096))
-    check_param("predict_embeddings", "chunk_size", chunk_size, Interval("int", 1, None))
     cache_path = _cache_path_of(cache_dir, embedding_cache_file)
-    done, pending = _pending_by_size(
-        members, images, "predict_embeddings", interpolation,
-        key_of=lambda model_key, data_key: f"{model_key}|{data_key}|layer={layer}|v1",
-        read_cached=lambda key: _read_embedding_cache(cache_path(key), key, len(images)))
+    done, pending = _cached_and_pending("predict_embeddings", members, images, batch_size=batch_size,
+                                        chunk_size=chunk_size, interpolation=interpolation, suffix=f"layer={layer}",
+                                        cache_path=cache_path, read=_read_embedding_cache)
     for size, group in pending.items():
         extractors = []
         for _, load_model, _ in group:

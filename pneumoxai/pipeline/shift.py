@@ -108,7 +108,7 @@ def shift_stage(run, config=None):
     return summary
 
 
-def _shift_analysis(run, record, val, target, *, name, chunk_size):
+def _shift_analysis(run, record, val, target, *, name, chunk_size=DEFAULT_CHUNK_SIZE):
     """Write the shift tables of ``target`` against the validation split; return the summary."""
     from ..figures import plot_feature_shift
 

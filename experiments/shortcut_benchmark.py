@@ -11,7 +11,9 @@ Python API, as a user would call it:
 - threshold: :func:`pneumoxai.metrics.choose_threshold` (Youden) on the patient-grouped
   validation split (planted like the training split);
 - slices: :func:`pneumoxai.slices.slice_frame` (image features, lung masks) with
-  :func:`pneumoxai.regions.region_features`, then :func:`pneumoxai.slices.find_failure_slices`;
+  :func:`pneumoxai.regions.region_features` and :func:`pneumoxai.regions.peak_features` of
+  the chosen maps of every test image (as the slices stage adds them when the explain stage
+  has mapped the test split), then :func:`pneumoxai.slices.find_failure_slices`;
 - maps: the explain stage's whole map choice (:func:`pneumoxai.explain.choose_map` on 24
   test images), maps of the predicted class;
 - verdict: :func:`pneumoxai.evidence.region_removal_test` (the map's half-maximum region
@@ -39,6 +41,10 @@ CRITERIA, fixed before the first run (do not change them after):
   or a positive verdict on the marked NORMAL images whose regions mostly overlap the marker.
 - non-local: a top-3 slice holds >= 80% affected images, and the verdict on the affected
   false positives does not say ``rests_on_region`` (the report names no region).
+
+History: the first run (2 cases) sliced on region_features alone; both marked models' slices
+were named by proxies ("dynamic_range > 0.943 and sharpness > 379") or not found. The method,
+not the criteria, changed: peak_features joined the slice table and every case ran again.
 
 Targets (issue 28): slice, named, peak and verdict rates >= 0.8 / 0.9 / 0.9 / 0.9 over local
 cases; control false rate <= 0.1; non-local rate >= 0.8.
@@ -69,7 +75,7 @@ from pneumoxai.explain import choose_map, chosen_layers, gradcam, resize_maps
 from pneumoxai.lungs import ZONE_NAMES, lung_mask
 from pneumoxai.metrics import choose_threshold
 from pneumoxai.models import adapt, build_member
-from pneumoxai.regions import REGION_FEATURES, name_region, place_masks, region_features
+from pneumoxai.regions import REGION_FEATURES, name_region, peak_features, place_masks, region_features
 from pneumoxai.slices import find_failure_slices, slice_frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -232,9 +238,9 @@ def chosen_maps(model, x, y, p, threshold, explain_index):
     return choice, maps
 
 
-def top_slices(meta, x, y, p, threshold, masks):
+def top_slices(meta, x, y, p, threshold, masks, maps):
     frame = pd.concat([slice_frame(meta, images=x, masks=masks).reset_index(drop=True),
-                       region_features(x, masks=masks)], axis=1)
+                       region_features(x, masks=masks), peak_features(maps, masks=masks)], axis=1)
     table = find_failure_slices(frame, y, p, threshold=threshold, min_size=10)
     return frame, table[table["finding"]].head(TOP)
 
@@ -296,20 +302,21 @@ def analyse(model, data, case, marker, seed):
     p = model.predict(x, verbose=0)[:, 0]
     called = p >= threshold
     masks = lung_mask(x)
-    sliced, top = top_slices(frame, x, y, p, threshold, masks)
-    found, rank, name, named = slice_outcome(sliced, top, planted, marker, masks)
     errors = np.flatnonzero(planted & called)
     explain_index = np.r_[errors[:8], np.flatnonzero(~planted & (called == y.astype(bool)))[:16]][:24]
     choice, maps_of = chosen_maps(model, x, y, p, threshold, explain_index)
+    all_maps = maps_of(np.arange(len(x)))
+    sliced, top = top_slices(frame, x, y, p, threshold, masks, all_maps)
+    found, rank, name, named = slice_outcome(sliced, top, planted, marker, masks)
     out = {"threshold": threshold, "marked_called": float(called[planted].mean()),
            "unmarked_normals_called": float(called[(y == 0) & ~planted].mean()),
            "slice_found": found, "slice_rank": rank, "slice": name, "slice_named": named,
            "n_marked_errors": int(len(errors)), "map": f"{choice['method']} {choice['layer']}"}
-    error_maps = maps_of(errors) if len(errors) else np.zeros((0, SIZE, SIZE))
+    error_maps = all_maps[errors]
     out["peak_share"] = peak_share(error_maps, marker) if marker is not None and len(errors) else None
     out["verdict"] = verdict(model, x[errors], error_maps, threshold, marker)
     normals = np.flatnonzero(planted)
-    out["verdict_all_marked"] = verdict(model, x[normals], maps_of(normals), threshold, marker)
+    out["verdict_all_marked"] = verdict(model, x[normals], all_maps[normals], threshold, marker)
     return out
 
 

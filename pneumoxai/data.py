@@ -656,6 +656,7 @@ def balance(images, labels, method="none", *, seed=0):
         ``{0: w0, 1: w1}`` for ``class_weight``, otherwise None.
     """
     check_param("balance", "method", method, Options(BALANCING_METHODS))
+    check_param("balance", "seed", seed, SEED)
     if len(images) != len(labels):
         raise DataError(f"balance: {len(images)} images but {len(labels)} labels.")
     labels = check_labels(labels, len(images), owner="balance", name="labels", both_classes=False).astype(np.int64)
@@ -718,6 +719,7 @@ def make_dataset(images, labels=None, *, batch_size=32, training=False, augment=
     """
     import tensorflow as tf
 
+    check_param("make_dataset", "seed", seed, SEED)
     features = tf.data.Dataset.from_tensor_slices(images)
     dataset = (
         tf.data.Dataset.zip((features, tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.float32))))

@@ -127,7 +127,7 @@ def reliability_bins(y_true, y_prob, n_bins=10):
 
 
 def expected_calibration_error(y_true, y_prob, n_bins=10):
-    """Expected calibration error: count-weighted mean |mean predicted - observed| over bins.
+    """Expected calibration error: count-weighted mean ``|mean predicted - observed|`` over bins.
 
     Uses the equal-width bins of :func:`reliability_bins` (Naeini et al., 2015;
     Guo et al., 2017).
@@ -624,6 +624,7 @@ def results_table(y_true, probs, threshold=0.5, n_boot=1000, ci=0.95, seed=0, gr
     """
     if not isinstance(probs, dict) or not probs:
         raise DataError("probs must be a non-empty dict of model name -> probabilities.")
+    check_param("results_table", "seed", seed, SEED)
     if isinstance(threshold, dict):
         missing = sorted(set(probs) - set(threshold))
         unknown = sorted(set(threshold) - set(probs))

@@ -6,7 +6,7 @@ correct calls (explanation galleries, mean maps, zone attention, slice examples)
 
 import numpy as np
 
-from .validation import UNIT_INTERVAL, Interval, check_labels, check_param, check_probabilities
+from .validation import SEED, UNIT_INTERVAL, Interval, check_labels, check_param, check_probabilities
 
 __all__ = ["OUTCOMES", "explanation_sample", "outcome_groups"]
 
@@ -83,6 +83,7 @@ def explanation_sample(y_true, y_prob, n_images, *, threshold=0.5, seed=0):
     ['false_negative', 'false_positive', 'correct', 'false_negative', 'false_positive', 'correct']
     """
     n_images = check_param("explanation_sample", "n_images", n_images, Interval("int", 1, None))
+    seed = check_param("explanation_sample", "seed", seed, SEED)
     outcome = outcome_groups(y_true, y_prob, threshold=threshold)
     y = np.asarray(y_true).astype(int)
     rng = np.random.default_rng(seed)

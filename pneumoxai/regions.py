@@ -14,6 +14,9 @@ place, what burnt-in text, rulers, markers and collimation change:
 the share of its pixels far darker and far brighter than the image (dark and bright
 blobs, either polarity of a tag), and its Canny edge density (text and rulers are edges);
 per lung zone, brightness against the whole lung field and edge density.
+:func:`peak_features` says, per place, whether an image's map peaks there: a shortcut the
+model uses draws its maps wherever it sits, however it looks, so the images a model reads
+by one place form a slice named after that place.
 :func:`describe_feature` turns a column name into words (:func:`describe_slice` a whole
 slice label), and :func:`name_region` names a
 boolean region of an image (where a map points) after the place it overlaps most.
@@ -29,7 +32,7 @@ import pandas as pd
 
 from .errors import DataError
 from .lungs import ZONE_NAMES, lung_mask, zones
-from .validation import check_images
+from .validation import check_images, check_maps
 
 __all__ = [
     "BORDER_PLACES",
@@ -37,6 +40,7 @@ __all__ = [
     "REGION_FEATURES",
     "place_masks",
     "region_features",
+    "peak_features",
     "describe_feature",
     "describe_slice",
     "name_region",
@@ -57,6 +61,7 @@ REGION_FEATURES = {
     "dark_area": "dark area",
     "bright_area": "bright area",
     "edge_density": "edge density",
+    "peak": "the map's peak",
 }
 
 BLOB_OFFSET = 0.35  # a pixel this far below (above) the image's median is dark (bright)
@@ -165,6 +170,55 @@ def region_features(images, *, masks=None):
     return pd.DataFrame(out)
 
 
+def peak_features(maps, *, masks=None):
+    """Whether each image's map peaks in each named place: where the model looked.
+
+    A failure slice on these columns reads "the map's peak in the top-left corner": the
+    images the model judged by that place. Unlike :func:`region_features` it needs no
+    guess of what a shortcut looks like (bright or dark, a tag or text), only that the
+    maps point at it. One boolean per place rather than a share of the map: "looked
+    less at the bottom edge" is true of every image that looked anywhere else, and a
+    slice named by it would name no place.
+
+    Parameters
+    ----------
+    maps : array_like of shape (n_samples, H, W)
+        One map per image (e.g. ``maps/test_maps.npz`` of a run); the peak is its
+        largest value (the first in row-major order on ties).
+    masks : bool ndarray of shape (n_samples, H, W), default=None
+        Lung masks of the same images; with them the six lung zones get columns too.
+
+    Returns
+    -------
+    features : DataFrame of shape (n_samples, 8) or (n_samples, 14)
+        Boolean columns ``peak_<place>`` for :data:`BORDER_PLACES`, then the lung
+        zones. A peak in the centre cell outside the lung zones is in no place.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> maps = np.zeros((2, 9, 9))
+    >>> maps[0, 0, 8] = 1.0                        # peaks in the top-right corner
+    >>> maps[1, 4, 4] = 1.0                        # in the centre
+    >>> f = peak_features(maps)
+    >>> f[["peak_top_right", "peak_top_left"]].values.tolist()
+    [[True, False], [False, False]]
+    """
+    m = check_maps(maps, owner="peak_features")
+    n, h, w = m.shape
+    rows, cols = np.unravel_index(m.reshape(n, -1).argmax(axis=1), (h, w))
+    places = place_masks((h, w))
+    out = {f"peak_{place}": places[place][rows, cols] for place in BORDER_PLACES}
+    if masks is not None:
+        masks = np.asarray(masks).astype(bool)
+        if masks.shape != m.shape:
+            raise DataError(f"peak_features: masks must have shape {m.shape} (n_samples, H, W); got {masks.shape}")
+        peak_zone = zones(masks)[np.arange(n), rows, cols]
+        for k, zone in enumerate(ZONE_NAMES, start=1):
+            out[f"peak_{zone}"] = peak_zone == k
+    return pd.DataFrame(out)
+
+
 def _masked_mean(values, masks):
     """Per-image mean of ``values`` over ``masks`` (n, H, W); NaN where a mask is empty."""
     count = masks.sum(axis=(1, 2))
@@ -212,8 +266,15 @@ def describe_slice(label):
     --------
     >>> describe_slice("edge_density_top_right > 0.021 and subtype == normal")
     'edge density in the top-right corner > 0.021 and subtype == normal'
+    >>> describe_slice("peak_top_left == True")
+    "the map's peak in the top-left corner"
     """
-    return re.sub(r"\b[a-z_]+\b", lambda word: describe_feature(word.group()), str(label))
+    def peak(match):
+        words = describe_feature(match.group(1))
+        return words if match.group(2) == "True" else words.replace(" in the ", " outside the ", 1)
+
+    label = re.sub(r"\b(peak_[a-z_]+) == (True|False)\b", peak, str(label))
+    return re.sub(r"\b[a-z_]+\b", lambda word: describe_feature(word.group()), label)
 
 
 def name_region(region, *, lung_masks=None):

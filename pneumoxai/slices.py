@@ -3,15 +3,16 @@
 The workflow is three steps:
 
 1. :func:`image_features` turns images into interpretable per-image measurements
-   (brightness, contrast, sharpness, noise, borders, corner markers, ...).
+   (brightness, contrast, sharpness, noise [2]_, borders, corner markers, ...).
 2. :func:`slice_frame` joins them with metadata (pneumonia subtype, images per
    patient) and model-derived columns (member disagreement, confidence bin,
    attention outside the lungs, embedding clusters) into one table.
 3. :func:`find_failure_slices` searches that table for slices -- quantile bins,
-   category levels and conjunctions of two -- whose error rate is higher than the
-   rest of the data, with a Fisher exact test per slice and Benjamini-Hochberg
-   correction over every slice tested, so that a reported finding is unlikely
-   to be noise. :func:`member_failure_slices` does the same per ensemble member
+   category levels and conjunctions of two, as SliceLine [1]_ enumerates them --
+   whose error rate is higher than the rest of the data, with a Fisher exact test
+   per slice and Benjamini-Hochberg correction [3]_ over every slice tested, so
+   that a reported finding is unlikely to be noise (error rates with Wilson
+   intervals [4]_). :func:`member_failure_slices` does the same per ensemble member
    and reports whether the ensemble repairs each member's failure slice.
 
 References

@@ -326,12 +326,12 @@ REFUSED = [
     ("gradcam softmax", lambda m: explain.gradcam(m["softmax"], X), ModelContractError,
      r"GradCAM: .*not one sigmoid unit.*pneumoxai.models.adapt"),
     ("predict_members logits", lambda m: predict_members([m["logits"]], X, progress=False), ModelContractError,
-     r"the output of model 'tf_logits' must hold probabilities in \[0, 1\]; got values from .* not logits\. If the "
-     r"model ends in a linear unit, wrap it with pneumoxai.models.adapt"),
+     r"predict_members: the output of model 'tf_logits' comes from layer 'out' \(Dense, linear\), not a sigmoid, "
+     r"so it is not P\(PNEUMONIA\) whatever values it gives; wrap it with pneumoxai.models.adapt"),
     ("predict_proba logits", lambda m: models.predict_proba(m["logits"], X), ModelContractError,
-     r"must hold probabilities in \[0, 1\].*pneumoxai.models.adapt"),
+     r"predict_proba: .*\(Dense, linear\), not a sigmoid.*pneumoxai.models.adapt"),
     ("deletion_auc logits", lambda m: explain.deletion_auc(m["logits"], X, X[..., 0]), ModelContractError,
-     r"deletion_auc: the output layer 'out' must carry a sigmoid.*pneumoxai.models.adapt"),
+     r"deletion_auc: .*\(Dense, linear\), not a sigmoid.*pneumoxai.models.adapt"),
     ("gradcam sequential", lambda m: explain.gradcam(m["sequential"], X), ModelContractError,
      r"is a Sequential model; .*pneumoxai.models.adapt"),
     ("gradcam nested", lambda m: explain.gradcam(_nested_functional(m), X), ModelContractError,

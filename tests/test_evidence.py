@@ -11,6 +11,10 @@ both polarities on synthetic radiograph-like images.
 - A global shortcut (a gamma change) with diffuse maps gets no verdict.
 - The region feature that best separates marked from clean images names the marked corner;
   a failure-slice search on the region features names it too.
+- Where the maps peak, per place (``peak_features``): when the marked images' maps point at
+  the marker, the top failure slice on those columns is at least 80% marked images and is
+  named after a place the marker overlaps, for every shape, corner and a marker inside a lung; when
+  the maps point at the lungs instead, no slice on them is significant.
 """
 
 import cv2
@@ -20,7 +24,8 @@ import pytest
 from pneumoxai.audit import peak_removal_effect
 from pneumoxai.errors import DataError
 from pneumoxai.evidence import evidence_regions, inpaint_regions, region_removal_test, removal_verdict
-from pneumoxai.regions import BORDER_PLACES, describe_feature, name_region, place_masks, region_features
+from pneumoxai.regions import (BORDER_PLACES, peak_features, describe_feature, name_region, place_masks,
+                               region_features)
 from pneumoxai.slices import find_failure_slices
 
 SIZE = 128
@@ -232,6 +237,74 @@ def test_a_failure_slice_on_region_features_names_the_marked_corner(corner):
     assert corner in places and places <= overlapped, (places, overlapped)
 
 
+def _lung_maps(n, seed):
+    """Maps of a model that reads the lungs: two blobs over the middle of the lung fields, plus noise."""
+    lungs = np.zeros((SIZE, SIZE), bool)
+    lungs[48:82, 25:55] = lungs[48:82, 73:103] = True
+    return cam_like(lungs, n, seed)
+
+
+ATTENTION_CASES = [(shape, corner) for shape in SHAPES for corner in CORNERS] + [("square", "right_lower")]
+
+
+def _placed_marker(shape, place):
+    if place in CORNERS:
+        return marker_mask(shape, place)
+    mask = np.zeros((SIZE, SIZE), bool)           # a tag over the right lung's lower zone (image left)
+    mask[88:102, 32:46] = True
+    return mask
+
+
+@pytest.mark.parametrize("shape, place", ATTENTION_CASES)
+def test_a_failure_slice_on_where_the_maps_peak_names_the_marker_place(shape, place):
+    rng = np.random.default_rng(12)
+    n = 60
+    marked = rng.random(n) < 0.4
+    mask = _placed_marker(shape, place)
+    maps = np.where(marked[:, None, None], cam_like(mask, n, seed=13), _lung_maps(n, seed=14))
+    lungs = np.zeros((n, SIZE, SIZE), bool)
+    lungs[:, 30:115, 20:60] = lungs[:, 30:115, 68:108] = True
+    features = peak_features(maps, masks=lungs)
+    y_true = np.zeros(n, int)
+    y_prob = np.where(marked, 0.9, 0.1)                     # every marked image is a false alarm
+    slices = find_failure_slices(features, y_true, y_prob, min_size=8, max_order=1)
+    top = slices.iloc[0]
+    # The benchmark's criterion: significant and at least 80% marked (a strip across two cells splits its
+    # peaks between them; a lung map can peak in a bottom cell).
+    assert top["finding"] and top["n_errors"] / top["size"] >= 0.8 and top["slice"].endswith("== True")
+    named = {str(c.column).removeprefix("peak_") for c in top["conditions"]}
+    overlapped = {pl for pl, m in place_masks((SIZE, SIZE)).items() if (m & mask).any()}
+    if place not in CORNERS:
+        overlapped.add(place)
+    assert named <= overlapped, (top["slice"], overlapped)
+
+
+def test_maps_that_ignore_the_marker_give_no_slice_of_the_marked_images():
+    rng = np.random.default_rng(15)
+    n = 60
+    marked = rng.random(n) < 0.4
+    maps = _lung_maps(n, seed=16)                          # the model reads the lungs, marked or not
+    slices = find_failure_slices(peak_features(maps), np.zeros(n, int), np.where(marked, 0.9, 0.1),
+                                 min_size=8, max_order=1)
+    assert not slices["finding"].any()
+
+
+def test_peak_places_are_the_cell_or_zone_of_the_argmax():
+    rng = np.random.default_rng(17)
+    maps = rng.random((40, 30, 30))
+    lungs = np.zeros((40, 30, 30), bool)
+    lungs[:, 8:28, 3:13] = lungs[:, 8:28, 17:27] = True
+    peaks = peak_features(maps, masks=lungs)
+    rows, cols = np.unravel_index(maps.reshape(40, -1).argmax(axis=1), (30, 30))
+    np.testing.assert_array_equal(peaks["peak_top_left"], (rows < 10) & (cols < 10))
+    np.testing.assert_array_equal(peaks["peak_bottom"], (rows >= 20) & (cols >= 10) & (cols < 20))
+    border = peaks[[f"peak_{p}" for p in BORDER_PLACES]].sum(axis=1)
+    np.testing.assert_array_equal(border, ~((rows >= 10) & (rows < 20) & (cols >= 10) & (cols < 20)))
+    in_lungs = lungs[np.arange(40), rows, cols]
+    assert (peaks.iloc[:, 8:].sum(axis=1) == in_lungs).all()
+    assert describe_feature("peak_top_left") == "the map's peak in the top-left corner"
+
+
 def test_name_region_family():
     lungs = np.zeros((SIZE, SIZE), bool)
     lungs[30:110, 20:58] = lungs[30:110, 70:108] = True
@@ -259,6 +332,8 @@ def test_name_region_family():
     (lambda: region_removal_test(uses_lungs, radiographs(1, 0), np.zeros((1, SIZE, SIZE)),
                                  lung_masks=np.zeros((1, 8, 8))), "lung_masks must have shape"),
     (lambda: place_masks((4, 4)), "at least 8x8"),
+    (lambda: peak_features(np.zeros((2, 16, 16)), masks=np.zeros((2, 8, 8))), "masks must have shape"),
+    (lambda: peak_features(np.full((1, 16, 16), np.nan)), "peak_features: maps"),
 ])
 def test_bad_input_is_one_line(call, match):
     with pytest.raises(DataError if "parameter" not in match else ValueError, match=match):

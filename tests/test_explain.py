@@ -142,20 +142,22 @@ def test_batching_does_not_change_maps(trained):
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
-def test_explainers_of_one_model_share_one_logit_copy_within_a_block(trained, monkeypatch):
-    # Cloning a ResNet50 takes seconds; inside the block every method clones the model once, with the same maps.
+def test_explainers_of_one_model_share_one_logit_model_within_a_block(trained, monkeypatch):
+    # Inside the block every method builds the logit model once, with the same maps.
+    from pneumoxai.explain import _base
+
     x = trained["x"][:4]
     methods = ("gradcam", "hirescam", "gradcam++")
     alone = [explain.gradcam(trained["model"], x, method=m) for m in methods]
-    clones = []
-    clone_model = keras.models.clone_model
-    monkeypatch.setattr(keras.models, "clone_model", lambda *a, **k: clones.append(1) or clone_model(*a, **k))
+    built = []
+    build = _base.shared_logit_model
+    monkeypatch.setattr(_base, "shared_logit_model", lambda *a: built.append(1) or build(*a))
     with explain.shared_models():
         shared = [explain.gradcam(trained["model"], x, method=m) for m in methods]
-    assert len(clones) == 1
+    assert len(built) == 1
     np.testing.assert_allclose(shared, alone, atol=1e-6)
     explain.gradcam(trained["model"], x)  # outside the block nothing is kept
-    assert len(clones) == 2
+    assert len(built) == 2
 
 
 def test_target_normal_looks_away_from_the_patch(trained):

@@ -171,7 +171,7 @@ def test_load_member_refuses_corrupt_foreign_and_lambda(trained_member, tmp_path
     with pytest.raises(RunFolderError, match="card format 99"):
         models.load_member(tmp_path / "old")
 
-    inputs = keras.Input((4,))
+    inputs = keras.Input((8, 8, 3))  # an image input: the card's input_size is checked before the model file
     evil = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
     models.save_member(tmp_path / "evil", evil)
     with pytest.raises(UnsafeModelError, match="Lambda layer"):

@@ -185,6 +185,49 @@ def test_api_parameters_are_checked_at_the_boundary(call, error, match):
         call()
 
 
+_IMAGES = np.random.default_rng(0).random((4, 8, 8, 3)).astype(np.float32)
+_Y, _P = np.array([0, 1, 0, 1]), np.array([0.2, 0.8, 0.3, 0.6])
+
+
+def _explain():
+    from pneumoxai import explain
+
+    return explain
+
+
+# Every public function that takes seed= checks it with validation.SEED before NumPy, shap or imblearn sees it.
+SEEDS = {
+    "shap_maps": lambda: _explain().shap_maps(_mean_model(), _IMAGES, _IMAGES, seed=-1),
+    "shap_maps partition": lambda: _explain().shap_maps(_mean_model(), _IMAGES, method="partition", seed=-1),
+    "GradientSHAP": lambda: _explain().GradientSHAP(_mean_model(), _IMAGES, seed=-1),
+    "PartitionSHAP": lambda: _explain().PartitionSHAP(_mean_model(), seed=-1),
+    "SaliencyMap": lambda: _explain().SaliencyMap(_mean_model(), seed=-1),
+    "saliency": lambda: _explain().saliency(_mean_model(), _IMAGES, seed=-1),
+    "background_sample": lambda: _explain().background_sample(_IMAGES, _Y, seed=-1),
+    "road_impute": lambda: _explain().road_impute(_IMAGES, np.zeros((4, 8, 8), bool), seed=-1),
+    "road": lambda: _explain().road(_mean_model(), _IMAGES, _IMAGES[..., 0], seed=-1),
+    "random_map_baseline": lambda: _explain().random_map_baseline(_mean_model(), _IMAGES, seed=-1),
+    "randomization_check": lambda: _explain().randomization_check(_mean_model(), _IMAGES, method="saliency", seed=-1),
+    "compare_layers": lambda: _explain().compare_layers(_mean_model(), _IMAGES, ["image"], seed=-1),
+    "choose_map": lambda: _explain().choose_map(_mean_model(), seed=-1),
+    "explanation_sample": lambda: __import__("pneumoxai.outcomes").outcomes.explanation_sample(_Y, _P, 2, seed=-1),
+    "balance": lambda: data.balance(_IMAGES, _Y, "oversample", seed=-1),
+    "make_dataset": lambda: data.make_dataset(_IMAGES, _Y, seed=-1),
+    "build_member": lambda: models.build_member(32, weights=None, seed=-1),
+    "plot_explanation_gallery": lambda: __import__("pneumoxai.figures").figures.plot_explanation_gallery(
+        _IMAGES[..., 0], {"m": _IMAGES[..., 0]}, _Y, _P, seed=-1),
+    "results_table": lambda: metrics.results_table(_Y, {"m": _P}, seed=-1),
+    "evaluate": lambda: metrics.evaluate(_Y, _P, seed=-1),
+}
+
+
+@pytest.mark.parametrize("owner", SEEDS)
+def test_every_public_seed_is_checked_in_one_line(owner):
+    with pytest.raises(ConfigError, match=rf"^The 'seed' parameter of {owner.split()[0]} must be an int in "
+                                          r"\[0, 4294967295\]; got -1\.$"):
+        SEEDS[owner]()
+
+
 def _run_folder_with(tmp_path, **files):
     run = tmp_path / "run"
     (run / "tables").mkdir(parents=True)
@@ -263,6 +306,11 @@ def _card_input_size_abc(path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "input_size": "abc"}))
 
 
+def _card_format_2(path):
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": 2}))
+
+
 @pytest.mark.parametrize("command, damaged, damage, match", [
     ("evaluate", "tables/dataset.csv", _cut_short,
      r"dataset.csv is cut short or damaged \(.*\); delete it and re-run the `pneumoxai train`, `run` or `import`"),
@@ -271,9 +319,17 @@ def _card_input_size_abc(path):
      r"predictions_test.csv is cut short or damaged \(.*\); delete it and run `pneumoxai evaluate --run .*run`"),
     ("explain", "tables/predictions_test.csv", _drop_last_row, r"\(11 rows for the 12 test images"),
     ("evaluate", "members/m/card.json", _card_input_size_abc,
-     r"card of member .* is damaged \(input_size 'abc' is not an int in \[8, 4096\]\); delete the member's folder "
+     r"card of member .* is damaged \(input_size 'abc' in card.json is not an int in \[8, 4096\]\); delete the "
+     r"member's folder "
      r"and import it again with `pneumoxai import --out .*run --member m=PATH`"),
-], ids=["dataset-cut", "dataset-row-lost", "predictions-cut", "predictions-row-lost", "card-input-size"])
+    ("evaluate", "members/m/card.json", _cut_short,
+     r"card of member .* is damaged \(card.json is not valid JSON: .*\); delete the member's folder and import it "
+     r"again with `pneumoxai import --out .*run --member m=PATH`\.$"),
+    ("evaluate", "members/m/card.json", _card_format_2,
+     r"is damaged \(card.json has card format 2; this version reads format 1\); delete the member's folder and "
+     r"import it again"),
+], ids=["dataset-cut", "dataset-row-lost", "predictions-cut", "predictions-row-lost", "card-input-size", "card-cut",
+        "card-format"])
 def test_damaged_files_of_a_real_run_are_named_with_their_fix(evaluated_run, tmp_path, capsys, command, damaged,
                                                               damage, match):
     import shutil
@@ -283,6 +339,33 @@ def test_damaged_files_of_a_real_run_are_named_with_their_fix(evaluated_run, tmp
     damage(run / damaged)
     line = one_line_error(capsys, [command, "--run", run])
     assert re.search(match, line), line
+
+
+def _card_binary(path):
+    path.write_bytes(b"\x00\xff\xfe garbage")
+
+
+def _card_list(path):
+    path.write_text("[1, 2]")
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_cut_short, r"card.json is not valid JSON: Unterminated string"),
+    (_card_binary, r"card.json is not valid JSON: 'utf-8' codec can't decode"),
+    (_card_list, r"card.json holds a list, not a JSON object"),
+    (_card_format_2, r"card.json has card format 2; this version reads format 1"),
+    (_card_input_size_abc, r"input_size 'abc' in card.json is not an int in \[8, 4096\]"),
+], ids=["cut", "binary", "list", "format", "input-size"])
+def test_a_damaged_card_gives_one_line_with_one_fix_through_the_api(tmp_path, damage, problem):
+    folder = tmp_path / "m"
+    models.save_member(folder, _mean_model(), {"name": "m"})
+    damage(folder / "card.json")
+    for call in (lambda: models.read_card(folder),
+                 lambda: predict_members([folder], np.zeros((8, 8, 8, 3)), progress=False)):
+        with pytest.raises(RunFolderError, match=rf"^The card of member '.*m' is damaged \({problem}.*\); delete "
+                                                 r"the member's folder and train or import it again\.$") as info:
+            call()
+        assert str(info.value).count("delete") == 1 and "\n" not in str(info.value)
 
 
 def _hostile_keras_file(path, patch):
@@ -316,6 +399,19 @@ def test_hostile_model_files_are_refused_in_one_error(tmp_path, patch):
     assert "\n" not in str(info.value) and "model.keras" in str(info.value)
     if patch["class_name"] == "TFSMLayer":
         assert "TFSMLayer" in str(info.value)
+
+
+def test_a_vocabulary_file_outside_the_archive_is_named_not_blamed_on_a_lambda_layer(tmp_path):
+    vocabulary = tmp_path / "vocabulary.txt"
+    vocabulary.write_text("a\nb\n")
+    member = _hostile_keras_file(tmp_path / "member" / "model.keras", {
+        "class_name": "StringLookup", "module": "keras.layers", "registered_name": None,
+        "config": {"name": "lookup", "vocabulary": str(vocabulary)}})
+    with pytest.raises(UnsafeModelError, match=r"^Refusing to load .*model.keras': its StringLookup layer \['lookup'\] "
+                                               r"only loads with safe_mode=False \('Requested the loading of a "
+                                               r"vocabulary file outside of the model archive'\)") as info:
+        models.load_member(member)
+    assert "Lambda" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_a_file_that_is_not_a_weights_file_is_one_error(tmp_path):

@@ -35,8 +35,9 @@ The single-sigmoid output needs care: tf-keras-vis' Score-CAM applies a softmax 
 model output, which is constantly 1 for one unit and makes every channel weight equal.
 :class:`ScoreCAM` therefore rewrites the output as the two logits ``[-z/2, z/2]``
 (``z`` = pre-sigmoid logit), whose softmax is exactly ``[1 - p, p]``. The gradient
-methods explain ``+z`` (PNEUMONIA) or ``-z`` (NORMAL) via a copy of the model with a
-linear output layer (``_base._logit_model``) and ``BinaryScore``. CAMs are upsampled here,
+methods explain ``+z`` (PNEUMONIA) or ``-z`` (NORMAL) via a logit model that shares the
+model's layers with a linear head (``_base.shared_logit_model``; nothing is re-serialized,
+so ``Lambda`` and custom layers are explained too) and ``BinaryScore``. CAMs are upsampled here,
 not by tf-keras-vis (see ``cam._upsample``).
 
 shap 0.51 + Keras 3 / TF 2.21: ``shap.GradientExplainer`` runs, but it re-seeds NumPy's
@@ -47,7 +48,7 @@ maps are reproducible from ``seed``. Both libraries pass a one-element list to
 single-input Keras 3 models, which only triggers a harmless input-structure warning
 that is silenced locally. ``shap.DeepExplainer`` is not used: it fails on ResNet ops.
 
-One module per concern: ``_base`` (option values, checks, the logit copy, :class:`MapExplainer`),
+One module per concern: ``_base`` (option values, checks, the logit model, :class:`MapExplainer`),
 ``layers`` (which layers), ``cam``, ``saliency``, ``shap_maps``, ``ensemble`` (ensemble maps),
 ``zones``, ``faithfulness`` (deletion / insertion), ``road``, ``sanity`` (randomization check),
 ``choice`` (layer and method choice) and ``slice_maps`` (maps per failure slice).

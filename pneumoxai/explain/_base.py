@@ -1,8 +1,8 @@
-"""The explainers' shared ground: option values, checks, the logit copy and :class:`MapExplainer`.
+"""The explainers' shared ground: option values, checks, the logit model and :class:`MapExplainer`.
 
 :class:`MapExplainer` checks the model once and the images on every call, resolves the
 explained class, then explains the images in batches. Inside a :func:`shared_models`
-block every model is checked once and every explainer of it shares one logit copy.
+block every model is checked once and every explainer of it shares one logit model.
 """
 
 import contextlib
@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import ConfigError, ModelContractError
 from ..models import check_classifier
-from ..validation import Interval, Options, check_images, check_param
+from ..models.contract import _CONSTANT_MIN_IMAGES, sigmoid_head
+from ..validation import SEED, Interval, Options, check_images, check_param
 
 # Allowed option values, declared once.
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam", "scorecam")
@@ -38,38 +39,32 @@ def _positive_int(owner, name, value, minimum=1):
     return int(check_param(owner, name, value, Interval("int", minimum, None)))
 
 
-def _check_model(model, owner):
-    """Check the model contract and a flat functional graph; return the output layer's name.
+def _seed(owner, seed):
+    return int(check_param(owner, "seed", seed, SEED))
 
-    Beyond :func:`pneumoxai.models.check_classifier`, the explainers need the sigmoid in
-    the output layer (to explain its logit) and no nested models (tf-keras-vis reads
-    ``output_names`` and feature layers of the outer graph). Inside a
-    :func:`shared_models` block each model is checked once.
+
+def _check_model(model, owner):
+    """Check the model contract and a flat functional graph.
+
+    Beyond :func:`pneumoxai.models.check_classifier` (which checks the sigmoid head on
+    the graph), the explainers need no nested models (tf-keras-vis reads feature layers
+    of the outer graph). Inside a :func:`shared_models` block each model is checked once.
     """
     entry = _shared_entry(model)
-    if entry is not None and "output_name" in entry:
-        return entry["output_name"]
-    output_name = _check_explainable(model, owner)
+    if entry is not None and entry.get("checked"):
+        return
+    _check_explainable(model, owner)
     if entry is not None:
-        entry["output_name"] = output_name
-    return output_name
+        entry["checked"] = True
 
 
 def _check_explainable(model, owner):
     check_classifier(model, owner)
-    hint = "wrap it with pneumoxai.models.adapt(model, preprocess=...) first"
     nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
     if isinstance(model, keras.Sequential) or nested:
         what = "is a Sequential model" if isinstance(model, keras.Sequential) else f"nests the model(s) {nested}"
         raise ModelContractError(f"{owner}: model {model.name!r} {what}; explanations need a flat functional "
-                                 f"model: {hint}.")
-    output_layer = model.outputs[0]._keras_history.operation
-    activation = getattr(output_layer, "activation", None)
-    if activation is None or keras.activations.serialize(activation) != "sigmoid":
-        raise ModelContractError(
-            f"{owner}: the output layer {output_layer.name!r} must carry a sigmoid activation (a Dense layer) so its "
-            f"pre-sigmoid logit can be explained; {hint}.")
-    return output_layer.name
+                                 "model: wrap it with pneumoxai.models.adapt(model, preprocess=...) first.")
 
 
 def _predict_proba(model, x, batch_size):
@@ -77,13 +72,25 @@ def _predict_proba(model, x, batch_size):
     return model.predict(x, batch_size=batch_size, verbose=0)[:, 0].astype(np.float64)
 
 
-def _target_is_pneumonia(owner, target, model, x, batch_size):
-    """Resolve ``target`` to a bool (n,) array: True explains PNEUMONIA, False NORMAL."""
+def _checked_proba(owner, model, x, batch_size):
+    """P(PNEUMONIA) of ``x``, shape (n,), with predict_members' warning when it is nearly constant.
+
+    Nearly the same probability for every image is the sign of a model fed images scaled
+    unlike its training images (one not brought to the contract by ``adapt``).
+    """
+    return check_classifier(model, owner, probabilities=_predict_proba(model, x, batch_size), warn_constant=True)
+
+
+def _target_is_pneumonia(owner, target, model, x, batch_size, proba=None):
+    """Resolve ``target`` to a bool (n,) array: True explains PNEUMONIA, False NORMAL.
+
+    ``proba``: the model's P(PNEUMONIA) of ``x`` when already computed.
+    """
     n = len(x)
     if isinstance(target, str):
         _choice(owner, "target", target, TARGETS)
         if target == "predicted":
-            return _predict_proba(model, x, batch_size) >= _THRESHOLD
+            return (_predict_proba(model, x, batch_size) if proba is None else proba) >= _THRESHOLD
         return np.full(n, target == "pneumonia")
     arr = np.asarray(target)
     if arr.shape != (n,) or not (arr.dtype == bool or np.isin(arr, (0, 1)).all()):
@@ -112,18 +119,19 @@ def _minmax(maps):
     return scaled.reshape(maps.shape).astype(np.float32)
 
 
-#: Inside a :func:`shared_models` block: ``id(model) -> {"model", "output_name", "logit"}``; None outside one.
+#: Inside a :func:`shared_models` block: ``id(model) -> {"model", "checked", "logit", "outputs_checked"}``;
+#: None outside one.
 _SHARED_MODELS = None
 
 
 @contextlib.contextmanager
 def shared_models():
-    """Within the block each model is checked once and all its explainers share one logit copy.
+    """Within the block each model is checked once and all its explainers share one logit model.
 
-    Cloning a ResNet50 takes seconds and checking it walks its graph, and a layer choice
-    or an ensemble's gallery builds an explainer per (method, layers) pair of each
-    model. The models are held by the block, so their ids stay theirs; nested blocks
-    share the outer one's copies. Do not change a model's layers inside the block.
+    Checking a ResNet50 walks its graph, and a layer choice or an ensemble's gallery
+    builds an explainer per (method, layers) pair of each model. The models are held by
+    the block, so their ids stay theirs; nested blocks share the outer one's records.
+    Do not change a model's layers inside the block.
 
     Examples
     --------
@@ -133,7 +141,7 @@ def shared_models():
     >>> out = keras.layers.Dense(1, activation="sigmoid", name="prediction")(
     ...     keras.layers.GlobalAveragePooling2D()(x))
     >>> from pneumoxai.explain import gradcam
-    >>> with shared_models():  # one logit copy serves both methods
+    >>> with shared_models():  # one logit model serves both methods
     ...     maps = [gradcam(keras.Model(inputs, out), np.zeros((1, 8, 8, 3)), method=m)
     ...             for m in ("gradcam", "layercam")]
     >>> maps[0].shape
@@ -157,17 +165,85 @@ def _shared_entry(model):
     return _SHARED_MODELS.setdefault(id(model), {"model": model})
 
 
-def _logit_model(model, output_name):
-    """A copy of ``model`` whose output is the pre-sigmoid logit (the original is untouched)."""
+def shared_logit_model(model, owner):
+    """A model of ``model``'s pre-sigmoid logit that shares its layers (none is re-created from its config).
+
+    A ``Dense`` sigmoid head is replaced by a linear ``Dense`` holding a copy of its
+    kernel and bias (the only new weights); a sigmoid ``Activation`` head is dropped.
+    Every other layer, ``Lambda`` and custom layers included, is the model's own object,
+    as in :func:`pneumoxai.models.adapt`: nothing is serialized, and later changes to the
+    model's weights show in the logit model.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A functional model whose output is a sigmoid (see :func:`pneumoxai.models.check_classifier`).
+    owner : str
+        The public function that asks, named in a refusal.
+
+    Returns
+    -------
+    keras.Model
+        Same input, output ``(None, 1)`` logit: ``sigmoid(logit_model(x)) == model(x)``.
+
+    Examples
+    --------
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Lambda(lambda t: t * 2.0 - 1.0)(inputs)
+    >>> x = keras.layers.GlobalAveragePooling2D()(x)
+    >>> model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    >>> images = np.random.default_rng(0).random((2, 8, 8, 3)).astype("float32")
+    >>> logit = shared_logit_model(model, "f").predict(images, verbose=0)
+    >>> bool(np.allclose(1 / (1 + np.exp(-logit)), model.predict(images, verbose=0), atol=1e-6))
+    True
+    """
+    head, features = sigmoid_head(model, owner)
+    if isinstance(head, keras.layers.Activation):
+        return keras.Model(model.input, features, name=f"{model.name}_logit")
+    linear = keras.layers.Dense(head.units, use_bias=head.use_bias, dtype=head.dtype_policy, name=f"{head.name}_logit")
+    logit = linear(features)
+    linear.set_weights(head.get_weights())
+    return keras.Model(model.input, logit, name=f"{model.name}_logit")
+
+
+def _logit_model(model, owner):
+    """``model``'s :func:`shared_logit_model`; inside a :func:`shared_models` block, one per model."""
     entry = _shared_entry(model)
     if entry is not None and "logit" in entry:
         return entry["logit"]
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    clone.get_layer(output_name).activation = keras.activations.linear
+    logit = shared_logit_model(model, owner)
     if entry is not None:
-        entry["logit"] = clone
-    return clone
+        entry["logit"] = logit
+    return logit
+
+
+class _GraphLayer(keras.layers.Layer):
+    """A feature layer as tf-keras-vis should see it: ``output`` is the layer's tensor in the explained graph.
+
+    tf-keras-vis reads ``layer.output``, which Keras answers with the layer's first call;
+    a layer shared by two graphs (an adapted model's layers are the user's) would give
+    the other graph's tensor, disconnected from the logit model.
+    """
+
+    def __init__(self, name, tensor):
+        super().__init__(name=name)
+        self._graph_output = tensor
+
+    @property
+    def output(self):
+        return self._graph_output
+
+
+def _graph_outputs(model):
+    """``{layer name: output tensor}`` of the layers in ``model``'s own graph, walked back from its output."""
+    found, pending = {}, list(model.outputs)
+    while pending:
+        tensor = pending.pop()
+        layer, node_index, _ = tensor._keras_history
+        if layer.name not in found:
+            found[layer.name] = tensor
+            pending.extend(layer._inbound_nodes[node_index].input_tensors)
+    return found
 
 
 class MapExplainer:
@@ -193,7 +269,7 @@ class MapExplainer:
     signed = False
 
     def __init__(self, model, *, batch_size=16):
-        self._output_name = _check_model(model, type(self).__name__)
+        _check_model(model, type(self).__name__)
         self.model = model
         self.batch_size = _positive_int(type(self).__name__, "batch_size", batch_size)
 
@@ -212,15 +288,36 @@ class MapExplainer:
         -------
         ndarray of float32, shape (n, H, W)
             One map per image at input resolution; in [0, 1] unless ``signed``.
+
+        Warns
+        -----
+        ConstantPredictionsWarning
+            As :func:`pneumoxai.predict.predict_members`: nearly the same probability for
+            8 or more images, the sign of a model not adapted to [0, 1] images.
         """
-        x = check_images(images, model=self.model, owner=type(self).__name__)
-        is_pneumonia = _target_is_pneumonia(type(self).__name__, target, self.model, x, self.batch_size)
+        owner = type(self).__name__
+        x = check_images(images, model=self.model, owner=owner)
+        is_pneumonia = _target_is_pneumonia(owner, target, self.model, x, self.batch_size,
+                                            proba=self._proba_once(owner, x))
         out = np.empty(x.shape[:3], np.float32)
         step = self._images_per_call(x.shape)
         for start in range(0, len(x), step):
             batch = slice(start, start + step)
             out[batch] = self._explain_batch(x[batch], is_pneumonia[batch])
         return out
+
+    def _proba_once(self, owner, x):
+        """The model's checked P(PNEUMONIA) of ``x`` (warning when nearly constant), or None when not needed.
+
+        Computed when there are enough images to judge, once per model in a
+        :func:`shared_models` block.
+        """
+        entry = _shared_entry(self.model)
+        if len(x) < _CONSTANT_MIN_IMAGES or (entry is not None and entry.get("outputs_checked")):
+            return None
+        if entry is not None:
+            entry["outputs_checked"] = True
+        return _checked_proba(owner, self.model, x, self.batch_size)
 
     def _images_per_call(self, shape):
         return self.batch_size

@@ -1,6 +1,6 @@
 """Class-activation maps: Grad-CAM, Grad-CAM++, LayerCAM, HiResCAM and Faster Score-CAM.
 
-Each wraps ``tf-keras-vis`` on the model's logit copy; per-layer maps are upsampled here
+Each wraps ``tf-keras-vis`` on the model's logit model (which shares its layers); per-layer maps are upsampled here
 (:func:`_upsample`) and fused by element-wise maximum (:func:`_fuse`).
 """
 
@@ -21,7 +21,8 @@ with warnings.catch_warnings():
     from tf_keras_vis.utils.model_modifiers import ModelModifier
     from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
-from ._base import CAM_METHODS, MapExplainer, _choice, _logit_model, _minmax, _positive_int, _quiet_keras_inputs
+from ._base import (CAM_METHODS, MapExplainer, _choice, _graph_outputs, _GraphLayer, _logit_model, _minmax,
+                    _positive_int, _quiet_keras_inputs)
 from .layers import _feature_layers
 
 _SCORECAM_MAX_BYTES = 2**30  # cap on the masked input copies Score-CAM materialises
@@ -96,10 +97,13 @@ class GradCAM(MapExplainer):
         super().__init__(model, batch_size=batch_size)
         self.layers = _feature_layers(type(self).__name__, model, layer, layers)
         self.layer = self.layers[-1]
-        self._vis = self._make_visualization(model)
+        logit = _logit_model(model, type(self).__name__)
+        outputs = _graph_outputs(logit)
+        self._penultimate = {name: _GraphLayer(name, outputs[name]) for name in self.layers}
+        self._vis = self._make_visualization(logit)
 
-    def _make_visualization(self, model):
-        return self._visualization(_logit_model(model, self._output_name), clone=False)
+    def _make_visualization(self, logit):
+        return self._visualization(logit, clone=False)
 
     def _explain_batch(self, x, is_pneumonia):
         return _fuse([_upsample(self._layer_cams(x, is_pneumonia, layer), x.shape[1:3]) for layer in self.layers])
@@ -109,7 +113,7 @@ class GradCAM(MapExplainer):
         with _quiet_keras_inputs():
             return self._vis(
                 BinaryScore(is_pneumonia.tolist()), x,
-                penultimate_layer=layer, seek_penultimate_conv_layer=False, expand_cam=False,
+                penultimate_layer=self._penultimate[layer], seek_penultimate_conv_layer=False, expand_cam=False,
                 **self._call_options,
             )
 
@@ -166,8 +170,8 @@ class ScoreCAM(GradCAM):
         self.channels = max(int(model.get_layer(name).output.shape[-1]) for name in self.layers)
         self.max_n = min(_positive_int("ScoreCAM", "max_n", max_n), self.channels)
 
-    def _make_visualization(self, model):
-        return Scorecam(_logit_model(model, self._output_name), model_modifier=_TwoClassLogits(), clone=False)
+    def _make_visualization(self, logit):
+        return Scorecam(logit, model_modifier=_TwoClassLogits(), clone=False)
 
     def _images_per_call(self, shape):
         image_bytes = 4 * int(np.prod(shape[1:]))
@@ -181,7 +185,7 @@ class ScoreCAM(GradCAM):
         with _quiet_keras_inputs(), contextlib.redirect_stdout(io.StringIO()):
             return self._vis(
                 CategoricalScore(is_pneumonia.astype(int).tolist()), x,
-                penultimate_layer=layer, seek_penultimate_conv_layer=False,
+                penultimate_layer=self._penultimate[layer], seek_penultimate_conv_layer=False,
                 max_N=self.max_n, batch_size=self.batch_size, expand_cam=False,
             )
 

@@ -1,18 +1,19 @@
 """Which map to trust: every CAM method on every candidate layer set measured, and one chosen by a fixed rule."""
 
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
 
 from ..errors import param_error
 from ..validation import Interval, check_images, check_param
-from ._base import CAM_METHODS, DOWNSTREAM, _check_model, _choice, _target_is_pneumonia, shared_models
+from ._base import CAM_METHODS, DOWNSTREAM, _check_model, _choice, _seed, _target_is_pneumonia, shared_models
 from .cam import _cam_explainer
 from .faithfulness import deletion_auc
 from .layers import _feature_layers, feature_map_size, fusion_layers, layer_candidates
 from .road import road
-from .sanity import _layers_to_randomize, _randomized_copy, _spearman_rows
+from .sanity import _copy_refusal, _explain_randomized, _layers_to_randomize, _randomized_copy, _spearman_rows
 
 
 def _nanmedian(values):
@@ -37,16 +38,22 @@ def _randomized_copies(model, specs, n_randomized, seed):
     """Each candidate's randomized copy of ``model``, as :func:`randomization_check` builds it.
 
     Built before any map, so bad layer names or ``n_randomized`` fail first; candidates that
-    re-initialise the same layers share one copy.
+    re-initialise the same layers share one copy. A model that cannot be copied (Lambda or
+    custom layers) gets a warning and no copies: its randomization check is skipped, and
+    the refusal is returned with the copies (None otherwise).
     """
     copies, randomized = {}, {}
+    refusal = _copy_refusal("compare_layers", model)
     for spec in specs:
         explained = _feature_layers("compare_layers", model, None, spec)
         names = tuple(_layers_to_randomize("compare_layers", model, n_randomized, explained, name="n_randomized"))
-        if names not in copies:
+        if names not in copies and not refusal:
             copies[names] = _randomized_copy(model, names, seed)
-        randomized[spec] = copies[names]
-    return randomized
+        randomized[spec] = copies.get(names)
+    if refusal:
+        warnings.warn(f"{refusal} The randomization check is skipped (randomization_spearman is NaN).", UserWarning,
+                      stacklevel=3)
+    return randomized, refusal
 
 
 def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), target="predicted", steps=20,
@@ -89,11 +96,14 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         ``layer``, ``map_side`` (side of the finest feature map), ``deletion_auc``,
         ``road_morf``, ``road_lerf``, ``road_gap`` (means over images and fractions),
         ``randomization_spearman`` (median over images with a non-constant map; NaN
-        when re-initialisation leaves every map constant) and ``seconds_per_image``.
+        when re-initialisation leaves every map constant, or when the model has Lambda or custom
+        layers and cannot be copied: a warning says the check is skipped, and
+        ``table.attrs["randomization_skipped"]`` holds why) and ``seconds_per_image``.
     """
-    # One block: the model (and each randomized copy) is checked once and explained through one logit copy.
+    # One block: the model (and each randomized copy) is checked once and explained through one logit model.
     with shared_models():
         _check_model(model, "compare_layers")
+        seed = _seed("compare_layers", seed)
         x = check_images(images, model=model, owner="compare_layers")
         specs = _candidates(methods, layers)
         is_pneumonia = _target_is_pneumonia("compare_layers", target, model, x, batch_size)
@@ -104,7 +114,7 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
             deletion = deletion_auc(model, x, maps, steps=steps, target=is_pneumonia).mean()
             return {"deletion_auc": deletion, "road_morf": morf, "road_lerf": lerf, "road_gap": lerf - morf}
 
-        randomized = _randomized_copies(model, specs, n_randomized, seed)
+        randomized, skipped = _randomized_copies(model, specs, n_randomized, seed)
         rows = []
         for method in methods:
             for spec in specs:
@@ -112,17 +122,22 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
                 started = time.perf_counter()
                 maps = explainer(x, target=is_pneumonia)
                 seconds = (time.perf_counter() - started) / len(x)
-                maps_randomized = _cam_explainer("compare_layers", randomized[spec], method, None, batch_size, max_n,
-                                                 layers=spec)(x, target=is_pneumonia)
+                spearman = np.nan
+                if randomized[spec] is not None:
+                    maps_randomized = _explain_randomized(lambda copy: _cam_explainer(
+                        "compare_layers", copy, method, None, batch_size, max_n, layers=spec)(x, target=is_pneumonia),
+                        randomized[spec])
+                    spearman = _nanmedian(_spearman_rows(maps, maps_randomized))
                 rows.append({"method": method, "layer": "+".join(spec),
                              "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),
-                             **scores(maps),
-                             "randomization_spearman": _nanmedian(_spearman_rows(maps, maps_randomized)),
-                             "seconds_per_image": seconds})
+                             **scores(maps), "randomization_spearman": spearman, "seconds_per_image": seconds})
         chance = np.random.default_rng(seed).random(x.shape[:3], dtype=np.float32)
         rows.append({"method": "random", "layer": "", "map_side": x.shape[1], **scores(chance),
                      "randomization_spearman": np.nan, "seconds_per_image": np.nan})
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        if skipped:
+            table.attrs["randomization_skipped"] = skipped
+        return table
 
 
 #: A map whose median Spearman correlation with the maps of a model with re-initialised top
@@ -141,7 +156,10 @@ def choose_map_method(table, *, max_randomization=MAX_RANDOMIZATION_SPEARMAN, ti
     gap, LeRF minus MoRF, at or below the ``"random"`` row's; Rong et al. 2022); among the
     rest take the largest ROAD gap, a gap within ``tie`` of the best going to the finer map
     (then the faster one). Without any candidate left, Grad-CAM on the last layer listed
-    for it is kept as the conventional default, and the reason says so.
+    for it is kept as the conventional default, and the reason says so. When
+    :func:`compare_layers` skipped the randomization check (a model with Lambda or custom
+    layers, recorded in ``table.attrs["randomization_skipped"]``), only the ROAD rule
+    applies and the reason says the check was skipped.
 
     Parameters
     ----------
@@ -181,7 +199,11 @@ def choose_map_method(table, *, max_randomization=MAX_RANDOMIZATION_SPEARMAN, ti
     chance = float(table.loc[table["method"] == "random", "road_gap"].iloc[0])
     table = table.copy()
     candidates = table["method"] != "random"
-    table["passes_randomization"] = candidates & (table["randomization_spearman"].fillna(1.0) < max_randomization)
+    skipped = table.attrs.get("randomization_skipped")
+    table["passes_randomization"] = candidates & (
+        bool(skipped) | (table["randomization_spearman"].fillna(1.0) < max_randomization))
+    check = (f"the randomization check (Spearman < {max_randomization})" if not skipped else
+             "the randomization check (skipped: the model has Lambda or custom layers and cannot be copied)")
     table["beats_random"] = candidates & (table["road_gap"] > chance)
     eligible = table[table["passes_randomization"] & table["beats_random"]]
     if len(eligible):
@@ -192,12 +214,12 @@ def choose_map_method(table, *, max_randomization=MAX_RANDOMIZATION_SPEARMAN, ti
         tied = f"; the finest map among gaps within {tie} of the best" if len(close) > 1 else ""
         reason = (f"{row['method']} on {row['layer']} has the largest ROAD gap ({row['road_gap']:.3f}, random maps "
                   f"{chance:.3f}{tied}) among the {len(eligible)} of {int(candidates.sum())} candidates that pass "
-                  f"the randomization check (Spearman < {max_randomization}) and beat random maps.")
+                  f"{check} and beat random maps.")
     else:
         fallback = table[candidates & (table["method"] == "gradcam")]
         index = fallback.index[0] if len(fallback) else table[candidates].index[0]
         row = table.loc[index]
-        reason = (f"no candidate both passes the randomization check (Spearman < {max_randomization}) and beats "
+        reason = (f"no candidate both passes {check} and beats "
                   f"random maps (ROAD gap {chance:.3f}); {row['method']} on {row['layer']} is kept as the "
                   "conventional default, and its maps should be read with that caution.")
     table["chosen"] = table.index == index
@@ -258,6 +280,7 @@ def choose_map(model, images=None, *, target="predicted", methods=MAP_CHOICE_MET
     >>> choice["method"], choice["layer"], choice["stages"], table is None
     ('gradcam', 'conv_b', [-1], True)
     """
+    _seed("choose_map", seed)
     stages = fusion_layers(model)
     if images is None:
         choice, table = {"method": "gradcam", "layer": stages[-1], "map_side": int(feature_map_size(model)[0]),

@@ -5,7 +5,8 @@ import scipy.ndimage
 
 from ..errors import param_error
 from ..validation import check_images, check_maps
-from ._base import FAITHFULNESS_METRICS, _check_model, _choice, _positive_int, _predict_proba, _target_is_pneumonia
+from ._base import (FAITHFULNESS_METRICS, _check_model, _choice, _positive_int, _predict_proba, _seed,
+                    _target_is_pneumonia)
 
 _PERTURBATION_MAX_BYTES = 2**28  # cap on the perturbed copies of deletion/insertion
 
@@ -111,6 +112,7 @@ def random_map_baseline(model, images, *, metric="deletion", n_maps=3, steps=20,
     """
     _choice("random_map_baseline", "metric", metric, FAITHFULNESS_METRICS)
     n_maps = _positive_int("random_map_baseline", "n_maps", n_maps)
+    seed = _seed("random_map_baseline", seed)
     x = check_images(images, owner="random_map_baseline")
     if baseline is None:
         baseline = 0.0 if metric == "deletion" else "blur"

@@ -6,7 +6,7 @@ import scipy.sparse.linalg
 
 from ..errors import DataError, param_error
 from ..validation import check_images, check_maps
-from ._base import ROAD_ORDERS, _check_model, _choice, _positive_int, _predict_proba, _target_is_pneumonia
+from ._base import ROAD_ORDERS, _check_model, _choice, _positive_int, _predict_proba, _seed, _target_is_pneumonia
 from .faithfulness import _PERTURBATION_MAX_BYTES
 
 # ROAD's neighbour weights (Rong et al., 2022): 1/6 for the 4 direct, 1/12 for the 4 diagonal neighbours.
@@ -93,6 +93,7 @@ def road_impute(images, removed, *, noise=0.0, seed=0):
         raise DataError("removed covers every pixel of an image: there is nothing to impute from")
     if not np.isfinite(noise) or noise < 0:
         raise param_error("road_impute", "noise", "a number >= 0", noise)
+    seed = _seed("road_impute", seed)
     out = np.stack([_impute_one(image, m) for image, m in zip(x, mask)])
     if noise > 0:
         rng = np.random.default_rng(seed)
@@ -138,6 +139,7 @@ def road(model, images, maps, *, order="morf", fractions=(0.1, 0.2, 0.3, 0.4, 0.
     if f.ndim != 1 or len(f) == 0 or not np.isfinite(f).all() or (f < 0).any() or (f >= 1).any():
         raise param_error("road", "fractions", "a non-empty sequence of numbers in [0, 1)", fractions)
     batch_size = _positive_int("road", "batch_size", batch_size)
+    seed = _seed("road", seed)
     is_pneumonia = _target_is_pneumonia("road", target, model, x, batch_size)
     n, height, width = m.shape
     relevance = m.reshape(n, -1) if order == "morf" else -m.reshape(n, -1)

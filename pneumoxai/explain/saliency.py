@@ -11,7 +11,7 @@ with warnings.catch_warnings():
     from tf_keras_vis.utils.scores import BinaryScore
 
 from ..errors import param_error
-from ._base import MapExplainer, _logit_model, _minmax, _positive_int, _quiet_keras_inputs
+from ._base import MapExplainer, _logit_model, _minmax, _positive_int, _quiet_keras_inputs, _seed
 
 class SaliencyMap(MapExplainer):
     """Vanilla gradient saliency (Simonyan et al., 2014) or SmoothGrad (Smilkov et al., 2017).
@@ -39,8 +39,8 @@ class SaliencyMap(MapExplainer):
         if not np.isfinite(noise) or noise <= 0:
             raise param_error("SaliencyMap", "noise", "a positive number", noise)
         self.noise = float(noise)
-        self._rng = np.random.default_rng(seed)
-        self._vis = Saliency(_logit_model(model, self._output_name), clone=False)
+        self._rng = np.random.default_rng(_seed("SaliencyMap", seed))
+        self._vis = Saliency(_logit_model(model, type(self).__name__), clone=False)
 
     def _images_per_call(self, shape):
         return max(1, self.batch_size // max(1, self.smooth_samples))
@@ -71,6 +71,7 @@ def saliency(model, images, *, smooth_samples=0, noise=0.2, target="pneumonia", 
     ndarray of float32, shape (n, H, W)
         Maps in [0, 1].
     """
+    _seed("saliency", seed)
     explainer = SaliencyMap(model, smooth_samples=smooth_samples, noise=noise, seed=seed,
                             batch_size=batch_size)
     return explainer(images, target=target)

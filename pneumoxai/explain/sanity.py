@@ -1,12 +1,14 @@
 """The model-parameter randomization check (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018)."""
 
+import warnings
+
 import keras
 import numpy as np
 import scipy.stats
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConstantPredictionsWarning, ModelContractError
 from ..validation import Interval, Options, check_images, check_param
-from ._base import DOWNSTREAM, RANDOMIZATION_METHODS, _check_model, _choice, _positive_int, _target_is_pneumonia
+from ._base import DOWNSTREAM, RANDOMIZATION_METHODS, _check_model, _choice, _positive_int, _seed, _target_is_pneumonia
 from .cam import _cam_explainer
 from .layers import _feature_layers
 from .saliency import SaliencyMap
@@ -44,6 +46,38 @@ def _layers_to_randomize(owner, model, n_layers, explained, *, name="n_layers"):
     return weighted[-n_layers:]
 
 
+def _custom_layers(model):
+    """Names of ``model``'s layers that are ``Lambda`` layers or classes from outside Keras and pneumoxai.
+
+    Such layers cannot be re-created from the model's config without running the user's
+    code (Keras refuses a ``Lambda`` in safe mode), so a copy of the model is refused by name.
+
+    Examples
+    --------
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Lambda(lambda t: t, name="scale")(inputs)
+    >>> _custom_layers(keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x)))
+    ['scale']
+    """
+    names = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        module = type(layer).__module__
+        if isinstance(layer, keras.layers.Lambda) or not module.startswith(("keras", "pneumoxai")):
+            names.append(layer.name)
+    return names
+
+
+def _copy_refusal(owner, model):
+    """Why a randomized copy of ``model`` cannot be made (Lambda or custom layers), in one line; None when it can."""
+    custom = _custom_layers(model)
+    if not custom:
+        return None
+    return (f"{owner}: model {model.name!r} has Lambda or custom layers {custom}, which a copy cannot re-create "
+            "without running their code, and the randomization check re-initialises a copy; skip the check, or "
+            "rebuild the model from Keras layers (pneumoxai.models.adapt(model, preprocess=...) takes the usual "
+            "preprocessing).")
+
+
 def _randomized_copy(model, names, seed):
     """Copy of ``model`` with the layers ``names`` re-initialised."""
     clone = keras.models.clone_model(model)
@@ -60,6 +94,13 @@ def _randomized_copy(model, names, seed):
             init = _seeded_initializer(init, int(rng.integers(2**31 - 1)))
             variable.assign(init(variable.shape, variable.dtype))
     return clone
+
+
+def _explain_randomized(explain, randomized):
+    """``explain(randomized)`` without the nearly-constant warning: re-drawn weights may well give one probability."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantPredictionsWarning)
+        return explain(randomized)
 
 
 def _spearman_rows(a, b):
@@ -111,7 +152,11 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
         ReLU-clipped CAM), which carries no ranking.
     """
     _choice("randomization_check", "method", method, RANDOMIZATION_METHODS)
+    seed = _seed("randomization_check", seed)
     _check_model(model, "randomization_check")
+    refusal = _copy_refusal("randomization_check", model)
+    if refusal:
+        raise ModelContractError(refusal)
     explained = () if method == "saliency" else _feature_layers("randomization_check", model, layer, layers)
     names = _layers_to_randomize("randomization_check", model, n_layers, explained)
     x = check_images(images, model=model, owner="randomization_check")
@@ -124,4 +169,4 @@ def randomization_check(model, images, *, method="gradcam", n_layers=1, layer=No
             return SaliencyMap(m, batch_size=batch_size)(x, target=target)
         return _cam_explainer("randomization_check", m, method, layer, batch_size, max_n, layers)(x, target=target)
 
-    return _spearman_rows(explain(model), explain(randomized))
+    return _spearman_rows(explain(model), _explain_randomized(explain, randomized))

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..validation import check_images, check_labels
-from ._base import SHAP_METHODS, MapExplainer, _choice, _logit_model, _positive_int, _quiet_keras_inputs
+from ._base import SHAP_METHODS, MapExplainer, _choice, _logit_model, _positive_int, _quiet_keras_inputs, _seed
 
 @contextlib.contextmanager
 def _isolated_numpy_rng(seed):
@@ -59,9 +59,9 @@ class GradientSHAP(MapExplainer):
         shap = _import_shap()
         background = check_images(background, model=model, name="background", owner="GradientSHAP")
         self.n_samples = _positive_int("GradientSHAP", "n_samples", n_samples)
-        self.seed = int(seed)
+        self.seed = _seed("GradientSHAP", seed)
         self._explainer = shap.GradientExplainer(
-            _logit_model(model, self._output_name), background, batch_size=self.batch_size
+            _logit_model(model, type(self).__name__), background, batch_size=self.batch_size
         )
 
     def _explain_batch(self, x, is_pneumonia):
@@ -97,8 +97,8 @@ class PartitionSHAP(MapExplainer):
         super().__init__(model, batch_size=batch_size)
         self.max_evals = _positive_int("PartitionSHAP", "max_evals", max_evals, minimum=8)
         self.blur = None if blur is None else _positive_int("PartitionSHAP", "blur", blur)
-        self.seed = int(seed)
-        self._logit = _logit_model(model, self._output_name)
+        self.seed = _seed("PartitionSHAP", seed)
+        self._logit = _logit_model(model, type(self).__name__)
 
     def _logit_of(self, masked):
         # A direct call: model.predict()'s per-call setup dominates shap's many small batches.
@@ -144,6 +144,7 @@ def shap_maps(model, images, background=None, *, method="gradient", target="pneu
         Attributions summed over channels, in log-odds units.
     """
     _choice("shap_maps", "method", method, SHAP_METHODS)
+    _seed("shap_maps", seed)
     if method == "gradient":
         if background is None:
             raise ConfigError("The 'background' parameter of shap_maps is required with method='gradient' "
@@ -176,6 +177,7 @@ def background_sample(images, labels, *, n=32, seed=0):
     x = check_images(images, owner="background_sample")
     y = check_labels(labels, len(x), owner="background_sample", name="labels", both_classes=False)
     n = min(_positive_int("background_sample", "n", n), len(x))
+    seed = _seed("background_sample", seed)
     pools = [np.flatnonzero(y == c) for c in (0, 1)]
     take_pos = min(n // 2 + n % 2, len(pools[1]))
     take_neg = min(n - take_pos, len(pools[0]))

@@ -10,7 +10,7 @@ imported here: the functions take maps and tables already computed.
 import numpy as np
 
 from ..errors import DataError
-from ..validation import UNIT_INTERVAL, check_grey_images, check_param
+from ..validation import SEED, UNIT_INTERVAL, check_grey_images, check_param
 from ..outcomes import OUTCOMES, outcome_groups
 from ._style import (
     DIVERGING_CMAP, ERROR_COLORS, OUTCOME_SHORT, SEQUENTIAL_CMAP, finish_figure, new_figure, style,
@@ -97,6 +97,7 @@ def plot_explanation_gallery(images, maps, y_true, y_prob, *, threshold=0.5, n_p
     >>> len(fig.axes), fig.axes[0].get_title()
     (8, 'FN  label 1  p=0.20')
     """
+    check_param("plot_explanation_gallery", "seed", seed, SEED)
     groups = _indices_by_outcome("plot_explanation_gallery", y_true, y_prob, threshold)
     p = np.asarray(y_prob, dtype=float)
     gray = check_grey_images(images, owner="plot_explanation_gallery", n_samples=len(p))

@@ -6,7 +6,7 @@ from pathlib import Path
 import keras
 
 from ..errors import ConfigError, WeightsUnavailableError, short_repr
-from ..validation import Interval, Options, check_param
+from ..validation import SEED, Interval, Options, check_param
 from .precision import PRECISIONS, _dtype_policy, resolve_precision
 from .preprocess import BackbonePreprocess
 
@@ -124,6 +124,7 @@ def build_member(input_size=224, weights="imagenet", *, backbone="resnet50", see
     check_param("build_member", "backbone", backbone, Options(tuple(BACKBONES)))
     check_param("build_member", "input_size", input_size, Interval("int", 32, 1024))
     check_param("build_member", "precision", precision, Options(PRECISIONS))
+    check_param("build_member", "seed", seed, SEED)
     precision = resolve_precision(precision, force=force_precision)
     with _dtype_policy(precision):
         model = _build(input_size, weights, backbone, seed, dense_units, dropout, l2, name, input_norm)

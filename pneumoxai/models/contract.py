@@ -11,14 +11,17 @@ from .preprocess import PREPROCESS_MODES, BackbonePreprocess, _CallablePreproces
 
 # Nearly constant predictions over this many images or more are a sign of wrongly scaled input.
 _CONSTANT_MIN_IMAGES, _CONSTANT_MAX_STD = 8, 1e-3
+_ADAPT = "wrap it with pneumoxai.models.adapt(model, preprocess=..., positive_index=...) first"
 
 
 def check_classifier(model, owner, *, probabilities=None, warn_constant=False):
     """Refuse a model that does not give one probability of PNEUMONIA per image.
 
     The contract every model entry point relies on: a ``keras.Model`` with one
-    ``(None, H, W, 3)`` input and one ``(None, 1)`` output in [0, 1]. :func:`adapt`
-    brings other Keras classifiers (softmax or logit heads, other input scalings) to it.
+    ``(None, H, W, 3)`` input and one ``(None, 1)`` output made by a sigmoid (checked on
+    the graph by :func:`sigmoid_head`, so a linear unit is refused whatever values it
+    gives). :func:`adapt` brings other Keras classifiers (softmax or logit heads, other
+    input scalings) to it.
 
     Parameters
     ----------
@@ -39,8 +42,8 @@ def check_classifier(model, owner, *, probabilities=None, warn_constant=False):
     Raises
     ------
     ModelContractError
-        Not a Keras model, several inputs or outputs, an output that is not one unit,
-        or probabilities outside [0, 1].
+        Not a Keras model, several inputs or outputs, an output that is not one sigmoid
+        unit, or probabilities that are not finite.
 
     Examples
     --------
@@ -52,7 +55,6 @@ def check_classifier(model, owner, *, probabilities=None, warn_constant=False):
     ...
     pneumoxai.errors.ModelContractError: predict_proba: model ... outputs shape (None, 2), not one sigmoid unit ...
     """
-    hint = "wrap it with pneumoxai.models.adapt(model, preprocess=..., positive_index=...) first."
     if not isinstance(model, keras.Model):
         raise ModelContractError(f"{owner}: model must be a keras.Model; got {type(model).__name__}.")
     model_input, model_output = _single_input_output(model, owner)
@@ -61,14 +63,15 @@ def check_classifier(model, owner, *, probabilities=None, warn_constant=False):
         raise ModelContractError(f"{owner}: model {model.name!r} input must be (None, H, W, 3); got {in_shape}.")
     if out_shape[1:] != (1,):
         raise ModelContractError(f"{owner}: model {model.name!r} outputs shape {out_shape}, not one sigmoid unit "
-                                 f"(None, 1) = P(PNEUMONIA) per image; {hint}")
+                                 f"(None, 1) = P(PNEUMONIA) per image; {_ADAPT}.")
+    sigmoid_head(model, owner)
     if probabilities is None:
         return None
     try:
         proba = check_probabilities(np.asarray(probabilities).reshape(-1), owner=owner,
                                     name=f"the output of model {model.name!r}")
-    except DataError as exc:  # a linear (logit) head, or NaN from the model itself
-        raise ModelContractError(f"{exc} If the model ends in a linear unit, {hint}") from None
+    except DataError as exc:  # NaN from the model itself (e.g. NaN weights)
+        raise ModelContractError(str(exc)) from None
     if warn_constant and len(proba) >= _CONSTANT_MIN_IMAGES and proba.std() < _CONSTANT_MAX_STD:
         warnings.warn(
             f"{owner}: model {model.name!r} gives nearly the same probability to all {len(proba)} images "
@@ -76,6 +79,50 @@ def check_classifier(model, owner, *, probabilities=None, warn_constant=False):
             "training: pneumoxai feeds [0, 1] images, so wrap a model trained on other input with "
             "pneumoxai.models.adapt(model, preprocess=...).", ConstantPredictionsWarning, stacklevel=3)
     return proba
+
+
+def sigmoid_head(model, owner):
+    """(head, features): the layer whose sigmoid makes ``model``'s output and its input tensor in ``model``'s graph.
+
+    A ``Dense`` with a sigmoid activation or a sigmoid ``Activation`` layer; the last
+    layer of a nested model counts as the model's. Anything else is refused naming
+    :func:`adapt`, whatever values it gives.
+
+    Parameters
+    ----------
+    model : keras.Model
+        One output of shape ``(None, 1)`` (checked by :func:`check_classifier`).
+    owner : str
+        The public function that checks, named in the message.
+
+    Returns
+    -------
+    head : keras.layers.Layer
+    features : KerasTensor
+        The head's input, as computed in ``model``'s graph (a layer shared with another
+        model, as :func:`adapt` shares them, has one input per graph).
+
+    Examples
+    --------
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    >>> sigmoid_head(keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="p")(pooled)), "f")[0].name
+    'p'
+    >>> sigmoid_head(keras.Model(inputs, keras.layers.Dense(1, name="logit")(pooled)), "f")
+    Traceback (most recent call last):
+    ...
+    pneumoxai.errors.ModelContractError: f: the output of model ... (Dense, linear), not a sigmoid...
+    """
+    layer, features = _producer(model.outputs[0])
+    while isinstance(layer, keras.Model):  # a nested model: its own last layer makes the output
+        layer, features = _producer(layer.outputs[0])
+    activation = _activation_name(layer)
+    if isinstance(layer, (keras.layers.Dense, keras.layers.Activation)) and activation == "sigmoid":
+        return layer, features
+    raise ModelContractError(
+        f"{owner}: the output of model {model.name!r} comes from layer {layer.name!r} ({type(layer).__name__}, "
+        f"{activation or 'no activation'}), not a sigmoid, so it is not P(PNEUMONIA) whatever values it gives; "
+        f"{_ADAPT}.")
 
 
 def _single_input_output(model, owner):

@@ -1,8 +1,11 @@
 """The member folder on disk: save, load, the card, and the safe loading of model files."""
 
 import importlib.metadata
+import json
 import platform
+import re
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -10,6 +13,7 @@ import keras
 from .. import _io
 from ..errors import CacheError, RunFolderError, UnsafeModelError, short_repr
 from ..run_folder import CARD_FILE, MODEL_FILE, PREDICTIONS_FILE
+from ..validation import Interval, is_valid
 from .architecture import _uncompiled_copy
 from .precision import _model_precision
 
@@ -82,39 +86,96 @@ def update_card(directory, fields):
     return card
 
 
+#: The image sides a member's card may record (those pneumoxai.data.load_images makes).
+INPUT_SIZE = Interval("int", 8, 4096)
+
+
 def read_card(directory):
     """The JSON card of a saved member, checked for this version's card format.
 
     Raises
     ------
     RunFolderError
-        Missing files, a damaged card, or a card from another card format.
+        Missing files, or a damaged card (not JSON, another card format, a missing or
+        bad field), with one fix: re-create the member.
     """
     directory = Path(directory)
     if not is_member_dir(directory):
         raise RunFolderError(f"{str(directory)!r} is not a saved member (needs {MODEL_FILE} and {CARD_FILE}).")
-    try:
-        card = _io.read_json(directory / CARD_FILE)
-    except CacheError as exc:
-        raise RunFolderError(f"The card of member {str(directory)!r} is damaged ({exc}); retrain the member.") from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        found = card.get("format") if isinstance(card, dict) else type(card).__name__
-        raise RunFolderError(
-            f"Member {str(directory)!r} was saved with card format {short_repr(found)}; this version reads format "
-            f"{CARD_FORMAT}. Retrain it.")
-    needed = ("predictions_sha256",) if card.get("kind") == "predictions" else ("input_size", "model_sha256")
-    if any(card.get(key) is None for key in needed):
-        raise RunFolderError(f"The card of member {str(directory)!r} lacks {' or '.join(needed)}; re-create it.")
+    card, problem = card_problem(directory)
+    if problem is not None:
+        raise RunFolderError(f"The card of member {str(directory)!r} is damaged ({problem}); delete the member's "
+                             "folder and train or import it again.")
     return card
 
 
+def card_problem(directory):
+    """``(card, None)``, or ``(None, what is wrong with the card)`` in a few words naming the file and field.
+
+    For callers that know the one command that re-creates the member (the run folder's
+    route) and say it instead of :func:`read_card`'s generic fix.
+    """
+    path = Path(directory) / CARD_FILE
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"{CARD_FILE} is not valid JSON: {exc}"
+    if not isinstance(card, dict):
+        return None, f"{CARD_FILE} holds a {type(card).__name__}, not a JSON object"
+    if card.get("format") != CARD_FORMAT:
+        return None, (f"{CARD_FILE} has card format {short_repr(card.get('format'))}; this version reads format "
+                      f"{CARD_FORMAT}")
+    needed = ("predictions_sha256",) if card.get("kind") == "predictions" else ("input_size", "model_sha256")
+    missing = [key for key in needed if card.get(key) is None]
+    if missing:
+        return None, f"{CARD_FILE} lacks {' and '.join(missing)}"
+    if card.get("kind") != "predictions" and not is_valid(card["input_size"], INPUT_SIZE):
+        return None, f"input_size {short_repr(card['input_size'])} in {CARD_FILE} is not {INPUT_SIZE}"
+    return card, None
+
+
+def _archive_layers(model_path):
+    """``{class name: [layer names]}`` of every layer the archive's ``config.json`` names; empty when unreadable."""
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return {}
+    layers, pending = {}, [config]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str) and isinstance(node.get("config"), dict):
+                layers.setdefault(node["class_name"], []).append(str(node["config"].get("name", "?")))
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return layers
+
+
+def _failing_class(text, layers):
+    """The class Keras could not deserialize: the innermost one its nested message names that the archive holds."""
+    named = re.findall(r"<class '(?:[\w.]+\.)?(\w+)'> could not be deserialized", text)
+    held = [name for name in named if name in layers and name not in ("Functional", "Sequential", "Model")]
+    return held[-1] if held else None
+
+
 def _load_error(model_path, exc):
-    """One readable error for a model file Keras refuses to load."""
+    """One readable error for a model file Keras refuses to load, naming the layer class that failed."""
     text = str(exc)
     first = short_repr(text.splitlines()[0] if text else type(exc).__name__, 300)
     if "TFSMLayer" in text:
         return UnsafeModelError(f"Refusing to load {str(model_path)!r}: it wraps a TensorFlow SavedModel "
                                 "(TFSMLayer), which pneumoxai does not load. Save the model as a plain Keras model.")
+    layers = _archive_layers(model_path)
+    failing = _failing_class(text, layers)
+    if "safe_mode" in text and failing is not None and failing != "Lambda":
+        reason = text.rsplit("Exception encountered: ", 1)[-1].split(". ")[0]
+        return UnsafeModelError(
+            f"Refusing to load {str(model_path)!r}: its {failing} layer {layers[failing]} only loads with "
+            f"safe_mode=False ({short_repr(reason, 200)}), which pneumoxai never uses. Re-save the model with "
+            f"everything the {failing} layer needs inside the file (e.g. a vocabulary given as a list), or "
+            "without that layer.")
     if "safe_mode" in text or "lambda" in text.lower():
         return UnsafeModelError(
             f"Refusing to load {str(model_path)!r}: it contains a Lambda layer or other code that only loads "

@@ -5,9 +5,8 @@ import logging
 import re
 import shlex
 
-from ..errors import CacheError, RunFolderError, short_repr
+from ..errors import CacheError, RunFolderError
 from ..run_folder import DATASET_TABLE, ENSEMBLE_RECORD, RESULTS_TABLE, predictions_table
-from ..validation import Interval, is_valid
 
 logger = logging.getLogger("pneumoxai")
 
@@ -56,6 +55,7 @@ def run_members(run, config):
     :class:`~pneumoxai.models.Member` objects."""
     from ..config import analysis_members
     from ..models import Member, is_member_dir
+    from ..models.storage import card_problem
 
     members = []
     for member in analysis_members(config):
@@ -65,17 +65,12 @@ def run_members(run, config):
                 raise RunFolderError(f"Member {member['name']!r} was imported into {str(run.root)!r} but its folder "
                                      f"is missing; {_remake(run, member)}.")
             raise RunFolderError(f"Member {member['name']!r} is not trained in {str(run.root)!r}; {RUN_FIRST}.")
-        loaded = Member(directory)
-        size = loaded.card.get("input_size")
-        if loaded.is_model and not is_valid(size, _INPUT_SIZE):
-            raise RunFolderError(f"The card of member {str(directory)!r} is damaged (input_size {short_repr(size)} is "
-                                 f"not {_INPUT_SIZE}); delete the member's folder and {_remake(run, member)}.")
-        members.append(loaded)
+        problem = card_problem(directory)[1]
+        if problem is not None:
+            raise RunFolderError(f"The card of member {str(directory)!r} is damaged ({problem}); delete the member's "
+                                 f"folder and {_remake(run, member)}.")
+        members.append(Member(directory))
     return members
-
-
-#: The image sides pneumoxai.data.load_images makes.
-_INPUT_SIZE = Interval("int", 8, 4096)
 
 
 def _remake(run, member):

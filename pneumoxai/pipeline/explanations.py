@@ -62,7 +62,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     chosen = explanation_sample(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
     best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
     best_model = member_models[model_members.index(best)]
-    # Every method and layer set of a member explains through one logit copy of it.
+    # Every method and layer set of a member explains through one logit model of it.
     with shared_models():
         choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model,
                                                       images.subset(chosen), predicted[chosen].astype(bool))

@@ -17,7 +17,8 @@ def slices_stage(run, config):
 
     Slice columns: image characteristics (at 224 px, with lung masks) and the same
     measured per named place (:func:`pneumoxai.regions.region_features`: each corner,
-    edge and lung zone), subtype, patient image count, member disagreement, confidence
+    edge and lung zone), where each image's map peaks, by named place, when the explain
+    stage has mapped the test split (:func:`pneumoxai.regions.peak_features`), subtype, patient image count, member disagreement, confidence
     bin, k-means clusters of the members' penultimate-layer embeddings, and off-lung
     attention when the explain stage has produced it. Writes
     ``tables/failure_slices.csv``, ``tables/member_failure_slices.csv``,
@@ -48,7 +49,8 @@ def slices_stage(run, config):
     threshold = record["thresholds"][record["primary"]]
     images = load_images(predictions["path"], DISPLAY_SIZE)
     masks = lung_mask(images)
-    frame = _slice_frame(run, config, predictions, images, masks, P, p_ens)
+    test_maps, method = _load_test_maps(run, predictions["path"])
+    frame = _slice_frame(run, config, predictions, images, masks, P, p_ens, test_maps)
     options = dict(threshold=threshold, min_size=slices_cfg["min_size"], max_order=slices_cfg["max_order"],
                    alpha=slices_cfg["alpha"], n_bins=slices_cfg["n_bins"])
     found = find_failure_slices(frame, y, p_ens, **options)
@@ -56,7 +58,6 @@ def slices_stage(run, config):
     per_member = member_failure_slices(frame, y, P, p_ens, names, **options)
     _io.write_csv(run.table(MEMBER_FAILURE_SLICES_TABLE),
                   per_member.drop(columns=["conditions"], errors="ignore"), index=False)
-    test_maps, method = _load_test_maps(run, predictions["path"])
     _slice_figures(run, found, frame, images, y, p_ens, threshold, test_maps)
     _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, predictions["path"], test_maps,
                     method, record["thresholds"])
@@ -66,10 +67,11 @@ def slices_stage(run, config):
     return found
 
 
-def _slice_frame(run, config, predictions, images, masks, P, p_ens):
+def _slice_frame(run, config, predictions, images, masks, P, p_ens, test_maps):
     """The slicing table: image features with lung masks, the same per named place, metadata, member
-    disagreement, embedding clusters, and off-lung attention when the explain stage has run."""
-    from ..regions import region_features
+    disagreement, embedding clusters, and off-lung attention and where the maps peak, by named place, when the
+    explain stage has run."""
+    from ..regions import peak_features, region_features
     from ..slices import slice_frame
 
     table = load_table(run)
@@ -79,7 +81,10 @@ def _slice_frame(run, config, predictions, images, masks, P, p_ens):
                         images=images, masks=masks, member_probs=P, ensemble_prob=p_ens,
                         embeddings=embeddings, zone_scores=_off_lung_scores(run, predictions["path"]),
                         n_clusters=config["slices"]["n_clusters"], seed=0)
-    frame = pd.concat([frame, region_features(images, masks=masks)], axis=1)
+    per_place = [region_features(images, masks=masks)]
+    if test_maps is not None:
+        per_place.append(peak_features(test_maps, masks=masks))
+    frame = pd.concat([frame, *per_place], axis=1)
     _io.write_csv(run.table(SLICE_FEATURES_TABLE), frame.assign(path=predictions["path"]), index=False)
     return frame
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .data import INTERPOLATIONS
+from .data import DEFAULT_CHUNK_SIZE, INTERPOLATIONS
 from .errors import ConfigError, short_repr
 from .slices import DEFAULT_N_BINS
 from .validation import BOOLEAN, Constraint, Interval, ListOf, Options, Predicate, check_param, describe, is_valid
@@ -116,6 +116,8 @@ EVALUATE_SPEC = {
     "tta": (False, BOOLEAN),
     "deployment_prevalence": (None, (None, _FRACTION_OPEN)),
     "batch_size": (64, Interval("int", 1, 4096)),
+    # Files decoded at once wherever a split is read (predictions, embeddings, image features): memory, not results.
+    "chunk_size": (DEFAULT_CHUNK_SIZE, Interval("int", 1, None)),
 }
 
 EXPLAIN_SPEC = {

@@ -37,6 +37,8 @@ __all__ = [
     "split_by_patient",
     "patient_folds",
     "load_images",
+    "iter_images",
+    "DEFAULT_CHUNK_SIZE",
     "INTERPOLATIONS",
     "balance",
     "make_dataset",
@@ -506,13 +508,92 @@ default="auto"
     DataError
         If no file at all could be read.
     """
+    paths = _check_load_options("load_images", paths, size, channels, interpolation, n_jobs)
+    with ThreadPoolExecutor(max_workers=n_jobs or os.cpu_count() or 1) as pool:
+        images, ok, skipped = _decode_many(paths, size, channels, interpolation, pool)
+    _report_skipped(skipped, len(paths), ok.any())
+    return (images, ok) if return_mask else images
+
+
+#: Images decoded at once by :func:`iter_images` and the streamed predictions: 256 images at
+#: 224 px are 154 MB of float32, two such chunks (one decoding while one is used) stay far below
+#: a model's own memory, and 256 keeps a 64-image batch full.
+DEFAULT_CHUNK_SIZE = 256
+
+
+def iter_images(paths, size=224, *, chunk_size=DEFAULT_CHUNK_SIZE, channels=3, interpolation="auto", n_jobs=None):
+    """Decode radiographs ``chunk_size`` at a time, as :func:`load_images` would decode them all.
+
+    Memory stays bounded by two chunks whatever the number of files: the next chunk is
+    decoded (in a thread pool, as :func:`load_images`) while the caller uses the current
+    one. The pixels are exactly those of :func:`load_images`; unreadable files are
+    reported in the same single :class:`~pneumoxai.errors.SkippedFilesWarning`, issued
+    once every chunk has been read.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like, or pandas.DataFrame with a ``path`` column
+    size, channels, interpolation, n_jobs
+        As in :func:`load_images`.
+    chunk_size : int, default=DEFAULT_CHUNK_SIZE
+        Files decoded at once.
+
+    Yields
+    ------
+    images : numpy.ndarray of shape (n_loaded, size, size, channels), float32
+        The chunk's files that loaded, in order.
+    mask : numpy.ndarray of shape (n_chunk,), bool
+        Which of the chunk's files loaded; the chunks' masks concatenated are
+        :func:`load_images`' ``mask``.
+
+    Raises
+    ------
+    DataError
+        If no file at all could be read (after the last chunk).
+
+    Examples
+    --------
+    >>> import numpy as np, cv2, tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> paths = [os.path.join(folder, f"{i}.png") for i in range(5)]
+    >>> for path in paths:
+    ...     _ = cv2.imwrite(path, np.full((16, 16), 255, np.uint8))
+    >>> [(images.shape, mask.tolist()) for images, mask in iter_images(paths, 8, chunk_size=2, channels=1)]
+    [((2, 8, 8, 1), [True, True]), ((2, 8, 8, 1), [True, True]), ((1, 8, 8, 1), [True])]
+    """
+    paths = _check_load_options("iter_images", paths, size, channels, interpolation, n_jobs)
+    check_param("iter_images", "chunk_size", chunk_size, Interval("int", 1, None))
+    skipped, any_ok = [], False
+    # One thread runs the next chunk's decoding (itself spread over the pool) while this one is used.
+    with ThreadPoolExecutor(max_workers=n_jobs or os.cpu_count() or 1) as pool, \
+            ThreadPoolExecutor(max_workers=1) as ahead:
+        def decode(start):
+            return _decode_many(paths[start:start + chunk_size], size, channels, interpolation, pool)
+
+        pending = ahead.submit(decode, 0) if paths else None
+        for start in range(0, len(paths), chunk_size):
+            images, ok, chunk_skipped = pending.result()
+            if start + chunk_size < len(paths):
+                pending = ahead.submit(decode, start + chunk_size)
+            skipped += chunk_skipped
+            any_ok = any_ok or ok.any()
+            yield images, ok
+    _report_skipped(skipped, len(paths), any_ok, stacklevel=3)
+
+
+def _check_load_options(owner, paths, size, channels, interpolation, n_jobs):
+    """The paths as a list of str, after checking the decoding options of ``owner``."""
     if isinstance(paths, pd.DataFrame):
         paths = paths["path"].tolist()
-    paths = [str(p) for p in paths]
-    check_param("load_images", "size", size, Interval("int", 8, 4096))
-    check_param("load_images", "channels", channels, Options((1, 3)))
-    check_param("load_images", "n_jobs", n_jobs, (None, Interval("int", 1, 256)))
-    check_param("load_images", "interpolation", interpolation, Options(INTERPOLATIONS))
+    check_param(owner, "size", size, Interval("int", 8, 4096))
+    check_param(owner, "channels", channels, Options((1, 3)))
+    check_param(owner, "n_jobs", n_jobs, (None, Interval("int", 1, 256)))
+    check_param(owner, "interpolation", interpolation, Options(INTERPOLATIONS))
+    return [str(p) for p in paths]
+
+
+def _decode_many(paths, size, channels, interpolation, pool):
+    """(the images that loaded, the mask of those that did, [(path, reason)] of the others), decoded in ``pool``."""
     # Each worker writes its image into every channel, so the large output array is
     # filled (and its pages touched) in parallel instead of by a serial np.repeat.
     images = np.empty((len(paths), size, size, channels), dtype=np.float32)
@@ -536,17 +617,19 @@ default="auto"
         except (ValueError, OSError, cv2.error) as exc:
             skipped.append((paths[index], str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
 
-    with ThreadPoolExecutor(max_workers=n_jobs or os.cpu_count() or 1) as pool:
-        list(pool.map(work, range(len(paths))))
+    list(pool.map(work, range(len(paths))))
+    return (images if ok.all() else images[ok]), ok, skipped
+
+
+def _report_skipped(skipped, n_paths, any_ok, stacklevel=3):
+    """Warn once about every unreadable file; raise when none of ``n_paths`` could be read."""
     if skipped:
         listing = "; ".join(f"{Path(p).name}: {why}" for p, why in sorted(skipped)[:20])
         more = f" (and {len(skipped) - 20} more)" if len(skipped) > 20 else ""
-        warnings.warn(f"Skipped {len(skipped)} unreadable file(s): {listing}{more}", SkippedFilesWarning, stacklevel=2)
-    if paths and not ok.any():
-        raise DataError(f"None of the {len(paths)} image file(s) could be read.")
-    if not ok.all():
-        images = images[ok]
-    return (images, ok) if return_mask else images
+        warnings.warn(f"Skipped {len(skipped)} unreadable file(s): {listing}{more}", SkippedFilesWarning,
+                      stacklevel=stacklevel)
+    if n_paths and not any_ok:
+        raise DataError(f"None of the {n_paths} image file(s) could be read.")
 
 
 def balance(images, labels, method="none", *, seed=0):

@@ -186,14 +186,15 @@ def lung_mask(images, *, return_fallback=False):
         small, fallback[i] = _segment(image)
         # Linear upsampling then 0.5 threshold gives smoother edges than nearest.
         masks[i] = cv2.resize(small.astype(np.float32), (width, height)) >= 0.5
-    if fallback.any():
-        warnings.warn(
-            f"lung segmentation found no plausible lung on at least one side in "
-            f"{int(fallback.sum())} of {n} images; the fixed elliptical prior stands in there",
-            UserWarning,
-            stacklevel=2,
-        )
+    warn_fallback(int(fallback.sum()), n, stacklevel=3)
     return (masks, fallback) if return_fallback else masks
+
+
+def warn_fallback(n_fallback, n, *, stacklevel=2):
+    """The one warning of :func:`lung_mask` about images whose lungs the prior stands in for (none if 0)."""
+    if n_fallback:
+        warnings.warn(f"lung segmentation found no plausible lung on at least one side in {n_fallback} of {n} "
+                      "images; the fixed elliptical prior stands in there", UserWarning, stacklevel=stacklevel)
 
 
 def zones(masks):

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .data import DEFAULT_CHUNK_SIZE
 from .errors import DataError, param_error, short_repr
 from .validation import (OPEN_UNIT_INTERVAL, UNIT_INTERVAL, Interval, Options, check_grey_images, check_labels,
                          check_param, check_probabilities)
@@ -42,6 +43,7 @@ from .validation import (OPEN_UNIT_INTERVAL, UNIT_INTERVAL, Interval, Options, c
 __all__ = [
     "Condition",
     "image_features",
+    "streamed_image_features",
     "slice_frame",
     "find_failure_slices",
     "member_failure_slices",
@@ -152,6 +154,46 @@ def image_features(images, *, masks=None):
     feats = pd.DataFrame({k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]})
     feats["lung_area_fraction"] = lung_fraction
     return feats[list(FEATURE_COLUMNS)]
+
+
+def streamed_image_features(paths, size, *, chunk_size=DEFAULT_CHUNK_SIZE, interpolation="auto"):
+    """:func:`image_features` of image files decoded ``chunk_size`` at a time, never all held.
+
+    Equal to ``image_features(load_images(paths, size, interpolation=interpolation))``,
+    lung masks by :func:`pneumoxai.lungs.lung_mask` included, and with the same warnings:
+    one about unreadable files (those have no row), one about lung-segmentation fallbacks.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+    size : int
+        Side the images are decoded at.
+    chunk_size : int, default=DEFAULT_CHUNK_SIZE
+        Files decoded at once (:func:`pneumoxai.data.iter_images`).
+    interpolation : str, default="auto"
+        As in :func:`pneumoxai.data.load_images`.
+
+    Returns
+    -------
+    features : DataFrame of shape (n_loaded, 12)
+        The columns of :func:`image_features`, one row per readable file, in order.
+    """
+    from .data import iter_images
+    from .lungs import lung_mask, warn_fallback
+
+    check_param("streamed_image_features", "chunk_size", chunk_size, Interval("int", 1, None))
+    blocks, n_fallback, n = [], 0, 0
+    # One channel: image_features and lung_mask average the channels of grey images anyway.
+    for images, _ in iter_images(paths, size, chunk_size=chunk_size, channels=1, interpolation=interpolation):
+        if not len(images):
+            continue
+        with warnings.catch_warnings():  # one fallback warning for all chunks, below
+            warnings.simplefilter("ignore", UserWarning)
+            masks, fallback = lung_mask(images, return_fallback=True)
+        n_fallback, n = n_fallback + int(fallback.sum()), n + len(images)
+        blocks.append(image_features(images, masks=masks))
+    warn_fallback(n_fallback, n)
+    return pd.concat(blocks, ignore_index=True)
 
 
 def _lung_fraction_from_model(images):

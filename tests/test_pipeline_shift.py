@@ -152,7 +152,7 @@ def test_shift_target_averages_the_members_and_records_the_folder(shifted_run, t
 
     run = shifted_run
     known = pd.read_csv(run.table("predictions_test.csv")).set_index("path")
-    config = {"evaluate": {"batch_size": 8, "tta": False}, "data": {"interpolation": "auto"}}
+    config = {"evaluate": {"batch_size": 8, "tta": False, "chunk_size": 16}, "data": {"interpolation": "auto"}}
     predicted = lambda members, rows, **options: known.loc[rows["path"], ["p[m0]", "p[m1]"]].set_axis(  # noqa: E731
         ["m0", "m1"], axis=1).reset_index(drop=True)
     monkeypatch.setattr(Member, "predict_many", staticmethod(predicted))

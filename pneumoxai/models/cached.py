@@ -6,12 +6,14 @@ import json
 import marshal
 import pickle
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import _io
+from ..data import DEFAULT_CHUNK_SIZE
 from ..errors import CacheError, DataError
 from ..run_folder import MODEL_FILE, embedding_cache_file, prediction_cache_file
 from ..validation import Interval, check_images, check_param
@@ -90,28 +92,94 @@ def _architecture(model):
     return "|".join(parts)
 
 
-def _images_for(images, size, loaded, interpolation):
-    """Images at ``size`` from an array (checked) or a dataset table (decoded once per size)."""
-    from ..data import load_images, manifest_hash
+def _data_key(images, size, keys, owner):
+    """Cache key of the images: a table's manifest and interpolation, or an array's bytes (checked at ``size``).
+
+    Computed once per call (``keys`` remembers it); a table's key does not depend on
+    ``size``: the member key already fixes the input size.
+    """
+    from ..data import manifest_hash
 
     if isinstance(images, pd.DataFrame):
-        if size not in loaded:
-            array, ok = load_images(images["path"], size, interpolation=interpolation, return_mask=True)
-            if not ok.all():
-                raise DataError(f"{int((~ok).sum())} image(s) of the table could not be read; "
-                                "drop them from the table first so predictions stay row-aligned.")
+        if "table" not in keys:
             # How the files were resized is part of what the predictions depend on.
-            loaded[size] = (array, f"{manifest_hash(images)}|{interpolation}")
-        return loaded[size]
-    array = check_images(images, owner="predict_members", size=(size, size))
-    if "array" not in loaded:
-        loaded["array"] = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-    return array, loaded["array"]
+            keys["table"] = f"{manifest_hash(images)}|{keys['interpolation']}"
+        return keys["table"]
+    array = check_images(images, owner=owner, size=(size, size))
+    if "array" not in keys:
+        # Hashed through its buffer: tobytes() would copy the whole array (the same digest).
+        keys["array"] = hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+    return keys["array"]
+
+
+def _stream(images, size, runners, *, chunk_size, interpolation, bar):
+    """Every runner's outputs over all images, concatenated; a table is decoded ``chunk_size`` files at a time.
+
+    ``runners`` map a chunk of images to per-image outputs. A table is decoded once for
+    all runners (at ``size``) and never held whole. If a file cannot be read, the rest
+    is only decoded, so that :func:`pneumoxai.data.iter_images` names every unreadable
+    file, and a DataError is raised.
+    """
+    from ..data import iter_images
+
+    outputs = [[] for _ in runners]
+    if isinstance(images, pd.DataFrame):
+        chunks = iter_images(images["path"], size, chunk_size=chunk_size, interpolation=interpolation)
+    else:
+        chunks = ((images[start:start + chunk_size], None) for start in range(0, len(images), chunk_size))
+    n_unreadable = 0
+    for chunk, ok in chunks:
+        n_unreadable += 0 if ok is None else int((~ok).sum())
+        if n_unreadable:
+            continue
+        for output, runner in zip(outputs, runners):
+            output.append(runner(chunk))
+            bar.update(len(chunk))
+    if n_unreadable:
+        raise DataError(f"{n_unreadable} image(s) of the table could not be read; "
+                        "drop them from the table first so predictions stay row-aligned.")
+    return [np.concatenate(output) if output else np.empty(0) for output in outputs]
+
+
+def _batched(model, chunk, batch_size, tta):
+    """One model's mean output over the TTA variants (or the images alone) of a chunk, ``batch_size`` at a time."""
+    parts = []
+    for start in range(0, len(chunk), batch_size):
+        batch = chunk[start:start + batch_size]
+        parts.append(np.mean([predict_on_padded_batch(model, variant, batch_size) for variant in
+                              (_tta_variants(batch) if tta else (batch,))], axis=0))
+    return np.concatenate(parts)
+
+
+def _cached_and_pending(owner, members, images, *, batch_size, chunk_size, interpolation, suffix, cache_path,
+                        read):
+    """Cached outputs by member index, and the other members grouped by input size as
+    (index, model loader, key) lists, so that each size's images are decoded once.
+
+    A member's key hashes its model key, the data key and ``suffix`` (what else the
+    output depends on); ``read(path, key, n_samples)`` is the cached output or None.
+    """
+    check_param(owner, "batch_size", batch_size, Interval("int", 1, 4096))
+    check_param(owner, "chunk_size", chunk_size, Interval("int", 1, None))
+    keys, done, pending = {"interpolation": interpolation}, {}, {}
+    for index, member in enumerate(members):
+        load_model, model_key, size = _model_key(member, owner)
+        text = f"{model_key}|{_data_key(images, size, keys, owner)}|{suffix}|v1"
+        key = hashlib.sha256(text.encode()).hexdigest()[:32]
+        cached = read(cache_path(key), key, len(images))
+        if cached is not None:
+            done[index] = cached
+        else:
+            pending.setdefault(size, []).append((index, load_model, key))
+    return done, pending
 
 
 def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None, progress=True,
-                    interpolation="auto"):
+                    interpolation="auto", chunk_size=DEFAULT_CHUNK_SIZE):
     """Pneumonia probabilities of every member, shape (n_samples, n_members).
+
+    A table's files are decoded ``chunk_size`` at a time, once per input size for all
+    members of that size, so memory does not grow with the number of images.
 
     Parameters
     ----------
@@ -127,12 +195,18 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
         Cache folder. Each member's column is stored as ``<key>.npz`` with ``key`` the
         SHA-256 of the model file (or of the model's config, preprocessing included, and
         weights), the data manifest (or array bytes), the TTA flag; a changed member or
-        dataset gets a new key. Corrupt files are reported and recomputed.
+        dataset gets a new key. Corrupt files are reported and recomputed. A table whose
+        members are all cached is not decoded.
     progress : bool, default=True
-        Show a tqdm progress bar over batches when stderr is a terminal.
+        Show a tqdm progress bar over images when stderr is a terminal.
     interpolation : str, default="auto"
         How files of a table are resized to each member's input size (see
         :func:`pneumoxai.data.load_images`); part of the cache key.
+    chunk_size : int, default=DEFAULT_CHUNK_SIZE
+        Files of a table decoded at once (see :func:`pneumoxai.data.iter_images`): peak
+        memory holds two chunks of images, whatever the table's length; a multiple of
+        ``batch_size`` keeps every batch full. Not part of the cache key: it changes
+        memory, not predictions.
 
     Returns
     -------
@@ -143,6 +217,9 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
     ModelContractError
         A member that does not output one probability per image (see
         :func:`pneumoxai.models.adapt`).
+    DataError
+        A file of the table cannot be read (every unreadable file is named in a
+        :class:`~pneumoxai.errors.SkippedFilesWarning` first).
 
     Warns
     -----
@@ -150,38 +227,37 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
         A member gives nearly the same probability to 8 or more images (checked when
         computed, not on cache hits).
     """
-    from tqdm.auto import tqdm
-
     if len(members) == 0:
         raise DataError("predict_members needs at least one member.")
-    check_param("predict_members", "batch_size", batch_size, Interval("int", 1, 4096))
-    loaded, columns = {}, []
-    for index, member in enumerate(members):
-        load_model, model_key, size = _model_key(member, "predict_members")
-        array, data_key = _images_for(images, size, loaded, interpolation)
-        key = hashlib.sha256(f"{model_key}|{data_key}|tta={bool(tta)}|v1".encode()).hexdigest()[:32]
-        cache_path = Path(cache_dir) / prediction_cache_file(key) if cache_dir is not None else None
-        cached = _read_cache(cache_path, key, len(array))
-        if cached is not None:
-            columns.append(cached)
-            continue
-        model = load_model()
-        variants = 4 if tta else 1
-        bar = tqdm(total=len(array) * variants, desc=f"predict member {index + 1}/{len(members)}",
-                   unit="img", disable=None if progress else True, leave=False)  # None: only on a terminal
-        probs = np.zeros(len(array))
-        for start in range(0, len(array), batch_size):
-            batch = array[start:start + batch_size]
-            outputs = [predict_on_padded_batch(model, variant, batch_size).reshape(-1) for variant in
-                       (_tta_variants(batch) if tta else (batch,))]
-            probs[start:start + batch_size] = np.mean(outputs, axis=0)
-            bar.update(len(batch) * variants)
-        bar.close()
-        probs = check_classifier(model, "predict_members", probabilities=probs, warn_constant=True)
-        if cache_path is not None:
-            _io.save_npz(cache_path, proba=probs, key=np.array(key))
-        columns.append(probs)
-    return np.column_stack(columns)
+    cache_path = _cache_path_of(cache_dir, prediction_cache_file)
+    done, pending = _cached_and_pending("predict_members", members, images, batch_size=batch_size,
+                                        chunk_size=chunk_size, interpolation=interpolation, suffix=f"tta={bool(tta)}",
+                                        cache_path=cache_path, read=_read_cache)
+    for size, group in pending.items():
+        models = [load_model() for _, load_model, _ in group]
+        with _progress_bar(len(images), len(models), "predict", progress) as bar:
+            outputs = _stream(images, size, [partial(_batched, model, batch_size=batch_size, tta=tta)
+                                             for model in models],
+                              chunk_size=chunk_size, interpolation=interpolation, bar=bar)
+        for (index, _, key), model, output in zip(group, models, outputs):
+            probs = check_classifier(model, "predict_members", probabilities=output.reshape(-1).astype(np.float64),
+                                     warn_constant=True)
+            if cache_dir is not None:
+                _io.save_npz(cache_path(key), proba=probs, key=np.array(key))
+            done[index] = probs
+    return np.column_stack([done[index] for index in range(len(members))])
+
+
+def _cache_path_of(cache_dir, file_name):
+    """key -> its cache file under ``cache_dir`` (None without a cache)."""
+    return lambda key: None if cache_dir is None else Path(cache_dir) / file_name(key)
+
+
+def _progress_bar(n_images, n_models, what, progress):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n_images * n_models, desc=f"{what} {n_models} member(s)", unit="img",
+                disable=None if progress else True, leave=False)  # None: only on a terminal
 
 
 def _read_cache(path, key, n_samples):
@@ -193,12 +269,26 @@ def _read_cache(path, key, n_samples):
             raise CacheError(f"{path} does not match its key or shape")
         return data["proba"]
     except (CacheError, KeyError) as exc:
-        warnings.warn(f"Prediction cache {path.name} is corrupt ({exc}); recomputing it.", UserWarning, stacklevel=3)
+        warnings.warn(f"Prediction cache {path.name} is corrupt ({exc}); recomputing it.", UserWarning, stacklevel=4)
         path.unlink(missing_ok=True)
         return None
 
 
-def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, cache_dir=None, interpolation="auto"):
+def _read_embedding_cache(path, key, n_samples):
+    if path is None or not path.exists():
+        return None
+    try:
+        data = _io.load_npz(path)
+        if str(data["key"]) == key and len(data["embeddings"]) == n_samples:
+            return data["embeddings"]
+    except (CacheError, KeyError):
+        pass
+    warnings.warn(f"Embedding cache {path.name} is corrupt; recomputing it.", UserWarning, stacklevel=4)
+    return None
+
+
+def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, cache_dir=None, interpolation="auto",
+                       chunk_size=DEFAULT_CHUNK_SIZE):
     """Concatenated penultimate-layer activations of every member, shape (n_samples, sum of widths).
 
     Parameters are as in :func:`predict_members`; ``layer`` names the layer whose output
@@ -206,30 +296,26 @@ def predict_embeddings(members, images, *, layer="head_dense2", batch_size=64, c
     """
     import keras
 
-    loaded, blocks = {}, []
-    for member in members:
-        load_model, model_key, size = _model_key(member, "predict_embeddings")
-        array, data_key = _images_for(images, size, loaded, interpolation)
-        key = hashlib.sha256(f"{model_key}|{data_key}|layer={layer}|v1".encode()).hexdigest()[:32]
-        cache_path = Path(cache_dir) / embedding_cache_file(key) if cache_dir is not None else None
-        if cache_path is not None and cache_path.exists():
+    cache_path = _cache_path_of(cache_dir, embedding_cache_file)
+    done, pending = _cached_and_pending("predict_embeddings", members, images, batch_size=batch_size,
+                                        chunk_size=chunk_size, interpolation=interpolation, suffix=f"layer={layer}",
+                                        cache_path=cache_path, read=_read_embedding_cache)
+    for size, group in pending.items():
+        extractors = []
+        for _, load_model, _ in group:
+            model = load_model()
             try:
-                data = _io.load_npz(cache_path)
-                if str(data["key"]) == key and len(data["embeddings"]) == len(array):
-                    blocks.append(data["embeddings"])
-                    continue
-            except (CacheError, KeyError):
-                pass
-            warnings.warn(f"Embedding cache {cache_path.name} is corrupt; recomputing it.", UserWarning, stacklevel=2)
-        model = load_model()
-        try:
-            output = model.get_layer(layer).output
-        except ValueError as exc:
-            raise DataError(f"Member has no layer named {layer!r}.") from exc
-        extractor = keras.Model(model.inputs, output)
-        embeddings = np.concatenate([predict_on_padded_batch(extractor, array[start:start + batch_size], batch_size)
-                                     for start in range(0, len(array), batch_size)]).astype(np.float32)
-        if cache_path is not None:
-            _io.save_npz(cache_path, embeddings=embeddings, key=np.array(key))
-        blocks.append(embeddings)
-    return np.concatenate(blocks, axis=1)
+                output = model.get_layer(layer).output
+            except ValueError as exc:
+                raise DataError(f"Member has no layer named {layer!r}.") from exc
+            extractors.append(keras.Model(model.inputs, output))
+        with _progress_bar(len(images), len(extractors), "embed", progress=False) as bar:
+            outputs = _stream(images, size, [partial(_batched, extractor, batch_size=batch_size, tta=False)
+                                             for extractor in extractors],
+                              chunk_size=chunk_size, interpolation=interpolation, bar=bar)
+        for (index, _, key), embeddings in zip(group, outputs):
+            embeddings = embeddings.astype(np.float32)
+            if cache_dir is not None:
+                _io.save_npz(cache_path(key), embeddings=embeddings, key=np.array(key))
+            done[index] = embeddings
+    return np.concatenate([done[index] for index in range(len(members))], axis=1)

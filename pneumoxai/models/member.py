@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data import DEFAULT_CHUNK_SIZE
 from ..errors import DataError, RunFolderError
 from ..run_folder import MODEL_FILE, PREDICTIONS_FILE
 # Through the module: every member is loaded by the one storage.load_member.
@@ -123,7 +124,7 @@ class Member:
 
     @staticmethod
     def predict_many(members, rows, *, batch_size=64, tta=False, cache_dir=None, progress=True,
-                     interpolation="auto"):
+                     interpolation="auto", chunk_size=DEFAULT_CHUNK_SIZE):
         """Probabilities of every member for the images of ``rows``, one column per member.
 
         Models are predicted together by :func:`pneumoxai.predict.predict_members`
@@ -135,7 +136,7 @@ class Member:
         members : list of Member
         rows : pandas.DataFrame
             Dataset rows with a ``path`` column.
-        batch_size, tta, cache_dir, progress, interpolation
+        batch_size, tta, cache_dir, progress, interpolation, chunk_size
             As in :func:`pneumoxai.predict.predict_members` (models only).
 
         Returns
@@ -147,7 +148,8 @@ class Member:
         columns = {}
         if models:
             P = predict_members([member.directory for member in models], rows, batch_size=batch_size, tta=tta,
-                                cache_dir=cache_dir, progress=progress, interpolation=interpolation)
+                                cache_dir=cache_dir, progress=progress, interpolation=interpolation,
+                                chunk_size=chunk_size)
             columns.update(zip(models, P.T))
         paths = rows["path"].tolist()
         return pd.DataFrame({member.name: columns[member] if member.is_model else member.file_predictions(paths)

@@ -82,10 +82,11 @@ def _remake(run, member):
 
 
 def prediction_options(run, config):
-    """How the run predicts its model members: the evaluate stage's batch size and TTA, the run's
-    interpolation, its prediction cache (the train stage predicts validation the same way)."""
+    """How the run predicts its model members: the evaluate stage's batch size, chunk size and TTA, the
+    run's interpolation, its prediction cache (the train stage predicts validation the same way)."""
     return {"batch_size": config["evaluate"]["batch_size"], "tta": config["evaluate"]["tta"],
-            "cache_dir": run.cache("predictions"), "interpolation": config["data"]["interpolation"]}
+            "chunk_size": config["evaluate"]["chunk_size"], "cache_dir": run.cache("predictions"),
+            "interpolation": config["data"]["interpolation"]}
 
 
 def best_model_member(run, config, *, required=None):

@@ -179,7 +179,8 @@ def _embeddings(run, config, test_rows):
         logger.info("slices: no member has the embedding layer %r; the 'cluster' column is left out", layer)
         return None
     return predict_embeddings([member.directory for member in members], test_rows, layer=layer,
-                              cache_dir=run.cache("embeddings"), interpolation=config["data"]["interpolation"])
+                              cache_dir=run.cache("embeddings"), interpolation=config["data"]["interpolation"],
+                              chunk_size=config["evaluate"]["chunk_size"])
 
 
 def _off_lung_scores(run, paths):

@@ -29,7 +29,8 @@ def _stage_key(run, config, stage):
     """Hash of everything a stage's output depends on: config sections and upstream artifacts."""
     sections = {"evaluate": ("evaluate",), "explain": ("evaluate", "explain"), "slices": ("evaluate", "slices"),
                 "shift": ("evaluate",)}
-    parts = {name: config[name] for name in sections[stage]}
+    # The chunk size changes memory, not outputs: changing it (or its arrival in a config) redoes nothing.
+    parts = {name: {k: v for k, v in config[name].items() if k != "chunk_size"} for name in sections[stage]}
     parts["members"] = [member.content_hash for member in run_members(run, config)]
     parts["run"] = run.read_json(run.run_file, required=RUN_FIRST)["manifest_hash"]
     if stage == "slices":

@@ -24,12 +24,14 @@ import numpy as np
 import pandas as pd
 
 from .. import _io
+from ..data import DEFAULT_CHUNK_SIZE
 from ..errors import DataError, RunFolderError
 from ..referral import CONFIDENCES, ReferralRule, augrc, aurc, referral_table, risk_coverage
 from ..run_folder import (ENSEMBLE_RECORD, PRIMARY, REFERRAL_CURVE_FIGURE, REFERRAL_CURVE_TABLE, REFERRAL_RULE_TABLE,
                           REFERRAL_SUMMARY_TABLE, REFERRAL_TABLE, SHIFT_FEATURES_CACHE, SHIFT_TARGETS_RECORD,
                           predictions_table, shift_features_figure, shift_table, target_predictions_table)
 from ..shift import domain_classifier, estimate_prevalence, feature_shift, output_shift_test, shift_harm
+from ..slices import streamed_image_features
 from ._common import PREDICTION_COLUMNS, logger, prediction_options, run_members
 
 __all__ = ["shift_stage", "shift_target", "REFERRAL_TARGET", "REFERRAL_DELTA", "REFERRED"]
@@ -59,17 +61,15 @@ def _record(run):
     return record
 
 
-def _image_features(run, paths, role):
-    """:func:`pneumoxai.slices.image_features` of ``paths`` at FEATURE_SIZE, cached per path and role."""
-    from ..data import load_images
-    from ..slices import image_features
-
+def _image_features(run, paths, role, chunk_size):
+    """:func:`pneumoxai.slices.image_features` of ``paths`` at FEATURE_SIZE, cached per path and role; the
+    images are decoded ``chunk_size`` at a time, never all held."""
     cached = run.read_table(SHIFT_FEATURES_CACHE)
     if cached is not None and {"path", "role"} <= set(cached.columns):
         rows = cached[cached["role"] == role].drop_duplicates("path").set_index("path")
         if set(paths) <= set(rows.index):
             return rows.loc[list(paths)].drop(columns="role").reset_index(drop=True)
-    features = image_features(load_images(list(paths), FEATURE_SIZE))
+    features = streamed_image_features(list(paths), FEATURE_SIZE, chunk_size=chunk_size)
     fresh = features.assign(path=list(paths), role=role)
     if cached is not None and {"path", "role"} <= set(cached.columns):
         fresh = pd.concat([cached[cached["role"] != role], fresh], ignore_index=True)
@@ -90,7 +90,7 @@ def shift_stage(run, config=None):
     ----------
     run : RunFolder
     config : dict, default=None
-        Unused; the stages share one signature.
+        The run's resolved config; only ``evaluate.chunk_size`` is read (the default without one).
 
     Returns
     -------
@@ -100,14 +100,15 @@ def shift_stage(run, config=None):
     started = time.perf_counter()
     record = _record(run)
     val, test = _predictions(run, "val"), _predictions(run, "test")
-    summary = _shift_analysis(run, record, val, test, name=None)
+    chunk_size = DEFAULT_CHUNK_SIZE if config is None else config["evaluate"]["chunk_size"]
+    summary = _shift_analysis(run, record, val, test, name=None, chunk_size=chunk_size)
     _referral(run, record, val, test)
     logger.info("shift: %s; %.1f s", summary.set_index("analysis").loc["output shift (Bonferroni)", "text"],
                 time.perf_counter() - started)
     return summary
 
 
-def _shift_analysis(run, record, val, target, *, name):
+def _shift_analysis(run, record, val, target, *, name, chunk_size=DEFAULT_CHUNK_SIZE):
     """Write the shift tables of ``target`` against the validation split; return the summary."""
     from ..figures import plot_feature_shift
 
@@ -115,8 +116,8 @@ def _shift_analysis(run, record, val, target, *, name):
     threshold = float(record["thresholds"][primary])
     labelled = "label" in target.columns and target["label"].notna().all()
     rows = _output_rows(run, record, val, target, name=name, labelled=labelled)
-    f_val = _image_features(run, val["path"], "val")
-    f_target = _image_features(run, target["path"], "test" if name is None else f"target_{name}")
+    f_val = _image_features(run, val["path"], "val", chunk_size)
+    f_target = _image_features(run, target["path"], "test" if name is None else f"target_{name}", chunk_size)
     rows += _domain_rows(run, val, target, f_val, f_target, name=name, threshold=threshold,
                          p_val=val[f"p[{primary}]"].to_numpy())
     meta = ["subtype"] if labelled and "subtype" in target.columns else []
@@ -295,7 +296,8 @@ def shift_target(run, config, folder, *, name=None):
     target = pd.DataFrame({"path": paths, **{f"p[{column}]": P[column].to_numpy() for column in P.columns}})
     target[f"p[{PRIMARY}]"] = P.mean(axis=1).to_numpy()
     _io.write_csv(run.table(target_predictions_table(name)), target, index=False)
-    summary = _shift_analysis(run, record, _predictions(run, "val"), target, name=name)
+    summary = _shift_analysis(run, record, _predictions(run, "val"), target, name=name,
+                              chunk_size=config["evaluate"]["chunk_size"])
     targets = run.read_json(run.table(SHIFT_TARGETS_RECORD)) or {}
     targets[name] = {"folder": str(Path(folder).resolve()), "n_images": len(paths)}
     _io.write_json(run.table(SHIFT_TARGETS_RECORD), targets)

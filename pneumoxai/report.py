@@ -3,7 +3,10 @@
 :func:`write_report` reads only what the stages left in the run folder
 (``run.json``, ``config.json``, ``tables/``, ``members/*/card.json``,
 ``figures/*.png``) and writes ``RUN_DIR/report.html``: figures are embedded as base64
-PNG data URIs and the CSS is inline, so the file can be mailed or archived alone.
+PNG data URIs, and the page skeleton, its CSS and a small script that makes every table
+sortable and filterable come inline from the Jinja2 template
+``pneumoxai/templates/report.html.j2``, so the file can be mailed or archived alone and
+opened from disk with no network. The page reads the same without the script.
 A stage that has not run yet (explanations, failure slices) gives a "not run" note
 naming the command that produces it instead of an error.
 
@@ -12,8 +15,8 @@ Benjamini-Hochberg q-value is below ``slices.alpha`` (``finding`` in
 ``tables/failure_slices.csv``); when there are none it says so.
 
 Every string taken from the data (file names, slice labels, member names) is
-HTML-escaped: markup is built with :func:`_tag`, which escapes anything that is not
-already :class:`_Html`.
+HTML-escaped: section markup is built with :func:`_tag`, which escapes anything that is not
+already :class:`_Html`, and the template escapes the rest (autoescape).
 """
 
 import base64
@@ -40,10 +43,11 @@ __all__ = ["write_report", "summary_text"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ROLES = ("train", "val", "test")
+_TEMPLATE = "report.html.j2"  # pneumoxai/templates/: the page skeleton, its CSS and script
 _FINDINGS_SHOWN = 5  # distinct findings in the summary; the full list is in the slices section
 _SLICES_SHOWN = 15
 _SLICE_FIGURES_SHOWN = 10  # figures of a few images per significant slice (the slices stage draws as many)
-_VOID = frozenset({"meta", "img", "br", "hr"})
+_VOID = frozenset({"img", "br", "hr"})
 
 # (column, header) of the results table; metric columns get "[low, high]" from <metric>_low/_high.
 _RESULT_METRICS = (
@@ -53,27 +57,6 @@ _RESULT_METRICS = (
 )
 _SUMMARY_METRICS = (("accuracy", "accuracy"), ("recall", "sensitivity"), ("specificity", "specificity"),
                     ("roc_auc", "ROC AUC"))
-
-_CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1b1b1b;
- max-width:1100px;margin:0 auto;padding:0 1.2em 3em}
-h1{font-size:1.6em;margin:.8em 0 .2em}h2{font-size:1.25em;border-bottom:2px solid #0072B2;
- padding-bottom:.15em;margin-top:2em}h3{font-size:1.05em;margin:1.2em 0 .3em}
-.meta{color:#555;font-size:.9em}code{background:#f3f3f3;padding:0 .25em;border-radius:3px}
-nav ol{columns:3;font-size:.9em;padding-left:1.2em}a{color:#0072B2}
-.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
-th,td{border:1px solid #ccc;padding:.2em .45em;text-align:left;vertical-align:top}
-th{background:#eef3f8}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.reported td{background:#fff4e0;font-style:italic}tr.primary td{font-weight:600}
-caption{caption-side:bottom;text-align:left;color:#555;font-size:.9em;padding-top:.3em}
-figure{margin:1em 0;break-inside:avoid}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{color:#444;font-size:.9em}.notrun{background:#f6f6f6;border-left:4px solid #999;padding:.4em .8em}
-.warn{background:#fff4e0;border-left:4px solid #E69F00;padding:.4em .8em}
-.finding{border-left:4px solid #D55E00;padding-left:.8em}
-@media print{nav{display:none}body{max-width:none;font-size:11pt}h2{break-after:avoid}
- section{break-inside:auto}a{color:inherit;text-decoration:none}}
-"""
-
 
 # --------------------------------------------------------------------------- markup
 
@@ -784,22 +767,20 @@ _CONTENTS = (("summary", "Where misdiagnoses occur"), ("dataset", "Dataset"), ("
 
 
 def _document(run):
+    import jinja2
+    from markupsafe import Markup
+
     from . import __version__
 
-    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"pneumoxai report: {run.root.resolve().name}"
-    header = _tag("header", _tag("h1", title),
-                  _tag("p", "Run folder ", _tag("code", str(run.root.resolve())),
-                       f" · generated {generated} by pneumoxai {__version__}", class_="meta"),
-                  _tag("nav", _tag("ol", [_tag("li", _tag("a", text, href=f"#{anchor}"))
-                                          for anchor, text in _CONTENTS + _SHIFT_CONTENTS])))
+    env = jinja2.Environment(loader=jinja2.PackageLoader("pneumoxai", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
     sections = [_summary_section(run), _dataset_section(run), _members_section(run), _results_section(run),
                 *_curves_sections(run), _comparisons_section(run), _ensemble_section(run), _slices_section(run),
-                _explain_section(run), _zones_section(run), *map(_Html, shift_sections(run.root))]
-    head = _tag("head", _tag("meta", charset="utf-8"),
-                _tag("meta", name="viewport", content="width=device-width, initial-scale=1"),
-                _tag("title", title), _tag("style", _Html(_CSS)))
-    return "<!DOCTYPE html>\n" + _tag("html", head, _tag("body", header, _tag("main", sections)), lang="en") + "\n"
+                _explain_section(run), _zones_section(run), *shift_sections(run.root)]
+    return env.get_template(_TEMPLATE).render(
+        title=f"pneumoxai report: {run.root.resolve().name}", run_dir=str(run.root.resolve()),
+        generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), version=__version__,
+        contents=_CONTENTS + _SHIFT_CONTENTS, sections=[Markup(section) for section in sections])
 
 
 # --------------------------------------------------------------------------- public
@@ -830,7 +811,8 @@ def write_report(run_dir):
     intervals, ROC/PR curves, confusion matrices, calibration, threshold analysis,
     DeLong/McNemar comparisons, diversity and ensemble size, failure slices,
     explanation galleries and zone attention. Figures are embedded as base64 PNG data
-    URIs and the CSS is inline, so the file needs nothing beside it.
+    URIs and the CSS and script are inline, so the file needs nothing beside it. Every
+    table can be sorted (click a header) and filtered (the box above it).
 
     Examples
     --------

@@ -171,8 +171,26 @@ class _Run(RunFolder):
         self.primary = primary if primary in self.results.index else (measured[0] if len(measured) else None)
         self._member_folders = self._analysis_member_folders(self.config.get("members"))
         self.members = list(self._member_folders) or list(self.ensemble.get("members", []))
+        self.noun = "ensemble"  # what the primary model is, in sentences
+        self._keep_only_model()
         slices_cfg = self.config.get("slices")
         self.alpha = slices_cfg.get("alpha", 0.05) if isinstance(slices_cfg, dict) else 0.05
+
+    def _keep_only_model(self):
+        """A run of one model reports that model: combiners of one member are that member again.
+
+        ``tables/results.csv`` keeps its combiner rows (the evaluate stage writes them for any
+        number of members); here they are dropped, the primary's 0.5-threshold row is named
+        after the model, and the model becomes the primary.
+        """
+        names = list(self.ensemble.get("members") or self.members)
+        if len(names) != 1 or names[0] not in self.results.index:
+            return
+        name, results = names[0], self.results
+        at_half = results.loc[[f"{self.primary} @0.5"]] if f"{self.primary} @0.5" in results.index else results[:0]
+        self.results = pd.concat([results.loc[[name]], at_half.rename(index=lambda _: f"{name} @0.5"),
+                                  results[results["source"] == "reported"]])
+        self.primary, self.noun = name, "model"
 
     def _analysis_member_folders(self, members):
         """{analysis member name: folder}, snapshot members expanded; {} for a config it cannot read."""
@@ -344,7 +362,7 @@ def _origin_text(run):
     acc_diff = (acc_row["accuracy"] - reported["accuracy"]) * 100
     auc_diff = primary["roc_auc"] - reported["roc_auc"]
     text = (f"Against the origin's reported test figures (accuracy {reported['accuracy']:.3f}, ROC AUC "
-            f"{reported['roc_auc']:.3f}), the primary ensemble ({run.primary}) reaches accuracy "
+            f"{reported['roc_auc']:.3f}), the primary {run.noun} ({run.primary}) reaches accuracy "
             f"{_with_ci(acc_row, 'accuracy')} {where}, {abs(acc_diff):.1f} percentage points "
             f"{_above_below(acc_diff)}, and ROC AUC {_with_ci(primary, 'roc_auc')}, {abs(auc_diff):.3f} "
             f"{_above_below(auc_diff)}. The numbers are not like-for-like: the origin started from ImageNet weights "
@@ -388,7 +406,7 @@ def _summary_section(run):
     if run.primary is not None:
         row = run.results.loc[run.primary]
         metrics = ", ".join(f"{label} {_with_ci(row, m)}" for m, label in _SUMMARY_METRICS)
-        body.append(_tag("p", "Primary ensemble ", _tag("strong", run.primary), f" on {int(row['n'])} test images "
+        body.append(_tag("p", f"Primary {run.noun} ", _tag("strong", run.primary), f" on {int(row['n'])} test images "
                           f"(threshold {row['threshold']:.3f}): {metrics}."))
     findings = _findings(run)
     if run.slices is None:
@@ -480,7 +498,7 @@ def _members_section(run):
     if "best_member" in run.ensemble:
         extra.append(f"best member on test ROC AUC: {run.ensemble['best_member']}")
     if "temperature" in run.ensemble:
-        extra.append(f"temperature of the primary ensemble fitted on val: {run.ensemble['temperature']:.3f}")
+        extra.append(f"temperature of the primary {run.noun} fitted on val: {run.ensemble['temperature']:.3f}")
     if extra:
         text = "; ".join(extra)
         body.append(_tag("p", text[0].upper() + text[1:] + "."))
@@ -536,7 +554,7 @@ def _curves_sections(run):
                  _figure(run, "reliability", "Reliability diagram: predicted probability against observed "
                                              "frequency, with expected calibration error.", evaluate)),
         _section("threshold", "Threshold analysis",
-                 _figure(run, "threshold", "Sensitivity, specificity and related metrics of the primary ensemble "
+                 _figure(run, "threshold", f"Sensitivity, specificity and related metrics of the primary {run.noun} "
                                            "against the decision threshold; the marker is the validation-chosen "
                                            "threshold.", evaluate)),
     ]
@@ -860,7 +878,7 @@ def summary_text(run_dir):
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     n = run.results.loc[run.results["source"] == "measured", "n"]
     lines = [f"Results on the test split (n = {int(n.iloc[0]) if len(n) else '?'}; "
-             f"{evaluate.get('ci', 0.95):.0%} patient-bootstrap intervals; * = primary ensemble):"]
+             f"{evaluate.get('ci', 0.95):.0%} patient-bootstrap intervals; * = primary {run.noun}):"]
     lines += ["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
     lines.append("")
     findings = _findings(run)

@@ -188,6 +188,33 @@ def test_results_table_matches_csv(run, results):
     assert "0.902" in reported_row and "0.960" in reported_row
 
 
+
+def _first_cells(section):
+    """The first cell of each body row of the section's first table."""
+    body = section[section.index("<tbody>"):section.index("</tbody>")]
+    return [row.split("</td>", 1)[0].split(">")[-1] for row in body.split("<tr")[1:]]
+
+
+def test_a_run_of_one_model_reports_that_model_not_ensembles_of_one(run):
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 20)
+    p = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 40), 0, 1)
+    combiners = ("soft voting", "soft voting (optimized)", "hard voting", "stacking", "soft voting @0.5")
+    table = results_table(y, {"m1": p, **{name: p for name in combiners}}, n_boot=20)
+    table.to_csv(run / "tables" / "results.csv")
+    ensemble = json.loads((run / "tables" / "ensemble.json").read_text())
+    (run / "tables" / "ensemble.json").write_text(json.dumps({**ensemble, "members": ["m1"]}))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "members": config["members"][:1]}))
+    text = write_report(run).read_text(encoding="utf-8")
+    assert _first_cells(_section(text, "results")) == ["m1 (primary)", "m1 @0.5", "origin (reported)"]
+    assert "voting" not in _section(text, "results") and "stacking" not in _section(text, "results")
+    assert "Primary model <strong>m1</strong>" in _section(text, "summary")
+    assert "primary model (m1)" in _section(text, "summary")
+    summary = summary_text(run)
+    assert "m1 *" in summary and "voting" not in summary and "* = primary model" in summary
+    assert "soft voting (optimized)" in pd.read_csv(run / "tables" / "results.csv")["model"].tolist()  # disk as is
+
 def test_summary_uses_findings_only(run, results):
     text = write_report(run).read_text(encoding="utf-8")
     summary = _section(text, "summary")

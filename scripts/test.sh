@@ -9,4 +9,5 @@ python3 -m venv .venv
 # --durations: the slowest tests in every log, to keep the suite inside its 15-minute budget.
 # Two workers, one test file each at a time (--dist loadfile), so a module's fixture (the
 # real-data smoke run) is built once; the many single-threaded tests overlap the TensorFlow ones.
-.venv/bin/python -m pytest --doctest-modules pneumoxai tests --durations=15 -n 2 --dist loadfile "$@"
+# -rs: skipped tests and why (the browser tests skip where Chromium could not be installed).
+.venv/bin/python -m pytest --doctest-modules pneumoxai tests --durations=15 -rs -n 2 --dist loadfile "$@"

@@ -17,6 +17,7 @@ from test_report import results, run  # noqa: F401 (fixtures: a small complete r
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[test])")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 WIDTHS = (1400, 800)
@@ -69,9 +70,10 @@ def test_no_horizontal_overflow_and_no_console_errors(driver, run, width):
             "return [...document.querySelectorAll('.scroll')].filter(d => d.scrollWidth > d.clientWidth + 1)"
             ".map(d => d.closest('section').id)")
         assert scrolled == []
-    paint = driver.execute_script(
-        "return performance.getEntriesByType('paint').map(e => [e.name, e.startTime])")
-    assert dict(paint).get("first-contentful-paint", float("inf")) < 3000
+    # The paint entry may be recorded a moment after the load event that get() waits for.
+    first_paint = WebDriverWait(driver, 5).until(lambda d: d.execute_script(
+        "const e = performance.getEntriesByName('first-contentful-paint'); return e.length && e[0].startTime"))
+    assert first_paint < 3000
     if os.environ.get("PNEUMOXAI_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         driver.execute_script("document.getElementById('results').scrollIntoView()")  # a table, after the summary

@@ -17,10 +17,10 @@ def slices_stage(run, config):
 
     Slice columns: image characteristics (at 224 px, with lung masks) and the same
     measured per named place (:func:`pneumoxai.regions.region_features`: each corner,
-    edge and lung zone), where each image's map peaks, by named place, when the explain
-    stage has mapped the test split (:func:`pneumoxai.regions.peak_features`), subtype, patient image count, member disagreement, confidence
-    bin, k-means clusters of the members' penultimate-layer embeddings, and off-lung
-    attention when the explain stage has produced it. Writes
+    edge and lung zone), subtype, patient image count, member disagreement, confidence
+    bin, k-means clusters of the members' penultimate-layer embeddings, and, when the
+    explain stage has mapped the test split, off-lung attention and where each image's
+    map peaks by named place (:func:`pneumoxai.regions.peak_features`). Writes
     ``tables/failure_slices.csv``, ``tables/member_failure_slices.csv``,
     ``tables/slice_features.csv`` and figures, one of a few images per significant slice.
     When the explain stage has mapped the test split, each significant slice also gets

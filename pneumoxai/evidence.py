@@ -6,20 +6,27 @@ model, and the verdict clears the model of the very shortcut it uses. Here the r
 follows the evidence:
 
 - :func:`evidence_regions` takes, per map, the connected region around its peak where the
-  map is at least ``level`` of the way from its minimum to its maximum (half maximum by
-  default; 8-connectivity), grown by a few pixels so anti-aliased edges go too;
-- :func:`region_removal_test` inpaints that region (Telea's method, as
+  map is at least ``level`` of the way from its minimum to its maximum (8-connectivity),
+  grown by a few pixels so anti-aliased edges go too;
+- :func:`region_removal_test` walks down a short deletion curve: it inpaints the region at
+  half maximum, then the larger regions at the lower ``levels`` (0.5, 0.3, 0.15 of the way
+  from the map's minimum to its maximum; Telea's method, as
   :func:`pneumoxai.audit.remove_marker`; Rong et al., ICML 2022, on why inpainting and not
-  blacking out), predicts again, and does the same with the same region moved by half the
-  image in both directions (same shape and area, elsewhere). Only the images whose call
-  changes under one removal and not the other speak: a one-sided exact McNemar test says
-  whether the calls rest on the map's region more than on any region of that size.
+  blacking out), and predicts again each time. The control is the same walk with every
+  region moved by half the image in both directions (same shapes and areas, elsewhere). A
+  call changes when any step changes it, for the regions and for the control alike, so
+  both sides get the same number of tries. The lower steps matter for thin or long
+  markers (a ruler), whose coarse maps reach half maximum over only part of them.
+  Only the images whose call changes under one walk and not the other speak: a one-sided
+  exact McNemar test says whether the calls rest on the map's region more than on any
+  region of that size.
 
-A map whose region covers more than ``max_area`` of the image does not localise anything:
-the test reports ``localised = False`` for it and its call is not counted, so a global
-shortcut (gamma, noise, a blur) gets no region named. Each localised region is named in
-words (:func:`pneumoxai.regions.name_region`), and :func:`removal_verdict` gives the
-verdict of any subset of the images (e.g. of one failure slice) from the per-image results.
+A region that covers more than ``max_area`` of the image does not localise anything: a map
+whose half-maximum region is that large is reported (``localised = False``) and its call is
+not counted, so a global shortcut (gamma, noise, a blur) gets no region named; the walk
+stops before any larger step. Each localised region is named in words
+(:func:`pneumoxai.regions.name_region`), and :func:`removal_verdict` gives the verdict of
+any subset of the images (e.g. of one failure slice) from the per-image results.
 
 No TensorFlow here: the model is a Keras model or any callable ``images -> P(PNEUMONIA)``.
 """
@@ -33,6 +40,7 @@ from .validation import Interval, check_images, check_maps, check_param
 __all__ = ["evidence_regions", "inpaint_regions", "predicted_probabilities", "region_removal_test", "removal_verdict"]
 
 DEFAULT_LEVEL = 0.5  # half maximum: the usual cut of a blob's extent
+DEFAULT_LEVELS = (0.5, 0.3, 0.15)  # the deletion curve's steps, from half maximum down
 DEFAULT_GROW = 2  # pixels added around a region before inpainting
 DEFAULT_MAX_AREA = 0.25  # a region over a quarter of the image localises nothing
 DEFAULT_ALPHA = 0.05
@@ -158,8 +166,9 @@ def predicted_probabilities(model_or_predict_fn, images, *, batch_size=64, owner
     return p[:, 0]
 
 
-def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, level=DEFAULT_LEVEL, grow=DEFAULT_GROW,
-                        max_area=DEFAULT_MAX_AREA, alpha=DEFAULT_ALPHA, lung_masks=None, batch_size=64):
+def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, levels=DEFAULT_LEVELS,
+                        grow=DEFAULT_GROW, max_area=DEFAULT_MAX_AREA, alpha=DEFAULT_ALPHA, lung_masks=None,
+                        batch_size=64):
     """Do the calls rest on the region each map points at, more than on the same area elsewhere?
 
     Parameters
@@ -172,10 +181,14 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
         One map per image at the images' size (``explain.resize_maps``).
     threshold : float in [0, 1], default=0.5
         PNEUMONIA when ``p >= threshold``.
-    level, grow : see :func:`evidence_regions`.
+    levels : sequence of float in (0, 1), default=(0.5, 0.3, 0.15)
+        The steps of the deletion curve, each a ``level`` of :func:`evidence_regions`;
+        taken from the highest down. ``(0.5,)`` removes the half-maximum region only.
+    grow : see :func:`evidence_regions`.
     max_area : float in (0, 1], default=0.25
-        A map whose region covers more of the image localises nothing: it is reported
-        (``localised``) and left out of the counts and the test.
+        A map whose first region covers more of the image localises nothing: it is
+        reported (``localised``) and left out of the counts and the test. No step removes
+        a region larger than this.
     alpha : float in (0, 1), default=0.05
         Level of the one-sided test behind ``rests_on_region``.
     lung_masks : bool array_like of shape (n, H, W), default=None
@@ -186,12 +199,14 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
     Returns
     -------
     dict
-        Per image ((n,) arrays): ``p_before``, ``p_after`` (region removed), ``p_control``
-        (the same region moved by half the image), ``call_changed``,
-        ``control_changed``, ``localised``, ``area`` (the region's share of the image),
-        ``places`` (the region in words, :func:`pneumoxai.regions.name_region`; None where
-        not localised) and ``regions`` ((n, H, W) bool); then the verdict over the
-        localised images, the keys of :func:`removal_verdict`.
+        Per image ((n,) arrays): ``p_before``, ``p_after`` (after the step that changed the
+        call, else the last step), ``p_control`` (the same for the moved regions),
+        ``call_changed``, ``control_changed``, ``level`` (the step that changed the call;
+        NaN where none did), ``localised``, ``area`` (the removed region's share of the
+        image), ``places`` (that region in words, :func:`pneumoxai.regions.name_region`;
+        None where not localised) and ``regions`` ((n, H, W) bool: the region that changed
+        the call, else the first step's); then the verdict over the localised images, the
+        keys of :func:`removal_verdict`.
 
     Examples
     --------
@@ -218,6 +233,7 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
     if m.shape != x.shape[:3]:
         raise DataError(f"{owner}: maps must be one (H, W) map per image, {x.shape[:3]}; got {m.shape} "
                         "(explain.resize_maps brings maps to the images' size)")
+    levels = _check_levels(levels, owner)
     check_param(owner, "threshold", threshold, Interval("real", 0, 1))
     check_param(owner, "max_area", max_area, Interval("real", 0, 1, closed="right"))
     check_param(owner, "alpha", alpha, Interval("real", 0, 1, closed="neither"))
@@ -225,25 +241,69 @@ def region_removal_test(model_or_predict_fn, images, maps, *, threshold=0.5, lev
     lungs = lung_mask(x) if lung_masks is None else np.asarray(lung_masks).astype(bool)
     if lungs.shape != m.shape:
         raise DataError(f"{owner}: lung_masks must have shape {m.shape} (n, H, W); got {lungs.shape}")
-    regions = evidence_regions(m, level=level, grow=grow)
-    h, w = m.shape[1:]
-    control = np.roll(regions, (h // 2, w // 2), axis=(1, 2))
+
     def predict(images):
         return predicted_probabilities(model_or_predict_fn, images, batch_size=batch_size, owner=owner)
 
-    p_before, p_after, p_control = predict(x), predict(inpaint_regions(x, regions)), predict(inpaint_regions(x, control))
+    p_before = predict(x)
     call = p_before >= threshold
-    changed, control_changed = (p_after >= threshold) != call, (p_control >= threshold) != call
-    area = regions.mean(axis=(1, 2))
-    localised = area <= max_area
-    places = np.array([name_region(r, lung_masks=k) if ok else None for r, k, ok in zip(regions, lungs, localised)],
-                      dtype=object)
+    walk = _deletion_walk(predict, x, m, call, threshold, levels, grow, max_area)
+    area = walk["regions"].mean(axis=(1, 2))
+    localised = walk["localised"]
+    places = np.array([name_region(r, lung_masks=k) if ok else None
+                       for r, k, ok in zip(walk["regions"], lungs, localised)], dtype=object)
     return {
-        "p_before": p_before, "p_after": p_after, "p_control": p_control,
-        "call_changed": changed, "control_changed": control_changed, "localised": localised,
-        "area": area, "places": places, "regions": regions,
-        **removal_verdict(changed, control_changed, localised, alpha=alpha),
+        "p_before": p_before, "p_after": walk["p_after"], "p_control": walk["p_control"],
+        "call_changed": walk["changed"], "control_changed": walk["control_changed"], "level": walk["level"],
+        "localised": localised, "area": area, "places": places, "regions": walk["regions"],
+        **removal_verdict(walk["changed"], walk["control_changed"], localised, alpha=alpha),
     }
+
+
+def _check_levels(levels, owner):
+    """``levels`` as a tuple, highest first: at least one, each a float in (0, 1), no repeats."""
+    try:
+        values = sorted({float(v) for v in levels}, reverse=True)
+        ok = (len(values) == len(levels) > 0 and all(0 < v < 1 for v in values)
+              and not any(isinstance(v, (bool, str)) for v in levels))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or isinstance(levels, str):
+        raise param_error(owner, "levels", "a non-empty sequence of distinct floats in (0, 1)", levels)
+    return tuple(values)
+
+
+def _deletion_walk(predict, x, maps, call, threshold, levels, grow, max_area):
+    """Remove each map's region step by step down ``levels``, and the moved regions likewise.
+
+    A step's region holds the previous step's (a lower cut around the same peak), so the
+    walk only grows; an image leaves it once a region would exceed ``max_area``.
+    """
+    n, h, w = maps.shape
+    first = evidence_regions(maps, level=levels[0], grow=grow)
+    localised = first.mean(axis=(1, 2)) <= max_area
+    out = {"regions": first.copy(), "localised": localised, "level": np.full(n, np.nan),
+           "changed": np.zeros(n, bool), "control_changed": np.zeros(n, bool),
+           "p_after": np.full(n, np.nan), "p_control": np.full(n, np.nan)}
+    active = localised.copy()
+    for step, level in enumerate(levels):
+        regions = first if step == 0 else evidence_regions(maps, level=level, grow=grow)
+        active &= regions.mean(axis=(1, 2)) <= max_area
+        at = np.flatnonzero(active)
+        if not at.size:
+            break
+        moved = np.roll(regions[at], (h // 2, w // 2), axis=(1, 2))
+        p_after, p_control = predict(inpaint_regions(x[at], regions[at])), predict(inpaint_regions(x[at], moved))
+        changed = (p_after >= threshold) != call[at]
+        newly = at[changed & ~out["changed"][at]]
+        out["regions"][newly], out["level"][newly] = regions[newly], level
+        keep = ~out["changed"][at]          # p_after: the step that changed the call, else the latest
+        out["p_after"][at[keep]] = p_after[keep]
+        keep_control = ~out["control_changed"][at]
+        out["p_control"][at[keep_control]] = p_control[keep_control]
+        out["changed"][at] |= changed
+        out["control_changed"][at] |= (p_control >= threshold) != call[at]
+    return out
 
 
 def removal_verdict(call_changed, control_changed, localised, *, alpha=DEFAULT_ALPHA):

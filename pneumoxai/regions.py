@@ -41,6 +41,7 @@ __all__ = [
     "place_masks",
     "region_features",
     "peak_features",
+    "prefer_place_names",
     "describe_feature",
     "describe_slice",
     "name_region",
@@ -61,13 +62,14 @@ REGION_FEATURES = {
     "dark_area": "dark area",
     "bright_area": "bright area",
     "edge_density": "edge density",
-    "peak": "the map's peak",
+    "peak": "the map's peak region",
 }
 
 BLOB_OFFSET = 0.35  # a pixel this far below (above) the image's median is dark (bright)
 CANNY_THRESHOLDS = (50, 150)  # as slices.image_features: hysteresis on uint8 intensities
 _IN_LUNGS = 0.5  # a region at least this much inside the lung fields is named after a zone
 _OUTSIDE_LUNGS = 0.1  # ... and one at most this much inside them is "outside both lungs"
+_PEAK_REGION_SHARE = 1 / 3  # a place holding this much of a map's peak region is where the map looks
 
 
 def place_masks(shape):
@@ -173,12 +175,15 @@ def region_features(images, *, masks=None):
 def peak_features(maps, *, masks=None):
     """Whether each image's map peaks in each named place: where the model looked.
 
-    A failure slice on these columns reads "the map's peak in the top-left corner": the
-    images the model judged by that place. Unlike :func:`region_features` it needs no
-    guess of what a shortcut looks like (bright or dark, a tag or text), only that the
-    maps point at it. One boolean per place rather than a share of the map: "looked
-    less at the bottom edge" is true of every image that looked anywhere else, and a
-    slice named by it would name no place.
+    A failure slice on these columns reads "the map's peak region in the top-left
+    corner": the images the model judged by that place. Unlike :func:`region_features`
+    it needs no guess of what a shortcut looks like (bright or dark, a tag or text), only
+    that the maps point at it. The peak region is the map's half-maximum region around
+    its peak (:func:`pneumoxai.evidence.evidence_regions`); a place holds it when the peak
+    lies there or the place holds at least a third of the region, so a text strip across
+    two cells marks both rather than splitting its images between them. One boolean per
+    place rather than a share of the map: "looked less at the bottom edge" is true of
+    every image that looked anywhere else, and a slice named by it would name no place.
 
     Parameters
     ----------
@@ -192,31 +197,101 @@ def peak_features(maps, *, masks=None):
     -------
     features : DataFrame of shape (n_samples, 8) or (n_samples, 14)
         Boolean columns ``peak_<place>`` for :data:`BORDER_PLACES`, then the lung
-        zones. A peak in the centre cell outside the lung zones is in no place.
+        zones. A peak region wholly in the centre cell outside the lung zones is in no place.
 
     Examples
     --------
     >>> import numpy as np
-    >>> maps = np.zeros((2, 9, 9))
+    >>> maps = np.zeros((3, 9, 9))
     >>> maps[0, 0, 8] = 1.0                        # peaks in the top-right corner
     >>> maps[1, 4, 4] = 1.0                        # in the centre
+    >>> maps[2, 1, 1:6] = 1.0                      # a strip across the top-left corner and the top edge
     >>> f = peak_features(maps)
-    >>> f[["peak_top_right", "peak_top_left"]].values.tolist()
-    [[True, False], [False, False]]
+    >>> f[["peak_top_right", "peak_top_left", "peak_top"]].values.tolist()
+    [[True, False, False], [False, False, False], [False, True, True]]
     """
+    from .evidence import evidence_regions
+
     m = check_maps(maps, owner="peak_features")
     n, h, w = m.shape
     rows, cols = np.unravel_index(m.reshape(n, -1).argmax(axis=1), (h, w))
+    regions = evidence_regions(m, grow=0)
+    area = regions.sum(axis=(1, 2))
+
+    def holds(place_masks_):          # (n, H, W) or (H, W) boolean places -> (n,) bool
+        held = (regions & place_masks_).sum(axis=(1, 2)) >= _PEAK_REGION_SHARE * area
+        at_peak = place_masks_[rows, cols] if place_masks_.ndim == 2 else place_masks_[np.arange(n), rows, cols]
+        return held | at_peak
+
     places = place_masks((h, w))
-    out = {f"peak_{place}": places[place][rows, cols] for place in BORDER_PLACES}
+    out = {f"peak_{place}": holds(places[place]) for place in BORDER_PLACES}
     if masks is not None:
         masks = np.asarray(masks).astype(bool)
         if masks.shape != m.shape:
             raise DataError(f"peak_features: masks must have shape {m.shape} (n_samples, H, W); got {masks.shape}")
-        peak_zone = zones(masks)[np.arange(n), rows, cols]
+        zone_ids = zones(masks)
         for k, zone in enumerate(ZONE_NAMES, start=1):
-            out[f"peak_{zone}"] = peak_zone == k
+            out[f"peak_{zone}"] = holds(zone_ids == k)
     return pd.DataFrame(out)
+
+
+def prefer_place_names(slices, frame, *, min_overlap=0.8):
+    """Rank a significant slice named by a map place just above a near-identical one that names none.
+
+    A shortcut changes global measures too (a text strip raises the image's sharpness), so
+    "sharpness > 405" and "the map's peak region in the top-right corner" can select nearly
+    the same images. Both are findings; the one naming where the model looked is the one
+    an auditor can act on. For each finding with no :func:`peak_features` condition, the
+    finding with such a condition that shares the most images with it (Jaccard index of
+    their image sets at least ``min_overlap``) moves just above it. Nothing else changes:
+    no slice is added, dropped or re-tested, so q-values keep their meaning. Global
+    shortcuts (a gamma change, a blur) draw maps that peak anywhere, so their slices find
+    no such twin and keep their global names.
+
+    Parameters
+    ----------
+    slices : DataFrame
+        :func:`pneumoxai.slices.find_failure_slices` of ``frame``, with its ``conditions``.
+    frame : DataFrame of shape (n_samples, n_columns)
+        The slicing table the slices were found on.
+    min_overlap : float in (0, 1], default=0.8
+        Smallest Jaccard index between the two slices' image sets.
+
+    Returns
+    -------
+    DataFrame
+        ``slices`` reordered (index reset).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from pneumoxai.slices import find_failure_slices
+    >>> marked = np.r_[np.ones(30, bool), np.zeros(90, bool)]
+    >>> frame = pd.DataFrame({"sharpness": np.where(marked, 2.0, 1.0) + np.arange(120) / 1e3,
+    ...                       "peak_top_right": marked & (np.arange(120) < 27)})
+    >>> found = find_failure_slices(frame, np.zeros(120, int), np.where(marked, 0.9, 0.1), max_order=1)
+    >>> found["slice"].iloc[0]
+    'sharpness > 1.34'
+    >>> prefer_place_names(found, frame)["slice"].iloc[0]
+    'peak_top_right == True'
+    """
+    from .slices import slice_mask
+    from .validation import Interval, check_param
+
+    check_param("prefer_place_names", "min_overlap", min_overlap, Interval("real", 0, 1, closed="right"))
+    findings = np.flatnonzero(slices["finding"].to_numpy(bool)) if len(slices) else np.array([], int)
+    members = {i: slice_mask(frame, slices["conditions"].iloc[i]) for i in findings}
+    placed = [i for i in findings if any(str(c.column).startswith("peak_") for c in slices["conditions"].iloc[i])]
+    order = list(range(len(slices)))
+    for i in findings:
+        if i in placed:
+            continue
+        overlap = {j: (members[i] & members[j]).sum() / max((members[i] | members[j]).sum(), 1) for j in placed}
+        twin = max(overlap, key=overlap.get, default=None)
+        if twin is not None and overlap[twin] >= min_overlap and order.index(twin) > order.index(i):
+            order.remove(twin)
+            order.insert(order.index(i), twin)
+    return slices.iloc[order].reset_index(drop=True)
 
 
 def _masked_mean(values, masks):
@@ -267,7 +342,7 @@ def describe_slice(label):
     >>> describe_slice("edge_density_top_right > 0.021 and subtype == normal")
     'edge density in the top-right corner > 0.021 and subtype == normal'
     >>> describe_slice("peak_top_left == True")
-    "the map's peak in the top-left corner"
+    "the map's peak region in the top-left corner"
     """
     def peak(match):
         words = describe_feature(match.group(1))

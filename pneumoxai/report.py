@@ -322,7 +322,8 @@ def _removal_text(r, alpha):
     else:  # a place only some of the regions lie in is not where the calls rest
         lead, target = (f"Removing the region each map points at (no one place holds most of them; {place} holds "
                         f"{share:.0%}; "), "where their maps point"
-    return (f"{lead}the half-maximum region around each map's peak, inpainted from its surroundings), changes "
+    return (f"{lead}the region around each map's peak, from half maximum down to 0.15 of it, inpainted from its "
+            "surroundings), changes "
             f"{r['removal_changes_errors']:.0%} of the {n_localised} calls tested by the best member, against "
             f"{r['removal_changes_control']:.0%} when the same region is removed half the image away (one-sided "
             f"exact McNemar p = {_p(r['removal_p'])}): "
@@ -696,9 +697,10 @@ def _slice_explanations_part(run):
         f"of the same true class, weighted to the errors' class mix.{test} Deletion AUC of the best model member on "
         "a sample (lower = the map points at what drives the call)."
         + (" Region removal: for 32 errors sampled per slice (all when fewer), the best member predicts again "
-           "with the half-maximum region around each map's peak inpainted from its surroundings, and with the same "
-           "region shifted by half the image; the share of the calls each changes, over the errors whose region "
-           "covers at most a quarter of the image (a slice is 'not localised' when fewer than half of them do), and "
+           "with the region around each map's peak inpainted from its surroundings, at half maximum and then at 0.3 "
+           "and 0.15 of it (a call changes when any step changes it; steps over a quarter of the image are not taken), "
+           "and with the same regions shifted by half the image; the share of the calls each changes, over the errors "
+           "whose half-maximum region covers at most a quarter of the image (a slice is 'not localised' when fewer than half of them do), and "
            "the one-sided exact McNemar p that the region changes more calls than its shifted copy."
            if removed else ""))))
     body.append(_figure(run, "slice_maps", "Mean map of each slice's errors beside the correct calls' mean map; "

@@ -19,14 +19,15 @@ both polarities on synthetic radiograph-like images.
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from pneumoxai.audit import peak_removal_effect
 from pneumoxai.errors import DataError
 from pneumoxai.evidence import evidence_regions, inpaint_regions, region_removal_test, removal_verdict
 from pneumoxai.regions import (BORDER_PLACES, peak_features, describe_feature, name_region, place_masks,
-                               region_features)
-from pneumoxai.slices import find_failure_slices
+                               prefer_place_names, region_features)
+from pneumoxai.slices import find_failure_slices, slice_mask
 
 SIZE = 128
 N = 12
@@ -163,6 +164,57 @@ def test_the_region_a_strip_model_rests_on_is_named_after_its_corner(corner):
     assert result["rests_on_region"] and list(result["places"]) == [words] * N
 
 
+RULERS = [(corner, orientation, polarity) for corner in CORNERS for orientation in ("across", "down")
+          for polarity in ("bright", "dark")]
+
+
+def ruler(corner, orientation):
+    """A 60 x 3 px ruler 4 px from ``corner``, and a coarse map whose half maximum covers only its middle."""
+    h, w = (3, 60) if orientation == "across" else (60, 3)
+    r0 = 4 if corner.startswith("top") else SIZE - 4 - h
+    c0 = 4 if corner.endswith("left") else SIZE - 4 - w
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[r0:r0 + h, c0:c0 + w] = True
+    rows, cols = np.mgrid[0:SIZE, 0:SIZE]
+    sigma_rows, sigma_cols = (6.0, 14.0) if orientation == "across" else (14.0, 6.0)
+    bump = np.exp(-0.5 * (((rows - r0 - h / 2) / sigma_rows) ** 2 + ((cols - c0 - w / 2) / sigma_cols) ** 2))
+    return mask, bump
+
+
+@pytest.mark.parametrize("corner, orientation, polarity", RULERS)
+def test_the_deletion_walk_finds_a_ruler_the_half_maximum_region_only_half_covers(corner, orientation, polarity):
+    # Criteria fixed before the run: the walk (0.5, 0.3, 0.15) gives the verdict for >= 90% of the calls;
+    # the half-maximum step alone changes at most 10% of them (what the benchmark's bright ruler met).
+    mask, bump = ruler(corner, orientation)
+    x = stamp(radiographs(N, seed=15), mask, polarity)
+    rng = np.random.default_rng(16)
+    maps = np.stack([np.clip(bump + rng.normal(0, 0.01, bump.shape), 0, None) for _ in range(N)])
+    model = uses_marker(mask)
+    half_maximum = region_removal_test(model, x, maps, levels=(0.5,))
+    walk = region_removal_test(model, x, maps)
+    assert half_maximum["share_changed"] <= 0.1 and not half_maximum["rests_on_region"]
+    assert walk["share_changed"] >= 0.9 and walk["share_control_changed"] == 0.0 and walk["rests_on_region"]
+    assert set(walk["level"][walk["call_changed"]]) <= {0.3, 0.15}
+    # The region reported is the step that changed the call: it covers most of the ruler.
+    assert (walk["regions"][walk["call_changed"]][:, mask].mean(axis=1) >= 2 / 3).all()
+    assert (walk["area"] <= 0.25).all()
+
+
+def test_the_walk_stops_before_a_region_larger_than_max_area():
+    # A broad bump: half maximum is under max_area, the lower steps are not, so only the first step runs.
+    rows, cols = np.mgrid[0:SIZE, 0:SIZE]
+    bump = np.exp(-0.5 * (((rows - 64) / 22.0) ** 2 + ((cols - 64) / 22.0) ** 2))
+    maps = np.repeat(bump[None], 4, axis=0)
+    calls = []
+
+    def record(images):
+        calls.append(len(images))
+        return np.full(len(images), 0.9)
+    result = region_removal_test(record, radiographs(4, seed=17), maps, lung_masks=np.zeros((4, SIZE, SIZE), bool))
+    assert calls == [4, 4, 4] and result["localised"].all()       # before, the region and its control
+    assert result["area"].max() <= 0.25 and np.isnan(result["level"]).all()
+
+
 def test_removal_verdict_is_the_exact_mcnemar_test_over_the_localised_images():
     from scipy.stats import binomtest
 
@@ -279,6 +331,41 @@ def test_a_failure_slice_on_where_the_maps_peak_names_the_marker_place(shape, pl
     assert named <= overlapped, (top["slice"], overlapped)
 
 
+@pytest.mark.parametrize("shape, place", ATTENTION_CASES)
+def test_a_global_proxy_of_a_marker_yields_its_rank_to_the_place_the_maps_point_at(shape, place):
+    # The benchmark's failure: "sharpness > x" isolates the marked images as well as their maps' place.
+    rng = np.random.default_rng(18)
+    n = 80
+    marked = rng.random(n) < 0.4
+    mask = _placed_marker(shape, place)
+    maps = np.where(marked[:, None, None], cam_like(mask, n, seed=19), _lung_maps(n, seed=20))
+    lungs = np.zeros((n, SIZE, SIZE), bool)
+    lungs[:, 30:115, 20:60] = lungs[:, 30:115, 68:108] = True
+    frame = pd.concat([pd.DataFrame({"sharpness": rng.normal(0, 1, n) + 4 * marked}),
+                       peak_features(maps, masks=lungs)], axis=1)
+    y_prob = np.where(marked, 0.9, 0.1)
+    found = find_failure_slices(frame, np.zeros(n, int), y_prob, min_size=8, max_order=1)
+    first = prefer_place_names(found, frame)
+    marked_share = [marked[slice_mask(frame, c)].mean() for c in first["conditions"]]
+    top = next(k for k, share in enumerate(marked_share) if share >= 0.8)
+    assert first["finding"].iloc[top] and first["slice"].iloc[top].startswith("peak_"), first["slice"].head(3).tolist()
+    assert sorted(first["slice"]) == sorted(found["slice"])          # reordered, nothing added or dropped
+
+
+def test_slices_of_a_global_shortcut_keep_their_global_names():
+    # Diffuse maps peak anywhere: no place twins the global slice, so the order is unchanged.
+    rng = np.random.default_rng(21)
+    n = 80
+    marked = rng.random(n) < 0.4
+    diffuse = np.stack([cv2.GaussianBlur(rng.random((SIZE, SIZE)), (0, 0), 20) for _ in range(n)])
+    frame = pd.concat([pd.DataFrame({"gamma_like": rng.normal(0, 1, n) + 4 * marked}), peak_features(diffuse)],
+                      axis=1)
+    found = find_failure_slices(frame, np.zeros(n, int), np.where(marked, 0.9, 0.1), min_size=8, max_order=1)
+    assert found["slice"].iloc[0].startswith("gamma_like")
+    pd.testing.assert_frame_equal(prefer_place_names(found, frame).drop(columns="conditions"),
+                                  found.drop(columns="conditions"))
+
+
 def test_maps_that_ignore_the_marker_give_no_slice_of_the_marked_images():
     rng = np.random.default_rng(15)
     n = 60
@@ -289,9 +376,11 @@ def test_maps_that_ignore_the_marker_give_no_slice_of_the_marked_images():
     assert not slices["finding"].any()
 
 
-def test_peak_places_are_the_cell_or_zone_of_the_argmax():
+def test_peak_places_hold_the_argmax_or_a_third_of_the_peak_region():
     rng = np.random.default_rng(17)
-    maps = rng.random((40, 30, 30))
+    maps = 0.2 * rng.random((40, 30, 30))       # a low floor and one hot pixel: the peak region is the peak
+    hot = rng.integers(0, 30, (40, 2))
+    maps[np.arange(40), hot[:, 0], hot[:, 1]] = 1.0
     lungs = np.zeros((40, 30, 30), bool)
     lungs[:, 8:28, 3:13] = lungs[:, 8:28, 17:27] = True
     peaks = peak_features(maps, masks=lungs)
@@ -302,7 +391,14 @@ def test_peak_places_are_the_cell_or_zone_of_the_argmax():
     np.testing.assert_array_equal(border, ~((rows >= 10) & (rows < 20) & (cols >= 10) & (cols < 20)))
     in_lungs = lungs[np.arange(40), rows, cols]
     assert (peaks.iloc[:, 8:].sum(axis=1) == in_lungs).all()
-    assert describe_feature("peak_top_left") == "the map's peak in the top-left corner"
+    assert describe_feature("peak_top_left") == "the map's peak region in the top-left corner"
+    # A strip split 6/5 between two cells marks both; one split 8/2 marks only the cell with the peak.
+    for (start, stop), expected in (((4, 15), {"top_left", "top"}), ((2, 12), {"top_left"})):
+        m = np.zeros((1, 30, 30))
+        m[0, 2, start:stop] = 1.0
+        m[0, 2, start] = 1.1                                  # the peak, in the top-left cell
+        got = {p for p in BORDER_PLACES if peak_features(m)[f"peak_{p}"].iloc[0]}
+        assert got == expected
 
 
 def test_name_region_family():
@@ -332,6 +428,14 @@ def test_name_region_family():
     (lambda: region_removal_test(uses_lungs, radiographs(1, 0), np.zeros((1, SIZE, SIZE)),
                                  lung_masks=np.zeros((1, 8, 8))), "lung_masks must have shape"),
     (lambda: place_masks((4, 4)), "at least 8x8"),
+    (lambda: prefer_place_names(pd.DataFrame({"finding": []}), pd.DataFrame(), min_overlap=0),
+     "'min_overlap' parameter of prefer_place_names"),
+    (lambda: region_removal_test(uses_lungs, radiographs(1, 0), np.zeros((1, SIZE, SIZE)), levels=(0.5, 0.5)),
+     "'levels' parameter of region_removal_test"),
+    (lambda: region_removal_test(uses_lungs, radiographs(1, 0), np.zeros((1, SIZE, SIZE)), levels=()),
+     "'levels' parameter of region_removal_test"),
+    (lambda: region_removal_test(uses_lungs, radiographs(1, 0), np.zeros((1, SIZE, SIZE)), levels=(1.5,)),
+     "'levels' parameter of region_removal_test"),
     (lambda: peak_features(np.zeros((2, 16, 16)), masks=np.zeros((2, 8, 8))), "masks must have shape"),
     (lambda: peak_features(np.full((1, 16, 16), np.nan)), "peak_features: maps"),
 ])

@@ -171,7 +171,7 @@ def test_slice_explanations_ask_whether_the_best_members_calls_rest_on_the_maps_
             "removal_localised", "removal_place"} <= set(table.columns)
 
     # The same measurement from the run's files and the public API: the best member, its own threshold, the
-    # stored maps at its input size, the half-maximum region against the same region shifted.
+    # stored maps at its input size, the deletion walk from the half-maximum region against the same regions shifted.
     predictions = pd.read_csv(run.table("predictions_test.csv"))
     record = json.loads(run.table("ensemble.json").read_text())
     results = pd.read_csv(run.table("results.csv"), index_col="model")

@@ -20,7 +20,9 @@ def slices_stage(run, config):
     edge and lung zone), subtype, patient image count, member disagreement, confidence
     bin, k-means clusters of the members' penultimate-layer embeddings, and, when the
     explain stage has mapped the test split, off-lung attention and where each image's
-    map peaks by named place (:func:`pneumoxai.regions.peak_features`). Writes
+    map peaks by named place (:func:`pneumoxai.regions.peak_features`; a finding named by
+    such a place then ranks just above a near-identical one named by a global measure,
+    :func:`pneumoxai.regions.prefer_place_names`). Writes
     ``tables/failure_slices.csv``, ``tables/member_failure_slices.csv``,
     ``tables/slice_features.csv`` and figures, one of a few images per significant slice.
     When the explain stage has mapped the test split, each significant slice also gets
@@ -37,6 +39,7 @@ def slices_stage(run, config):
     """
     from ..data import load_images
     from ..lungs import lung_mask
+    from ..regions import prefer_place_names
     from ..slices import find_failure_slices, member_failure_slices
 
     started = time.perf_counter()
@@ -54,6 +57,8 @@ def slices_stage(run, config):
     options = dict(threshold=threshold, min_size=slices_cfg["min_size"], max_order=slices_cfg["max_order"],
                    alpha=slices_cfg["alpha"], n_bins=slices_cfg["n_bins"])
     found = find_failure_slices(frame, y, p_ens, **options)
+    if test_maps is not None:
+        found = prefer_place_names(found, frame)
     _io.write_csv(run.table(FAILURE_SLICES_TABLE), found.drop(columns=["conditions"], errors="ignore"), index=False)
     per_member = member_failure_slices(frame, y, P, p_ens, names, **options)
     _io.write_csv(run.table(MEMBER_FAILURE_SLICES_TABLE),
@@ -91,7 +96,7 @@ def _slice_frame(run, config, predictions, images, masks, P, p_ens, test_maps):
 
 #: Images whose per-image faithfulness is measured for the slice explanations (deletion AUC costs 21 predictions each).
 _FAITHFULNESS_IMAGES = 64
-#: Errors per explained slice whose calls are tested by removing their maps' region (3 predictions each).
+#: Errors per explained slice whose calls are tested by removing their maps' region (up to 7 predictions each).
 _REMOVAL_ERRORS = 32
 #: Significant slices explained and shown with example images, in the table's order.
 _EXPLAINED_SLICES = 10

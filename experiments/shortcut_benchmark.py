@@ -61,7 +61,8 @@ cases; control false rate <= 0.1; non-local rate >= 0.8.
         --work runs/shortcut_benchmark --out figures/shortcut_benchmark [--cases a,b,...]
 
 Writes ``cases/<case>.json`` (one per case, so a killed run resumes), ``cases.csv``,
-``summary.json`` and ``provenance.json`` under ``--out``; models are cached in ``--work``.
+``summary.json`` and ``provenance.json`` under ``--out``; models and map choices are cached in
+``--work``.
 """
 
 import argparse
@@ -235,13 +236,22 @@ def _load(kind, path):
     return adapt(model, preprocess="caffe", positive_index=1) if kind == "cnn" else model
 
 
-def chosen_maps(model, x, y, p, threshold, explain_index):
-    """Maps of the predicted class by the explain stage's rule, measured on 24 test images."""
-    choice, _ = choose_map(model, x[explain_index], target=(p[explain_index] >= threshold),
-                           methods=("gradcam", "layercam", "hirescam"), seed=0)
+def chosen_maps(model, x, p, threshold, explain_index, cache):
+    """Maps of the predicted class by the explain stage's rule, measured on 24 test images.
+
+    The choice (method and layers) is kept in ``cache`` (JSON): it depends only on the model
+    and the images, so a re-run with a changed slice or verdict rule reuses it.
+    """
+    if cache.exists():
+        choice = json.loads(cache.read_text())
+    else:
+        measured, _ = choose_map(model, x[explain_index], target=(p[explain_index] >= threshold),
+                                 methods=("gradcam", "layercam", "hirescam"), seed=0)
+        choice = {"method": measured["method"], "layers": list(chosen_layers(model, measured))}
+        write_atomic(cache, json.dumps(choice))
 
     def maps(index):
-        m = gradcam(model, x[index], method=choice["method"], layers=chosen_layers(model, choice),
+        m = gradcam(model, x[index], method=choice["method"], layers=tuple(choice["layers"]),
                     target=(p[index] >= threshold))
         return resize_maps(m, SIZE)
     return choice, maps
@@ -302,8 +312,8 @@ def peak_share(maps, marker):
     return float(inside.mean())
 
 
-def analyse(model, data, case, marker, seed):
-    """The public analysis on one model and one case's test copy."""
+def analyse(model, data, case, marker, seed, cache):
+    """The public analysis on one model and one case's test copy; the map choice is kept in ``cache``."""
     frame, x_test, y = data["test"]
     x, planted = planted_copy(data["test"], case, TEST_SHARE, 0, seed + 1)
     x_val, _ = planted_copy(data["val"], case, PLANT_SHARE, 1, seed + 2)
@@ -313,14 +323,14 @@ def analyse(model, data, case, marker, seed):
     masks = lung_mask(x)
     errors = np.flatnonzero(planted & called)
     explain_index = np.r_[errors[:8], np.flatnonzero(~planted & (called == y.astype(bool)))[:16]][:24]
-    choice, maps_of = chosen_maps(model, x, y, p, threshold, explain_index)
+    choice, maps_of = chosen_maps(model, x, p, threshold, explain_index, cache)
     all_maps = maps_of(np.arange(len(x)))
     sliced, top = top_slices(frame, x, y, p, threshold, masks, all_maps)
     found, rank, name, named = slice_outcome(sliced, top, planted, marker, masks)
     out = {"threshold": threshold, "marked_called": float(called[planted].mean()),
            "unmarked_normals_called": float(called[(y == 0) & ~planted].mean()),
            "slice_found": found, "slice_rank": rank, "slice": name, "slice_named": named,
-           "n_marked_errors": int(len(errors)), "map": f"{choice['method']} {choice['layer']}"}
+           "n_marked_errors": int(len(errors)), "map": f"{choice['method']} {'+'.join(choice['layers'])}"}
     error_maps = all_maps[errors]
     out["peak_share"] = peak_share(error_maps, marker) if marker is not None and len(errors) else None
     out["verdict"] = verdict(model, x[errors], error_maps, threshold, marker)
@@ -340,8 +350,9 @@ def run_case(case, data, work, seed):
     marked = train_model(kind, x_fit, data["fit"][2], x_val, data["val"][2], seed, work / f"{case}.keras")
     control = train_model(kind, data["fit"][1], data["fit"][2], data["val"][1], data["val"][2], seed,
                           work / f"control_{kind}.keras")
-    result = {"case": case, "local": local, "model": kind, "marked": analyse(marked, data, base, marker, seed),
-              "control": analyse(control, data, base, marker, seed)}
+    result = {"case": case, "local": local, "model": kind,
+              "marked": analyse(marked, data, base, marker, seed, work / "choices" / f"{case}.json"),
+              "control": analyse(control, data, base, marker, seed, work / "choices" / f"{case}_control.json")}
     m, c = result["marked"], result["control"]
     m["learned"] = m["marked_called"] - m["unmarked_normals_called"] >= LEARNED_GAP
     if local:

@@ -21,8 +21,8 @@ import numpy as np
 
 from ._io import load_npz
 from .errors import CacheError, DataError, SkippedFilesWarning
-from .regions import describe_slice
 from .run_folder import EXPLAIN_MAPS_FILE, SLICE_FEATURES_TABLE, TEST_MAPS_FILE, predictions_table
+from .slices import DEFAULT_N_BINS, slice_masks_from_labels
 
 __all__ = ["OVERLAP", "slice_members", "primary_errors", "browser_data"]
 
@@ -49,8 +49,6 @@ def slice_members(run, labels):
         return {}
     order = features.set_index("path").loc[predictions["path"]].reset_index(drop=True)
     slices_cfg = run.config.get("slices") if isinstance(run.config.get("slices"), dict) else {}
-    from .slices import DEFAULT_N_BINS, slice_masks_from_labels
-
     masks = slice_masks_from_labels(order, list(labels),
                                     n_bins=slices_cfg.get("n_bins", DEFAULT_N_BINS))
     wrong = primary_errors(run)
@@ -85,7 +83,7 @@ def browser_data(run, members):
     ----------
     run : pneumoxai.report._Run
     members : dict
-        :func:`slice_members` of the significant slices.
+        :func:`slice_members` of the significant slices, in their ranking.
 
     Returns
     -------
@@ -93,9 +91,9 @@ def browser_data(run, members):
         ``methods`` (map names; the first is the map of every test image), ``models``
         (the columns of ``p``: members, then the primary model unless it is the only
         member), ``images`` (``name``, ``label``, ``outcome``, ``p``, ``thumb``, ``maps``:
-        one data URI or None per method), ``slices`` (``label``, ``words``, ``size``,
-        ``ids``: errors first, at most ``_SHOWN_PER_SLICE``) and ``errors`` (ids of the
-        false negatives, then the false positives, most confident first).
+        one data URI or None per method), ``slices`` (``label``, ``size``, ``ids``: errors
+        first, at most ``_SHOWN_PER_SLICE``), ``errors`` (ids of the false negatives, then
+        the false positives, the most confident first) and their counts ``n_fn``, ``n_fp``.
     notes : list of str
         What could not be shown, for the sections' text.
     """
@@ -106,18 +104,13 @@ def browser_data(run, members):
     called = _called(run, predictions)
     p = predictions[f"p[{run.primary}]"].to_numpy()
     wrong = called != y
-    confident = np.abs(p - 0.5)
-    errors = [*np.flatnonzero(wrong & (y == 1))[np.argsort(-confident[wrong & (y == 1)], kind="stable")],
-              *np.flatnonzero(wrong & (y == 0))[np.argsort(-confident[wrong & (y == 0)], kind="stable")]]
+    missed, alarms = np.flatnonzero(wrong & (y == 1)), np.flatnonzero(wrong & (y == 0))
+    errors = [*missed[np.argsort(p[missed], kind="stable")], *alarms[np.argsort(-p[alarms], kind="stable")]]
     slices = []
-    for label in run.slices.loc[run.slices["finding"], "slice"].astype(str) if run.slices is not None else []:
-        mask = members.get(label)
-        if mask is None:
-            continue
+    for label, mask in members.items():
         rows = np.flatnonzero(mask)
         rows = rows[np.argsort(~wrong[rows], kind="stable")]  # errors first, then test order
-        slices.append({"label": label, "words": describe_slice(label), "size": len(rows),
-                       "ids": rows[:_SHOWN_PER_SLICE]})
+        slices.append({"label": label, "size": len(rows), "ids": rows[:_SHOWN_PER_SLICE]})
     shown = np.unique(np.concatenate([np.asarray(errors, dtype=int), *[s["ids"] for s in slices]]))
     index = {row: i for i, row in enumerate(shown)}
     models = [m for m in run.members if f"p[{m}]" in predictions.columns]
@@ -131,7 +124,7 @@ def browser_data(run, members):
                "thumb": thumbs[i], "maps": [m[i] for m in maps]} for i, row in enumerate(shown)]
     for s in slices:
         s["ids"] = [index[row] for row in s["ids"]]
-    return {"methods": methods, "models": models, "primary": run.primary, "images": images, "slices": slices,
+    return {"methods": methods, "models": models, "images": images, "slices": slices,
             "errors": [index[row] for row in errors], "n_fn": int((wrong & (y == 1)).sum()),
             "n_fp": int((wrong & (y == 0)).sum())}, notes
 
@@ -165,25 +158,29 @@ def _thumbnails(paths, notes):
 def _maps(run, paths, notes):
     """Map names and, per name, one overlay data URI (or None) per path: the test-split map, then the gallery's."""
     methods, maps = [], []
-    for file, sources in ((TEST_MAPS_FILE, lambda d: [(str(d["method"]) if "method" in d else "Grad-CAM",
-                                                       d["maps"])]),
-                          (EXPLAIN_MAPS_FILE, lambda d: [(str(name), d[f"map_{i}"])
-                                                         for i, name in enumerate(d["methods"])])):
+    for file in (TEST_MAPS_FILE, EXPLAIN_MAPS_FILE):
         path = run.maps(file)
         if not path.is_file():
             continue
         try:
             data = load_npz(path)
-            named = sources(data)
+            named = _named_maps(file, data)
+            where = {str(p): i for i, p in enumerate(data["paths"])}
         except (CacheError, KeyError) as exc:
             notes.append(f"maps/{file} could not be read ({str(exc).splitlines()[0]})")
             continue
-        where = {str(p): i for i, p in enumerate(data["paths"])}
         for name, array in named:
             signed = bool((array < 0).any())
             methods.append(name if name not in methods else f"{name} (gallery)")
             maps.append([_overlay(array[where[p]], signed) if p in where else None for p in paths])
     return methods, maps
+
+
+def _named_maps(file, data):
+    """``[(method name, maps)]`` of one maps file, as the explain stage saves them."""
+    if file == TEST_MAPS_FILE:
+        return [(str(data["method"]) if "method" in data else "Grad-CAM", data["maps"])]
+    return [(str(name), data[f"map_{i}"]) for i, name in enumerate(data["methods"])]
 
 
 @functools.lru_cache(maxsize=None)

@@ -801,7 +801,7 @@ def _browser_sections(run, data, notes):
            "every map method computed for it.")
     if data["slices"]:
         options = [_tag("option", "Choose a significant slice…", value="")]
-        options += [_tag("option", f"{s['label']} ({s['size']} images)", value=str(i))
+        options += [_tag("option", f"{s['label']}{_in_words(s['label'])} ({s['size']} images)", value=str(i))
                     for i, s in enumerate(data["slices"])]
         chooser = [_tag("label", "Slice: ", _tag("select", options, id="slice-select"), class_="chooser"),
                    *controls("slice")]

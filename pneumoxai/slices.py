@@ -485,6 +485,9 @@ def slice_masks_from_labels(frame, labels, *, n_bins=DEFAULT_N_BINS):
     >>> masks["contrast <= 0.219 and view == AP"].nonzero()[0], masks["age > 3"]
     (array([0]), None)
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"slice_masks_from_labels: frame must be a pandas DataFrame; got {type(frame).__name__}")
+    check_param("slice_masks_from_labels", "n_bins", n_bins, Interval("int", MIN_BINS, 1000))
     single = {}
     for column in frame.columns:
         values = frame[column]

@@ -624,3 +624,13 @@ def test_without_test_predictions_the_browsers_say_what_they_need(run):
     for anchor in ("browser", "errors"):
         assert "Needs tables/predictions_test.csv (pneumoxai evaluate --run" in _section(text, anchor)
     assert 'id="browser-data"' not in text
+
+
+def test_images_moved_since_the_run_are_shown_by_name_and_counted(run):
+    add_browser_parts(run)
+    for i in (0, 40):
+        (run.parent / "images" / f"img{i:02d}.png").unlink()
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "2 of 28 images could not be read from their paths (moved since the run?)" in _section(text, "browser")
+    thumbs = {image["name"]: image["thumb"] for image in _browser_data(text)["images"]}
+    assert [name for name, thumb in thumbs.items() if thumb is None] == ["img00.png", "img40.png"]

@@ -28,7 +28,7 @@ __all__ = ["OVERLAP", "slice_members", "primary_errors", "browser_data"]
 
 #: Jaccard index of two slices' errors from which the later slice is a variant of the earlier finding.
 OVERLAP = 0.5
-_THUMB_SIDE = 128      # pixels of an image thumbnail; the grid shows it at 120 px, the large view at 256
+_THUMB_SIDE = 128      # pixels of an image thumbnail; about 140 px wide in the grid, 256 px in the large view
 _MAP_SIDE = 64         # pixels of a map overlay: the maps are smooth, the browser scales them up
 _JPEG_QUALITY = 70
 _SHOWN_PER_SLICE = 200  # thumbnails drawn per slice, errors first
@@ -77,7 +77,7 @@ def _called(run, predictions):
 
 
 def browser_data(run, members):
-    """The browsers' JSON object, or ``(None, why)`` when the run has no test predictions.
+    """The browsers' JSON object (None when the run has no test predictions) and what could not be shown.
 
     Parameters
     ----------
@@ -115,12 +115,13 @@ def browser_data(run, members):
     index = {row: i for i, row in enumerate(shown)}
     models = [m for m in run.members if f"p[{m}]" in predictions.columns]
     models += [run.primary] if run.primary not in models else []
-    notes = []
-    thumbs = _thumbnails(predictions["path"].iloc[shown].tolist(), notes)
-    methods, maps = _maps(run, predictions["path"].iloc[shown].tolist(), notes)
-    images = [{"name": str(predictions["path"].iloc[row]).replace("\\", "/").rsplit("/", 1)[-1],
+    notes, paths = [], predictions["path"].iloc[shown].tolist()
+    thumbs = _thumbnails(paths, notes)
+    methods, maps = _maps(run, paths, notes)
+    probabilities = predictions[[f"p[{m}]" for m in models]].to_numpy()
+    images = [{"name": str(paths[i]).replace("\\", "/").rsplit("/", 1)[-1],
                "label": int(y[row]), "outcome": _OUTCOMES[(int(y[row]), int(called[row]))],
-               "p": [round(float(predictions[f"p[{m}]"].iloc[row]), 3) for m in models],
+               "p": [round(float(v), 3) for v in probabilities[row]],
                "thumb": thumbs[i], "maps": [m[i] for m in maps]} for i, row in enumerate(shown)]
     for s in slices:
         s["ids"] = [index[row] for row in s["ids"]]
@@ -130,7 +131,7 @@ def browser_data(run, members):
 
 
 def _jpeg(pixels):
-    ok, data = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+    _, data = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii")
 
 

@@ -275,7 +275,7 @@ def _findings(run):
 
 
 def _variants_text(finding, shown=3):
-    """The slices folded into a finding and how much of its images they share; "" when none."""
+    """The slices folded into a finding and how many of its errors they share; "" when none."""
     variants = finding["variants"]
     if not variants:
         return ""

@@ -28,6 +28,7 @@ import textwrap
 import pandas as pd
 
 from . import _io
+from ._report_browser import OVERLAP, browser_data, primary_errors, slice_members
 from ._report_shift import CONTENTS as _SHIFT_CONTENTS, shift_sections, shift_sentences
 from .config import analysis_members
 from .lungs import ZONE_COLUMNS
@@ -45,9 +46,10 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ROLES = ("train", "val", "test")
 _TEMPLATE = "report.html.j2"  # pneumoxai/templates/: the page skeleton, its CSS and script
 _FINDINGS_SHOWN = 5  # distinct findings in the summary; the full list is in the slices section
-_SLICES_SHOWN = 15
+_SLICES_SHOWN = 15  # significant slices beyond which their table scrolls in its box; member slices shown
 _SLICE_FIGURES_SHOWN = 10  # figures of a few images per significant slice (the slices stage draws as many)
-_VOID = frozenset({"img", "br", "hr"})
+_LARGE_FIGURE = 256 * 1024  # bytes of PNG from which a figure is tried as JPEG (galleries of X-rays)
+_VOID = frozenset({"img", "br", "hr", "input"})
 
 # (column, header) of the results table; metric columns get "[low, high]" from <metric>_low/_high.
 _RESULT_METRICS = (
@@ -82,15 +84,15 @@ def _tag(tag, /, *children, **attrs):
     return _Html(f"<{tag}{text}>{_esc(list(children))}</{tag}>")
 
 
-def _table(headers, rows, *, caption=None, row_classes=None, numeric=()):
-    """An HTML table; ``numeric`` holds the column indices that are right-aligned."""
+def _table(headers, rows, *, caption=None, row_classes=None, numeric=(), tall=False):
+    """An HTML table; ``numeric`` holds the column indices that are right-aligned; ``tall`` scrolls its rows."""
     head = _tag("thead", _tag("tr", [_tag("th", h) for h in headers]))
     body = []
     for i, row in enumerate(rows):
         cells = [_tag("td", c, class_="num" if j in numeric else None) for j, c in enumerate(row)]
         body.append(_tag("tr", cells, class_=row_classes[i] if row_classes else None))
     parts = [_tag("caption", caption)] if caption else []
-    return _tag("div", _tag("table", parts, head, _tag("tbody", body)), class_="scroll")
+    return _tag("div", _tag("table", parts, head, _tag("tbody", body)), class_="scroll tall" if tall else "scroll")
 
 
 def _note_not_run(what, command):
@@ -175,6 +177,10 @@ class _Run(RunFolder):
         self._keep_only_model()
         slices_cfg = self.config.get("slices")
         self.alpha = slices_cfg.get("alpha", 0.05) if isinstance(slices_cfg, dict) else 0.05
+        significant = [] if self.slices is None else self.slices.loc[self.slices["finding"], "slice"].astype(str)
+        self.members_of = slice_members(self, significant)  # {slice label: its test images as a mask}
+        wrong = primary_errors(self) if self.members_of else None
+        self.errors_of = {label: mask & wrong for label, mask in self.members_of.items()}  # ... and its errors
 
     def _keep_only_model(self):
         """A run of one model reports that model: combiners of one member are that member again.
@@ -223,27 +229,63 @@ class _Run(RunFolder):
 
 
 def _findings(run):
-    """Significant slices, grouped when several labels have identical counts (often the same images).
+    """Significant slices, those whose errors are mostly the same images grouped into one finding.
+
+    In the ranking of ``failure_slices.csv``, a slice joins the first earlier finding whose
+    lead slice has mostly the same errors: a Jaccard index (errors in both over errors in
+    either) of at least ``OVERLAP`` (0.5). Errors, not all images, because a finding is about
+    where errors concentrate: a slice of 44 false alarms inside one of 73 images with 68
+    false alarms is the same finding. It is compared with the lead only, so a chain of slices
+    each overlapping the next cannot drift away from what the finding describes. Without
+    the slices' images (no ``tables/slice_features.csv``), slices with identical counts are
+    grouped instead.
 
     Returns
     -------
     list of dict
         ``kind`` (missed pneumonia / false alarms / errors of both kinds), ``labels``
-        and the first label's row, in the ranking of ``failure_slices.csv``.
+        (the lead first), the lead's ``row`` and ``variants``: ``(label, jaccard, shared)``
+        per later slice, ``shared`` being the errors in both (both None when grouped by counts).
     """
     if run.slices is None or not len(run.slices):
         return []
-    groups = {}
     keys = ("size", "n_errors", "n_fn", "n_fp", "q_value")
+    groups = []
     for _, row in run.slices[run.slices["finding"]].iterrows():
-        key = tuple(row[k] for k in keys)
-        if key in groups:
-            groups[key]["labels"].append(str(row["slice"]))
+        label = str(row["slice"])
+        errors = run.errors_of.get(label)
+        for group in groups:
+            lead = run.errors_of.get(group["labels"][0])
+            if errors is not None and lead is not None:
+                shared = int((errors & lead).sum())
+                jaccard = shared / max(1, int((errors | lead).sum()))
+                if jaccard >= OVERLAP:
+                    group["variants"].append((label, jaccard, shared))
+                    break
+            elif all(row[k] == group["row"][k] for k in keys):
+                group["variants"].append((label, None, None))
+                break
+        else:
+            kind = ("missed pneumonia" if row["n_fn"] > row["n_fp"] else
+                    "false alarms" if row["n_fp"] > row["n_fn"] else "errors of both kinds")
+            groups.append({"kind": kind, "labels": [label], "row": row, "variants": []})
             continue
-        kind = ("missed pneumonia" if row["n_fn"] > row["n_fp"] else
-                "false alarms" if row["n_fp"] > row["n_fn"] else "errors of both kinds")
-        groups[key] = {"kind": kind, "labels": [str(row["slice"])], "row": row}
-    return list(groups.values())
+        group["labels"].append(label)
+    return groups
+
+
+def _variants_text(finding, shown=3):
+    """The slices folded into a finding and how many of its errors they share; "" when none."""
+    variants = finding["variants"]
+    if not variants:
+        return ""
+    if variants[0][1] is None:
+        return f" Same counts: {'; '.join(label for label, _, _ in variants)}."
+    named = "; ".join(f"{label} (Jaccard {jaccard:.2f}, {shared} errors shared)"
+                      for label, jaccard, shared in variants[:shown])
+    more = f"; and {len(variants) - shown} more" if len(variants) > shown else ""
+    return (f" {len(variants)} more slice{'s' if len(variants) > 1 else ''} hold{'' if len(variants) > 1 else 's'} "
+            f"mostly the same errors (Jaccard index of the errors >= {OVERLAP} with this slice's): {named}{more}.")
 
 
 def _finding_text(finding, overall, run=None):
@@ -269,9 +311,7 @@ def _finding_text(finding, overall, run=None):
     elif finding["kind"] == "false alarms" and not row["fpr"] > overall["fpr"]:
         text += (" Within the slice the false-alarm rate is not above the overall rate: the excess error "
                  "comes from its share of normal images.")
-    if len(finding["labels"]) > 1:
-        text += f" Same counts: {'; '.join(finding['labels'][1:])}."
-    return text + _where_text(run, finding["labels"])
+    return text + _variants_text(finding) + _where_text(run, finding["labels"])
 
 
 def _where_text(run, labels):
@@ -394,8 +434,23 @@ def _figure(run, stem, caption, stage):
     if not data.startswith(_PNG_SIGNATURE):
         return _tag("p", f"figures/{stem}.png is not a PNG file; re-run ", _tag("code", run.command(stage)), ".",
                     class_="warn")
-    src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return _tag("figure", _tag("img", src=src, alt=caption), _tag("figcaption", caption))
+    return _tag("figure", _tag("img", src=_image_uri(data), alt=caption), _tag("figcaption", caption))
+
+
+def _image_uri(png):
+    """A figure as a data URI: PNG, or JPEG for a large picture of images (galleries) where that halves it."""
+    if len(png) > _LARGE_FIGURE:
+        import cv2
+        import numpy as np
+
+        pixels = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        if pixels is not None and pixels.ndim == 3 and pixels.shape[2] == 4:  # transparent parts become white
+            alpha = pixels[..., 3:] / 255.0
+            pixels = np.rint(pixels[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 85]) if pixels is not None else (False, None)
+        if ok and 2 * len(jpeg) < len(png):
+            return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _section(anchor, title, *body):
@@ -419,19 +474,34 @@ def _summary_section(run):
         shown = findings[:_FINDINGS_SHOWN]
         for kind, heading in _KIND_HEADINGS.items():
             items = [_tag("li", _tag("code", f["labels"][0]), _in_words(f["labels"][0]), ": ",
-                          _finding_text(f, overall, run)) for f in shown if f["kind"] == kind]
+                          _finding_text(f, overall, run), _all_variants(f)) for f in shown if f["kind"] == kind]
             if items:
                 body.append(_tag("div", _tag("p", _tag("strong", heading)), _tag("ul", items), class_="finding"))
         n_sig = int(run.slices["finding"].sum())
+        grouped = (f"a slice whose errors overlap those of a higher-ranked finding's slice by a Jaccard index of at "
+                   f"least {OVERLAP} is folded into that finding" if run.members_of else
+                   "slices with identical counts are folded into one finding")
         body.append(_tag("p", f"{n_sig} of {len(run.slices)} tested slices are significant after "
-                              f"Benjamini-Hochberg correction at alpha = {run.alpha}; {len(shown)} distinct "
-                              "ones are shown above. Nested slices often describe the same images; see ",
-                         _tag("a", "Failure slices", href="#slices"), "."))
+                              f"Benjamini-Hochberg correction at alpha = {run.alpha}; {grouped}, which leaves "
+                              f"{len(findings)} distinct findings, the first {len(shown)} shown above. Every "
+                              "significant slice, with its images, is in ", _tag("a", "Failure slices", href="#slices"),
+                         " and the ", _tag("a", "slice browser", href="#browser"), "."))
     body += [_tag("p", sentence) for sentence in shift_sentences(run.root)]
     origin = _origin_text(run)
     if origin:
         body.append(_tag("p", origin))
     return _section("summary", "Where misdiagnoses occur", *body)
+
+
+def _all_variants(finding):
+    """Every slice folded into a finding, with its overlap, in a disclosure that needs no script."""
+    variants = finding["variants"]
+    if len(variants) <= 3 or variants[0][1] is None:
+        return ""
+    items = [_tag("li", _tag("code", label), f": Jaccard {jaccard:.2f}, {shared} errors shared")
+             for label, jaccard, shared in variants]
+    return _tag("details", _tag("summary", f"All {len(variants)} slices with mostly the same errors"),
+                _tag("ul", items))
 
 
 def _dataset_section(run):
@@ -611,7 +681,7 @@ def _slices_section(run):
         return _section("slices", "Failure slices",
                         _note_not_run(f"tables/{FAILURE_SLICES_TABLE}", run.command("slices")))
     significant = frame[frame["finding"]]
-    shown = significant.head(_SLICES_SHOWN) if len(significant) else frame.head(5)
+    shown = significant if len(significant) else frame.head(5)
     rows = [[r["slice"], _count(r["size"]), _count(r["n_errors"]),
              f"{_num(r['error_rate'], 2)} [{_num(r['ci_low'], 2)}, {_num(r['ci_high'], 2)}]",
              _rate_of(r["n_fn"], r["n_pos"]), _rate_of(r["n_fp"], r["n_neg"]), _num(r["lift"], 2),
@@ -619,13 +689,13 @@ def _slices_section(run):
     headers = ["Slice", "Images", "Errors", "Error rate [CI]", "FNR (FN / pos)", "FPR (FP / neg)", "Lift",
                "p", "q (BH)", "Significant"]
     if len(significant):
-        caption = (f"{len(significant)} of {len(frame)} tested slices are significant (q < {run.alpha}); "
-                   f"the first {len(shown)} are shown, ranked by (lift − 1)·√size. One-sided Fisher exact test "
-                   "of the slice's error rate against the rest; Wilson intervals.")
+        caption = (f"{len(significant)} of {len(frame)} tested slices are significant (q < {run.alpha}), all shown, "
+                   "ranked by (lift − 1)·√size. One-sided Fisher exact test of the slice's error rate against the "
+                   "rest; Wilson intervals. Click a row to see its images in the slice browser below.")
     else:
         caption = (f"None of the {len(frame)} tested slices is significant at q < {run.alpha}; the five strongest "
                    "are shown for transparency only and support no claim.")
-    body = [_table(headers, rows, caption=caption, numeric=range(1, 9))]
+    body = [_table(headers, rows, caption=caption, numeric=range(1, 9), tall=len(rows) > _SLICES_SHOWN)]
     body.append(_figure(run, "slices_top", "Error rate of the top slices, with the overall error rate.", "slices"))
     body.append(_figure(run, "slices_examples", "Example images from the top slices.", "slices"))
     body.append(_figure(run, "slices_features", "Image features of errors against correct calls.", "slices"))
@@ -708,6 +778,49 @@ def _slice_explanations_part(run):
     return body
 
 
+def _browser_sections(run, data, notes):
+    """The slice browser and the error browser: static controls here, the grids drawn by the page's script."""
+    problems = [_tag("p", note[0].upper() + note[1:] + ".", class_="warn") for note in notes]
+    if data is None:
+        return [_section(anchor, title, *problems) for anchor, title in (("browser", "Slice browser"),
+                                                                          ("errors", "Error browser"))]
+    needs_js = _tag("p", "The browsers need JavaScript; everything else in this report reads without it.",
+                    class_="needs-js")
+    models = data["models"]
+    probabilities = (f"the probability of pneumonia from {'each member and ' if len(models) > 1 else ''}"
+                     f"the primary {run.noun} ({run.primary})")
+    map_words = f"the {data['methods'][0]} map of the predicted class" if data["methods"] else None
+
+    def controls(kind):
+        toggle = (_tag("label", _tag("input", type="checkbox", class_="map-toggle", checked="checked",
+                                     **{"data-grid": f"{kind}-grid"}), f" Show {map_words}")
+                  if map_words else _tag("span", "No maps: the explain stage has not run."))
+        return [toggle, _tag("p", "", id=f"{kind}-count", class_="count", **{"aria-live": "polite"}),
+                _tag("div", "", id=f"{kind}-grid", class_="grid")]
+
+    how = (f"Each image shows its file name, true label and outcome (TP, TN, FP, FN), {probabilities}"
+           + (f", and {map_words} over it" if map_words else "") + ". Click an image for a larger view with "
+           "every map method computed for it.")
+    if data["slices"]:
+        options = [_tag("option", "Choose a significant slice…", value="")]
+        options += [_tag("option", f"{s['label']}{_in_words(s['label'])} ({s['size']} images)", value=str(i))
+                    for i, s in enumerate(data["slices"])]
+        chooser = [_tag("label", "Slice: ", _tag("select", options, id="slice-select"), class_="chooser"),
+                   *controls("slice")]
+    else:
+        why = ("no slice is significant" if run.slices is None or not run.slices["finding"].any() else
+               "the slices' images could not be rebuilt from tables/slice_features.csv")
+        chooser = [_tag("p", f"Nothing to browse: {why}.")]
+    browser = _section("browser", "Slice browser", _tag("p", "Choose a significant slice, or click its row in the "
+                                                             "table above, to see its images, errors first. ", how),
+                       needs_js, *problems, *chooser)
+    errors = _section("errors", "Error browser",
+                      _tag("p", f"Every error of the primary {run.noun} ({run.primary}) at its threshold: "
+                                f"{data['n_fn']} false negatives, then {data['n_fp']} false positives, the most "
+                                f"confident first. {how}"), needs_js, *controls("error"))
+    return [browser, errors]
+
+
 def _map_name(run):
     """The method behind the test-split maps (chosen by the explain stage), for captions."""
     choice = run.layer_choice or {}
@@ -783,7 +896,8 @@ _CONTENTS = (("summary", "Where misdiagnoses occur"), ("dataset", "Dataset"), ("
              ("results", "Results"), ("curves", "ROC and PR curves"), ("confusion", "Confusion matrices"),
              ("calibration", "Calibration"), ("threshold", "Threshold analysis"),
              ("comparisons", "Model comparisons"), ("ensemble", "Diversity and ensemble size"),
-             ("slices", "Failure slices"), ("explanations", "Explanations of errors"), ("zones", "Zone attention"))
+             ("slices", "Failure slices"), ("browser", "Slice browser"), ("errors", "Error browser"),
+             ("explanations", "Explanations of errors"), ("zones", "Zone attention"))
 
 
 def _document(run):
@@ -794,13 +908,15 @@ def _document(run):
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("pneumoxai", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
+    data, notes = browser_data(run, run.members_of)
     sections = [_summary_section(run), _dataset_section(run), _members_section(run), _results_section(run),
                 *_curves_sections(run), _comparisons_section(run), _ensemble_section(run), _slices_section(run),
-                _explain_section(run), _zones_section(run), *shift_sections(run.root)]
+                *_browser_sections(run, data, notes), _explain_section(run), _zones_section(run),
+                *shift_sections(run.root)]
     return env.get_template(_TEMPLATE).render(
         title=f"pneumoxai report: {run.root.resolve().name}", run_dir=str(run.root.resolve()),
         generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), version=__version__,
-        contents=_CONTENTS + _SHIFT_CONTENTS, sections=[Markup(section) for section in sections])
+        contents=_CONTENTS + _SHIFT_CONTENTS, sections=[Markup(section) for section in sections], browser=data)
 
 
 # --------------------------------------------------------------------------- public

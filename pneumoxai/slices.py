@@ -48,6 +48,7 @@ __all__ = [
     "find_failure_slices",
     "member_failure_slices",
     "slice_mask",
+    "slice_masks_from_labels",
     "SLICE_COLUMNS",
     "MEMBER_SLICE_COLUMNS",
     "DEFAULT_N_BINS",
@@ -449,6 +450,66 @@ DEFAULT_N_BINS = 4
 #: them (figures/shortcut_audit/). Finer bins would do it too, but fragment the
 #: conjunctions of two numeric columns below ``min_size``.
 TAIL_QUANTILE = 1 / 8
+
+
+def slice_masks_from_labels(frame, labels, *, n_bins=DEFAULT_N_BINS):
+    """Rows of each slice named by its label, rebuilt from the frame it was found in.
+
+    ``tables/failure_slices.csv`` keeps the labels, not the conditions; with the slicing
+    frame (``tables/slice_features.csv``) and the same ``n_bins``, the search's own
+    conditions are rebuilt and each label is split into them (``" and "`` joins a
+    conjunction). Labels are rounded, so they are matched to rebuilt conditions, never
+    parsed into numbers. Every column's levels are matched too, since a categorical column
+    read back from a CSV (the embedding clusters) has become numeric.
+
+    Parameters
+    ----------
+    frame : DataFrame of shape (n_samples, n_columns)
+        The slicing columns :func:`find_failure_slices` searched.
+    labels : sequence of str
+        The ``slice`` column of its result, or part of it.
+    n_bins : int, default=DEFAULT_N_BINS
+        As given to :func:`find_failure_slices`.
+
+    Returns
+    -------
+    dict
+        label -> bool ndarray of shape (n_samples,), or None for a label no rebuilt
+        conditions spell (a frame other than the one searched).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> frame = pd.DataFrame({"contrast": np.arange(8) / 8, "view": ["AP", "PA"] * 4})
+    >>> masks = slice_masks_from_labels(frame, ["contrast <= 0.219 and view == AP", "age > 3"])
+    >>> masks["contrast <= 0.219 and view == AP"].nonzero()[0], masks["age > 3"]
+    (array([0]), None)
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"slice_masks_from_labels: frame must be a pandas DataFrame; got {type(frame).__name__}")
+    check_param("slice_masks_from_labels", "n_bins", n_bins, Interval("int", MIN_BINS, 1000))
+    single = {}
+    for column in frame.columns:
+        values = frame[column]
+        # A category read back from a CSV (cluster numbers) is numeric there: its levels are tried too.
+        for c in _column_conditions(values, column, n_bins) + _column_conditions(values.astype("category"), column, 0):
+            single.setdefault(c.label, c)
+
+    def split(parts):
+        if not parts:
+            return []
+        for k in range(1, len(parts) + 1):
+            head = " and ".join(parts[:k])
+            rest = split(parts[k:]) if head in single else None
+            if rest is not None:
+                return [single[head], *rest]
+        return None
+
+    out = {}
+    for label in labels:
+        conditions = split(str(label).split(" and "))
+        out[label] = None if conditions is None else slice_mask(frame, conditions)
+    return out
 
 
 def find_failure_slices(

@@ -243,7 +243,9 @@ def test_report_is_html_and_references_only_existing_files(smoke_run):
     parser = _Collector()
     parser.feed(text)
     assert text.lstrip().lower().startswith("<!doctype html")
-    assert parser.sources and all(src.startswith("data:image/png;base64,") for src in parser.sources)
+    # PNG figures; a large gallery of X-rays as JPEG (the report's size limit)
+    assert parser.sources and all(src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
+                                  for src in parser.sources)
     for link in parser.links:
         if not link.startswith(("#", "http", "data:")):
             assert (out / link).exists(), link
@@ -294,7 +296,8 @@ def test_report_of_a_copied_run_embeds_every_figure_and_names_the_top_finding(pl
     parser = _Collector()
     parser.feed(text)
     assert len(parser.sources) == len(list((run / "figures").glob("*.png")))
-    assert all(base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n") for s in parser.sources)
+    magic = {"data:image/png": b"\x89PNG\r\n\x1a\n", "data:image/jpeg": b"\xff\xd8\xff"}
+    assert all(base64.b64decode(s.split(",", 1)[1]).startswith(magic[s.split(";", 1)[0]]) for s in parser.sources)
     results = pd.read_csv(run / "tables" / "results.csv", index_col="model")
     assert f"{results.loc['smoke_a', 'accuracy']:.3f}" in text
     findings = pd.read_csv(run / "tables" / "failure_slices.csv")

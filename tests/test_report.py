@@ -97,7 +97,11 @@ def results():
 @pytest.fixture
 def run(tmp_path, results):
     """A small but complete run folder, as the pipeline stages write it."""
-    root = tmp_path / "run"
+    return make_run(tmp_path / "run", results)
+
+
+def make_run(root, results):
+    """Write the small run folder of the ``run`` fixture at ``root``."""
     tables = root / "tables"
     tables.mkdir(parents=True)
     results.to_csv(tables / "results.csv")
@@ -146,6 +150,71 @@ def run(tmp_path, results):
         tables / "explain_summary.csv", index=False)
     for stem in EVAL_FIGURES + SLICE_FIGURES + EXPLAIN_FIGURES:
         _png(root / "figures" / f"{stem}.png")
+    return root
+
+
+#: Rows of the browser run's test split that the primary model gets wrong (planted).
+BROWSER_ERRORS = [*range(12), 40, 41]
+
+
+def add_browser_parts(root):
+    """Give a run folder what the browsers read: 48 test images on disk, their predictions, a slicing frame with
+    three significant slices and maps (every image by Grad-CAM, four images also by the gallery's methods).
+
+    Slice ``a == x`` holds rows 0-15 (errors 0-11), ``b == x`` rows 2-15 and 20-23 (errors 2-11: Jaccard of the
+    errors with a's 10/12), ``c == x`` rows 8-11 and 40-47 (errors 8-11, 40, 41: Jaccard with a's 4/14).
+    """
+    n, tables = 48, root / "tables"
+    y = np.tile([0, 1], n // 2)
+    wrong = np.isin(np.arange(n), BROWSER_ERRORS)
+    p = np.where(wrong, 1 - y, y) * 0.8 + 0.1 + np.linspace(-0.05, 0.05, n)
+    shift = np.random.default_rng(0).uniform(-0.04, 0.04, n)  # members rank differently, their mean is p
+    probs = {"m1": p + shift, "m2": p - shift}
+    probs["soft voting"] = (probs["m1"] + probs["m2"]) / 2
+    results_table(y, probs, threshold=0.5, n_boot=20).to_csv(tables / "results.csv")
+    ensemble = json.loads((tables / "ensemble.json").read_text())
+    ensemble["thresholds"] = {"m1": 0.5, "m2": 0.5, "soft voting": 0.5}
+    (tables / "ensemble.json").write_text(json.dumps(ensemble))
+    config = json.loads((root / "config.json").read_text())
+    config["slices"] = {"alpha": 0.05, "n_bins": 4}
+    (root / "config.json").write_text(json.dumps(config))
+    rows = np.arange(n)
+    frame = pd.DataFrame({"a": np.where(rows < 16, "x", "y"),
+                          "b": np.where((rows >= 2) & (rows < 16) | (rows >= 20) & (rows < 24), "x", "y"),
+                          "c": np.where((rows >= 8) & (rows < 12) | (rows >= 40), "x", "y")})
+    folder = root.parent / "images"
+    folder.mkdir(exist_ok=True)
+    paths = [str(folder / f"img{i:02d}.png") for i in range(n)]
+    grid = np.linspace(0, 1, 48)
+    for i, path in enumerate(paths):
+        pixels = np.outer(grid, grid) * 200 + 20
+        pixels[40:44, i:i + 4] = 0                             # every image differs
+        if frame["a"][i] == "x":
+            pixels[4:14, 30:44] = 250                          # the marker of slice a
+        cv2.imwrite(path, pixels.astype(np.uint8))
+    pd.DataFrame({"path": paths, "label": y, "patient_id": [f"t{i}" for i in range(n)], "subtype": "normal",
+                  **{f"p[{name}]": v for name, v in probs.items()}}).to_csv(
+        tables / "predictions_test.csv", index=False)
+    frame.assign(path=paths).to_csv(tables / "slice_features.csv", index=False)
+    slice_rows = []
+    for column, finding in (("a", True), ("b", True), ("c", True), ("a", False)):
+        level = "x" if finding else "y"
+        mask = (frame[column] == level).to_numpy()
+        slice_rows.append(_slice_row(f"{column} == {level}", size=int(mask.sum()),
+                                     n_fn=int((mask & wrong & (y == 1)).sum()), n_pos=int((mask & (y == 1)).sum()),
+                                     n_fp=int((mask & wrong & (y == 0)).sum()), n_neg=int((mask & (y == 0)).sum()),
+                                     q=0.001 if finding else 0.5, finding=finding, overall_error=wrong.mean()))
+    _write_slices(root, slice_rows)
+    yy, xx = np.mgrid[:48, :48]
+    blobs = np.exp(-((yy - 10 - rows[:, None, None] % 20) ** 2 + (xx - 30) ** 2) / 60.0)
+    (root / "maps").mkdir(exist_ok=True)
+    np.savez_compressed(root / "maps" / "test_maps.npz", maps=blobs.astype(np.float16), paths=np.array(paths),
+                        method=np.array("Grad-CAM"))
+    explained = [0, 1, 20, 30]
+    np.savez_compressed(root / "maps" / "explain.npz", paths=np.array([paths[i] for i in explained]),
+                        group=np.array(["false_negative", "false_positive", "correct", "correct"]),
+                        methods=np.array(["Grad-CAM", "SHAP"]), map_0=blobs[explained],
+                        map_1=blobs[explained] - blobs[explained][:, ::-1])
     return root
 
 
@@ -501,3 +570,67 @@ def test_figures_module_reexports():
     assert figures.plot_roc is _figures_eval.plot_roc
     assert figures.plot_zone_attention is _figures_explain.plot_zone_attention
     assert figures.OKABE_ITO is _style.OKABE_ITO
+
+
+def _browser_data(text):
+    start = text.index('<script type="application/json" id="browser-data">')
+    return json.loads(text[text.index(">", start) + 1:text.index("</script>", start)])
+
+
+def test_findings_with_mostly_the_same_errors_are_one_finding(run):
+    add_browser_parts(run)
+    text = write_report(run).read_text(encoding="utf-8")
+    summary = html.unescape(_section(text, "summary"))
+    assert summary.count("<li><code>") == 2                 # a (with b folded in) and c
+    assert ("1 more slice holds mostly the same errors (Jaccard index of the errors >= 0.5 with this slice's): "
+            "b == x (Jaccard 0.83, 10 errors shared).") in summary
+    assert "<code>c == x</code>" in summary and "c == x (Jaccard" not in summary  # 4 / 14 shared: its own finding
+    assert "3 of 4 tested slices are significant" in summary and "leaves 2 distinct findings" in summary
+    assert "b == x (Jaccard 0.83, 10 errors shared)" in " ".join(summary_text(run).split())
+
+
+def test_the_browsers_hold_each_image_once_with_its_maps(run, results):
+    add_browser_parts(run)
+    text = write_report(run).read_text(encoding="utf-8")
+    data = _browser_data(text)
+    names = [image["name"] for image in data["images"]]
+    rows = sorted({*range(16), *range(20, 24), *range(40, 48)})  # the three slices' images (errors among them)
+    assert names == [f"img{i:02d}.png" for i in rows]
+    for image in data["images"]:
+        assert text.count(image["thumb"]) == 1               # encoded once, referenced by index
+    table = pd.read_csv(run / "tables" / "results.csv", index_col="model")
+    errors = [names[i] for i in data["errors"]]
+    assert sorted(errors) == [f"img{i:02d}.png" for i in BROWSER_ERRORS]
+    assert len(errors) == table.loc["soft voting", "fp"] + table.loc["soft voting", "fn"]
+    assert [s["label"] for s in data["slices"]] == ["a == x", "b == x", "c == x"]
+    assert [names[i] for i in data["slices"][0]["ids"]] == [f"img{i:02d}.png" for i in range(16)]  # errors 0-11 first
+    assert [names[i] for i in data["slices"][2]["ids"]] == [f"img{i:02d}.png" for i in (8, 9, 10, 11, 40, 41, *range(
+        42, 48))]
+    assert data["models"] == ["m1", "m2", "soft voting"] and data["methods"] == ["Grad-CAM", "Grad-CAM (gallery)",
+                                                                                "SHAP"]
+    by_name = dict(zip(names, data["images"]))
+    assert [m is not None for m in by_name["img00.png"]["maps"]] == [True, True, True]
+    assert [m is not None for m in by_name["img02.png"]["maps"]] == [True, False, False]
+    assert by_name["img00.png"]["outcome"] == "FP" and by_name["img01.png"]["outcome"] == "FN"
+
+    def pixels(uri):
+        return cv2.imdecode(np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8), cv2.IMREAD_GRAYSCALE)
+    marked, plain = pixels(by_name["img00.png"]["thumb"]), pixels(by_name["img20.png"]["thumb"])
+    assert marked.shape == (128, 128) and marked[24, 98] > 235 and plain[24, 98] < 200  # slice a's planted marker
+
+
+def test_without_test_predictions_the_browsers_say_what_they_need(run):
+    text = write_report(run).read_text(encoding="utf-8")
+    for anchor in ("browser", "errors"):
+        assert "Needs tables/predictions_test.csv (pneumoxai evaluate --run" in _section(text, anchor)
+    assert 'id="browser-data"' not in text
+
+
+def test_images_moved_since_the_run_are_shown_by_name_and_counted(run):
+    add_browser_parts(run)
+    for i in (0, 40):
+        (run.parent / "images" / f"img{i:02d}.png").unlink()
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "2 of 28 images could not be read from their paths (moved since the run?)" in _section(text, "browser")
+    thumbs = {image["name"]: image["thumb"] for image in _browser_data(text)["images"]}
+    assert [name for name, thumb in thumbs.items() if thumb is None] == ["img00.png", "img40.png"]

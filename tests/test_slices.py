@@ -23,6 +23,7 @@ from pneumoxai.slices import (
     member_failure_slices,
     slice_frame,
     slice_mask,
+    slice_masks_from_labels,
 )
 
 
@@ -441,3 +442,20 @@ def test_slice_frame_builds_all_column_kinds():
 def test_slice_frame_rejects_bad_input(meta, kwargs, error, match):
     with pytest.raises(error, match=match):
         slice_frame(meta, **kwargs)
+
+
+def test_slice_masks_from_labels_rebuild_every_slice_from_the_frame_read_back(tmp_path):
+    """What the report does: the labels of failure_slices.csv and slice_features.csv give each slice's rows."""
+    frame, y, p = _planted()
+    frame["cluster"] = pd.Categorical(np.random.default_rng(1).integers(0, 4, len(frame)))  # numbers in a CSV
+    found = find_failure_slices(frame, y, p, min_size=20, n_bins=5)
+    frame.to_csv(tmp_path / "features.csv", index=False)
+    read_back = pd.read_csv(tmp_path / "features.csv")
+    assert read_back["cluster"].dtype.kind == "i" and found["slice"].str.contains("cluster == ").any()
+    masks = slice_masks_from_labels(read_back, found["slice"], n_bins=5)
+    for label, conditions in zip(found["slice"], found["conditions"]):
+        np.testing.assert_array_equal(masks[label], slice_mask(frame, conditions), err_msg=label)
+    assert slice_masks_from_labels(read_back, ["contrast <= 0.1 and noise > 9"], n_bins=5) == {
+        "contrast <= 0.1 and noise > 9": None}                  # edges no search made: not guessed
+    with pytest.raises(ValueError, match="The 'n_bins' parameter of slice_masks_from_labels must be"):
+        slice_masks_from_labels(read_back, [], n_bins=1)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from .errors import DataError
 from .lungs import ZONE_NAMES, lung_mask, zones
-from .validation import check_images, check_maps
+from .validation import Interval, check_images, check_maps, check_param
 
 __all__ = [
     "BORDER_PLACES",
@@ -276,7 +276,6 @@ def prefer_place_names(slices, frame, *, min_overlap=0.8):
     'peak_top_right == True'
     """
     from .slices import slice_mask
-    from .validation import Interval, check_param
 
     check_param("prefer_place_names", "min_overlap", min_overlap, Interval("real", 0, 1, closed="right"))
     findings = np.flatnonzero(slices["finding"].to_numpy(bool)) if len(slices) else np.array([], int)

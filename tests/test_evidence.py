@@ -307,16 +307,20 @@ def _placed_marker(shape, place):
     return mask
 
 
-@pytest.mark.parametrize("shape, place", ATTENTION_CASES)
-def test_a_failure_slice_on_where_the_maps_peak_names_the_marker_place(shape, place):
-    rng = np.random.default_rng(12)
-    n = 60
+def _marked_peak_features(shape, place, n, rng, seeds):
+    """(marked, marker mask, peak_features): 40% of the maps drawn to the marker, the rest to the lungs."""
     marked = rng.random(n) < 0.4
     mask = _placed_marker(shape, place)
-    maps = np.where(marked[:, None, None], cam_like(mask, n, seed=13), _lung_maps(n, seed=14))
+    maps = np.where(marked[:, None, None], cam_like(mask, n, seed=seeds[0]), _lung_maps(n, seed=seeds[1]))
     lungs = np.zeros((n, SIZE, SIZE), bool)
     lungs[:, 30:115, 20:60] = lungs[:, 30:115, 68:108] = True
-    features = peak_features(maps, masks=lungs)
+    return marked, mask, peak_features(maps, masks=lungs)
+
+
+@pytest.mark.parametrize("shape, place", ATTENTION_CASES)
+def test_a_failure_slice_on_where_the_maps_peak_names_the_marker_place(shape, place):
+    n = 60
+    marked, mask, features = _marked_peak_features(shape, place, n, np.random.default_rng(12), (13, 14))
     y_true = np.zeros(n, int)
     y_prob = np.where(marked, 0.9, 0.1)                     # every marked image is a false alarm
     slices = find_failure_slices(features, y_true, y_prob, min_size=8, max_order=1)
@@ -336,13 +340,8 @@ def test_a_global_proxy_of_a_marker_yields_its_rank_to_the_place_the_maps_point_
     # The benchmark's failure: "sharpness > x" isolates the marked images as well as their maps' place.
     rng = np.random.default_rng(18)
     n = 80
-    marked = rng.random(n) < 0.4
-    mask = _placed_marker(shape, place)
-    maps = np.where(marked[:, None, None], cam_like(mask, n, seed=19), _lung_maps(n, seed=20))
-    lungs = np.zeros((n, SIZE, SIZE), bool)
-    lungs[:, 30:115, 20:60] = lungs[:, 30:115, 68:108] = True
-    frame = pd.concat([pd.DataFrame({"sharpness": rng.normal(0, 1, n) + 4 * marked}),
-                       peak_features(maps, masks=lungs)], axis=1)
+    marked, _, features = _marked_peak_features(shape, place, n, rng, (19, 20))
+    frame = pd.concat([pd.DataFrame({"sharpness": rng.normal(0, 1, n) + 4 * marked}), features], axis=1)
     y_prob = np.where(marked, 0.9, 0.1)
     found = find_failure_slices(frame, np.zeros(n, int), y_prob, min_size=8, max_order=1)
     first = prefer_place_names(found, frame)

@@ -795,6 +795,9 @@ def _column_conditions(values, col, n_bins):
             return []
         edges = np.unique(np.quantile(v, np.arange(1, n_bins) / n_bins))
         edges = edges[edges < v.max()]  # "col > max" would be empty
+        if not len(edges):
+            # Most rows sit at the maximum: split the rest off below it.
+            edges = np.array([v[v < v.max()].max()])
         labels = _format_edges(edges)
         name = str(col)
         bounds = [None, *edges, None]

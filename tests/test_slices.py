@@ -150,6 +150,19 @@ def test_bin_labels_are_readable_and_partition_the_column_and_tails_are_the_oute
     }
 
 
+@pytest.mark.parametrize("n_low", [1, 3, 10])
+@pytest.mark.parametrize("n_bins", [2, 4, 8])
+def test_a_column_mostly_at_its_maximum_splits_the_rest_off_below_it(n_low, n_bins):
+    # Every quantile edge equals the maximum: the bins would be one empty label (the CI failure).
+    frame, y, p = _planted()
+    frame["cluster"] = 2
+    frame.loc[: n_low - 1, "cluster"] = np.arange(n_low) % 2
+    found = find_failure_slices(frame, y, p, max_order=1, n_bins=n_bins, min_size=1)
+    cluster = found[found["slice"].str.startswith("cluster")].set_index("slice")["size"]
+    edge = min(n_low - 1, 1)
+    assert cluster.to_dict() == {f"cluster <= {edge}": n_low, f"cluster > {edge}": len(frame) - n_low}
+
+
 def test_min_size_prunes_slices_and_conjunctions():
     frame, y, p = _planted()
     found = find_failure_slices(frame, y, p, min_size=30)

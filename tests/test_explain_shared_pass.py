@@ -28,16 +28,16 @@ STAGES = ("conv_a", "conv_b", "conv_c")  # 24, 12 and 6 px: three resolutions, a
 METHODS = ("gradcam", "gradcam++", "layercam", "hirescam")
 
 
-def three_stage_cnn(seed):
+def three_stage_cnn(seed, dtype="float32"):
     init = keras.initializers.GlorotUniform(seed)
+    conv = dict(padding="same", activation="relu", kernel_initializer=init, dtype=dtype)
     inputs = keras.Input((SIDE, SIDE, 3), name="image")
-    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", kernel_initializer=init, name="conv_a")(inputs)
-    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", kernel_initializer=init,
-                            name="conv_b")(h)
-    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", kernel_initializer=init,
-                            name="conv_c")(h)
-    h = keras.layers.Flatten()(h)  # not pooled, so Grad-CAM and HiResCAM differ on the last layer too
-    out = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init, name="prediction")(h)
+    h = keras.layers.Conv2D(6, 3, name="conv_a", **conv)(inputs)
+    h = keras.layers.Conv2D(8, 3, strides=2, name="conv_b", **conv)(h)
+    h = keras.layers.Conv2D(8, 3, strides=2, name="conv_c", **conv)(h)
+    h = keras.layers.Flatten(dtype=dtype)(h)  # not pooled, so Grad-CAM and HiResCAM differ on the last layer too
+    # The sigmoid head in float32, as Keras' mixed-precision guide has it (and pneumoxai's members).
+    out = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init, dtype="float32", name="prediction")(h)
     return keras.Model(inputs, out)
 
 
@@ -61,6 +61,20 @@ def data():
     rng = np.random.default_rng(0)
     x = rng.random((5, SIDE, SIDE, 3)).astype(np.float32)
     return {"model": three_stage_cnn(0), "x": x, "target": np.array([True, False, True, True, False])}
+
+
+@pytest.mark.parametrize("dtype", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_maps_are_computed_in_the_dtype_tf_keras_vis_uses(data, dtype):
+    # tf-keras-vis casts to float32 for float16 layers only: a bfloat16 member's maps are bfloat16 arithmetic.
+    model, x, target = three_stage_cnn(0, dtype), data["x"], data["target"]
+    requests = [(method, STAGES) for method in METHODS]
+    for (method, layers), maps in zip(requests, _GradientCAMs(model, requests)(x, target=target)):
+        if method == "gradcam++" and dtype == "mixed_bfloat16":
+            # tf-keras-vis multiplies the float32 score into bfloat16 gradients and stops; here it is cast.
+            assert np.isfinite(maps).all() and maps.max() == 1
+            continue
+        np.testing.assert_array_equal(maps, per_method_maps(model, x, target, method, layers), err_msg=method)
+    assert not np.array_equal(maps, per_method_maps(three_stage_cnn(0), x, target, method, layers))
 
 
 @pytest.mark.parametrize("layers", [("conv_c",), ("conv_b",), ("conv_a",), STAGES])

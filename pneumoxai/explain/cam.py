@@ -23,6 +23,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from tf_keras_vis.scorecam import Scorecam
     from tf_keras_vis.utils.model_modifiers import ModelModifier
+    from tf_keras_vis.utils import is_mixed_precision
     from tf_keras_vis.utils.scores import CategoricalScore
 
 from ._base import (CAM_METHODS, MapExplainer, _choice, _graph_outputs, _GraphLayer, _logit_model, _minmax,
@@ -81,7 +82,9 @@ def _layer_gradients(gradient_model, x, is_pneumonia):
 
     The score is the logit for PNEUMONIA and its negation for NORMAL (tf-keras-vis'
     ``BinaryScore``). Returns ``score`` (b,) and a list of ``(activations, gradients)``
-    of shape (b, h, w, c) per layer, in float32.
+    of shape (b, h, w, c) per layer, in the dtype tf-keras-vis 0.8.7 computes its maps in:
+    float32 when a layer computes in float16, else the layers' own (bfloat16 for a
+    ``mixed_bfloat16`` member, which its ``is_mixed_precision`` does not count as mixed).
     """
     seed = tf.constant(x)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -89,9 +92,10 @@ def _layer_gradients(gradient_model, x, is_pneumonia):
         logit, *features = gradient_model(seed, training=False)
         score = (2 * tf.constant(is_pneumonia.tolist(), dtype=logit.dtype) - 1.0) * tf.reshape(logit, (-1,))
     gradients = tape.gradient(score, features)
-    # Mixed-precision members: the arithmetic runs in float32, as tf-keras-vis casts it.
-    return (tf.cast(score, tf.float32),
-            [(tf.cast(a, tf.float32), tf.cast(g, tf.float32)) for a, g in zip(features, gradients)])
+    if is_mixed_precision(gradient_model):
+        score = tf.cast(score, tf.float32)
+        features, gradients = ([tf.cast(t, tf.float32) for t in tensors] for tensors in (features, gradients))
+    return score, list(zip(features, gradients))
 
 
 def _method_cams(method, activations, gradients, score):
@@ -110,11 +114,17 @@ def _method_cams(method, activations, gradients, score):
         cam = np.sum(np.multiply(activations, weights), axis=-1)
     cam = np.asarray(tf.nn.relu(cam))
     lo, hi = cam.min(axis=(1, 2), keepdims=True), cam.max(axis=(1, 2), keepdims=True)
-    return (cam - lo) / (hi - lo + np.float32(_EPSILON))
+    return (cam - lo) / (hi - lo + _EPSILON)  # a Python float keeps the maps' dtype
 
 
 def _gradcam_plus_plus(activations, gradients, score):
-    """Grad-CAM++'s map before the ReLU (Chattopadhyay et al., WACV 2018; tf-keras-vis' closed form)."""
+    """Grad-CAM++'s map before the ReLU (Chattopadhyay et al., WACV 2018; tf-keras-vis' closed form).
+
+    A float32 head on bfloat16 layers gives a float32 score, where tf-keras-vis stops with a
+    dtype error: the formula then runs in float32 (its cubed gradients underflow bfloat16).
+    """
+    if score.dtype != gradients.dtype:
+        score, activations, gradients = (tf.cast(t, tf.float32) for t in (score, activations, gradients))
     first = tf.reshape(tf.math.exp(score), (-1, 1, 1, 1)) * gradients
     second = first * gradients
     third = second * gradients

@@ -218,6 +218,26 @@ def test_test_split_maps_are_the_measured_choice_among_every_stage_alone_and_fus
     np.testing.assert_allclose(saved["maps"], expected, atol=2e-3)  # saved as float16
 
 
+def test_gallery_maps_are_each_methods_own_ensemble_maps(smoke_run):
+    """The gallery's CAMs come from one shared pass per member and batch; each equals its method's own maps."""
+    out, _, _ = smoke_run
+    gallery = np.load(out / "maps" / "explain.npz")
+    members = [models.load_member(out / "members" / name)[0] for name in ("smoke_a", "smoke_b")]
+    predictions = pd.read_csv(out / "tables" / "predictions_test.csv").set_index("path")
+    record = json.loads((out / "tables" / "ensemble.json").read_text())
+    paths = list(gallery["paths"])
+    predicted = (predictions.loc[paths, f"p[{record['primary']}]"].to_numpy()
+                 >= record["thresholds"][record["primary"]])
+    images = load_images(paths, 64)
+    for i, (label, method, layers) in enumerate([("Grad-CAM", "gradcam", None),
+                                                 ("HiResCAM (fused)", "hirescam", "auto")]):
+        assert gallery["methods"][i] == label
+        expected, _ = explain.ensemble_gradcam(members, images, method=method, layers=layers, target=predicted,
+                                               size=gallery[f"map_{i}"].shape[1])
+        assert expected.std() > 0.01
+        np.testing.assert_allclose(gallery[f"map_{i}"], expected, atol=1e-5)
+
+
 def test_interrupted_run_resumed_without_retraining_the_finished_member(smoke_run):
     out, _, interrupted_card = smoke_run
     assert (out / "members" / "smoke_a" / "card.json").read_text() == interrupted_card

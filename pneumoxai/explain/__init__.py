@@ -1,13 +1,16 @@
 """Visual explanations for pneumoxai members, and checks that the explanations mean something.
 
 Maps
-    Grad-CAM, Grad-CAM++, LayerCAM, HiResCAM, (Faster) Score-CAM and vanilla/SmoothGrad
-    saliency wrap ``tf-keras-vis``; expected-gradients and partition SHAP wrap ``shap``.
-    Each method is one small class on :class:`MapExplainer`, which validates the model
-    once and the images on every call, then explains them in batches (never one image
-    per call). Every CAM takes ``layers=``: per-layer maps, upsampled and min-max
-    scaled, fused by element-wise maximum (LayerCAM's fusion), so a conv3 map gives the
-    fused map 1/8 of the input side (:func:`fusion_layers` names the layers).
+    Grad-CAM, Grad-CAM++, LayerCAM and HiResCAM are arithmetic on one forward and backward
+    pass per batch that gives every explained layer's activations and gradients (the
+    formulas of ``tf-keras-vis`` 0.8.7; the layer choice, the ensemble gallery and fused
+    maps share that pass across methods and layers); (Faster) Score-CAM and
+    vanilla/SmoothGrad saliency wrap ``tf-keras-vis``; expected-gradients and partition
+    SHAP wrap ``shap``. Each method is one small class on :class:`MapExplainer`, which
+    validates the model once and the images on every call, then explains them in batches
+    (never one image per call). Every CAM takes ``layers=``: per-layer maps, upsampled
+    and min-max scaled, fused by element-wise maximum (LayerCAM's fusion), so a conv3 map
+    gives the fused map 1/8 of the input side (:func:`fusion_layers` names the layers).
 Where the model looks
     :func:`zone_attention` splits each map's positive mass over the six lung zones of
     :mod:`pneumoxai.lungs` and the area outside the lungs.
@@ -35,10 +38,10 @@ The single-sigmoid output needs care: tf-keras-vis' Score-CAM applies a softmax 
 model output, which is constantly 1 for one unit and makes every channel weight equal.
 :class:`ScoreCAM` therefore rewrites the output as the two logits ``[-z/2, z/2]``
 (``z`` = pre-sigmoid logit), whose softmax is exactly ``[1 - p, p]``. The gradient
-methods explain ``+z`` (PNEUMONIA) or ``-z`` (NORMAL) via a logit model that shares the
-model's layers with a linear head (``_base.shared_logit_model``; nothing is re-serialized,
-so ``Lambda`` and custom layers are explained too) and ``BinaryScore``. CAMs are upsampled here,
-not by tf-keras-vis (see ``cam._upsample``).
+methods explain ``+z`` (PNEUMONIA) or ``-z`` (NORMAL), tf-keras-vis' ``BinaryScore``, via a
+logit model that shares the model's layers with a linear head (``_base.shared_logit_model``;
+nothing is re-serialized, so ``Lambda`` and custom layers are explained too). CAMs are
+upsampled here, not by tf-keras-vis (see ``cam._upsample``).
 
 shap 0.51 + Keras 3 / TF 2.21: ``shap.GradientExplainer`` runs, but it re-seeds NumPy's
 *global* RNG (``np.random.seed(rseed)`` inside ``shap_values``) and the partition

@@ -295,16 +295,22 @@ class MapExplainer:
             As :func:`pneumoxai.predict.predict_members`: nearly the same probability for
             8 or more images, the sign of a model not adapted to [0, 1] images.
         """
-        owner = type(self).__name__
-        x = check_images(images, model=self.model, owner=owner)
-        is_pneumonia = _target_is_pneumonia(owner, target, self.model, x, self.batch_size,
-                                            proba=self._proba_once(owner, x))
+        x, is_pneumonia = self._checked(images, target)
         out = np.empty(x.shape[:3], np.float32)
-        step = self._images_per_call(x.shape)
-        for start in range(0, len(x), step):
-            batch = slice(start, start + step)
+        for batch in self._batches(x):
             out[batch] = self._explain_batch(x[batch], is_pneumonia[batch])
         return out
+
+    def _checked(self, images, target):
+        """The checked images and the explained class per image (True = PNEUMONIA)."""
+        owner = type(self).__name__
+        x = check_images(images, model=self.model, owner=owner)
+        return x, _target_is_pneumonia(owner, target, self.model, x, self.batch_size, proba=self._proba_once(owner, x))
+
+    def _batches(self, x):
+        """Slices of ``x`` explained per call."""
+        step = self._images_per_call(x.shape)
+        return [slice(start, start + step) for start in range(0, len(x), step)]
 
     def _proba_once(self, owner, x):
         """The model's checked P(PNEUMONIA) of ``x`` (warning when nearly constant), or None when not needed.

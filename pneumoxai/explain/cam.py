@@ -1,31 +1,39 @@
 """Class-activation maps: Grad-CAM, Grad-CAM++, LayerCAM, HiResCAM and Faster Score-CAM.
 
-Each wraps ``tf-keras-vis`` on the model's logit model (which shares its layers); per-layer maps are upsampled here
-(:func:`_upsample`) and fused by element-wise maximum (:func:`_fuse`).
+Grad-CAM, Grad-CAM++, LayerCAM and HiResCAM all weight a layer's activations by the gradient
+of the logit at that layer, so one forward and backward pass of a batch (:func:`_layer_gradients`)
+gives every layer's activations and gradients, and every method's map of every layer is
+arithmetic on them (:func:`_method_cams`, the formulas of tf-keras-vis 0.8.7, operation for
+operation). Faster Score-CAM wraps ``tf-keras-vis`` on the model's logit model (which shares
+its layers). Per-layer maps are upsampled here (:func:`_upsample`) and fused by element-wise
+maximum (:func:`_fuse`).
 """
 
 import contextlib
 import io
+import time
 import warnings
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 with warnings.catch_warnings():
     # tf-keras-vis 0.8.7 imports zoom from the deprecated scipy.ndimage.interpolation.
     warnings.simplefilter("ignore", DeprecationWarning)
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.layercam import Layercam
     from tf_keras_vis.scorecam import Scorecam
     from tf_keras_vis.utils.model_modifiers import ModelModifier
-    from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
+    from tf_keras_vis.utils import is_mixed_precision
+    from tf_keras_vis.utils.scores import CategoricalScore
 
 from ._base import (CAM_METHODS, MapExplainer, _choice, _graph_outputs, _GraphLayer, _logit_model, _minmax,
-                    _positive_int, _quiet_keras_inputs)
+                    _positive_int, _quiet_keras_inputs, _shared_entry)
 from .layers import _feature_layers
 
 _SCORECAM_MAX_BYTES = 2**30  # cap on the masked input copies Score-CAM materialises
+#: The methods whose maps are arithmetic on one layer's activations and the logit's gradients there.
+GRADIENT_CAM_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam")
+_EPSILON = 1e-7  # tf-keras-vis' normalize(): (cam - min) / (max - min + epsilon)
 
 
 def _upsample(cams, size):
@@ -55,15 +63,101 @@ def _fuse(maps):
     return _minmax(stacked.max(axis=0) + 1e-3 * stacked.mean(axis=0))
 
 
-class _TwoClassLogits(ModelModifier):
-    """Turn a (linearised) single logit ``z`` into ``[-z/2, z/2]``: softmax gives ``[1-p, p]``."""
+def _gradient_model(logit, layers):
+    """A model of the logit and the outputs of ``layers``, built once per logit model and layer set.
 
-    def __call__(self, model):
-        logit = model.outputs[0]
-        pair = keras.layers.Concatenate(name="normal_pneumonia_logits")(
-            [keras.layers.Rescaling(-0.5)(logit), keras.layers.Rescaling(0.5)(logit)]
-        )
-        return keras.Model(model.inputs, pair)
+    Inside a :func:`shared_models` block it is kept with the logit model, so every batch and
+    every explainer of the same layers reuse it.
+    """
+    entry = _shared_entry(logit)
+    built = {} if entry is None else entry.setdefault("gradient_models", {})
+    if layers not in built:
+        outputs = _graph_outputs(logit)
+        built[layers] = keras.Model(logit.inputs, [logit.outputs[0], *(outputs[name] for name in layers)])
+    return built[layers]
+
+
+def _layer_gradients(gradient_model, x, is_pneumonia):
+    """One forward and backward pass: the signed logit and each layer's activations and gradients.
+
+    The score is the logit for PNEUMONIA and its negation for NORMAL (tf-keras-vis'
+    ``BinaryScore``). Returns ``score`` (b,) and a list of ``(activations, gradients)``
+    of shape (b, h, w, c) per layer, in the dtype tf-keras-vis 0.8.7 computes its maps in:
+    float32 when a layer computes in float16, else the layers' own (bfloat16 for a
+    ``mixed_bfloat16`` member, which its ``is_mixed_precision`` does not count as mixed).
+    """
+    seed = tf.constant(x)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(seed)
+        logit, *features = gradient_model(seed, training=False)
+        score = (2 * tf.constant(is_pneumonia.tolist(), dtype=logit.dtype) - 1.0) * tf.reshape(logit, (-1,))
+    gradients = tape.gradient(score, features)
+    if is_mixed_precision(gradient_model):
+        score = tf.cast(score, tf.float32)
+        features, gradients = ([tf.cast(t, tf.float32) for t in tensors] for tensors in (features, gradients))
+    return score, list(zip(features, gradients))
+
+
+def _method_cams(method, activations, gradients, score):
+    """Low-resolution CAMs (b, h, w) of one layer by ``method``, scaled to [0, 1] as tf-keras-vis scales them.
+
+    Grad-CAM weights each channel by its mean gradient; LayerCAM each position by its positive
+    gradients, HiResCAM by the signed ones; Grad-CAM++ by its alpha-weighted positive
+    gradients of ``exp(score)``. Each is then ReLU-clipped.
+    """
+    if method == "gradcam":
+        cam = np.sum(np.multiply(activations, tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)), axis=-1)
+    elif method == "gradcam++":
+        cam = _gradcam_plus_plus(activations, gradients, score)
+    else:
+        weights = tf.nn.relu(gradients) if method == "layercam" else gradients
+        cam = np.sum(np.multiply(activations, weights), axis=-1)
+    cam = np.asarray(tf.nn.relu(cam))
+    lo, hi = cam.min(axis=(1, 2), keepdims=True), cam.max(axis=(1, 2), keepdims=True)
+    return (cam - lo) / (hi - lo + _EPSILON)  # a Python float keeps the maps' dtype
+
+
+def _gradcam_plus_plus(activations, gradients, score):
+    """Grad-CAM++'s map before the ReLU (Chattopadhyay et al., WACV 2018; tf-keras-vis' closed form).
+
+    A float32 head on bfloat16 layers gives a float32 score, where tf-keras-vis stops with a
+    dtype error: the formula then runs in float32 (its cubed gradients underflow bfloat16).
+    """
+    if score.dtype != gradients.dtype:
+        score, activations, gradients = (tf.cast(t, tf.float32) for t in (score, activations, gradients))
+    first = tf.reshape(tf.math.exp(score), (-1, 1, 1, 1)) * gradients
+    second = first * gradients
+    third = second * gradients
+    global_sum = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
+    denominator = second * 2.0 + third * global_sum
+    alphas = second / (denominator + tf.cast(second == 0.0, second.dtype))
+    norm = tf.reduce_sum(alphas, axis=(1, 2), keepdims=True)
+    alphas = alphas / (norm + tf.cast(norm == 0.0, norm.dtype))
+    weights = tf.reduce_sum(tf.nn.relu(first) * alphas, axis=(1, 2), keepdims=True)
+    return tf.reduce_sum(weights * activations, axis=-1)
+
+
+def _gradient_cam_batch(logit, x, is_pneumonia, requests, seconds=None):
+    """Maps (b, H, W) of one batch for each ``(method, layers)`` request, from one pass over all their layers.
+
+    ``seconds``: a list parallel to ``requests`` that each request's cost is added to (the
+    shared pass, and its own arithmetic).
+    """
+    layers = tuple(dict.fromkeys(name for _, names in requests for name in names))
+    started = time.perf_counter()
+    score, pairs = _layer_gradients(_gradient_model(logit, layers), x, is_pneumonia)
+    shared = time.perf_counter() - started
+    per_layer, out = dict(zip(layers, pairs)), []
+    upsampled = {}  # (method, layer) -> upsampled map, shared by requests that fuse the same layer
+    for i, (method, names) in enumerate(requests):
+        started = time.perf_counter()
+        for name in names:
+            if (method, name) not in upsampled:
+                upsampled[method, name] = _upsample(_method_cams(method, *per_layer[name], score), x.shape[1:3])
+        out.append(_fuse([upsampled[method, name] for name in names]))
+        if seconds is not None:
+            seconds[i] += shared + time.perf_counter() - started
+    return out
 
 
 class GradCAM(MapExplainer):
@@ -74,12 +168,13 @@ class GradCAM(MapExplainer):
     model : keras.Model
     layer : str, default=None
         Feature layer; default the last layer with a 4-D output (``conv5_block3_out``
-        for ResNet50 members). Used as given: tf-keras-vis' search for a ``Conv`` layer
-        is disabled because it would skip ResNet's post-residual activation.
+        for ResNet50 members). Used as given: no search for a ``Conv`` layer, which
+        would skip ResNet's post-residual activation.
     layers : sequence of str, default=None
         Instead of ``layer``: several feature layers (e.g. :func:`fusion_layers`).
         Each layer's map is upsampled to the input and min-max scaled; the maps are
-        fused by element-wise maximum (Jiang et al., LayerCAM, IEEE TIP 2021).
+        fused by element-wise maximum (Jiang et al., LayerCAM, IEEE TIP 2021). One
+        forward and backward pass per batch serves every layer.
     batch_size : int, default=16
 
     Attributes
@@ -90,38 +185,27 @@ class GradCAM(MapExplainer):
         The explained layer, or the last of ``layers``.
     """
 
-    _visualization = Gradcam
-    _call_options = {}
+    _method = "gradcam"
 
     def __init__(self, model, *, layer=None, layers=None, batch_size=16):
         super().__init__(model, batch_size=batch_size)
         self.layers = _feature_layers(type(self).__name__, model, layer, layers)
         self.layer = self.layers[-1]
-        logit = _logit_model(model, type(self).__name__)
-        outputs = _graph_outputs(logit)
-        self._penultimate = {name: _GraphLayer(name, outputs[name]) for name in self.layers}
-        self._vis = self._make_visualization(logit)
-
-    def _make_visualization(self, logit):
-        return self._visualization(logit, clone=False)
+        self._logit = _logit_model(model, type(self).__name__)
 
     def _explain_batch(self, x, is_pneumonia):
-        return _fuse([_upsample(self._layer_cams(x, is_pneumonia, layer), x.shape[1:3]) for layer in self.layers])
+        return _gradient_cam_batch(self._logit, x, is_pneumonia, [(self._method, self.layers)])[0]
 
     def _layer_cams(self, x, is_pneumonia, layer):
         """Low-resolution CAMs (b, h, w) of one layer."""
-        with _quiet_keras_inputs():
-            return self._vis(
-                BinaryScore(is_pneumonia.tolist()), x,
-                penultimate_layer=self._penultimate[layer], seek_penultimate_conv_layer=False, expand_cam=False,
-                **self._call_options,
-            )
+        score, [(activations, gradients)] = _layer_gradients(_gradient_model(self._logit, (layer,)), x, is_pneumonia)
+        return _method_cams(self._method, activations, gradients, score)
 
 
 class GradCAMPlusPlus(GradCAM):
     """Grad-CAM++ (Chattopadhyay et al., WACV 2018); same options as :class:`GradCAM`."""
 
-    _visualization = GradcamPlusPlus
+    _method = "gradcam++"
 
 
 class LayerCAM(GradCAM):
@@ -131,7 +215,7 @@ class LayerCAM(GradCAM):
     channel, so shallow layers give usable maps. Same options as :class:`GradCAM`.
     """
 
-    _visualization = Layercam
+    _method = "layercam"
 
 
 class HiResCAM(GradCAM):
@@ -142,8 +226,44 @@ class HiResCAM(GradCAM):
     :class:`GradCAM`.
     """
 
-    _visualization = Layercam
-    _call_options = {"gradient_modifier": None}
+    _method = "hirescam"
+
+
+class _GradientCAMs(MapExplainer):
+    """Several gradient CAM methods on several layer sets of one model, from one pass per batch.
+
+    ``requests``: ``(method, layers)`` pairs, each method of :data:`GRADIENT_CAM_METHODS`
+    and ``layers`` a checked tuple of feature layers. Calling it returns one map array
+    per request, equal to that request's :func:`gradcam`; :attr:`seconds_per_image_`
+    holds each request's cost (the shared pass and its own arithmetic) per image.
+    """
+
+    def __init__(self, model, requests, *, batch_size=16):
+        super().__init__(model, batch_size=batch_size)
+        self.requests = [(method, tuple(layers)) for method, layers in requests]
+        self._logit = _logit_model(model, "gradcam")
+
+    def __call__(self, images, *, target="pneumonia"):
+        x, is_pneumonia = self._checked(images, target)
+        out = [np.empty(x.shape[:3], np.float32) for _ in self.requests]
+        seconds = [0.0] * len(self.requests)
+        for batch in self._batches(x):
+            for maps, batch_maps in zip(out, _gradient_cam_batch(self._logit, x[batch], is_pneumonia[batch],
+                                                                 self.requests, seconds)):
+                maps[batch] = batch_maps
+        self.seconds_per_image_ = [s / max(len(x), 1) for s in seconds]
+        return out
+
+
+class _TwoClassLogits(ModelModifier):
+    """Turn a (linearised) single logit ``z`` into ``[-z/2, z/2]``: softmax gives ``[1-p, p]``."""
+
+    def __call__(self, model):
+        logit = model.outputs[0]
+        pair = keras.layers.Concatenate(name="normal_pneumonia_logits")(
+            [keras.layers.Rescaling(-0.5)(logit), keras.layers.Rescaling(0.5)(logit)]
+        )
+        return keras.Model(model.inputs, pair)
 
 
 class ScoreCAM(GradCAM):
@@ -169,9 +289,10 @@ class ScoreCAM(GradCAM):
         super().__init__(model, layer=layer, layers=layers, batch_size=batch_size)
         self.channels = max(int(model.get_layer(name).output.shape[-1]) for name in self.layers)
         self.max_n = min(_positive_int("ScoreCAM", "max_n", max_n), self.channels)
-
-    def _make_visualization(self, logit):
-        return Scorecam(logit, model_modifier=_TwoClassLogits(), clone=False)
+        # tf-keras-vis reads each feature layer's output; give it the tensors of the logit model's graph.
+        outputs = _graph_outputs(self._logit)
+        self._penultimate = {name: _GraphLayer(name, outputs[name]) for name in self.layers}
+        self._vis = Scorecam(self._logit, model_modifier=_TwoClassLogits(), clone=False)
 
     def _images_per_call(self, shape):
         image_bytes = 4 * int(np.prod(shape[1:]))
@@ -179,6 +300,9 @@ class ScoreCAM(GradCAM):
         while n > 1 and n * min(self.channels, n * self.max_n) * image_bytes > _SCORECAM_MAX_BYTES:
             n -= 1
         return n
+
+    def _explain_batch(self, x, is_pneumonia):
+        return _fuse([_upsample(self._layer_cams(x, is_pneumonia, layer), x.shape[1:3]) for layer in self.layers])
 
     def _layer_cams(self, x, is_pneumonia, layer):
         # Scorecam calls model.predict() without verbose=0; keep its progress bar quiet.

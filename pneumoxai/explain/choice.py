@@ -1,5 +1,6 @@
 """Which map to trust: every CAM method on every candidate layer set measured, and one chosen by a fixed rule."""
 
+import hashlib
 import time
 import warnings
 
@@ -9,7 +10,7 @@ import pandas as pd
 from ..errors import param_error
 from ..validation import Interval, check_images, check_param
 from ._base import CAM_METHODS, DOWNSTREAM, _check_model, _choice, _seed, _target_is_pneumonia, shared_models
-from .cam import _cam_explainer
+from .cam import GRADIENT_CAM_METHODS, _cam_explainer, _GradientCAMs
 from .faithfulness import deletion_auc
 from .layers import _feature_layers, feature_map_size, fusion_layers, layer_candidates
 from .road import road
@@ -108,29 +109,36 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         specs = _candidates(methods, layers)
         is_pneumonia = _target_is_pneumonia("compare_layers", target, model, x, batch_size)
 
+        scored = {}  # identical maps (Grad-CAM and HiResCAM of a pooled head's last layer) are scored once
+
         def scores(maps):
-            morf = road(model, x, maps, order="morf", fractions=fractions, target=is_pneumonia, seed=seed).mean()
-            lerf = road(model, x, maps, order="lerf", fractions=fractions, target=is_pneumonia, seed=seed).mean()
-            deletion = deletion_auc(model, x, maps, steps=steps, target=is_pneumonia).mean()
-            return {"deletion_auc": deletion, "road_morf": morf, "road_lerf": lerf, "road_gap": lerf - morf}
+            key = hashlib.sha1(maps.tobytes()).hexdigest()
+            if key not in scored:
+                morf = road(model, x, maps, order="morf", fractions=fractions, target=is_pneumonia, seed=seed).mean()
+                lerf = road(model, x, maps, order="lerf", fractions=fractions, target=is_pneumonia, seed=seed).mean()
+                deletion = deletion_auc(model, x, maps, steps=steps, target=is_pneumonia).mean()
+                scored[key] = {"deletion_auc": deletion, "road_morf": morf, "road_lerf": lerf,
+                               "road_gap": lerf - morf}
+            return scored[key]
 
         randomized, skipped = _randomized_copies(model, specs, n_randomized, seed)
+        maps, seconds = _candidate_maps(model, x, is_pneumonia, methods, specs, batch_size, max_n)
+        maps_randomized = {}
+        for copy in {id(c): c for c in randomized.values() if c is not None}.values():
+            # The candidates that re-initialise the same layers are explained on their copy together.
+            on_copy = [spec for spec in specs if randomized[spec] is copy]
+            maps_randomized.update(_explain_randomized(lambda m: _candidate_maps(
+                m, x, is_pneumonia, methods, on_copy, batch_size, max_n, together=True)[0], copy))
         rows = []
         for method in methods:
             for spec in specs:
-                explainer = _cam_explainer("compare_layers", model, method, None, batch_size, max_n, layers=spec)
-                started = time.perf_counter()
-                maps = explainer(x, target=is_pneumonia)
-                seconds = (time.perf_counter() - started) / len(x)
                 spearman = np.nan
                 if randomized[spec] is not None:
-                    maps_randomized = _explain_randomized(lambda copy: _cam_explainer(
-                        "compare_layers", copy, method, None, batch_size, max_n, layers=spec)(x, target=is_pneumonia),
-                        randomized[spec])
-                    spearman = _nanmedian(_spearman_rows(maps, maps_randomized))
+                    spearman = _nanmedian(_spearman_rows(maps[method, spec], maps_randomized[method, spec]))
                 rows.append({"method": method, "layer": "+".join(spec),
                              "map_side": max(int(model.get_layer(name).output.shape[1]) for name in spec),
-                             **scores(maps), "randomization_spearman": spearman, "seconds_per_image": seconds})
+                             **scores(maps[method, spec]), "randomization_spearman": spearman,
+                             "seconds_per_image": seconds[method, spec]})
         chance = np.random.default_rng(seed).random(x.shape[:3], dtype=np.float32)
         rows.append({"method": "random", "layer": "", "map_side": x.shape[1], **scores(chance),
                      "randomization_spearman": np.nan, "seconds_per_image": np.nan})
@@ -138,6 +146,32 @@ def compare_layers(model, images, layers, *, methods=("gradcam", "layercam"), ta
         if skipped:
             table.attrs["randomization_skipped"] = skipped
         return table
+
+
+def _candidate_maps(model, x, is_pneumonia, methods, specs, batch_size, max_n, *, together=False):
+    """``{(method, layers): maps}`` and ``{(method, layers): seconds per image}`` of every candidate.
+
+    The gradient methods of one layer set share one forward and backward pass per batch, so a
+    candidate's seconds are that pass and its own arithmetic; Score-CAM is timed on its own.
+    ``together``: one pass over every layer set's layers instead (the seconds are then not each set's).
+    """
+    maps, seconds = {}, {}
+    shared = [method for method in methods if method in GRADIENT_CAM_METHODS]
+    for group in [specs] if together else [[spec] for spec in specs]:
+        if shared:
+            requests = [(method, spec) for spec in group for method in shared]
+            explainer = _GradientCAMs(model, requests, batch_size=batch_size)
+            for request, request_maps, cost in zip(requests, explainer(x, target=is_pneumonia),
+                                                   explainer.seconds_per_image_):
+                maps[request], seconds[request] = request_maps, cost
+    for spec in specs:
+        for method in methods:
+            if method not in shared:
+                started = time.perf_counter()
+                maps[method, spec] = _cam_explainer("compare_layers", model, method, None, batch_size, max_n,
+                                                    layers=spec)(x, target=is_pneumonia)
+                seconds[method, spec] = (time.perf_counter() - started) / len(x)
+    return maps, seconds
 
 
 #: A map whose median Spearman correlation with the maps of a model with re-initialised top

@@ -5,8 +5,9 @@ import numpy as np
 from ..errors import DataError, param_error
 from ..validation import check_images
 from ._base import TARGETS, _THRESHOLD, _check_model, _choice, _positive_int, _predict_proba, shared_models
-from .cam import _cam_explainer
-from .layers import fusion_layers
+from .cam import _cam_explainer, _GradientCAMs
+from .layers import _feature_layers, fusion_layers
+
 
 def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=None, layers=None,
                      target="pneumonia", batch_size=16, max_n=32, size=None):
@@ -57,6 +58,41 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
     ((2, 16, 16), (2, 16, 16))
     """
     owner = "ensemble_gradcam"
+    models, w, inputs, size, target = _ensemble_inputs(owner, models, images, weights, target, batch_size, size)
+    if isinstance(layers, str) and layers == "auto":
+        layers = fusion_layers
+    with shared_models():
+        maps = np.stack([
+            resize_maps(_cam_explainer(owner, m, method, layer, batch_size, max_n,
+                                       layers(m) if callable(layers) else layers)(x, target=target), size)
+            for m, x in zip(models, inputs)
+        ])
+    return _combine(w, maps)
+
+
+def _ensemble_gradient_cams(models, images, requests, *, weights=None, target="pneumonia", batch_size=16, size=None):
+    """:func:`ensemble_gradcam`'s combined maps of several gradient CAM methods, one pass per member and batch.
+
+    ``requests``: ``(method, layers)`` pairs, each method of :data:`GRADIENT_CAM_METHODS` and
+    ``layers`` as in :func:`ensemble_gradcam` (None for each member's last feature layer).
+    Every member explains each batch with one forward and backward pass over all the
+    requests' layers. Returns one combined map array per request, equal to
+    ``ensemble_gradcam(..., method=method, layers=layers)[0]``.
+    """
+    owner = "ensemble_gradcam"
+    models, w, inputs, size, target = _ensemble_inputs(owner, models, images, weights, target, batch_size, size)
+    with shared_models():
+        per_member = [
+            [resize_maps(maps, size) for maps in _GradientCAMs(
+                m, [(method, _member_layers(owner, m, layers)) for method, layers in requests],
+                batch_size=batch_size)(x, target=target)]
+            for m, x in zip(models, inputs)
+        ]
+    return [_combine(w, np.stack([member[i] for member in per_member]))[0] for i in range(len(requests))]
+
+
+def _ensemble_inputs(owner, models, images, weights, target, batch_size, size):
+    """Checked members, normalised weights, each member's images, the map side and the resolved target."""
     models = list(models)
     if not models:
         raise param_error(owner, "models", "a non-empty list of models", models)
@@ -72,14 +108,20 @@ def ensemble_gradcam(models, images, *, weights=None, method="gradcam", layer=No
     if isinstance(target, str) and _choice(owner, "target", target, TARGETS) == "predicted":
         proba = sum(wi * _predict_proba(m, x, batch_size) for wi, m, x in zip(w, models, inputs))
         target = proba >= _THRESHOLD
+    return models, w, inputs, size, target
+
+
+def _member_layers(owner, model, layers):
+    """A member's checked layer tuple for ``layers`` (None, "auto", a callable or names)."""
     if isinstance(layers, str) and layers == "auto":
-        layers = fusion_layers
-    with shared_models():
-        maps = np.stack([
-            resize_maps(_cam_explainer(owner, m, method, layer, batch_size, max_n,
-                                       layers(m) if callable(layers) else layers)(x, target=target), size)
-            for m, x in zip(models, inputs)
-        ])
+        layers = fusion_layers(model)
+    elif callable(layers):
+        layers = layers(model)
+    return _feature_layers(owner, model, None, layers)
+
+
+def _combine(w, maps):
+    """Weighted mean and weighted per-pixel standard deviation over the members' axis 0."""
     combined = np.tensordot(w, maps, axes=1)
     spread = np.sqrt(np.tensordot(w, (maps - combined) ** 2, axes=1))
     return combined.astype(np.float32), spread.astype(np.float32)

@@ -8,7 +8,8 @@ import scipy.stats
 
 from ..errors import ConfigError, ConstantPredictionsWarning, ModelContractError
 from ..validation import Interval, Options, check_images, check_param
-from ._base import DOWNSTREAM, RANDOMIZATION_METHODS, _check_model, _choice, _positive_int, _seed, _target_is_pneumonia
+from ._base import (DOWNSTREAM, RANDOMIZATION_METHODS, _check_model, _choice, _positive_int, _seed, _shared_entry,
+                    _target_is_pneumonia)
 from .cam import _cam_explainer
 from .layers import _feature_layers
 from .saliency import SaliencyMap
@@ -97,7 +98,13 @@ def _randomized_copy(model, names, seed):
 
 
 def _explain_randomized(explain, randomized):
-    """``explain(randomized)`` without the nearly-constant warning: re-drawn weights may well give one probability."""
+    """``explain(randomized)`` without the nearly-constant warning: re-drawn weights may well give one probability.
+
+    Inside a :func:`shared_models` block the copy's probabilities are not even computed for that check.
+    """
+    entry = _shared_entry(randomized)
+    if entry is not None:
+        entry["outputs_checked"] = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConstantPredictionsWarning)
         return explain(randomized)

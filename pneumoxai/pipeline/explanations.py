@@ -183,16 +183,25 @@ _FUSED_METHODS = ("layercam", "hirescam")
 
 
 def _gallery_maps(run, config, member_models, images, target, methods):
-    """``{method label: ensemble maps at DISPLAY_SIZE}`` for the gallery images."""
-    from ..explain import ensemble_gradcam, resize_maps, saliency
+    """``{method label: ensemble maps at DISPLAY_SIZE}`` for the gallery images.
 
+    The gradient CAM methods come from one forward and backward pass per member and batch.
+    """
+    from ..explain import ensemble_gradcam, resize_maps, saliency
+    from ..explain.ensemble import _ensemble_gradient_cams
+
+    shared = [method for method in methods if method in ("gradcam", "gradcam++", *_FUSED_METHODS)]
+    shared_maps = dict(zip(shared, _ensemble_gradient_cams(
+        member_models, images.for_models(member_models),
+        [(method, "auto" if method in _FUSED_METHODS else None) for method in shared],
+        target=target, size=DISPLAY_SIZE))) if shared else {}
     maps = {}
     for method in methods:
-        if method in ("gradcam", "gradcam++", "scorecam", *_FUSED_METHODS):
-            fused = method in _FUSED_METHODS
-            maps[_method_label(method, fused=fused)] = ensemble_gradcam(
-                member_models, images.for_models(member_models), method=method, layers="auto" if fused else None,
-                target=target, size=DISPLAY_SIZE)[0]
+        if method in shared_maps:
+            maps[_method_label(method, fused=method in _FUSED_METHODS)] = shared_maps[method]
+        elif method == "scorecam":
+            maps[_method_label(method, fused=False)] = ensemble_gradcam(
+                member_models, images.for_models(member_models), method=method, target=target, size=DISPLAY_SIZE)[0]
         elif method == "shap":
             maps["SHAP"] = _ensemble_shap(run, config["explain"], member_models, images, target)
         elif method == "saliency":
@@ -214,11 +223,13 @@ def _ensemble_shap(run, explain_cfg, member_models, images, target):
         logger.info("explain: SHAP background from the %d validation images (the run has no training images)",
                     len(rows))
     pool = rows.sample(n=min(len(rows), 20 * explain_cfg["shap_background"]), random_state=explain_cfg["seed"])
-    per_member = []
+    per_member, backgrounds = [], {}
     for model in member_models:
         size = int(model.input_shape[1])
-        background = background_sample(load_images(pool["path"], size), pool["label"].to_numpy(),
-                                       n=explain_cfg["shap_background"], seed=explain_cfg["seed"])
+        if size not in backgrounds:  # members of one input size share the decoded pool's sample
+            backgrounds[size] = background_sample(load_images(pool["path"], size), pool["label"].to_numpy(),
+                                                  n=explain_cfg["shap_background"], seed=explain_cfg["seed"])
+        background = backgrounds[size]
         maps = shap_maps(model, images.at(size), background, n_samples=explain_cfg["shap_samples"], target=target,
                          seed=explain_cfg["seed"])
         per_member.append(resize_maps(maps, DISPLAY_SIZE))

@@ -1,6 +1,7 @@
 """Peak memory and throughput of analyse's per-image work at 5, 20 and 50 thousand images, against raw model.predict.
 
-    nice -n 10 python experiments/bench_scale.py [--model tiny resnet50] [--n 5000 20000 50000] [--data DIR]
+    nice -n 10 python experiments/bench_scale.py [--model tiny resnet50] [--n 5000 20000 50000]
+        [--modes analyse raw predict] [--data DIR]
 
 The image sets are built from the real images (``/work/shared/data/chest_xray``, 224 px
 JPEGs) as symbolic links under new names in a temporary folder (no new data, nothing
@@ -15,6 +16,8 @@ no point inherits another's memory:
   ``metrics.evaluate`` of the probabilities (bootstrap intervals).
 - ``raw``: a plain loop that decodes 256 files with ``cv2`` (grey, replicated to three
   channels, divided by 255) and calls ``model.predict(batch, batch_size=64)``.
+- ``predict``: ``predict_members`` alone, the evaluate stage's per-image work (a point
+  that takes minutes where ``analyse``, with its lung masks, takes an hour on 2 shared cores).
 
 Two models: ``tiny``, an adapted Keras model (pooling, one convolution, a dense unit) so
 that the images dominate memory, as in the issue's measurement; ``resnet50``, one 224 px
@@ -43,7 +46,7 @@ sys.path.insert(0, str(HERE))
 from _provenance import cpu, machine, write_atomic  # noqa: E402 (experiments/, on sys.path when run as a script)
 
 MODELS = ("tiny", "resnet50")
-MODES = ("analyse", "raw")
+MODES = ("analyse", "raw", "predict")
 SIZE = 224
 BATCH = 64
 CHUNK = 256
@@ -116,7 +119,10 @@ def child(kind, mode, n, data_root):
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         seconds = {}
         started = time.perf_counter()
-        if mode == "analyse":
+        if mode == "predict":
+            predict_members([model], table, batch_size=BATCH, chunk_size=CHUNK, progress=False)
+            seconds["predict"] = time.perf_counter() - started
+        elif mode == "analyse":
             p = predict_members([model], table, batch_size=BATCH, chunk_size=CHUNK, progress=False)[:, 0]
             seconds["predict"] = time.perf_counter() - started
             image_columns(table["path"].tolist(), chunk_size=CHUNK)
@@ -152,13 +158,15 @@ def figure(out):
 
     runs = [r for r in _read(out)["runs"] if r["run"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    labels = {"analyse": "analyse (predict + slice features + evaluate)", "raw": "raw predict",
+              "predict": "predict_members alone"}
     for kind in MODELS:
-        for mode, style in zip(MODES, ("-o", "--s")):
+        for mode, style in zip(MODES, ("-o", "--s", ":^")):
             points = sorted((r["n_images"], r) for r in runs if r["model"] == kind and r["mode"] == mode)
             if not points:
                 continue
             ns = [n / 1000 for n, _ in points]
-            label = f"{kind}, {'analyse (predict + slice features + evaluate)' if mode == 'analyse' else 'raw predict'}"
+            label = f"{kind}, {labels[mode]}"
             left.plot(ns, [r["peak_rss_mb"] / 1024 for _, r in points], style, label=label)
             right.plot(ns, [r["images_per_s"] for _, r in points], style, label=label)
     left.set(xlabel="thousand images (224 px)", ylabel="peak RSS (GB)", title="Peak memory", ylim=(0, None))
@@ -172,9 +180,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--n", type=int, nargs="+", default=[5000, 20000, 50000])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["analyse", "raw"])
     parser.add_argument("--data", default="/work/shared/data/chest_xray")
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--figure", action="store_true", help="only draw the figure from the JSON")
+    parser.add_argument("--not-run", metavar="REASON",
+                        help="record the points of --model, --n and --modes as not run, for REASON, and measure nothing")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -185,22 +196,30 @@ def main(argv=None):
         return
     for kind in args.model:
         for n in args.n:
-            for mode in MODES:
+            for mode in args.modes:
+                if args.not_run:
+                    _keep(args.out, {"model": kind, "mode": mode, "n_images": n, "run": False, "reason": args.not_run})
+                    continue
                 output = subprocess.run([sys.executable, __file__, "--child", kind, mode, str(n), "--data", args.data],
                                         check=True, capture_output=True, text=True).stdout
                 record = json.loads(output.strip().splitlines()[-1])
-                # Locked and re-read: the points of another invocation (the other model, run beside this one) are kept.
-                with open(f"{args.out}.lock", "w") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    results = _read(args.out)
-                    results["runs"] = [r for r in results["runs"]
-                                       if (r["model"], r["mode"], r["n_images"]) != (kind, mode, n)] + [record]
-                    _write(args.out, {**results, "machine": machine(), "size": SIZE, "batch_size": BATCH,
-                                      "chunk_size": CHUNK})
+                _keep(args.out, record)
                 print(f"{kind:>8} {mode:>7} n={n:>5}: peak RSS {record['peak_rss_mb']:7.0f} MB, "
                       f"{record['images_per_s']:6.1f} img/s (load {record['loadavg_before'][0]:.2f})", flush=True)
     figure(args.out)
 
 
+def _keep(out, record):
+    """Add ``record`` to the JSON at ``out`` in place of an earlier one of the same point."""
+    key = (record["model"], record["mode"], record["n_images"])
+    # Locked and re-read: the points of another invocation (the other model, run beside this one) are kept.
+    with open(f"{out}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = _read(out)
+        results["runs"] = [r for r in results["runs"] if (r["model"], r["mode"], r["n_images"]) != key] + [record]
+        _write(out, {**results, "machine": machine(), "size": SIZE, "batch_size": BATCH, "chunk_size": CHUNK})
+
+
 if __name__ == "__main__":
     main()
+

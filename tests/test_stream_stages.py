@@ -153,3 +153,30 @@ def test_test_split_maps_read_in_chunks_equal_those_of_all_images_at_once(paths,
     saved = _io.load_npz(run.maps("test_maps.npz"))
     np.testing.assert_array_equal(saved["maps"], split.maps)
     assert saved["paths"].tolist() == paths
+
+
+def test_slice_explanations_of_float16_maps_in_chunks_equal_the_float64_whole_array_ones():
+    from pneumoxai import explain, slices
+
+    rng = np.random.default_rng(2)
+    n, side = 600, 16  # three chunks of zone shares
+    marker = np.arange(n) < 90
+    frame = pd.DataFrame({"marker": marker, "noise": rng.random(n)})
+    y = rng.integers(0, 2, n)
+    y[:90] = 0
+    p = np.where(y == 1, 0.9, 0.1)
+    p[:90] = 0.8
+    p[rng.random(n) < 0.05] = 0.5  # a few errors outside the slice
+    masks = np.zeros((n, side, side), bool)
+    masks[:, 4:13, 2:7] = masks[:, 4:13, 9:14] = True
+    maps = rng.random((n, side, side)).astype(np.float16)
+    maps[:90, :3, :3] += np.float16(4.0)  # the marker slice looks at a corner
+    found = slices.find_failure_slices(frame, y, p, min_size=20)
+    table, mean_maps = explain.slice_explanations(frame, found, maps, masks, y, p)
+    errors = marker & ((p >= 0.5).astype(int) != y)
+    shares = explain.zone_attention(maps.astype(np.float64), masks)
+    top = table.set_index("slice").loc["marker == True"]
+    assert top["errors:off_lung_attention"] == pytest.approx(shares["off_lung_attention"][errors].mean(), rel=1e-9)
+    assert top["errors:off_lung_attention"] > 0.5
+    at = list(table["slice"]).index("marker == True")
+    np.testing.assert_allclose(mean_maps[at], maps.astype(np.float64)[errors].mean(axis=0), rtol=1e-6)

@@ -202,7 +202,7 @@ def _explain_slices(run, config, found, frame, columns, y, p_ens, threshold, pat
                  slices=table["slice"].to_numpy(dtype=str))
     correct = (p_ens >= threshold).astype(int) == y
     plot_slice_maps(table, mean_maps, background=columns.mean_image, mask=columns.lung_share > 0.5,
-                    reference_map=maps[correct].mean(axis=0), method=method,
+                    reference_map=maps[correct].mean(axis=0, dtype=np.float64), method=method,
                     path=run.figure_stem("slice_maps"))
 
 
@@ -300,8 +300,9 @@ def _slice_figures(run, found, frame, images, y, p_ens, threshold, maps):
 
 
 def _load_test_maps(run, paths):
-    """The explain stage's maps of the whole test split at DISPLAY_SIZE and the display name of their
-    method, or ``(None, None)`` when the stage has not run on these images."""
+    """The explain stage's maps of the whole test split at DISPLAY_SIZE (float16, as stored: half the
+    memory of float32, and exactly the values float32 would hold) and the display name of their method,
+    or ``(None, None)`` when the stage has not run on these images."""
     from ..explain import resize_maps
 
     path = run.maps(TEST_MAPS_FILE)
@@ -312,4 +313,5 @@ def _load_test_maps(run, paths):
     if not set(paths) <= set(index):
         return None, None
     method = str(data["method"]) if "method" in data else "Grad-CAM"
-    return resize_maps(data["maps"][[index[p] for p in paths]], DISPLAY_SIZE), method
+    maps = data["maps"][[index[p] for p in paths]]
+    return (maps if maps.shape[1:] == (DISPLAY_SIZE, DISPLAY_SIZE) else resize_maps(maps, DISPLAY_SIZE)), method

@@ -180,3 +180,21 @@ def test_slice_explanations_of_float16_maps_in_chunks_equal_the_float64_whole_ar
     assert top["errors:off_lung_attention"] > 0.5
     at = list(table["slice"]).index("marker == True")
     np.testing.assert_allclose(mean_maps[at], maps.astype(np.float64)[errors].mean(axis=0), rtol=1e-6)
+
+
+def test_mean_maps_from_group_sums_draw_what_the_whole_arrays_draw():
+    from pneumoxai.figures import plot_mean_maps
+    from pneumoxai.outcomes import OUTCOMES, outcome_groups
+
+    rng = np.random.default_rng(4)
+    images, maps = rng.random((30, 12, 12, 3)), rng.random((30, 12, 12)).astype(np.float16)
+    y, p = rng.integers(0, 2, 30), rng.random(30)
+    groups = outcome_groups(y, p)
+    means = {g: (images[groups == g].mean(axis=(0, 3)), maps[groups == g].mean(axis=0, dtype=np.float64))
+             for g in OUTCOMES if (groups == g).any()}
+    whole = plot_mean_maps(maps, y, p, images=images)
+    summed = plot_mean_maps(maps, y, p, group_means=means)
+    drawn = [[np.asarray(im.get_array()) for ax in fig.axes for im in ax.get_images()] for fig in (whole, summed)]
+    assert len(drawn[0]) == 2 * len(means)
+    for a, b in zip(*drawn):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

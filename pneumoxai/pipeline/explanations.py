@@ -278,7 +278,7 @@ def _ensemble_shap(run, explain_cfg, member_models, images, target):
     return np.mean(per_member, axis=0).astype(np.float32)
 
 
-def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
+def _write_gallery(run, paths, chosen, y, predicted, subset_maps, chosen_masks):
     from ..explain import zone_attention
     from ..outcomes import outcome_groups
 
@@ -289,7 +289,7 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
                  methods=np.array(list(subset_maps), dtype=str), **arrays)
     zone_rows = []
     for label, maps in subset_maps.items():
-        shares = zone_attention(np.clip(maps, 0, None), masks[chosen])
+        shares = zone_attention(np.clip(maps, 0, None), chosen_masks)
         shares.insert(0, "method", label)
         shares.insert(0, "group", group)
         shares.insert(0, "path", chosen_paths)

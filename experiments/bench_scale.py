@@ -205,7 +205,7 @@ def _keep(out, record):
     """Add ``record`` to the JSON at ``out`` in place of an earlier one of the same point."""
     key = (record["model"], record["mode"], record["n_images"])
     # Locked and re-read: the points of another invocation (the other model, run beside this one) are kept.
-    with open(f"{out}.lock", "w") as lock:
+    with open(Path(tempfile.gettempdir()) / "bench_scale.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = _read(out)
         results["runs"] = [r for r in results["runs"] if (r["model"], r["mode"], r["n_images"]) != key] + [record]

@@ -182,8 +182,8 @@ def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpo
     """The chosen ensemble map of the predicted class for every test image, and its zone attention.
 
     The images are decoded ``chunk_size`` at a time (at each member's input side and at
-    DISPLAY_SIZE for the lung masks), so the split is never held as images; the maps are
-    those of the whole split at once (each image's map depends on that image only).
+    DISPLAY_SIZE for the lung masks), so the split is never held as images; the maps equal
+    those of the whole split mapped at once (each image's map depends on that image only).
     """
     from ..data import load_images
     from ..explain import chosen_layers, ensemble_gradcam, zone_attention

@@ -11,7 +11,8 @@ from .. import _io
 from ..errors import ConfigError
 from ..run_folder import (EXPLAIN_MAPS_FILE, EXPLAIN_SUMMARY_TABLE, LAYER_CHOICE_RECORD, LAYER_CHOICE_TABLE,
                           TEST_MAPS_FILE, ZONE_ATTENTION_ALL_TABLE, ZONE_ATTENTION_TABLE)
-from ._common import DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, run_members
+from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, pack_masks,
+                      run_members, unpack_masks)
 
 
 def explain_stage(run, config, *, methods=None, max_images=None):
@@ -174,8 +175,7 @@ class SplitMaps(NamedTuple):
 
     def masks_of(self, index):
         """The lung masks of the images ``index``, bool of shape (len(index), H, W)."""
-        side = self.maps.shape[1]
-        return np.unpackbits(self.packed_masks[index], axis=1, count=side * side).reshape(-1, side, side).astype(bool)
+        return unpack_masks(self.packed_masks[index], self.maps.shape[1:])
 
 
 def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpolation, chunk_size):
@@ -208,7 +208,7 @@ def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpo
                                          target=predicted[start:start + chunk_size].astype(bool), size=DISPLAY_SIZE)
         zones.append(zone_attention(chunk_maps, masks))
         maps.append(chunk_maps.astype(np.float16))
-        packed.append(np.packbits(masks.reshape(len(masks), -1), axis=1))
+        packed.append(pack_masks(masks))
         for group in np.unique(groups[start:start + chunk_size]):
             at = groups[start:start + chunk_size] == group
             image_sum, map_sum, n = sums.get(group, (0.0, 0.0, 0))

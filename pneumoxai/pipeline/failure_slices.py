@@ -12,7 +12,8 @@ from ..data import DEFAULT_CHUNK_SIZE
 from ..run_folder import (FAILURE_SLICES_TABLE, MEMBER_FAILURE_SLICES_TABLE, SLICE_EXAMPLES_FIGURE,
                           SLICE_EXPLANATIONS_TABLE, SLICE_FEATURES_TABLE, SLICE_MAPS_FILE, TEST_MAPS_FILE,
                           ZONE_ATTENTION_ALL_TABLE, slice_examples_figure)
-from ._common import DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, run_members
+from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, pack_masks,
+                      run_members, unpack_masks)
 
 
 def slices_stage(run, config):
@@ -84,8 +85,7 @@ class ImageColumns(NamedTuple):
 
     def masks(self):
         """The lung masks, bool of shape (n, H, W)."""
-        h, w = self.mean_image.shape
-        return np.unpackbits(self.packed_masks, axis=1, count=h * w).reshape(-1, h, w).astype(bool)
+        return unpack_masks(self.packed_masks, self.mean_image.shape)
 
 
 def image_columns(paths, *, chunk_size=DEFAULT_CHUNK_SIZE, maps=None):
@@ -130,7 +130,7 @@ def image_columns(paths, *, chunk_size=DEFAULT_CHUNK_SIZE, maps=None):
         places = [region_features(images, masks=masks)]
         if maps is not None:
             places.append(peak_features(maps[start:start + len(images)], masks=masks))
-            packed.append(np.packbits(masks.reshape(len(masks), -1), axis=1))
+            packed.append(pack_masks(masks))
         per_place.append(pd.concat(places, axis=1))
         image_sum += images.mean(axis=3, dtype=np.float64).sum(axis=0)
         mask_sum += masks.sum(axis=0)

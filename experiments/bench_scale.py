@@ -177,7 +177,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--figure", action="store_true", help="only draw the figure from the JSON")
     parser.add_argument("--not-run", metavar="REASON",
-                        help="record the points of --model, --n and --modes as not run, for REASON, and measure nothing")
+                        help="record the points of --model, --n and --modes as not run, for REASON; measure nothing")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -153,7 +153,8 @@ def plot_slice_examples(
         outcome = _frame_outcomes("plot_slice_examples", y_true, y_prob, threshold, len(frame))
     rng = np.random.default_rng(seed)
     rows = slices.head(top)
-    shown = [_choose(np.flatnonzero(slice_mask(frame, conds)), outcome, n_examples, rng) for conds in rows["conditions"]]
+    shown = [_choose(np.flatnonzero(slice_mask(frame, conds)), outcome, n_examples, rng)
+             for conds in rows["conditions"]]
     needed = np.unique(np.concatenate([np.asarray(c, dtype=int) for c in shown]))
     # Only the shown images are read: row i of the frame is row position[i] of these.
     picked = check_grey_images(images[needed], owner="plot_slice_examples", n_samples=len(needed))

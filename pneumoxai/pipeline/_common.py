@@ -18,7 +18,7 @@ PREDICTION_COLUMNS = ("path", "label", "patient_id", "subtype")
 
 
 def pack_masks(masks):
-    """Bool masks (n, H, W) packed 8 pixels a byte, shape (n, ceil(H * W / 8)): a split's lung masks in 1/8 the memory."""
+    """Bool masks (n, H, W) packed 8 pixels a byte, shape (n, ceil(H * W / 8)): 1/8 of the memory."""
     return np.packbits(masks.reshape(len(masks), -1), axis=1)
 
 

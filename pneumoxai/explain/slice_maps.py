@@ -64,6 +64,10 @@ def _removal_row(removal, errors, alpha):
             "removal_place_share": count / n_localised if localised else np.nan}
 
 
+#: Maps converted to float64 at once for their zone shares: 256 at 224 px are 100 MB.
+_CHUNK = 256
+
+
 def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, threshold=0.5, faithfulness=None,
                        region_removal=None, alpha=0.05, findings_only=True, max_slices=10):
     """Where in the image each failure slice's errors look, against correct calls of the same class.
@@ -130,17 +134,19 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
 
     if not isinstance(slice_table, pd.DataFrame) or "conditions" not in slice_table:
         raise DataError("slice_table must be the DataFrame of find_failure_slices, with its 'conditions' column")
-    m = np.asarray(maps, np.float64)
+    m = np.asarray(maps)  # as given (float16 maps of a large split are not copied to float64 at once)
     y = np.asarray(y_true)
     p = np.asarray(y_prob, np.float64)
     n = len(frame)
-    if m.ndim != 3 or len(m) != n or y.shape != (n,) or p.shape != (n,):
+    if m.ndim != 3 or len(m) != n or y.shape != (n,) or p.shape != (n,) or not np.issubdtype(m.dtype, np.number):
         raise DataError(f"maps (n, H, W), y_true and y_prob (n,) must have n = len(frame) = {n} rows; got "
                         f"{m.shape}, {y.shape}, {p.shape}")
     faithfulness = _checked_per_image(faithfulness, region_removal, n)
     max_slices = _positive_int("slice_explanations", "max_slices", max_slices)
     check_param("slice_explanations", "alpha", alpha, OPEN_UNIT_INTERVAL)
-    shares = zone_attention(m, masks)
+    masks = np.asarray(masks)
+    shares = pd.concat([zone_attention(m[i:i + _CHUNK].astype(np.float64), masks[i:i + _CHUNK])
+                        for i in range(0, n, _CHUNK)], ignore_index=True)
     wrong = (p >= threshold).astype(int) != y
     chosen = slice_table[slice_table["finding"].astype(bool)] if findings_only else slice_table
     rows, mean_maps = [], []
@@ -174,6 +180,6 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
         if region_removal is not None:
             row.update(_removal_row(region_removal, errors, alpha))
         rows.append(row)
-        mean_maps.append(m[errors].mean(axis=0) if errors.any() else np.zeros(m.shape[1:]))
+        mean_maps.append(m[errors].mean(axis=0, dtype=np.float64) if errors.any() else np.zeros(m.shape[1:]))
     table = pd.DataFrame(rows, columns=None if rows else ["slice", "n_errors", "n_reference"])
     return table, np.asarray(mean_maps, np.float32).reshape((-1,) + m.shape[1:])

@@ -132,7 +132,8 @@ def plot_explanation_gallery(images, maps, y_true, y_prob, *, threshold=0.5, n_p
         return finish_figure(fig, path, formats, "plot_explanation_gallery")
 
 
-def plot_mean_maps(maps, y_true, y_prob, *, images=None, threshold=0.5, path=None, formats=("png", "pdf")):
+def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, threshold=0.5, path=None,
+                   formats=("png", "pdf")):
     """Mean map of each outcome group (FN, FP, correct), optionally over the mean image.
 
     Parameters
@@ -145,6 +146,10 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, threshold=0.5, path=Non
         Predicted probability of PNEUMONIA.
     images : array-like of shape (n_samples, H, W) or (n_samples, H, W, 3), default=None
         When given, each group's mean image is drawn underneath.
+    group_means : dict of str to (ndarray of shape (H, W), ndarray of shape (H, W)), default=None
+        ``{outcome: (mean image, mean map)}`` of each group with images, already
+        averaged (as a caller that reads the images in chunks sums them); drawn instead
+        of the means of ``images`` and ``maps``.
     threshold : float, default=0.5
         Decision threshold for ``y_prob``.
     path : str or path-like, default=None
@@ -167,11 +172,11 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, threshold=0.5, path=Non
     """
     groups = _indices_by_outcome("plot_mean_maps", y_true, y_prob, threshold)
     n = len(np.asarray(y_prob))
-    m = np.asarray(maps, dtype=float)
-    if m.ndim != 3 or len(m) != n:
+    m = np.asarray(maps)  # no float64 copy of every map: only each group's mean is drawn
+    if m.ndim != 3 or len(m) != n or not np.issubdtype(m.dtype, np.number):
         raise DataError(f"maps must have shape (n={n}, H, W); got {m.shape}")
     gray = None if images is None else check_grey_images(images, owner="plot_mean_maps", n_samples=n)
-    signed = bool((m < 0).any())
+    signed = bool(m.min() < 0)
     with style():
         fig = new_figure(figsize=(3.0 * len(OUTCOMES), 3.2))
         for ax, group in zip(fig.subplots(1, len(OUTCOMES)), OUTCOMES):
@@ -181,8 +186,12 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, threshold=0.5, path=Non
             if len(idx) == 0:
                 ax.axis("off")
                 continue
-            background = gray[idx].mean(axis=0) if gray is not None else np.zeros(m.shape[1:])
-            _show_map(ax, background, m[idx].mean(axis=0), signed)
+            if group_means is not None:
+                background, mean_map = group_means[group]
+            else:
+                background = gray[idx].mean(axis=0) if gray is not None else np.zeros(m.shape[1:])
+                mean_map = m[idx].mean(axis=0, dtype=np.float64)
+            _show_map(ax, background, mean_map, signed)
         fig.suptitle("Mean explanation map per outcome")
         return finish_figure(fig, path, formats, "plot_mean_maps")
 

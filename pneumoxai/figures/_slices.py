@@ -115,7 +115,9 @@ def plot_slice_examples(
     frame : pandas.DataFrame of shape (n_samples, n_columns)
         The frame the slices were found in.
     images : array-like of shape (n_samples, H, W) or (n_samples, H, W, 3)
-        Intensities in [0, 1].
+        Intensities in [0, 1]; or any sequence of ``n_samples`` images that an array of
+        row numbers indexes (only the shown images are asked for, so a split's images
+        can be decoded on demand).
     maps : array-like of shape (n_samples, H, W), default=None
         Saliency or attention maps overlaid semi-transparently.
     y_true, y_prob : array-like of shape (n_samples,), default=None
@@ -143,21 +145,27 @@ def plot_slice_examples(
     """
     if len(slices) == 0:
         raise DataError("no slices to plot (the slice table is empty)")
-    images = check_grey_images(images, owner="plot_slice_examples", n_samples=len(frame))
-    if maps is not None and np.shape(maps) != images.shape:
-        raise DataError(f"maps must have shape {images.shape}; got {np.shape(maps)}")
+    if len(images) != len(frame):
+        raise DataError(f"plot_slice_examples: images must have shape (n_samples={len(frame)}, H, W) or "
+                        f"(n_samples={len(frame)}, H, W, 1 or 3); got {len(images)} images.")
     outcome = None
     if y_true is not None:
         outcome = _frame_outcomes("plot_slice_examples", y_true, y_prob, threshold, len(frame))
     rng = np.random.default_rng(seed)
     rows = slices.head(top)
+    shown = [_choose(np.flatnonzero(slice_mask(frame, conds)), outcome, n_examples, rng)
+             for conds in rows["conditions"]]
+    needed = np.unique(np.concatenate([np.asarray(c, dtype=int) for c in shown]))
+    # Only the shown images are read: row i of the frame is row position[i] of these.
+    picked = check_grey_images(images[needed], owner="plot_slice_examples", n_samples=len(needed))
+    position = dict(zip(needed.tolist(), range(len(needed))))
+    if maps is not None and np.shape(maps) != (len(frame), *picked.shape[1:]):
+        raise DataError(f"maps must have shape {(len(frame), *picked.shape[1:])}; got {np.shape(maps)}")
 
     with style():
         fig = new_figure(figsize=(1.9 * n_examples, 2.1 * len(rows)))
         axes = np.atleast_2d(fig.subplots(len(rows), n_examples, squeeze=False))
-        for r, (label, conds) in enumerate(zip(rows["slice"], rows["conditions"])):
-            members = np.flatnonzero(slice_mask(frame, conds))
-            chosen = _choose(members, outcome, n_examples, rng)
+        for r, (label, chosen) in enumerate(zip(rows["slice"], shown)):
             for c in range(n_examples):
                 ax = axes[r, c]
                 ax.set_xticks([])
@@ -169,7 +177,7 @@ def plot_slice_examples(
                     ax.axis("off")
                     continue
                 i = chosen[c]
-                ax.imshow(images[i], cmap="gray", vmin=0.0, vmax=1.0)
+                ax.imshow(picked[position[i]], cmap="gray", vmin=0.0, vmax=1.0)
                 if maps is not None:
                     ax.imshow(maps[i], cmap=SEQUENTIAL_CMAP, alpha=0.4)
                 if outcome is not None:

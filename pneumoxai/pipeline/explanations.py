@@ -1,6 +1,8 @@
 """Stage 4: class-activation and SHAP maps of the ensemble's errors, zone attention, faithfulness."""
 
 import time
+import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,8 @@ from .. import _io
 from ..errors import ConfigError
 from ..run_folder import (EXPLAIN_MAPS_FILE, EXPLAIN_SUMMARY_TABLE, LAYER_CHOICE_RECORD, LAYER_CHOICE_TABLE,
                           TEST_MAPS_FILE, ZONE_ATTENTION_ALL_TABLE, ZONE_ATTENTION_TABLE)
-from ._common import DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, run_members
+from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, pack_masks,
+                      run_members, unpack_masks)
 
 
 def explain_stage(run, config, *, methods=None, max_images=None):
@@ -36,7 +39,6 @@ def explain_stage(run, config, *, methods=None, max_images=None):
       against random maps, as the layer choice measured them (``tables/explain_summary.csv``).
     """
     from ..explain import shared_models
-    from ..lungs import lung_mask
     from ..outcomes import explanation_sample
 
     started = time.perf_counter()
@@ -57,23 +59,27 @@ def explain_stage(run, config, *, methods=None, max_images=None):
                     ", ".join(left_out))
     member_models = [member.load() for member in model_members]
     _check_explainable(member_models)
-    images = _ImagesBySize(predictions["path"].tolist(), interpolation=config["data"]["interpolation"])
-    masks = lung_mask(images.at(DISPLAY_SIZE))
+    paths = predictions["path"].tolist()
     chosen = explanation_sample(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
+    # Only the explained sample is held as images; the whole split is read in chunks.
+    sample = _ImagesBySize([paths[i] for i in chosen], interpolation=config["data"]["interpolation"])
     best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
     best_model = member_models[model_members.index(best)]
     # Every method and layer set of a member explains through one logit model of it.
     with shared_models():
-        choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model,
-                                                      images.subset(chosen), predicted[chosen].astype(bool))
-        all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks, choice)
-        subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen),
-                                    predicted[chosen].astype(bool), methods or explain_cfg["methods"])
-        _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
-    _faithfulness_summary(run, best.name, zones_all, predicted != y, masks, choice, choice_table)
-    _explain_figures(run, images.at(DISPLAY_SIZE), chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold)
+        choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model, sample,
+                                                      predicted[chosen].astype(bool))
+        split = _test_split_maps(run, member_models, paths, y, predicted, choice,
+                                 interpolation=config["data"]["interpolation"],
+                                 chunk_size=config["evaluate"]["chunk_size"])
+        subset_maps = _gallery_maps(run, config, member_models, sample, predicted[chosen].astype(bool),
+                                    methods or explain_cfg["methods"])
+        _write_gallery(run, paths, chosen, y, predicted, subset_maps, split.masks_of(chosen))
+    _faithfulness_summary(run, best.name, split.zones, predicted != y, split.lung_fraction, len(paths), choice,
+                          choice_table)
+    _explain_figures(run, sample.at(DISPLAY_SIZE), chosen, subset_maps, split, y, p_ens, threshold)
     logger.info("explain: %d images x %d methods, all %d test images with %s, %.1f s", len(chosen),
-                len(subset_maps), len(images.paths), map_label(choice), time.perf_counter() - started)
+                len(subset_maps), len(paths), map_label(choice), time.perf_counter() - started)
 
 
 #: Below this input side a ResNet50's last convolutional map is 1x1 and every class-activation map is constant.
@@ -97,26 +103,22 @@ def _check_explainable(member_models):
 
 
 class _ImagesBySize:
-    """The test images decoded once per input size; :meth:`subset` shares the decoded arrays."""
+    """A few images (the explained sample), decoded once per input size."""
 
-    def __init__(self, paths, index=None, decoded=None, interpolation="auto"):
-        self.paths, self.index, self.interpolation = paths, index, interpolation
-        self._decoded = {} if decoded is None else decoded
+    def __init__(self, paths, interpolation="auto"):
+        self.paths, self.interpolation = paths, interpolation
+        self._decoded = {}
 
     def at(self, size):
         from ..data import load_images
 
         if size not in self._decoded:
             self._decoded[size] = load_images(self.paths, size, interpolation=self.interpolation)
-        array = self._decoded[size]
-        return array if self.index is None else array[self.index]
+        return self._decoded[size]
 
     def for_models(self, models):
         """``{input side: images}`` for every input side among ``models``."""
         return {int(m.input_shape[1]): self.at(int(m.input_shape[1])) for m in models}
-
-    def subset(self, index):
-        return _ImagesBySize(self.paths, index, self._decoded, self.interpolation)
 
 
 #: Map methods the whole test split can be explained with (one ensemble map per image).
@@ -157,19 +159,70 @@ def map_label(choice):
     return f"{METHOD_NAMES[choice['method']]} ({choice['layer']})"
 
 
-def _test_split_maps(run, member_models, images, predicted, masks, choice):
-    """The chosen ensemble map of the predicted class for every test image, and its zone attention."""
-    from ..explain import chosen_layers, ensemble_gradcam, zone_attention
+class SplitMaps(NamedTuple):
+    """The chosen map of every test image, what is measured on it, and the sums the figures need."""
 
-    all_maps, _ = ensemble_gradcam(member_models, images.for_models(member_models), method=choice["method"],
-                                   layers=lambda m: chosen_layers(m, choice), target=predicted.astype(bool),
-                                   size=DISPLAY_SIZE)
-    zones_all = zone_attention(all_maps, masks)
-    zones_all.insert(0, "path", images.paths)
+    #: The maps at DISPLAY_SIZE, float16 as ``maps/test_maps.npz`` stores them, shape (n, H, W).
+    maps: np.ndarray
+    #: :func:`pneumoxai.explain.zone_attention` of each map, with the image's path first.
+    zones: pd.DataFrame
+    #: Lung masks packed 8 pixels a byte (:func:`numpy.packbits`), shape (n, H * W / 8).
+    packed_masks: np.ndarray
+    #: Mean lung-mask share of the image area over the split.
+    lung_fraction: float
+    #: ``{outcome group: (mean image, mean map)}``, each of shape (H, W), for the groups with images.
+    group_means: dict
+
+    def masks_of(self, index):
+        """The lung masks of the images ``index``, bool of shape (len(index), H, W)."""
+        return unpack_masks(self.packed_masks[index], self.maps.shape[1:])
+
+
+def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpolation, chunk_size):
+    """The chosen ensemble map of the predicted class for every test image, and its zone attention.
+
+    The images are decoded ``chunk_size`` at a time (at each member's input side and at
+    DISPLAY_SIZE for the lung masks), so the split is never held as images; the maps equal
+    those of the whole split mapped at once (each image's map depends on that image only).
+    """
+    from ..data import load_images
+    from ..explain import chosen_layers, ensemble_gradcam, zone_attention
+    from ..lungs import lung_mask, warn_fallback
+    from ..outcomes import outcome_groups
+
+    sizes = sorted({int(m.input_shape[1]) for m in member_models})
+    groups = outcome_groups(y, predicted, threshold=0.5)
+    maps, zones, packed, n_fallback, n_lung = [], [], [], 0, 0
+    sums = {}
+    for start in range(0, len(paths), chunk_size):
+        chunk = paths[start:start + chunk_size]
+        display = load_images(chunk, DISPLAY_SIZE, interpolation=interpolation)
+        with warnings.catch_warnings():  # one fallback warning for all chunks, below
+            warnings.simplefilter("ignore", UserWarning)
+            masks, fallback = lung_mask(display, return_fallback=True)
+        n_fallback, n_lung = n_fallback + int(fallback.sum()), n_lung + int(masks.sum())
+        images = {size: display if size == DISPLAY_SIZE else load_images(chunk, size, interpolation=interpolation)
+                  for size in sizes}
+        chunk_maps, _ = ensemble_gradcam(member_models, images, method=choice["method"],
+                                         layers=lambda m: chosen_layers(m, choice),
+                                         target=predicted[start:start + chunk_size].astype(bool), size=DISPLAY_SIZE)
+        zones.append(zone_attention(chunk_maps, masks))
+        maps.append(chunk_maps.astype(np.float16))
+        packed.append(pack_masks(masks))
+        for group in np.unique(groups[start:start + chunk_size]):
+            at = groups[start:start + chunk_size] == group
+            image_sum, map_sum, n = sums.get(group, (0.0, 0.0, 0))
+            sums[group] = (image_sum + display[at].mean(axis=3, dtype=np.float64).sum(axis=0),
+                           map_sum + chunk_maps[at].sum(axis=0, dtype=np.float64), n + int(at.sum()))
+    warn_fallback(n_fallback, len(paths), stacklevel=3)
+    zones_all = pd.concat(zones, ignore_index=True).rename_axis(zones[0].index.name)
+    zones_all.insert(0, "path", paths)
     _io.write_csv(run.table(ZONE_ATTENTION_ALL_TABLE), zones_all, index=False)
-    _io.save_npz(run.maps(TEST_MAPS_FILE), maps=all_maps.astype(np.float16), paths=np.array(images.paths, dtype=str),
+    all_maps = np.concatenate(maps)
+    _io.save_npz(run.maps(TEST_MAPS_FILE), maps=all_maps, paths=np.array(paths, dtype=str),
                  method=np.array(map_label(choice)))
-    return all_maps, zones_all
+    return SplitMaps(all_maps, zones_all, np.concatenate(packed), n_lung / (len(paths) * DISPLAY_SIZE ** 2),
+                     {group: (image_sum / n, map_sum / n) for group, (image_sum, map_sum, n) in sums.items()})
 
 
 def _method_label(method, *, fused):
@@ -236,7 +289,7 @@ def _ensemble_shap(run, explain_cfg, member_models, images, target):
     return np.mean(per_member, axis=0).astype(np.float32)
 
 
-def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
+def _write_gallery(run, paths, chosen, y, predicted, subset_maps, chosen_masks):
     from ..explain import zone_attention
     from ..outcomes import outcome_groups
 
@@ -247,7 +300,7 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
                  methods=np.array(list(subset_maps), dtype=str), **arrays)
     zone_rows = []
     for label, maps in subset_maps.items():
-        shares = zone_attention(np.clip(maps, 0, None), masks[chosen])
+        shares = zone_attention(np.clip(maps, 0, None), chosen_masks)
         shares.insert(0, "method", label)
         shares.insert(0, "group", group)
         shares.insert(0, "path", chosen_paths)
@@ -255,7 +308,7 @@ def _write_gallery(run, paths, chosen, y, predicted, subset_maps, masks):
     _io.write_csv(run.table(ZONE_ATTENTION_TABLE), pd.concat(zone_rows, ignore_index=True), index=False)
 
 
-def _faithfulness_summary(run, best_name, zones_all, errors, masks, choice, choice_table):
+def _faithfulness_summary(run, best_name, zones_all, errors, lung_fraction, n_images, choice, choice_table):
     """Off-lung attention of errors vs correct calls; the chosen map's faithfulness from the layer choice's table.
 
     The deletion AUC and ROAD gap are the ones the choice measured on the best model member (and
@@ -282,15 +335,16 @@ def _faithfulness_summary(run, best_name, zones_all, errors, masks, choice, choi
             {"measure": f"ROAD gap, random maps, {best_name}", "value": float(chance["road_gap"]),
              "n": choice["n_images"]},
         ]
-    rows.append({"measure": "lung mask area fraction (test mean)", "value": float(masks.mean()), "n": len(masks)})
+    rows.append({"measure": "lung mask area fraction (test mean)", "value": lung_fraction, "n": n_images})
     _io.write_csv(run.table(EXPLAIN_SUMMARY_TABLE), pd.DataFrame(rows), index=False)
 
 
-def _explain_figures(run, display, chosen, subset_maps, all_maps, zones_all, y, p_ens, threshold):
+def _explain_figures(run, display, chosen, subset_maps, split, y, p_ens, threshold):
     from .. import figures
 
-    figures.plot_explanation_gallery(display[chosen], subset_maps, y[chosen], p_ens[chosen], threshold=threshold,
+    figures.plot_explanation_gallery(display, subset_maps, y[chosen], p_ens[chosen], threshold=threshold,
                                      n_per_group=3, path=run.figure_stem("gallery"))
-    figures.plot_mean_maps(all_maps, y, p_ens, images=display, threshold=threshold, path=run.figure_stem("mean_maps"))
-    figures.plot_zone_attention(zones_all.drop(columns=["path"]), y, p_ens, threshold=threshold,
+    figures.plot_mean_maps(split.maps, y, p_ens, group_means=split.group_means, threshold=threshold,
+                           path=run.figure_stem("mean_maps"))
+    figures.plot_zone_attention(split.zones.drop(columns=["path"]), y, p_ens, threshold=threshold,
                                 path=run.figure_stem("zone_attention"))

@@ -1,15 +1,19 @@
 """Stage 5: failure slices of the ensemble and of each member on the test split."""
 
 import time
+import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from .. import _io
+from ..data import DEFAULT_CHUNK_SIZE
 from ..run_folder import (FAILURE_SLICES_TABLE, MEMBER_FAILURE_SLICES_TABLE, SLICE_EXAMPLES_FIGURE,
                           SLICE_EXPLANATIONS_TABLE, SLICE_FEATURES_TABLE, SLICE_MAPS_FILE, TEST_MAPS_FILE,
                           ZONE_ATTENTION_ALL_TABLE, slice_examples_figure)
-from ._common import DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, run_members
+from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, pack_masks,
+                      run_members, unpack_masks)
 
 
 def slices_stage(run, config):
@@ -37,8 +41,6 @@ def slices_stage(run, config):
     pandas.DataFrame
         The failure slices, findings first.
     """
-    from ..data import load_images
-    from ..lungs import lung_mask
     from ..regions import prefer_place_names
     from ..slices import find_failure_slices, member_failure_slices
 
@@ -50,10 +52,10 @@ def slices_stage(run, config):
     P = predictions[[f"p[{name}]" for name in names]].to_numpy()
     p_ens = predictions[f"p[{record['primary']}]"].to_numpy()
     threshold = record["thresholds"][record["primary"]]
-    images = load_images(predictions["path"], DISPLAY_SIZE)
-    masks = lung_mask(images)
     test_maps, method = _load_test_maps(run, predictions["path"])
-    frame = _slice_frame(run, config, predictions, images, masks, P, p_ens, test_maps)
+    columns = image_columns(predictions["path"], chunk_size=config["evaluate"]["chunk_size"], maps=test_maps)
+    images = _DecodedOnDemand(predictions["path"].tolist())
+    frame = _slice_frame(run, config, predictions, columns, P, p_ens)
     options = dict(threshold=threshold, min_size=slices_cfg["min_size"], max_order=slices_cfg["max_order"],
                    alpha=slices_cfg["alpha"], n_bins=slices_cfg["n_bins"])
     found = find_failure_slices(frame, y, p_ens, **options)
@@ -64,32 +66,115 @@ def slices_stage(run, config):
     _io.write_csv(run.table(MEMBER_FAILURE_SLICES_TABLE),
                   per_member.drop(columns=["conditions"], errors="ignore"), index=False)
     _slice_figures(run, found, frame, images, y, p_ens, threshold, test_maps)
-    _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, predictions["path"], test_maps,
-                    method, record["thresholds"])
+    _explain_slices(run, config, found, frame, columns, y, p_ens, threshold, predictions["path"], test_maps, method,
+                    record["thresholds"])
     n_findings = int(found["finding"].sum()) if len(found) else 0
     logger.info("slices: %d slices tested-and-kept, %d significant after BH correction, %.1f s", len(found),
                 n_findings, time.perf_counter() - started)
     return found
 
 
-def _slice_frame(run, config, predictions, images, masks, P, p_ens, test_maps):
+class ImageColumns(NamedTuple):
+    """What the slices stage keeps of the test images: one table row per image, and sums."""
+
+    #: :func:`pneumoxai.slices.image_features` with lung masks, shape (n, 12).
+    features: pd.DataFrame
+    #: :func:`pneumoxai.regions.region_features`, then :func:`~pneumoxai.regions.peak_features` of the maps.
+    per_place: pd.DataFrame
+    #: Lung masks packed 8 pixels a byte (:func:`numpy.packbits`), shape (n, H * W / 8); None without maps.
+    packed_masks: np.ndarray | None
+    #: The images' mean, shape (H, W).
+    mean_image: np.ndarray
+    #: Share of the images whose lung mask covers each pixel, shape (H, W).
+    lung_share: np.ndarray
+
+    def masks(self):
+        """The lung masks, bool of shape (n, H, W)."""
+        return unpack_masks(self.packed_masks, self.mean_image.shape)
+
+
+def image_columns(paths, *, chunk_size=DEFAULT_CHUNK_SIZE, maps=None):
+    """The slicing table's image columns, decoding ``chunk_size`` images at DISPLAY_SIZE at a time.
+
+    Equal to computing them on all images at once: lung masks by
+    :func:`pneumoxai.lungs.lung_mask` (one fallback warning for all chunks), then
+    :func:`pneumoxai.slices.image_features` and :func:`pneumoxai.regions.region_features`
+    with those masks, and :func:`pneumoxai.regions.peak_features` of ``maps`` when given.
+    Memory holds two chunks of images, whatever the number of files; the masks are kept
+    (packed, 1/8 byte a pixel) only when ``maps`` is given, for the slice explanations.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        The test images, every one readable (the prepare stage dropped the others).
+    chunk_size : int, default=DEFAULT_CHUNK_SIZE
+        Images decoded at once (:func:`pneumoxai.data.iter_images`).
+    maps : ndarray of shape (n, DISPLAY_SIZE, DISPLAY_SIZE), default=None
+        The explain stage's map of each image.
+
+    Returns
+    -------
+    ImageColumns
+    """
+    from ..data import iter_images
+    from ..lungs import lung_mask, warn_fallback
+    from ..regions import peak_features, region_features
+    from ..slices import image_features
+
+    features, per_place, packed = [], [], []
+    image_sum = np.zeros((DISPLAY_SIZE, DISPLAY_SIZE))
+    mask_sum = np.zeros((DISPLAY_SIZE, DISPLAY_SIZE))
+    n_fallback = start = 0
+    # Three channels, as before streaming: the channel mean of three equal float32 values is not always the value.
+    for images, _ in iter_images(paths, DISPLAY_SIZE, chunk_size=chunk_size):
+        with warnings.catch_warnings():  # one fallback warning for all chunks, below
+            warnings.simplefilter("ignore", UserWarning)
+            masks, fallback = lung_mask(images, return_fallback=True)
+        n_fallback += int(fallback.sum())
+        features.append(image_features(images, masks=masks))
+        places = [region_features(images, masks=masks)]
+        if maps is not None:
+            places.append(peak_features(maps[start:start + len(images)], masks=masks))
+            packed.append(pack_masks(masks))
+        per_place.append(pd.concat(places, axis=1))
+        image_sum += images.mean(axis=3, dtype=np.float64).sum(axis=0)
+        mask_sum += masks.sum(axis=0)
+        start += len(images)
+    warn_fallback(n_fallback, start, stacklevel=3)
+    return ImageColumns(pd.concat(features, ignore_index=True), pd.concat(per_place, ignore_index=True),
+                        np.concatenate(packed) if maps is not None else None, image_sum / start, mask_sum / start)
+
+
+class _DecodedOnDemand:
+    """The test images at DISPLAY_SIZE, decoded only when rows are asked for (figures show a few)."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        from ..data import load_images
+
+        return load_images([self.paths[i] for i in np.atleast_1d(index)], DISPLAY_SIZE)
+
+
+def _slice_frame(run, config, predictions, columns, P, p_ens):
     """The slicing table: image features with lung masks, the same per named place, metadata, member
     disagreement, embedding clusters, and off-lung attention and where the maps peak, by named place, when the
     explain stage has run."""
-    from ..regions import peak_features, region_features
     from ..slices import slice_frame
 
     table = load_table(run)
     test_rows = table[table["role"] == "test"].set_index("path").loc[predictions["path"]].reset_index()
     embeddings = _embeddings(run, config, test_rows)
     frame = slice_frame(test_rows[["path", "split", "label", "label_name", "patient_id", "subtype"]],
-                        images=images, masks=masks, member_probs=P, ensemble_prob=p_ens,
-                        embeddings=embeddings, zone_scores=_off_lung_scores(run, predictions["path"]),
+                        member_probs=P, ensemble_prob=p_ens, embeddings=embeddings,
+                        zone_scores=_off_lung_scores(run, predictions["path"]),
                         n_clusters=config["slices"]["n_clusters"], seed=0)
-    per_place = [region_features(images, masks=masks)]
-    if test_maps is not None:
-        per_place.append(peak_features(test_maps, masks=masks))
-    frame = pd.concat([frame, *per_place], axis=1)
+    # The image features stand where slice_frame(images=...) puts them: after the two metadata columns.
+    frame = pd.concat([frame.iloc[:, :2], columns.features, frame.iloc[:, 2:], columns.per_place], axis=1)
     _io.write_csv(run.table(SLICE_FEATURES_TABLE), frame.assign(path=predictions["path"]), index=False)
     return frame
 
@@ -102,7 +187,7 @@ _REMOVAL_ERRORS = 32
 _EXPLAINED_SLICES = 10
 
 
-def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshold, paths, maps, method, thresholds):
+def _explain_slices(run, config, found, frame, columns, y, p_ens, threshold, paths, maps, method, thresholds):
     """Mean map, zone shift, map faithfulness and region-removal verdict of each significant slice (needs the
     explain stage's maps)."""
     from ..explain import slice_explanations
@@ -114,15 +199,15 @@ def _explain_slices(run, config, found, frame, images, masks, y, p_ens, threshol
         return
     faithfulness, removal = _per_image_evidence(run, config, found, frame, maps, y, p_ens, threshold, paths,
                                                 thresholds)
-    table, mean_maps = slice_explanations(frame, found, maps, masks, y, p_ens, threshold=threshold,
+    table, mean_maps = slice_explanations(frame, found, maps, columns.masks(), y, p_ens, threshold=threshold,
                                           faithfulness=faithfulness, region_removal=removal,
                                           alpha=config["slices"]["alpha"], max_slices=_EXPLAINED_SLICES)
     _io.write_csv(run.table(SLICE_EXPLANATIONS_TABLE), table, index=False)
     _io.save_npz(run.maps(SLICE_MAPS_FILE), maps=mean_maps.astype(np.float16),
                  slices=table["slice"].to_numpy(dtype=str))
     correct = (p_ens >= threshold).astype(int) == y
-    plot_slice_maps(table, mean_maps, background=images.mean(axis=(0, 3)), mask=masks.mean(axis=0) > 0.5,
-                    reference_map=maps[correct].mean(axis=0), method=method,
+    plot_slice_maps(table, mean_maps, background=columns.mean_image, mask=columns.lung_share > 0.5,
+                    reference_map=maps[correct].mean(axis=0, dtype=np.float64), method=method,
                     path=run.figure_stem("slice_maps"))
 
 
@@ -220,8 +305,9 @@ def _slice_figures(run, found, frame, images, y, p_ens, threshold, maps):
 
 
 def _load_test_maps(run, paths):
-    """The explain stage's maps of the whole test split at DISPLAY_SIZE and the display name of their
-    method, or ``(None, None)`` when the stage has not run on these images."""
+    """The explain stage's maps of the whole test split at DISPLAY_SIZE (float16, as stored: half the
+    memory of float32, and exactly the values float32 would hold) and the display name of their method,
+    or ``(None, None)`` when the stage has not run on these images."""
     from ..explain import resize_maps
 
     path = run.maps(TEST_MAPS_FILE)
@@ -232,4 +318,5 @@ def _load_test_maps(run, paths):
     if not set(paths) <= set(index):
         return None, None
     method = str(data["method"]) if "method" in data else "Grad-CAM"
-    return resize_maps(data["maps"][[index[p] for p in paths]], DISPLAY_SIZE), method
+    maps = data["maps"][[index[p] for p in paths]]
+    return (maps if maps.shape[1:] == (DISPLAY_SIZE, DISPLAY_SIZE) else resize_maps(maps, DISPLAY_SIZE)), method

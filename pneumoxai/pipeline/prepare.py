@@ -142,11 +142,11 @@ def _refuse_conflicting_labels(table):
 
 
 def _readable(frame):
-    """Drop files that cannot be decoded (load_images warns with their names), so every
+    """Drop files that cannot be decoded (iter_images warns with their names), so every
     later array stays row-aligned."""
-    from ..data import load_images
+    from ..data import iter_images
 
-    _, ok = load_images(frame["path"], 8, channels=1, return_mask=True)
+    ok = np.concatenate([np.zeros(0, bool), *(mask for _, mask in iter_images(frame["path"], 8, channels=1))])
     return frame[ok]
 
 

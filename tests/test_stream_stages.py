@@ -1,0 +1,200 @@
+"""The stages read images in chunks: each streamed result equals the one computed on all images at once."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_image
+from pneumoxai import data
+from pneumoxai.errors import SkippedFilesWarning
+from pneumoxai.pipeline._common import DISPLAY_SIZE
+from pneumoxai.pipeline.failure_slices import image_columns
+
+N_IMAGES = 13
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    """Radiograph-like images: a bright frame with two dark lung fields of random width, a bright corner tag."""
+    folder = tmp_path_factory.mktemp("stages")
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(N_IMAGES):
+        image = np.clip(rng.normal(180, 25, (96, 88)), 0, 255)
+        for left in (10, 50):
+            image[20:80, left:left + rng.integers(14, 28)] *= rng.uniform(0.2, 0.5)
+        image[:8, :rng.integers(4, 20)] = 255
+        out.append(str(write_image(folder / f"x{i:02d}.png", image.astype(np.uint8))))
+    return out
+
+
+def test_image_columns_equal_those_of_all_images_at_once(paths):
+    from pneumoxai.lungs import lung_mask
+    from pneumoxai.regions import peak_features, region_features
+    from pneumoxai.slices import image_features
+
+    maps = np.random.default_rng(0).random((N_IMAGES, DISPLAY_SIZE, DISPLAY_SIZE)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as whole_warnings:
+        warnings.simplefilter("always")
+        images = data.load_images(paths, DISPLAY_SIZE)
+        masks = lung_mask(images)
+    with warnings.catch_warnings(record=True) as streamed_warnings:
+        warnings.simplefilter("always")
+        streamed = image_columns(paths, chunk_size=5, maps=maps)  # chunks of 5, 5 and 3
+    assert [str(w.message) for w in streamed_warnings] == [str(w.message) for w in whole_warnings]
+    pd.testing.assert_frame_equal(streamed.features, image_features(images, masks=masks), rtol=1e-6)
+    whole_places = pd.concat([region_features(images, masks=masks), peak_features(maps, masks=masks)], axis=1)
+    pd.testing.assert_frame_equal(streamed.per_place, whole_places, rtol=1e-6)
+    np.testing.assert_array_equal(streamed.masks(), masks)
+    np.testing.assert_allclose(streamed.mean_image, images.mean(axis=(0, 3)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(streamed.lung_share, masks.mean(axis=0), rtol=1e-12)
+    assert streamed.features["lr_asymmetry"].std() > 0.01  # the images differ, so a row mix-up would show
+
+
+def test_image_columns_without_maps_keep_no_masks_and_decode_in_bounded_chunks(paths, monkeypatch):
+    sizes, original = [], data._decode_many
+
+    def recording(chunk, *args):
+        sizes.append(len(chunk))
+        return original(chunk, *args)
+
+    monkeypatch.setattr(data, "_decode_many", recording)
+    columns = image_columns(paths, chunk_size=4)
+    assert sizes == [4, 4, 4, 1]
+    assert columns.packed_masks is None
+    assert len(columns.per_place) == N_IMAGES and not columns.per_place.columns.str.startswith("peak_").any()
+
+
+def test_slice_examples_ask_only_for_the_shown_images(paths):
+    from pneumoxai.figures import plot_slice_examples
+    from pneumoxai.slices import Condition
+
+    images = data.load_images(paths, 32)
+    frame = pd.DataFrame({"bright": np.arange(N_IMAGES) % 2 == 0})
+    found = pd.DataFrame({"slice": ["bright"], "conditions": [[Condition("bright", "bright", level=True)]]})
+    asked = []
+
+    class OnDemand:
+        def __len__(self):
+            return N_IMAGES
+
+        def __getitem__(self, index):
+            asked.extend(np.atleast_1d(index).tolist())
+            return images[index]
+
+    y = np.arange(N_IMAGES) % 3 == 0
+    p = np.linspace(0.1, 0.9, N_IMAGES)
+    whole = plot_slice_examples(found, frame, images, y_true=y, y_prob=p, top=1, n_examples=3)
+    lazy = plot_slice_examples(found, frame, OnDemand(), y_true=y, y_prob=p, top=1, n_examples=3)
+    assert len(asked) == 3 and all(i % 2 == 0 for i in asked)
+    shown = [[im.get_array() for ax in fig.axes for im in ax.get_images()] for fig in (whole, lazy)]
+    assert len(shown[0]) == 3
+    for a, b in zip(*shown):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_prepare_drops_the_unreadable_files_as_the_whole_array_route_did(paths, tmp_path):
+    from pneumoxai.pipeline.prepare import _readable
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    frame = pd.DataFrame({"path": [paths[0], str(broken), *paths[1:4]]})
+    with pytest.warns(SkippedFilesWarning, match=r"Skipped 1 unreadable file\(s\): broken.png"):
+        kept = _readable(frame)
+    assert kept["path"].tolist() == [paths[0], *paths[1:4]]
+
+
+def _member(side, seed):
+    import keras
+
+    inputs = keras.Input((side, side, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="last_conv",
+                            kernel_initializer=keras.initializers.GlorotUniform(seed))(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(h)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="prediction",
+                                 kernel_initializer=keras.initializers.GlorotUniform(seed + 1))(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_test_split_maps_read_in_chunks_equal_those_of_all_images_at_once(paths, tmp_path):
+    from pneumoxai import _io
+    from pneumoxai.explain import chosen_layers, ensemble_gradcam, zone_attention
+    from pneumoxai.lungs import lung_mask
+    from pneumoxai.outcomes import outcome_groups
+    from pneumoxai.pipeline.explanations import _test_split_maps
+    from pneumoxai.run_folder import RunFolder
+
+    members = [_member(32, 0), _member(48, 4)]
+    y = np.arange(N_IMAGES) % 2
+    predicted = (np.arange(N_IMAGES) % 3 == 0).astype(int)
+    choice = {"method": "gradcam", "stages": [-1], "fused": False, "layer": "last_conv"}
+    run = RunFolder(tmp_path / "run")
+    split = _test_split_maps(run, members, paths, y, predicted, choice, interpolation="auto", chunk_size=5)
+
+    display = data.load_images(paths, DISPLAY_SIZE)
+    masks = lung_mask(display)
+    whole, _ = ensemble_gradcam(members, {32: data.load_images(paths, 32), 48: data.load_images(paths, 48)},
+                                method="gradcam", layers=lambda m: chosen_layers(m, choice),
+                                target=predicted.astype(bool), size=DISPLAY_SIZE)
+    assert whole.std() > 0.01
+    # Kept (and saved, as before) in float16: equal to within its rounding; the zones and means below use float32.
+    np.testing.assert_allclose(split.maps.astype(np.float32), whole, atol=1e-3)
+    zones = zone_attention(whole, masks)
+    pd.testing.assert_frame_equal(split.zones.drop(columns=["path"]), zones, rtol=1e-6, atol=1e-6)
+    assert split.zones["path"].tolist() == paths
+    np.testing.assert_array_equal(split.masks_of(np.array([2, 7])), masks[[2, 7]])
+    assert split.lung_fraction == pytest.approx(masks.mean(), rel=1e-12)
+    groups = outcome_groups(y, predicted)
+    for group, (image, mean_map) in split.group_means.items():
+        np.testing.assert_allclose(image, display[groups == group].mean(axis=(0, 3)), atol=1e-6)
+        np.testing.assert_allclose(mean_map, whole[groups == group].mean(axis=0), atol=1e-6)
+    saved = _io.load_npz(run.maps("test_maps.npz"))
+    np.testing.assert_array_equal(saved["maps"], split.maps)
+    assert saved["paths"].tolist() == paths
+
+
+def test_slice_explanations_of_float16_maps_in_chunks_equal_the_float64_whole_array_ones():
+    from pneumoxai import explain, slices
+
+    rng = np.random.default_rng(2)
+    n, side = 600, 16  # three chunks of zone shares
+    marker = np.arange(n) < 90
+    frame = pd.DataFrame({"marker": marker, "noise": rng.random(n)})
+    y = rng.integers(0, 2, n)
+    y[:90] = 0
+    p = np.where(y == 1, 0.9, 0.1)
+    p[:90] = 0.8
+    p[rng.random(n) < 0.05] = 0.5  # a few errors outside the slice
+    masks = np.zeros((n, side, side), bool)
+    masks[:, 4:13, 2:7] = masks[:, 4:13, 9:14] = True
+    maps = rng.random((n, side, side)).astype(np.float16)
+    maps[:90, :3, :3] += np.float16(4.0)  # the marker slice looks at a corner
+    found = slices.find_failure_slices(frame, y, p, min_size=20)
+    table, mean_maps = explain.slice_explanations(frame, found, maps, masks, y, p)
+    errors = marker & ((p >= 0.5).astype(int) != y)
+    shares = explain.zone_attention(maps.astype(np.float64), masks)
+    top = table.set_index("slice").loc["marker == True"]
+    assert top["errors:off_lung_attention"] == pytest.approx(shares["off_lung_attention"][errors].mean(), rel=1e-9)
+    assert top["errors:off_lung_attention"] > 0.5
+    at = list(table["slice"]).index("marker == True")
+    np.testing.assert_allclose(mean_maps[at], maps.astype(np.float64)[errors].mean(axis=0), rtol=1e-6)
+
+
+def test_mean_maps_from_group_sums_draw_what_the_whole_arrays_draw():
+    from pneumoxai.figures import plot_mean_maps
+    from pneumoxai.outcomes import OUTCOMES, outcome_groups
+
+    rng = np.random.default_rng(4)
+    images, maps = rng.random((30, 12, 12, 3)), rng.random((30, 12, 12)).astype(np.float16)
+    y, p = rng.integers(0, 2, 30), rng.random(30)
+    groups = outcome_groups(y, p)
+    means = {g: (images[groups == g].mean(axis=(0, 3)), maps[groups == g].mean(axis=0, dtype=np.float64))
+             for g in OUTCOMES if (groups == g).any()}
+    whole = plot_mean_maps(maps, y, p, images=images)
+    summed = plot_mean_maps(maps, y, p, group_means=means)
+    drawn = [[np.asarray(im.get_array()) for ax in fig.axes for im in ax.get_images()] for fig in (whole, summed)]
+    assert len(drawn[0]) == 2 * len(means)
+    for a, b in zip(*drawn):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -38,6 +38,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     from ..explain import shared_models
     from ..lungs import lung_mask
     from ..outcomes import explanation_sample
+    from .sharding import sharded_test_split
 
     started = time.perf_counter()
     explain_cfg = config["explain"]
@@ -62,11 +63,17 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     chosen = explanation_sample(y, predicted, max_images or explain_cfg["max_images"], seed=explain_cfg["seed"])
     best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
     best_model = member_models[model_members.index(best)]
+    # A sharded analysis has measured the choice and mapped the test split in its shards already.
+    sharded = sharded_test_split(run, config, images.paths, chosen)
     # Every method and layer set of a member explains through one logit model of it.
     with shared_models():
-        choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model,
-                                                      images.subset(chosen), predicted[chosen].astype(bool))
-        all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks, choice)
+        if sharded is None:
+            choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model,
+                                                          images.subset(chosen), predicted[chosen].astype(bool))
+        else:
+            choice, choice_table = sharded[:2]
+        all_maps, zones_all = _test_split_maps(run, member_models, images, predicted, masks, choice,
+                                               None if sharded is None else sharded[2])
         subset_maps = _gallery_maps(run, config, member_models, images.subset(chosen),
                                     predicted[chosen].astype(bool), methods or explain_cfg["methods"])
         _write_gallery(run, images.paths, chosen, y, predicted, subset_maps, masks)
@@ -157,13 +164,25 @@ def map_label(choice):
     return f"{METHOD_NAMES[choice['method']]} ({choice['layer']})"
 
 
-def _test_split_maps(run, member_models, images, predicted, masks, choice):
-    """The chosen ensemble map of the predicted class for every test image, and its zone attention."""
-    from ..explain import chosen_layers, ensemble_gradcam, zone_attention
+def chosen_maps(member_models, images, predicted, choice):
+    """The ensemble map of the chosen method and layers of each image's predicted class, at DISPLAY_SIZE.
 
-    all_maps, _ = ensemble_gradcam(member_models, images.for_models(member_models), method=choice["method"],
-                                   layers=lambda m: chosen_layers(m, choice), target=predicted.astype(bool),
-                                   size=DISPLAY_SIZE)
+    ``images`` holds the images at each member's input side (``{side: array}``, as
+    :func:`~pneumoxai.explain.ensemble_gradcam` takes them); each image's map depends on it
+    alone, so the test split can be mapped in parts (the shards of a sharded analysis).
+    """
+    from ..explain import chosen_layers, ensemble_gradcam
+
+    return ensemble_gradcam(member_models, images, method=choice["method"], layers=lambda m: chosen_layers(m, choice),
+                            target=np.asarray(predicted).astype(bool), size=DISPLAY_SIZE)[0]
+
+
+def _test_split_maps(run, member_models, images, predicted, masks, choice, maps=None):
+    """The chosen ensemble map of the predicted class for every test image (``maps`` when the shards of a sharded
+    analysis computed them), and its zone attention."""
+    from ..explain import zone_attention
+
+    all_maps = chosen_maps(member_models, images.for_models(member_models), predicted, choice) if maps is None else maps
     zones_all = zone_attention(all_maps, masks)
     zones_all.insert(0, "path", images.paths)
     _io.write_csv(run.table(ZONE_ATTENTION_ALL_TABLE), zones_all, index=False)

@@ -279,6 +279,10 @@ def _analyse(args, run, config, verbose):
             print(next_round(run))
     elif args.workers is not None or args.scheduler is not None:
         from .distributed import analyse_on_cluster, cluster_client
+        from .errors import ConfigError
+
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError(f"--workers takes a number of worker processes >= 1; got {args.workers}.")
 
         with cluster_client(workers=args.workers, scheduler=args.scheduler) as client:
             analyse_on_cluster(run, config, client, skip=set(args.skip), verbose=verbose)

@@ -40,8 +40,43 @@ def _model(side, seed, x):
     return model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def figures_drawn_not_saved():
+    """Saving the figures is most of a tiny analysis' time, and they are not compared here."""
+    from pneumoxai.figures import _style
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_style, "_save", lambda fig, targets: [path for path, _ in targets])
+        yield
+
+
+def _import_keras():
+    import keras
+
+    return keras.__version__
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def cluster():
+    """A local Dask cluster of two worker processes, or None without the distributed extra.
+
+    Its workers import TensorFlow while this process analyses the reference run (started first).
+    """
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    from pneumoxai.distributed import cluster_client
+
+    with cluster_client(workers=2) as client:
+        warming = [client.submit(_import_keras, workers=[worker], pure=False) for worker in client.scheduler_info()["workers"]]
+        yield client
+        del warming
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cluster):
     """An imported run of two models (32 and 40 px) and a predictions file, analysed in one process,
     and untouched copies of it before the analysis."""
     from conftest import make_tree
@@ -136,7 +171,7 @@ def test_two_shards_and_merge_give_the_single_process_results(runs, tmp_path, ca
     assert_same_results(single, run)
 
 
-@pytest.mark.parametrize("text", ["3/2", "0/0", "0/2", "two", "1/2/3", "-1/2"])
+@pytest.mark.parametrize("text", ["3/2", "0/0", "0/2", "two", "1/2/3", "1.5/2"])
 def test_a_bad_shard_is_one_line(tmp_path, capsys, text):
     code, _, err = run_cli(capsys, "analyse", "--run", tmp_path, "--shard", text)
     assert code == cli.EXIT_ERROR
@@ -171,21 +206,14 @@ def test_a_shard_takes_neither_set_nor_skip(tmp_path, capsys):
     assert code == cli.EXIT_ERROR and "--shard takes neither --set nor --skip" in err
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    pytest.importorskip("distributed", reason="the distributed extra: pip install -e '.[distributed]'")
-    from pneumoxai.distributed import cluster_client
-
-    with cluster_client(workers=2) as client:
-        yield client
-
-
-def test_a_local_two_worker_dask_cluster_gives_the_single_process_results(runs, dask_client, tmp_path):
+def test_a_local_two_worker_dask_cluster_gives_the_single_process_results(runs, cluster, tmp_path):
+    if cluster is None:
+        pytest.skip("the distributed extra is not installed: pip install -e '.[distributed]'")
     from pneumoxai.config import parse_config
     from pneumoxai.distributed import analyse_on_cluster
 
     base, single = runs
     run = RunFolder(_copy(base, tmp_path / "run"))
     config = parse_config(json.loads(run.config_file.read_text()))
-    assert analyse_on_cluster(run, config, dask_client, skip={"shift"}, verbose=0) == 2  # predictions, then maps
+    assert analyse_on_cluster(run, config, cluster, skip={"shift"}, verbose=0) == 2  # predictions, then maps
     assert_same_results(single, run.root)

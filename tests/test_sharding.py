@@ -189,6 +189,11 @@ def test_merge_refuses_a_missing_shard_and_a_shard_of_another_config(runs, tmp_p
     assert code == cli.EXIT_ERROR and err.count("\n") == 1
     assert f"shard(s) 2/3, 3/3 of the predictions missing in {run / 'shards' / 'predict'}" in err
     assert f"run `pneumoxai analyse --run {run} --shard 2/3`" in err
+    other_count = run / "shards" / "predict" / "1-of-2.npz"
+    shutil.copy(run / "shards" / "predict" / "1-of-3.npz", other_count)
+    code, _, err = run_cli(capsys, "merge", "--run", run)
+    assert code == cli.EXIT_ERROR and "holds shards of 2 and 3 jobs (from different --shard I/N)" in err
+    other_count.unlink()
     # Shard 2 computed with test-time augmentation, the run's config without: refused by name, nothing merged.
     config = json.loads((run / "config.json").read_text())
     _io.write_json(run / "config.json", {**config, "evaluate": {**config["evaluate"], "tta": True}})

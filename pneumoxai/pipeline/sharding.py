@@ -24,6 +24,7 @@ analysis has finished.
 
 import re
 import shutil
+import threading
 from collections import Counter
 
 import numpy as np
@@ -209,15 +210,17 @@ def _uncached_roles(run, config, table, members):
 
 #: (member folder, model hash) -> Keras model: a worker process that runs several shards loads each member once.
 _LOADED = {}
+_LOADING = threading.Lock()  # a Dask worker with several threads runs shards side by side
 
 
 def _loaded(members):
     """The members' Keras models, loaded once per process (the last set only, so a long-lived worker stays small)."""
     keys = [(str(member.directory.resolve()), member.content_hash) for member in members]
-    if set(keys) != set(_LOADED):
-        _LOADED.clear()
-        _LOADED.update({key: member.load() for key, member in zip(keys, members)})
-    return [_LOADED[key] for key in keys]
+    with _LOADING:
+        if set(keys) != set(_LOADED):
+            _LOADED.clear()
+            _LOADED.update({key: member.load() for key, member in zip(keys, members)})
+        return [_LOADED[key] for key in keys]
 
 
 def _predict_part(run, config, index, count):
@@ -245,6 +248,7 @@ def _merge_predictions(run, config):
 
     table, members = load_table(run), _model_members(run, config)
     count, shards = _read_shards(run, "predict")
+    columns = []  # every role checked before anything is written: all or nothing
     for role, entries in _uncached_roles(run, config, table, members).items():
         keys = [key for _, key in entries]
         for index, part in shards.items():
@@ -253,9 +257,9 @@ def _merge_predictions(run, config):
                              "data.interpolation than the run's")
         paths = np.concatenate([shards[i][f"paths_{role}"] for i in sorted(shards)])
         _check_rows(run, "predict", count, paths, _role_rows(table, role)["path"], role)
-        proba = np.concatenate([shards[i][f"proba_{role}"] for i in sorted(shards)])
-        for (path, key), column in zip(entries, proba.T):
-            write_prediction_cache(path, key, column)
+        columns += zip(entries, np.concatenate([shards[i][f"proba_{role}"] for i in sorted(shards)]).T)
+    for (path, key), column in columns:
+        write_prediction_cache(path, key, column)
     logger.info("merge: predictions of %d shard(s) written to the prediction cache", count)
 
 

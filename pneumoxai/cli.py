@@ -283,7 +283,6 @@ def _analyse(args, run, config, verbose):
 
         if args.workers is not None and args.workers < 1:
             raise ConfigError(f"--workers takes a number of worker processes >= 1; got {args.workers}.")
-
         with cluster_client(workers=args.workers, scheduler=args.scheduler) as client:
             analyse_on_cluster(run, config, client, skip=set(args.skip), verbose=verbose)
     else:

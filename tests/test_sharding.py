@@ -70,9 +70,11 @@ def cluster():
     from pneumoxai.distributed import cluster_client
 
     with cluster_client(workers=2) as client:
-        warming = [client.submit(_import_keras, workers=[worker], pure=False) for worker in client.scheduler_info()["workers"]]
+        # Held until the cluster closes: Dask may drop the task of a future nobody holds.
+        warming = [client.submit(_import_keras, workers=[worker], pure=False)
+                   for worker in client.scheduler_info()["workers"]]
         yield client
-        del warming
+        client.gather(warming)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +92,8 @@ def runs(tmp_path_factory, cluster):
         specs += ["--member", f"{name}={folder / f'{name}.keras'}"]
     rng = np.random.default_rng(2)
     frame = data.scan_dataset(root)
-    pd.DataFrame({"path": frame["path"], "probability": np.clip(0.3 + 0.4 * frame["label"] + rng.normal(0, 0.2,
-                                                                len(frame)), 0, 1)}).to_csv(folder / "v.csv", index=False)
+    probability = np.clip(0.3 + 0.4 * frame["label"] + rng.normal(0, 0.2, len(frame)), 0, 1)
+    pd.DataFrame({"path": frame["path"], "probability": probability}).to_csv(folder / "v.csv", index=False)
     base = folder / "base"
     assert cli.main(["import", "--data", str(root), "--out", str(base), *specs, "--member",
                      f"vendor={folder / 'v.csv'}", *FAST]) == 0
@@ -175,8 +177,8 @@ def test_two_shards_and_merge_give_the_single_process_results(runs, tmp_path, ca
 def test_a_bad_shard_is_one_line(tmp_path, capsys, text):
     code, _, err = run_cli(capsys, "analyse", "--run", tmp_path, "--shard", text)
     assert code == cli.EXIT_ERROR
-    assert err == f"pneumoxai: error: --shard takes I/N, shard I of N counted from 1 (1 <= I <= N, e.g. --shard 1/4); " \
-                  f"got {text!r}.\n"
+    assert err == ("pneumoxai: error: --shard takes I/N, shard I of N counted from 1 (1 <= I <= N, e.g. --shard "
+                   f"1/4); got {text!r}.\n")
 
 
 def test_merge_refuses_a_missing_shard_and_a_shard_of_another_config(runs, tmp_path, capsys):

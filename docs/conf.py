@@ -48,7 +48,7 @@ PUBLIC_MODULES = (
     "pneumoxai.evidence", "pneumoxai.audit", "pneumoxai.shift", "pneumoxai.referral", "pneumoxai.calibration",
     "pneumoxai.ensemble", "pneumoxai.data", "pneumoxai.config", "pneumoxai.models", "pneumoxai.predict",
     "pneumoxai.importing", "pneumoxai.explain", "pneumoxai.figures", "pneumoxai.report", "pneumoxai.pipeline",
-    "pneumoxai.pipeline.shift", "pneumoxai.cli",
+    "pneumoxai.pipeline.shift", "pneumoxai.distributed", "pneumoxai.cli",
 )
 
 

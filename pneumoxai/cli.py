@@ -1,4 +1,4 @@
-"""Command line: ``pneumoxai {run,train,evaluate,explain,slices,shift,report,import,analyse}``.
+"""Command line: ``pneumoxai {run,train,evaluate,explain,slices,shift,report,import,analyse,merge}``.
 
 Every command answers bad input with a non-zero exit and one readable line; ``--debug``
 shows the full traceback instead.
@@ -102,11 +102,34 @@ def build_parser():
                                                            "of the patient-grouped split of --data's train/")
     imports.add_argument("--test-list", metavar="CSV", help="test images (path, label[, patient_id]); with --val-list")
 
+    _add_analyse(sub)
+    return parser
+
+
+def _add_analyse(sub):
+    """``analyse`` (in this process, as shard I of N, or on a Dask cluster) and ``merge``."""
     analyse = sub.add_parser("analyse", help="evaluate, explain, slices and report on the members in RUN_DIR")
     _add_common(analyse, run=True)
-    analyse.add_argument("--skip", action="append", default=[], choices=["explain", "slices", "shift"],
-                         help="leave out an analysis stage")
-    return parser
+    _add_skip(analyse)
+    where = analyse.add_mutually_exclusive_group()
+    where.add_argument("--shard", metavar="I/N", help="compute only block I of N of the per-image work (predictions, "
+                                                     "then test-split maps) into RUN_DIR/shards/, e.g. one Slurm "
+                                                     "array task each; then `pneumoxai merge`")
+    where.add_argument("--workers", type=int, metavar="N", help="spread the per-image work over a local Dask "
+                                                                "cluster of N worker processes (the distributed extra)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="spread the per-image work over the workers of a "
+                                                              "running Dask scheduler, e.g. tcp://head:8786")
+
+    merge = sub.add_parser("merge", help="check the shards of `analyse --shard I/N` and merge them into RUN_DIR, "
+                                         "then run the stages that can run (a second round of shards maps the "
+                                         "test split)")
+    _add_common(merge, run=True)
+    _add_skip(merge)
+
+
+def _add_skip(parser):
+    parser.add_argument("--skip", action="append", default=[], choices=["explain", "slices", "shift"],
+                        help="leave out an analysis stage")
 
 
 def _warning_line(message, category, filename, lineno, line=None):
@@ -210,6 +233,8 @@ def _dispatch(args):
     max_images = EXPLAIN_SPEC["max_images"][1]  # the flag overrides explain.max_images, so it has its bounds
     if args.command == "explain" and args.max_images is not None and not is_valid(args.max_images, max_images):
         raise ConfigError(f"--max-images must be {describe(max_images)}; got {args.max_images}.")
+    if args.command == "analyse" and args.shard is not None:
+        return _analyse_shard(args, run)  # shards share the folder without its lock, each writing its own file
     with run.lock():
         config = _load_run_config(run, args.overrides)
         if args.command == "evaluate":
@@ -226,9 +251,42 @@ def _dispatch(args):
             print("\n".join(f"{row.analysis}: {row.text}" for row in summary.itertuples()))
         elif args.command == "report":
             pipeline.report_stage(run)
-        elif args.command == "analyse":
-            pipeline.analyse(run, config, skip=set(args.skip), verbose=verbose)
+        elif args.command in ("analyse", "merge"):
+            _analyse(args, run, config, verbose)
     return 0
+
+
+def _analyse_shard(args, run):
+    from .errors import ConfigError
+    from .pipeline.sharding import analyse_shard, parse_shard
+
+    shard = parse_shard(args.shard)
+    if args.overrides or args.skip:
+        raise ConfigError("--shard takes neither --set nor --skip: every shard reads the run's config.json as it is, "
+                          "and `pneumoxai merge` (which takes --skip) runs the stages.")
+    print(analyse_shard(run, _load_run_config(run, []), shard=shard))
+    return 0
+
+
+def _analyse(args, run, config, verbose):
+    """``analyse`` in this process or on a Dask cluster, or ``merge``."""
+    from . import pipeline
+
+    if args.command == "merge":
+        from .pipeline.sharding import next_round
+
+        if pipeline.merge_shards(run, config, skip=set(args.skip), verbose=verbose) == "maps":
+            print(next_round(run))
+    elif args.workers is not None or args.scheduler is not None:
+        from .distributed import analyse_on_cluster, cluster_client
+        from .errors import ConfigError
+
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError(f"--workers takes a number of worker processes >= 1; got {args.workers}.")
+        with cluster_client(workers=args.workers, scheduler=args.scheduler) as client:
+            analyse_on_cluster(run, config, client, skip=set(args.skip), verbose=verbose)
+    else:
+        pipeline.analyse(run, config, skip=set(args.skip), verbose=verbose)
 
 
 def _pairs(items, option, convert=str):

@@ -13,6 +13,7 @@ Everything a run produces lives in one folder, so any stage can be re-run alone:
       tables/*.csv, *.md, *.json
       figures/*.png, *.pdf
       maps/*.npz                explanation maps
+      shards/<step>/I-of-N.npz  a sharded analysis' per-job parts, until ``pneumoxai merge`` has used them
       report.html
 
 This module is the only place that spells these names: the stages, the member code, the
@@ -81,6 +82,9 @@ __all__ = [
     "TEST_MAPS_FILE",
     "EXPLAIN_MAPS_FILE",
     "SLICE_MAPS_FILE",
+    "SHARD_STEPS",
+    "SHARD_PLAN_FILE",
+    "SHARD_MAPS_FILE",
     "predictions_table",
     "target_predictions_table",
     "shift_table",
@@ -88,6 +92,7 @@ __all__ = [
     "slice_examples_figure",
     "prediction_cache_file",
     "embedding_cache_file",
+    "shard_file",
 ]
 
 RUN_FORMAT = 1
@@ -146,6 +151,10 @@ TIMINGS_TABLE = "timings.csv"
 TEST_MAPS_FILE = "test_maps.npz"
 EXPLAIN_MAPS_FILE = "explain.npz"
 SLICE_MAPS_FILE = "slice_maps.npz"
+# shards/ (pneumoxai analyse --shard I/N, then pneumoxai merge): the steps' folders and the merge's records
+SHARD_STEPS = ("predict", "maps")
+SHARD_PLAN_FILE = "plan.json"        # the layer choice the maps shards apply
+SHARD_MAPS_FILE = "test_maps.npz"    # the merged test-split maps (float32) the explain stage reads
 # figures/ (stems; the plotting functions add .png / .pdf)
 SHIFT_FEATURES_FIGURE = "shift_features"
 REFERRAL_CURVE_FIGURE = "referral_curve"
@@ -201,6 +210,17 @@ def prediction_cache_file(key):
 def embedding_cache_file(key):
     """The file of one member's cached embeddings in ``cache/embeddings``."""
     return f"emb-{key}.npz"
+
+
+def shard_file(index, count):
+    """One job's part of a sharded step, ``shards/<step>/<index>-of-<count>.npz`` (index from 1).
+
+    Examples
+    --------
+    >>> shard_file(2, 8)
+    '2-of-8.npz'
+    """
+    return f"{int(index)}-of-{int(count)}.npz"
 
 
 class RunFolder:
@@ -285,6 +305,10 @@ class RunFolder:
 
     def maps(self, name):
         return self.path("maps", name)
+
+    def shards(self, *parts):
+        """``shards/`` or a path in it (a sharded analysis' parts and the merge's records)."""
+        return self.path("shards", *parts)
 
     def stage_marker(self, stage):
         return self.cache("stages") / f"{stage}.json"

@@ -231,7 +231,7 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
         raise DataError("predict_members needs at least one member.")
     cache_path = _cache_path_of(cache_dir, prediction_cache_file)
     done, pending = _cached_and_pending("predict_members", members, images, batch_size=batch_size,
-                                        chunk_size=chunk_size, interpolation=interpolation, suffix=f"tta={bool(tta)}",
+                                        chunk_size=chunk_size, interpolation=interpolation, suffix=_tta_suffix(tta),
                                         cache_path=cache_path, read=_read_cache)
     for size, group in pending.items():
         models = [load_model() for _, load_model, _ in group]
@@ -243,9 +243,35 @@ def predict_members(members, images, *, batch_size=64, tta=False, cache_dir=None
             probs = check_classifier(model, "predict_members", probabilities=output.reshape(-1).astype(np.float64),
                                      warn_constant=True)
             if cache_dir is not None:
-                _io.save_npz(cache_path(key), proba=probs, key=np.array(key))
+                write_prediction_cache(cache_path(key), key, probs)
             done[index] = probs
     return np.column_stack([done[index] for index in range(len(members))])
+
+
+def _tta_suffix(tta):
+    return f"tta={bool(tta)}"
+
+
+def prediction_cache_entries(members, images, *, cache_dir, tta=False, interpolation="auto"):
+    """``(cache file, key)`` of each member's column, as :func:`predict_members` names and checks them.
+
+    For a job that computes a column elsewhere (a shard of a sharded analysis) and hands it
+    to :func:`write_prediction_cache`, so that :func:`predict_members` finds it cached.
+    """
+    entries = []
+
+    def note(path, key, n_samples):
+        entries.append((path, key))  # in member order; returning None leaves every member "not cached"
+
+    _cached_and_pending("prediction_cache_entries", members, images, batch_size=1, chunk_size=1,
+                        interpolation=interpolation, suffix=_tta_suffix(tta),
+                        cache_path=_cache_path_of(cache_dir, prediction_cache_file), read=note)
+    return entries
+
+
+def write_prediction_cache(path, key, proba):
+    """Store one member's probabilities (shape (n_samples,)) as its cache file ``path`` (atomic)."""
+    _io.save_npz(path, proba=np.asarray(proba, np.float64), key=np.array(key))
 
 
 def _cache_path_of(cache_dir, file_name):

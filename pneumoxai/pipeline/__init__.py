@@ -10,6 +10,8 @@ Where things are written is decided by :mod:`pneumoxai.run_folder`; the computat
 the public functions of ``data``, ``models``, ``predict``, ``ensemble``, ``metrics``,
 ``explain`` and ``slices``. Each stage skips work whose inputs have not changed (member
 config hash, model file hash, data manifest hash), and writes every artifact atomically.
+The per-image work of ``analyse`` (predictions, test-split maps) can be split over jobs and
+merged back (``sharding.py``: ``pneumoxai analyse --shard I/N``, ``pneumoxai merge``).
 """
 
 from .evaluate import evaluate_stage, member_predictions
@@ -17,6 +19,7 @@ from .explanations import explain_stage
 from .failure_slices import slices_stage
 from .orchestration import analyse, report_stage, run_all, stage_timings
 from .prepare import prepare, prepare_from_lists
+from .sharding import analyse_shard, merge_shards, pending_step
 from .train import train_members, train_stage, with_imported_members
 
 __all__ = [
@@ -33,4 +36,7 @@ __all__ = [
     "run_all",
     "analyse",
     "stage_timings",
+    "pending_step",
+    "analyse_shard",
+    "merge_shards",
 ]

@@ -40,6 +40,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     """
     from ..explain import shared_models
     from ..outcomes import explanation_sample
+    from .sharding import sharded_test_split
 
     started = time.perf_counter()
     explain_cfg = config["explain"]
@@ -65,13 +66,19 @@ def explain_stage(run, config, *, methods=None, max_images=None):
     sample = _ImagesBySize([paths[i] for i in chosen], interpolation=config["data"]["interpolation"])
     best = best_model_member(run, config, required=f"run `{run.command('evaluate')}` first")
     best_model = member_models[model_members.index(best)]
+    # A sharded analysis has measured the choice and mapped the test split in its shards already.
+    sharded = sharded_test_split(run, config, paths, chosen)
     # Every method and layer set of a member explains through one logit model of it.
     with shared_models():
-        choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model, sample,
-                                                      predicted[chosen].astype(bool))
+        if sharded is None:
+            choice, choice_table = _choose_test_split_map(run, explain_cfg, best.name, best_model, sample,
+                                                          predicted[chosen].astype(bool))
+        else:
+            choice, choice_table = sharded[:2]
         split = _test_split_maps(run, member_models, paths, y, predicted, choice,
                                  interpolation=config["data"]["interpolation"],
-                                 chunk_size=config["evaluate"]["chunk_size"])
+                                 chunk_size=config["evaluate"]["chunk_size"],
+                                 maps=None if sharded is None else sharded[2])
         subset_maps = _gallery_maps(run, config, member_models, sample, predicted[chosen].astype(bool),
                                     methods or explain_cfg["methods"])
         _write_gallery(run, paths, chosen, y, predicted, subset_maps, split.masks_of(chosen))
@@ -159,6 +166,19 @@ def map_label(choice):
     return f"{METHOD_NAMES[choice['method']]} ({choice['layer']})"
 
 
+def chosen_maps(member_models, images, predicted, choice):
+    """The ensemble map of the chosen method and layers of each image's predicted class, at DISPLAY_SIZE.
+
+    ``images`` holds the images at each member's input side (``{side: array}``, as
+    :func:`~pneumoxai.explain.ensemble_gradcam` takes them); each image's map depends on it
+    alone, so the test split can be mapped in parts (the shards of a sharded analysis).
+    """
+    from ..explain import chosen_layers, ensemble_gradcam
+
+    return ensemble_gradcam(member_models, images, method=choice["method"], layers=lambda m: chosen_layers(m, choice),
+                            target=np.asarray(predicted).astype(bool), size=DISPLAY_SIZE)[0]
+
+
 class SplitMaps(NamedTuple):
     """The chosen map of every test image, what is measured on it, and the sums the figures need."""
 
@@ -178,21 +198,22 @@ class SplitMaps(NamedTuple):
         return unpack_masks(self.packed_masks[index], self.maps.shape[1:])
 
 
-def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpolation, chunk_size):
-    """The chosen ensemble map of the predicted class for every test image, and its zone attention.
+def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpolation, chunk_size, maps=None):
+    """The chosen ensemble map of the predicted class for every test image (``maps``, float32 of shape
+    (n, DISPLAY_SIZE, DISPLAY_SIZE), when the shards of a sharded analysis computed them), and its zone attention.
 
     The images are decoded ``chunk_size`` at a time (at each member's input side and at
     DISPLAY_SIZE for the lung masks), so the split is never held as images; the maps equal
     those of the whole split mapped at once (each image's map depends on that image only).
     """
     from ..data import load_images
-    from ..explain import chosen_layers, ensemble_gradcam, zone_attention
+    from ..explain import zone_attention
     from ..lungs import lung_mask, warn_fallback
     from ..outcomes import outcome_groups
 
     sizes = sorted({int(m.input_shape[1]) for m in member_models})
     groups = outcome_groups(y, predicted, threshold=0.5)
-    maps, zones, packed, n_fallback, n_lung = [], [], [], 0, 0
+    sharded_maps, maps, zones, packed, n_fallback, n_lung = maps, [], [], [], 0, 0
     sums = {}
     for start in range(0, len(paths), chunk_size):
         chunk = paths[start:start + chunk_size]
@@ -201,11 +222,12 @@ def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpo
             warnings.simplefilter("ignore", UserWarning)
             masks, fallback = lung_mask(display, return_fallback=True)
         n_fallback, n_lung = n_fallback + int(fallback.sum()), n_lung + int(masks.sum())
-        images = {size: display if size == DISPLAY_SIZE else load_images(chunk, size, interpolation=interpolation)
-                  for size in sizes}
-        chunk_maps, _ = ensemble_gradcam(member_models, images, method=choice["method"],
-                                         layers=lambda m: chosen_layers(m, choice),
-                                         target=predicted[start:start + chunk_size].astype(bool), size=DISPLAY_SIZE)
+        if sharded_maps is None:
+            images = {size: display if size == DISPLAY_SIZE else load_images(chunk, size, interpolation=interpolation)
+                      for size in sizes}
+            chunk_maps = chosen_maps(member_models, images, predicted[start:start + chunk_size], choice)
+        else:
+            chunk_maps = sharded_maps[start:start + chunk_size]
         zones.append(zone_attention(chunk_maps, masks))
         maps.append(chunk_maps.astype(np.float16))
         packed.append(pack_masks(masks))

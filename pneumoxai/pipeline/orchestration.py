@@ -106,6 +106,19 @@ def run_all(run, config, data_root, *, skip=(), verbose="auto", strategy="defaul
     return analyse(run, with_imported_members(run, config), skip=skip, verbose=verbose, started=started)
 
 
+def analysis_skips(run, config, skip=()):
+    """``skip`` plus the explain stage when it cannot run (no model member, inputs too small); the log says why."""
+    skip = set(skip)
+    if "explain" not in skip and not any(member.is_model for member in run_members(run, config)):
+        logger.info("explain: skipped: every member is an imported predictions file (maps need models)")
+        skip.add("explain")
+    if "explain" not in skip and too_small_to_explain(config):
+        logger.info("explain: skipped: member(s) %s take images below %d px, whose last convolutional map is "
+                    "1x1 (constant maps)", ", ".join(too_small_to_explain(config)), MIN_EXPLAIN_SIZE)
+        skip.add("explain")
+    return skip
+
+
 def analyse(run, config, *, skip=(), verbose="auto", started=None):
     """``pneumoxai analyse``: evaluate, explain, slices and report on the members already in ``run``.
 
@@ -122,14 +135,7 @@ def analyse(run, config, *, skip=(), verbose="auto", started=None):
 
     started = time.perf_counter() if started is None else started
     _run_stage(run, config, "evaluate", evaluate_stage, verbose=verbose)
-    skip = set(skip)
-    if "explain" not in skip and not any(member.is_model for member in run_members(run, config)):
-        logger.info("explain: skipped: every member is an imported predictions file (maps need models)")
-        skip.add("explain")
-    if "explain" not in skip and too_small_to_explain(config):
-        logger.info("explain: skipped: member(s) %s take images below %d px, whose last convolutional map is "
-                    "1x1 (constant maps)", ", ".join(too_small_to_explain(config)), MIN_EXPLAIN_SIZE)
-        skip.add("explain")
+    skip = analysis_skips(run, config, skip)
     for stage, function in (("shift", shift_stage), ("explain", explain_stage), ("slices", slices_stage)):
         if stage not in skip:
             _run_stage(run, config, stage, function)

@@ -299,7 +299,8 @@ def verdict(model, x, maps, threshold, marker):
     union = result["regions"].mean(axis=0) >= 0.5
     return {"rests_on_region": result["rests_on_region"], "on_marker": bool(overlap.mean() > 0.5),
             "n": len(x), "share_changed": result["share_changed"],
-            "share_control_changed": result["share_control_changed"], "p_value": result["p_value"],
+            "share_control_changed": result["share_control_changed"], "effect": result["effect"],
+            "p_value": result["p_value"],
             "where": name_region(union) if union.any() else None}
 
 
@@ -331,12 +332,37 @@ def analyse(model, data, case, marker, seed, cache):
            "unmarked_normals_called": float(called[(y == 0) & ~planted].mean()),
            "slice_found": found, "slice_rank": rank, "slice": name, "slice_named": named,
            "n_marked_errors": int(len(errors)), "map": f"{choice['method']} {'+'.join(choice['layers'])}"}
-    error_maps = all_maps[errors]
-    out["peak_share"] = peak_share(error_maps, marker) if marker is not None and len(errors) else None
-    out["verdict"] = verdict(model, x[errors], error_maps, threshold, marker)
-    normals = np.flatnonzero(planted)
-    out["verdict_all_marked"] = verdict(model, x[normals], all_maps[normals], threshold, marker)
+    out["peak_share"] = peak_share(all_maps[errors], marker) if marker is not None and len(errors) else None
+    out.update(verdicts(model, x, all_maps, threshold, planted, called, marker))
     return out
+
+
+def verdicts(model, x, maps, threshold, planted, called, marker):
+    """The verdict on the marked false positives, and on every marked NORMAL image (``maps``: all test images)."""
+    errors, normals = np.flatnonzero(planted & called), np.flatnonzero(planted)
+    return {"verdict": verdict(model, x[errors], maps[errors], threshold, marker),
+            "verdict_all_marked": verdict(model, x[normals], maps[normals], threshold, marker)}
+
+
+def redo_verdicts(result, data, work, seed):
+    """Only the verdicts of a finished case again (the cached models and map choices; maps of the marked
+    NORMAL images only), for a changed verdict rule: the slices and peaks are left as they were."""
+    case = result["case"]
+    local = case in LOCAL
+    kind = "r50" if case.endswith("_r50") else "cnn"
+    marker = draw_marker(*LOCAL[case])[1] if local else None
+    base = case.removesuffix("_r50") if local else case
+    x, planted = planted_copy(data["test"], base, TEST_SHARE, 0, seed + 1)
+    for role, path in (("marked", work / f"{case}.keras"), ("control", work / f"control_{kind}.keras")):
+        model, cache = _load(kind, path), work / "choices" / f"{case}{'_control' if role == 'control' else ''}.json"
+        threshold = result[role]["threshold"]
+        p = model.predict(x, verbose=0)[:, 0]
+        _, maps_of = chosen_maps(model, x, p, threshold, None, cache)
+        maps = np.zeros((len(x), SIZE, SIZE), np.float32)
+        maps[planted] = maps_of(np.flatnonzero(planted))
+        result[role].update(verdicts(model, x, maps, threshold, planted, p >= threshold, marker))
+    judge(result)
+    return result
 
 
 def run_case(case, data, work, seed):
@@ -353,17 +379,22 @@ def run_case(case, data, work, seed):
     result = {"case": case, "local": local, "model": kind,
               "marked": analyse(marked, data, base, marker, seed, work / "choices" / f"{case}.json"),
               "control": analyse(control, data, base, marker, seed, work / "choices" / f"{case}_control.json")}
+    judge(result)
+    result["minutes"] = round((time.perf_counter() - started) / 60, 2)
+    return result
+
+
+def judge(result):
+    """The criteria (fixed before the first run) on one case's measurements."""
     m, c = result["marked"], result["control"]
     m["learned"] = m["marked_called"] - m["unmarked_normals_called"] >= LEARNED_GAP
-    if local:
+    if result["local"]:
         m["peak_ok"] = m["peak_share"] is not None and m["peak_share"] >= PEAK_SHARE
         m["verdict_ok"] = m["verdict"]["rests_on_region"] and m["verdict"]["on_marker"]
     else:
         m["no_region_claimed"] = not m["verdict"]["rests_on_region"]
     c["false_claim"] = c["slice_found"] or (c["verdict_all_marked"]["rests_on_region"]
                                             and c["verdict_all_marked"]["on_marker"])
-    result["minutes"] = round((time.perf_counter() - started) / 60, 2)
-    return result
 
 
 def summarise(results):
@@ -404,6 +435,8 @@ def main(argv=None):
     parser.add_argument("--cases", default=",".join([*LOCAL, *NONLOCAL]))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=N_TRAIN, help="training images per class (a quick check)")
+    parser.add_argument("--redo-verdicts", action="store_true",
+                        help="finished cases: compute only their verdicts again (after a change of the verdict rule)")
     args = parser.parse_args(argv)
     work, out = Path(args.work), Path(args.out)
     data = load_split(args.data, args.n_train, args.seed)
@@ -412,6 +445,9 @@ def main(argv=None):
         path = out / "cases" / f"{case}.json"
         if not path.exists():
             write_atomic(path, json.dumps(run_case(case, data, work, args.seed), indent=1, default=float))
+        elif args.redo_verdicts:
+            redone = redo_verdicts(json.loads(path.read_text()), data, work, args.seed)
+            write_atomic(path, json.dumps(redone, indent=1, default=float))
         results.append(json.loads(path.read_text()))
         print(case, json.dumps(table_row(results[-1]), default=str), flush=True)
     write_atomic(out / "cases.csv", pd.DataFrame([table_row(r) for r in results]).to_csv(index=False))

@@ -7,7 +7,9 @@ both polarities on synthetic radiograph-like images.
 - A model that uses the marker (any third of it still present calls PNEUMONIA) gets
   ``rests_on_region`` from the half-maximum region rule; the fixed quarter-side window of
   ``audit.peak_removal_effect`` misses the wide strip (the failure the issue reports).
-- A model that ignores the marker, with maps drawn to it, gets no verdict.
+- A model that ignores the marker, with maps drawn to it, gets no verdict; one that the marker
+  only nudges (removing it flips under a quarter of the calls) gets a significant test but
+  no "rests on" either, while a marker that decides half the calls does.
 - A global shortcut (a gamma change) with diffuse maps gets no verdict.
 - The region feature that best separates marked from clean images names the marked corner;
   a failure-slice search on the region features names it too.
@@ -151,6 +153,35 @@ def test_a_global_shortcut_with_diffuse_maps_gets_no_region(seed):
     result = region_removal_test(global_gamma, x, diffuse)
     assert not result["rests_on_region"]
     assert result["n_only_region"] <= 1
+
+
+def nudged_by_marker(mask, strength, scores):
+    """A model whose own evidence (``scores``, one per image, in [-1, 1]) decides the call, and which the
+    marker pushes towards PNEUMONIA by ``strength``: removing it flips the calls within that distance of
+    the threshold, about ``strength / 2`` of them."""
+    present_of = uses_marker(mask)
+
+    def predict(images):
+        pushed = scores[: len(images)] + strength * (present_of(images) > 0.5)
+        return 1.0 / (1.0 + np.exp(-200 * pushed))
+    return predict
+
+
+@pytest.mark.parametrize("strength, rests", [(0.12, False), (0.25, False), (1.0, True)])
+@pytest.mark.parametrize("shape, corner, polarity", CASES[::7])
+def test_a_marker_that_nudges_a_few_calls_is_significant_but_not_what_the_calls_rest_on(shape, corner, polarity,
+                                                                                          strength, rests):
+    # Criterion fixed before the run: every nudge flipping under a quarter of the calls is significant
+    # (p < 0.05) yet not "rests on"; a marker deciding half of them or more rests on its region.
+    n = 80
+    mask = marker_mask(shape, corner)
+    x = stamp(radiographs(n, seed=21), mask, polarity)
+    scores = np.linspace(-0.99, 0.99, n)[np.random.default_rng(22).permutation(n)]
+    result = region_removal_test(nudged_by_marker(mask, strength, scores), x, cam_like(mask, n, seed=23))
+    assert result["share_control_changed"] == 0.0
+    assert result["p_value"] < 0.05 and result["effect"] == pytest.approx(result["share_changed"])
+    assert result["rests_on_region"] is rests
+    assert (result["effect"] >= 0.25) is rests
 
 
 @pytest.mark.parametrize("corner", CORNERS)

@@ -362,7 +362,8 @@ def _removal_text(r, alpha):
     else:  # a place only some of the regions lie in is not where the calls rest
         lead, target = (f"Removing the region each map points at (no one place holds most of them; {place} holds "
                         f"{share:.0%}; "), "where their maps point"
-    return (f"{lead}the region around each map's peak, from half maximum down to 0.15 of it, inpainted from its "
+    return (f"{lead}the region around each map's peak, from half maximum down to 0.15 of it, then its highest 2-10% "
+            "of pixels, inpainted from its "
             "surroundings), changes "
             f"{r['removal_changes_errors']:.0%} of the {n_localised} calls tested by the best member, against "
             f"{r['removal_changes_control']:.0%} when the same region is removed half the image away (one-sided "
@@ -777,7 +778,7 @@ def _slice_explanations_part(run):
         "a sample (lower = the map points at what drives the call)."
         + (" Region removal: for 32 errors sampled per slice (all when fewer), the best member predicts again "
            "with the region around each map's peak inpainted from its surroundings, at half maximum and then at 0.3 "
-           "and 0.15 of it (a call changes when any step changes it; steps over a quarter of the image are not taken), "
+           "and 0.15 of it, then grown to the map's highest 2%, 5% and 10% of pixels around the peak (a call changes when any step changes it; steps over a quarter of the image are not taken), "
            "and with the same regions shifted by half the image; the share of the calls each changes, over the errors "
            "whose half-maximum region covers at most a quarter of the image (a slice is 'not localised' when fewer than half of them do), and "
            "the one-sided exact McNemar p that the region changes more calls than its shifted copy."

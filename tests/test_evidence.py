@@ -7,6 +7,8 @@ both polarities on synthetic radiograph-like images.
 - A model that uses the marker (any third of it still present calls PNEUMONIA) gets
   ``rests_on_region`` from the half-maximum region rule; the fixed quarter-side window of
   ``audit.peak_removal_effect`` misses the wide strip (the failure the issue reports).
+- A sharp map peaking beside a tag (a deep layer's) changes no call by its level steps; the
+  area steps reach the tag and every call changes.
 - A model that ignores the marker, with maps drawn to it, gets no verdict; one that the marker
   only nudges (removing it flips under a quarter of the calls) gets a significant test but
   no "rests on" either, while a marker that decides half the calls does.
@@ -229,6 +231,35 @@ def test_the_deletion_walk_finds_a_ruler_the_half_maximum_region_only_half_cover
     # The region reported is the step that changed the call: it covers most of the ruler.
     assert (walk["regions"][walk["call_changed"]][:, mask].mean(axis=1) >= 2 / 3).all()
     assert (walk["area"] <= 0.25).all()
+
+
+def sharp_beside(mask, seed):
+    """A deep layer's sharp, smooth map: a narrow peak 3 px off the marker's inner corner on a broad low slope."""
+    rows, cols = np.nonzero(mask)
+    r = rows.max() + 3 if rows.min() < SIZE // 2 else rows.min() - 3
+    c = cols.max() + 3 if cols.min() < SIZE // 2 else cols.min() - 3
+    grid_r, grid_c = np.mgrid[0:SIZE, 0:SIZE]
+    d2 = (grid_r - r) ** 2 + (grid_c - c) ** 2
+    jitter = np.random.default_rng(seed).normal(0, 0.002, (N, 1, 1))
+    return np.exp(-d2 / (2 * 2.0 ** 2)) + 0.1 * np.exp(-d2 / (2 * 20.0 ** 2)) + np.abs(jitter)
+
+
+@pytest.mark.parametrize("corner, polarity", [(corner, polarity) for corner in CORNERS for polarity in ("bright", "dark")])
+def test_the_area_steps_reach_a_tag_a_sharp_map_only_grazes(corner, polarity):
+    # Criteria fixed before the run: without the area steps the walk changes at most 10% of the calls;
+    # with them at least 90%, the control none, and the verdict says the calls rest on the region.
+    # (The largest step, 10% of the image, is a disc of about 23 px around the peak: it reaches a tag
+    # beside the peak, not the far end of a long strip or of a ring's rim.)
+    mask = marker_mask("square", corner)
+    x = stamp(radiographs(N, seed=24), mask, polarity)
+    maps = sharp_beside(mask, seed=25)
+    model = uses_marker(mask)
+    levels_only = region_removal_test(model, x, maps, areas=())
+    walk = region_removal_test(model, x, maps)
+    assert levels_only["share_changed"] <= 0.1 and not levels_only["rests_on_region"]
+    assert walk["share_changed"] >= 0.9 and walk["share_control_changed"] == 0.0 and walk["rests_on_region"]
+    assert np.isnan(walk["level"][walk["call_changed"]]).all()
+    assert set(walk["area_step"][walk["call_changed"]]) <= {0.02, 0.05, 0.1}
 
 
 def test_the_walk_stops_before_a_region_larger_than_max_area():

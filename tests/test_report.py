@@ -342,7 +342,7 @@ def test_a_finding_says_whether_its_calls_rest_on_the_region_its_maps_point_at(r
     text = write_report(run).read_text(encoding="utf-8")
     assert ("the region gaining most attention is outside the lungs. Removing the region their maps point at, the "
             "top-right corner, outside both lungs (the region around each map's peak, from half maximum down to 0.15 "
-            f"of it, inpainted from its surroundings), changes {changed:.0%} of the 7 calls tested by the best member, "
+            f"of it, then its highest 2-10% of pixels, inpainted from its surroundings), changes {changed:.0%} of the 7 calls tested by the best member, "
             "against 0% when the same region is "
             f"removed half the image away (one-sided exact McNemar p = {_p(p_value)}): {verdict}"
             ) in html.unescape(_section(text, "summary"))

@@ -326,17 +326,15 @@ def _deletion_walk(predict, x, maps, call, threshold, levels, areas, grow, max_a
     for step, (kind, value) in enumerate([*(("level", v) for v in levels), *(("area", v) for v in areas)]):
         if kind == "level":
             regions = first if step == 0 else evidence_regions(maps, level=value, grow=grow)
-            grows = active
         else:
             regions = previous | _area_regions(maps, value, grow)
-            grows = (regions != previous).any(axis=(1, 2))
         active &= regions.mean(axis=(1, 2)) <= max_area
-        previous = regions
-        at = np.flatnonzero(active & grows)
-        if not at.size:
-            if active.any():
-                continue
+        if not active.any():
             break
+        at = np.flatnonzero(active if kind == "level" else active & (regions != previous).any(axis=(1, 2)))
+        previous = regions
+        if not at.size:
+            continue
         moved = np.roll(regions[at], (h // 2, w // 2), axis=(1, 2))
         p_after, p_control = predict(inpaint_regions(x[at], regions[at])), predict(inpaint_regions(x[at], moved))
         changed = (p_after >= threshold) != call[at]

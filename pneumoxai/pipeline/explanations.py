@@ -78,7 +78,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
         split = _test_split_maps(run, member_models, paths, y, predicted, choice,
                                  interpolation=config["data"]["interpolation"],
                                  chunk_size=config["evaluate"]["chunk_size"],
-                                 maps=None if sharded is None else sharded[2])
+                                 sharded_maps=None if sharded is None else sharded[2])
         subset_maps = _gallery_maps(run, config, member_models, sample, predicted[chosen].astype(bool),
                                     methods or explain_cfg["methods"])
         _write_gallery(run, paths, chosen, y, predicted, subset_maps, split.masks_of(chosen))
@@ -198,8 +198,9 @@ class SplitMaps(NamedTuple):
         return unpack_masks(self.packed_masks[index], self.maps.shape[1:])
 
 
-def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpolation, chunk_size, maps=None):
-    """The chosen ensemble map of the predicted class for every test image (``maps``, float32 of shape
+def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpolation, chunk_size,
+                     sharded_maps=None):
+    """The chosen ensemble map of the predicted class for every test image (``sharded_maps``, float32 of shape
     (n, DISPLAY_SIZE, DISPLAY_SIZE), when the shards of a sharded analysis computed them), and its zone attention.
 
     The images are decoded ``chunk_size`` at a time (at each member's input side and at
@@ -213,7 +214,7 @@ def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpo
 
     sizes = sorted({int(m.input_shape[1]) for m in member_models})
     groups = outcome_groups(y, predicted, threshold=0.5)
-    sharded_maps, maps, zones, packed, n_fallback, n_lung = maps, [], [], [], 0, 0
+    maps, zones, packed, n_fallback, n_lung = [], [], [], 0, 0
     sums = {}
     for start in range(0, len(paths), chunk_size):
         chunk = paths[start:start + chunk_size]

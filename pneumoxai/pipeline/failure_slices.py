@@ -181,7 +181,8 @@ def _slice_frame(run, config, predictions, columns, P, p_ens):
 
 #: Images whose per-image faithfulness is measured for the slice explanations (deletion AUC costs 21 predictions each).
 _FAITHFULNESS_IMAGES = 64
-#: Errors per explained slice whose calls are tested by removing their maps' region (up to 7 predictions each).
+#: Errors per explained slice whose calls are tested by removing their maps' region (up to 13 predictions each: before,
+#: then each of the walk's six steps and its control).
 _REMOVAL_ERRORS = 32
 #: Significant slices explained and shown with example images, in the table's order.
 _EXPLAINED_SLICES = 10

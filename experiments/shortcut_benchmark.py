@@ -372,6 +372,29 @@ def redo_verdicts(result, data, work, seed):
     return result
 
 
+def redo_slices(result, data, work, seed):
+    """Only the slices of a finished case again (the cached models and map choices, maps of every test image),
+    for changed slice features: the peaks and verdicts are left as they were."""
+    case = result["case"]
+    local = case in LOCAL
+    kind = "r50" if case.endswith("_r50") else "cnn"
+    marker = draw_marker(*LOCAL[case])[1] if local else None
+    base = case.removesuffix("_r50") if local else case
+    frame, _, y = data["test"]
+    x, planted = planted_copy(data["test"], base, TEST_SHARE, 0, seed + 1)
+    masks = lung_mask(x)
+    for role, path in (("marked", work / f"{case}.keras"), ("control", work / f"control_{kind}.keras")):
+        model, cache = _load(kind, path), work / "choices" / f"{case}{'_control' if role == 'control' else ''}.json"
+        threshold = result[role]["threshold"]
+        p = model.predict(x, verbose=0)[:, 0]
+        _, maps_of = chosen_maps(model, x, p, threshold, None, cache)
+        sliced, top = top_slices(frame, x, y, p, threshold, masks, maps_of(np.arange(len(x))))
+        found, rank, name, named = slice_outcome(sliced, top, planted, marker, masks)
+        result[role].update({"slice_found": found, "slice_rank": rank, "slice": name, "slice_named": named})
+    judge(result)
+    return result
+
+
 def run_case(case, data, work, seed):
     local = case in LOCAL
     kind = "r50" if case.endswith("_r50") else "cnn"
@@ -442,9 +465,13 @@ def main(argv=None):
     parser.add_argument("--cases", default=",".join([*LOCAL, *NONLOCAL]))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=N_TRAIN, help="training images per class (a quick check)")
-    parser.add_argument("--redo-verdicts", action="store_true",
-                        help="finished cases: compute only their verdicts again (after a change of the verdict rule)")
+    redo = parser.add_mutually_exclusive_group()
+    redo.add_argument("--redo-verdicts", action="store_true",
+                      help="finished cases: compute only their verdicts again (after a change of the verdict rule)")
+    redo.add_argument("--redo-slices", action="store_true",
+                      help="finished cases: compute only their slices again (after a change of the slice features)")
     args = parser.parse_args(argv)
+    redo_case = redo_verdicts if args.redo_verdicts else redo_slices if args.redo_slices else None
     work, out = Path(args.work), Path(args.out)
     data = load_split(args.data, args.n_train, args.seed)
     results = []
@@ -452,17 +479,29 @@ def main(argv=None):
         path = out / "cases" / f"{case}.json"
         if not path.exists():
             write_atomic(path, json.dumps(run_case(case, data, work, args.seed), indent=1, default=float))
-        elif args.redo_verdicts:
-            redone = redo_verdicts(json.loads(path.read_text()), data, work, args.seed)
+        elif redo_case is not None:
+            redone = redo_case(json.loads(path.read_text()), data, work, args.seed)
             write_atomic(path, json.dumps(redone, indent=1, default=float))
         results.append(json.loads(path.read_text()))
         print(case, json.dumps(table_row(results[-1]), default=str), flush=True)
     write_atomic(out / "cases.csv", pd.DataFrame([table_row(r) for r in results]).to_csv(index=False))
     write_atomic(out / "summary.json", json.dumps(summarise(results), indent=1))
-    write_atomic(out / "provenance.json", json.dumps({
-        "command": " ".join(["python", "experiments/shortcut_benchmark.py", *(argv or sys.argv[1:])]),
-        "pneumoxai": __version__, "machine": machine(), "cpu": cpu(), "seed": args.seed,
-        "n_train_per_class": args.n_train, "size": SIZE}, indent=1))
+    record = {"command": " ".join(["python", "experiments/shortcut_benchmark.py", *(argv or sys.argv[1:])]),
+              "pneumoxai": __version__, "git_commit": _git_commit(), "machine": machine(), "cpu": cpu()}
+    if redo_case is None:
+        provenance = {**record, "seed": args.seed, "n_train_per_class": args.n_train, "size": SIZE}
+    else:  # a redo keeps the record of the run whose models it reuses
+        provenance = json.loads((out / "provenance.json").read_text())
+        provenance[f"{redo_case.__name__.removeprefix('redo_')}_redone"] = record
+    write_atomic(out / "provenance.json", json.dumps(provenance, indent=1))
+
+
+def _git_commit():
+    import subprocess
+
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent)
+    return done.stdout.strip() or None
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ place, what burnt-in text, rulers, markers and collimation change:
 
 :func:`region_features` gives, per border place, its brightness against the whole image,
 the share of its pixels far darker and far brighter than the image (dark and bright
-blobs, either polarity of a tag), and its Canny edge density (text and rulers are edges);
-per lung zone, brightness against the whole lung field and edge density.
+blobs, either polarity of a tag), its Canny edge density (text and rulers are edges) and its
+sharpness (the variance of the Laplacian: a burnt-in mark's step edges are far sharper than
+anatomy, whatever its polarity or size); per lung zone, brightness against the whole lung
+field, the blob areas, edge density and sharpness.
 :func:`peak_features` says, per place, whether an image's map peaks there: a shortcut the
 model uses draws its maps wherever it sits, however it looks, so the images a model reads
 by one place form a slice named after that place.
@@ -32,6 +34,7 @@ import pandas as pd
 
 from .errors import DataError
 from .lungs import ZONE_NAMES, lung_mask, zones
+from .slices import CANNY_THRESHOLDS, _laplacian
 from .validation import Interval, check_images, check_maps, check_param
 
 __all__ = [
@@ -62,11 +65,11 @@ REGION_FEATURES = {
     "dark_area": "dark area",
     "bright_area": "bright area",
     "edge_density": "edge density",
+    "sharpness": "sharpness",
     "peak": "the map's peak region",
 }
 
 BLOB_OFFSET = 0.35  # a pixel this far below (above) the image's median is dark (bright)
-CANNY_THRESHOLDS = (50, 150)  # as slices.image_features: hysteresis on uint8 intensities
 _IN_LUNGS = 0.5  # a region at least this much inside the lung fields is named after a zone
 _OUTSIDE_LUNGS = 0.1  # ... and one at most this much inside them is "outside both lungs"
 _PEAK_REGION_SHARE = 1 / 3  # a place holding this much of a map's peak region is where the map looks
@@ -122,13 +125,16 @@ def region_features(images, *, masks=None):
 
     Returns
     -------
-    features : DataFrame of shape (n_samples, 4 * 14)
+    features : DataFrame of shape (n_samples, 5 * 14)
         Columns ``<measurement>_<place>`` for the eight border places, then the six lung
         zones: ``rel_brightness`` (the place's mean minus the image's mean; for a zone,
         minus the lung fields' mean), ``dark_area`` and ``bright_area`` (share of its
         pixels more than ``BLOB_OFFSET`` below or above the image's median: a tag of
-        either polarity), and ``edge_density`` (share of its pixels marked by
-        ``cv2.Canny``: text and rulers). NaN where a lung zone is empty.
+        either polarity), ``edge_density`` (share of its pixels marked by
+        ``cv2.Canny``: text and rulers) and ``sharpness`` (variance over the place of the
+        Laplacian of the uint8 image, the global ``sharpness`` of
+        :func:`pneumoxai.slices.image_features` measured in one place). NaN where a lung
+        zone is empty.
 
     Examples
     --------
@@ -154,6 +160,7 @@ def region_features(images, *, masks=None):
     dark, bright = x < median - BLOB_OFFSET, x > median + BLOB_OFFSET
     u8 = np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
     edges = np.stack([cv2.Canny(img, *CANNY_THRESHOLDS) > 0 for img in u8])
+    laplacian = _laplacian(u8)
     out = {}
     for place in BORDER_PLACES:
         sel = places[place]
@@ -161,6 +168,7 @@ def region_features(images, *, masks=None):
         out[f"dark_area_{place}"] = dark[:, sel].mean(axis=1)
         out[f"bright_area_{place}"] = bright[:, sel].mean(axis=1)
         out[f"edge_density_{place}"] = edges[:, sel].mean(axis=1)
+        out[f"sharpness_{place}"] = laplacian[:, sel].var(axis=1)
     zone_ids = zones(masks)
     lung_mean = _masked_mean(x, masks)
     for k, zone in enumerate(ZONE_NAMES, start=1):
@@ -169,6 +177,8 @@ def region_features(images, *, masks=None):
         out[f"dark_area_{zone}"] = _masked_mean(dark, sel)
         out[f"bright_area_{zone}"] = _masked_mean(bright, sel)
         out[f"edge_density_{zone}"] = _masked_mean(edges, sel)
+        # E[L^2] - E[L]^2 can round below zero on a flat zone
+        out[f"sharpness_{zone}"] = np.maximum(_masked_mean(laplacian**2, sel) - _masked_mean(laplacian, sel) ** 2, 0)
     return pd.DataFrame(out)
 
 

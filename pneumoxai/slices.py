@@ -203,6 +203,13 @@ def _lung_fraction_from_model(images):
     return np.asarray(lung_mask(images)).astype(bool).mean(axis=(1, 2))
 
 
+def _laplacian(u8):
+    """The 4-neighbour Laplacian of uint8 images (k, H, W), as ``cv2.Laplacian(img, cv2.CV_64F)``."""
+    # numpy's "reflect" padding is OpenCV's BORDER_REFLECT_101 (the Laplacian default).
+    p = np.pad(u8.astype(np.float64), ((0, 0), (1, 1), (1, 1)), mode="reflect")
+    return p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:] - 4.0 * p[:, 1:-1, 1:-1]
+
+
 def _features_block(x):
     """Features of a block of images ``x`` (k, H, W) in [0, 1]; vectorised over k."""
     import cv2
@@ -219,10 +226,7 @@ def _features_block(x):
         "dynamic_range": flat.max(axis=1) - flat.min(axis=1),
     }
 
-    # numpy's "reflect" padding is OpenCV's BORDER_REFLECT_101 (the Laplacian default).
-    p = np.pad(u8.astype(np.float64), ((0, 0), (1, 1), (1, 1)), mode="reflect")
-    lap = p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:] - 4.0 * p[:, 1:-1, 1:-1]
-    out["sharpness"] = lap.reshape(k, -1).var(axis=1)
+    out["sharpness"] = _laplacian(u8).reshape(k, -1).var(axis=1)
 
     # Immerkaer's mask is separable: [1,-2,1] along columns, then along rows.
     d = x[:, :, :-2] - 2.0 * x[:, :, 1:-1] + x[:, :, 2:]

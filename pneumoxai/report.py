@@ -33,6 +33,7 @@ from ._report_shift import CONTENTS as _SHIFT_CONTENTS, shift_sections, shift_se
 from .config import analysis_members
 from .lungs import ZONE_COLUMNS
 from .metrics import ORIGIN_ROW
+from .evidence import DEFAULT_AREAS, DEFAULT_LEVELS
 from .regions import describe_slice
 from .errors import CacheError, RunFolderError
 from .run_folder import (CARD_FILE, COMPARISONS_TABLE, DATASET_TABLE, DIVERSITY_TABLE, ENSEMBLE_RECORD,
@@ -59,6 +60,11 @@ _RESULT_METRICS = (
 )
 _SUMMARY_METRICS = (("accuracy", "accuracy"), ("recall", "sensitivity"), ("specificity", "specificity"),
                     ("roc_auc", "ROC AUC"))
+
+# The removal walk of evidence.region_removal_test with its defaults, as the report states it.
+_REMOVAL_WALK = (f"from {DEFAULT_LEVELS[0]:g} of its maximum down to {DEFAULT_LEVELS[-1]:g} of it, then its highest "
+                 f"{DEFAULT_AREAS[0]:.0%}-{DEFAULT_AREAS[-1]:.0%} of pixels")
+
 
 # --------------------------------------------------------------------------- markup
 
@@ -362,9 +368,7 @@ def _removal_text(r, alpha):
     else:  # a place only some of the regions lie in is not where the calls rest
         lead, target = (f"Removing the region each map points at (no one place holds most of them; {place} holds "
                         f"{share:.0%}; "), "where their maps point"
-    return (f"{lead}the region around each map's peak, from half maximum down to 0.15 of it, then its highest 2-10% "
-            "of pixels, inpainted from its "
-            "surroundings), changes "
+    return (f"{lead}the region around each map's peak, {_REMOVAL_WALK}, inpainted from its surroundings), changes "
             f"{r['removal_changes_errors']:.0%} of the {n_localised} calls tested by the best member, against "
             f"{r['removal_changes_control']:.0%} when the same region is removed half the image away (one-sided "
             f"exact McNemar p = {_p(r['removal_p'])}): " + _removal_verdict_words(r, alpha, target))

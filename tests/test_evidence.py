@@ -253,8 +253,8 @@ def sharp_beside(mask, seed):
 def test_the_area_steps_reach_a_tag_a_sharp_map_only_grazes(corner, polarity):
     # Criteria fixed before the run: without the area steps the walk changes at most 10% of the calls;
     # with them at least 90%, the control none, and the verdict says the calls rest on the region.
-    # (The largest step, 10% of the image, is a disc of about 23 px around the peak: it reaches a tag
-    # beside the peak, not the far end of a long strip or of a ring's rim.)
+    # (A step of 10% of the image is a disc of about 23 px around the peak: it reaches a tag beside the
+    # peak, not the far end of a long strip or of a ring's rim.)
     mask = marker_mask("square", corner)
     x = stamp(radiographs(N, seed=24), mask, polarity)
     maps = sharp_beside(mask, seed=25)
@@ -264,7 +264,7 @@ def test_the_area_steps_reach_a_tag_a_sharp_map_only_grazes(corner, polarity):
     assert levels_only["share_changed"] <= 0.1 and not levels_only["rests_on_region"]
     assert walk["share_changed"] >= 0.9 and walk["share_control_changed"] == 0.0 and walk["rests_on_region"]
     assert np.isnan(walk["level"][walk["call_changed"]]).all()
-    assert set(walk["area_step"][walk["call_changed"]]) <= {0.02, 0.05, 0.1}
+    assert set(walk["area_step"][walk["call_changed"]]) <= {0.02, 0.05, 0.1, 0.2}
 
 
 def test_the_walk_stops_before_a_region_larger_than_max_area():

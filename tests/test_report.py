@@ -341,8 +341,8 @@ def test_a_finding_says_whether_its_calls_rest_on_the_region_its_maps_point_at(r
     pd.DataFrame([row]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
     text = write_report(run).read_text(encoding="utf-8")
     assert ("the region gaining most attention is outside the lungs. Removing the region their maps point at, the "
-            "top-right corner, outside both lungs (the region around each map's peak, from half maximum down to 0.15 "
-            f"of it, then its highest 2-10% of pixels, inpainted from its surroundings), changes {changed:.0%} of the 7 calls tested by the best member, "
+            "top-right corner, outside both lungs (the region around each map's peak, from 0.5 of its maximum down to "
+            f"0.15 of it, then its highest 2%-20% of pixels, inpainted from its surroundings), changes {changed:.0%} of the 7 calls tested by the best member, "
             "against 0% when the same region is "
             f"removed half the image away (one-sided exact McNemar p = {_p(p_value)}): {verdict}"
             ) in html.unescape(_section(text, "summary"))
@@ -358,7 +358,7 @@ def test_regions_scattered_over_several_places_are_not_named_as_one(run):
     pd.DataFrame([row]).to_csv(run / "tables" / "slice_explanations.csv", index=False)
     summary = html.unescape(_section(write_report(run).read_text(encoding="utf-8"), "summary"))
     assert ("Removing the region each map points at (no one place holds most of them; the left middle lung zone "
-            "holds 25%; the region around each map's peak, from half maximum down") in summary
+            "holds 25%; the region around each map's peak, from 0.5 of its maximum down") in summary
     assert "the calls do not rest on where their maps point more than on any other region of its size." in summary
 
 

@@ -298,7 +298,7 @@ def _slice_figures(run, found, frame, images, y, p_ens, threshold, maps):
             figures.plot_slice_examples(significant.iloc[rank - 1:rank], frame, images, maps=maps, y_true=y,
                                         y_prob=p_ens, threshold=threshold, top=1, n_examples=4,
                                         title=describe_slice(label), path=run.figure_stem(slice_examples_figure(rank)))
-    # The per-place columns are shown by the slices they define, not as 56 more distributions.
+    # The per-place columns are shown by the slices they define, not as 70 more distributions.
     plain = [column for column in frame.columns if describe_feature(column) == str(column)
              and frame[column].dtype.kind in "iuf" and frame[column].nunique(dropna=True) > 1]
     figures.plot_feature_distributions(frame, y, p_ens, columns=plain, threshold=threshold,

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from .._io import NpyRows, mean_rows
 from ..errors import DataError
 from ..lungs import ZONE_COLUMNS
 from ..validation import OPEN_UNIT_INTERVAL, check_param
@@ -84,7 +85,8 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
     slice_table : pandas.DataFrame
         Output of :func:`pneumoxai.slices.find_failure_slices` (with ``conditions``).
     maps : array_like, shape (n_samples, H, W)
-        One attention map per image (e.g. of the predicted class).
+        One attention map per image (e.g. of the predicted class), or maps on disk
+        (:class:`pneumoxai._io.NpyRows`, read ``_CHUNK`` rows at a time).
     masks : array_like, shape (n_samples, H, W)
         Bool lung masks or zone ids, as in :func:`zone_attention`.
     y_true : array_like of {0, 1}, shape (n_samples,)
@@ -134,7 +136,8 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
 
     if not isinstance(slice_table, pd.DataFrame) or "conditions" not in slice_table:
         raise DataError("slice_table must be the DataFrame of find_failure_slices, with its 'conditions' column")
-    m = np.asarray(maps)  # as given (float16 maps of a large split are not copied to float64 at once)
+    # As given (float16 maps of a large split are not copied to float64 at once), maps on disk read by blocks of rows.
+    m = maps if isinstance(maps, NpyRows) else np.asarray(maps)
     y = np.asarray(y_true)
     p = np.asarray(y_prob, np.float64)
     n = len(frame)
@@ -180,6 +183,6 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
         if region_removal is not None:
             row.update(_removal_row(region_removal, errors, alpha))
         rows.append(row)
-        mean_maps.append(m[errors].mean(axis=0, dtype=np.float64) if errors.any() else np.zeros(m.shape[1:]))
+        mean_maps.append(mean_rows(m, errors, _CHUNK) if errors.any() else np.zeros(m.shape[1:]))
     table = pd.DataFrame(rows, columns=None if rows else ["slice", "n_errors", "n_reference"])
     return table, np.asarray(mean_maps, np.float32).reshape((-1,) + m.shape[1:])

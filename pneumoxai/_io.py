@@ -198,14 +198,29 @@ def npy_rows_writer(path, shape, dtype, *, index_path, **index):
     save_npz(index_path, **index)
 
 
-class NpyRows:
-    """A ``.npy`` file on disk whose rows are read when indexed, for arrays too large to hold (the maps of a split).
+class Rows:
+    """An array kept out of memory (on disk, or packed) whose rows are made when indexed, for the maps or masks
+    of a whole split: ``rows[index]`` (an int, a slice, integer or boolean indices along the first
+    axis) is an in-memory array. The functions that take such arrays read one a block of rows at a
+    time (:func:`iter_rows`, :func:`mean_rows`); ``shape``, ``dtype``, ``ndim`` and ``len`` are those
+    of the whole array."""
 
-    ``rows[index]`` (an int, a slice, integer or boolean indices along the first axis)
-    returns those rows as an in-memory array, read through a memory map that is dropped
-    at once: the pages read do not stay in the process's memory. ``shape``, ``dtype``,
-    ``ndim`` and ``len`` are the file's. Iterate in bounded blocks with
-    :func:`iter_rows`; average rows with :func:`mean_rows`.
+    shape = ()
+    dtype = None
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+
+class NpyRows(Rows):
+    """A ``.npy`` file on disk whose rows are read when indexed (:class:`Rows`).
+
+    Each read goes through a memory map that is dropped at once, so the pages read do not
+    stay in the process's memory.
 
     Raises
     ------
@@ -217,16 +232,12 @@ class NpyRows:
         self.path = Path(path)
         rows = self._open()
         self.shape, self.dtype = rows.shape, rows.dtype
-        self.ndim = len(self.shape)
 
     def _open(self):
         try:
             return np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise CacheError(f"{self.path} is corrupt or truncated ({exc}); delete it to rebuild.") from exc
-
-    def __len__(self):
-        return self.shape[0]
 
     def __getitem__(self, index):
         return np.array(self._open()[index])
@@ -236,7 +247,7 @@ class NpyRows:
 
 
 def iter_rows(array, chunk_size=ROW_CHUNK):
-    """``array[start:start + chunk_size]`` for start = 0, chunk_size, ...: an array or :class:`NpyRows` by blocks."""
+    """``array[start:start + chunk_size]`` for start = 0, chunk_size, ...: an array or :class:`Rows` by blocks."""
     for start in range(0, len(array), chunk_size):
         yield array[start:start + chunk_size]
 

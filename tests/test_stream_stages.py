@@ -47,7 +47,8 @@ def test_image_columns_equal_those_of_all_images_at_once(paths):
     pd.testing.assert_frame_equal(streamed.features, image_features(images, masks=masks), rtol=1e-6)
     whole_places = pd.concat([region_features(images, masks=masks), peak_features(maps, masks=masks)], axis=1)
     pd.testing.assert_frame_equal(streamed.per_place, whole_places, rtol=1e-6)
-    np.testing.assert_array_equal(streamed.masks(), masks)
+    np.testing.assert_array_equal(streamed.masks()[:], masks)
+    np.testing.assert_array_equal(streamed.masks()[3], masks[3])
     np.testing.assert_allclose(streamed.mean_image, images.mean(axis=(0, 3)), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(streamed.lung_share, masks.mean(axis=0), rtol=1e-12)
     assert streamed.features["lr_asymmetry"].std() > 0.01  # the images differ, so a row mix-up would show
@@ -156,7 +157,8 @@ def test_test_split_maps_read_in_chunks_equal_those_of_all_images_at_once(paths,
     assert saved["paths"].tolist() == paths and set(saved) == {"paths", "method"}
 
 
-def test_slice_explanations_of_float16_maps_in_chunks_equal_the_float64_whole_array_ones():
+def _slice_case():
+    """A slice whose errors' maps look at a corner, with its maps, masks and slice explanations."""
     from pneumoxai import explain, slices
 
     rng = np.random.default_rng(2)
@@ -173,7 +175,14 @@ def test_slice_explanations_of_float16_maps_in_chunks_equal_the_float64_whole_ar
     maps = rng.random((n, side, side)).astype(np.float16)
     maps[:90, :3, :3] += np.float16(4.0)  # the marker slice looks at a corner
     found = slices.find_failure_slices(frame, y, p, min_size=20)
-    table, mean_maps = explain.slice_explanations(frame, found, maps, masks, y, p)
+    return (frame, found, maps, masks, y, p), explain.slice_explanations(frame, found, maps, masks, y, p)
+
+
+def test_slice_explanations_of_float16_maps_in_chunks_equal_the_float64_whole_array_ones():
+    from pneumoxai import explain
+
+    (frame, found, maps, masks, y, p), (table, mean_maps) = _slice_case()
+    marker = frame["marker"].to_numpy()
     errors = marker & ((p >= 0.5).astype(int) != y)
     shares = explain.zone_attention(maps.astype(np.float64), masks)
     top = table.set_index("slice").loc["marker == True"]
@@ -181,6 +190,20 @@ def test_slice_explanations_of_float16_maps_in_chunks_equal_the_float64_whole_ar
     assert top["errors:off_lung_attention"] > 0.5
     at = list(table["slice"]).index("marker == True")
     np.testing.assert_allclose(mean_maps[at], maps.astype(np.float64)[errors].mean(axis=0), rtol=1e-6)
+
+
+def test_slice_explanations_of_maps_on_disk_and_packed_masks_equal_those_of_the_arrays(tmp_path):
+    from pneumoxai import _io, explain
+    from pneumoxai.pipeline._common import PackedMasks, pack_masks
+
+    (frame, found, maps, masks, y, p), (table, mean_maps) = _slice_case()
+    with _io.npy_rows_writer(tmp_path / "m.npy", maps.shape, np.float16, index_path=tmp_path / "m.npz") as write:
+        for rows in _io.iter_rows(maps, 97):
+            write(rows)
+    rows_table, rows_means = explain.slice_explanations(frame, found, _io.NpyRows(tmp_path / "m.npy"),
+                                                        PackedMasks(pack_masks(masks), masks.shape[1:]), y, p)
+    pd.testing.assert_frame_equal(rows_table, table, check_exact=True)
+    np.testing.assert_array_equal(rows_means, mean_maps)
 
 
 def test_mean_maps_from_group_sums_draw_what_the_whole_arrays_draw():

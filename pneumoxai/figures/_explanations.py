@@ -9,7 +9,7 @@ imported here: the functions take maps and tables already computed.
 
 import numpy as np
 
-from .._io import NpyRows, iter_rows, mean_rows
+from .._io import Rows, iter_rows, mean_rows
 from ..errors import DataError
 from ..validation import SEED, UNIT_INTERVAL, check_grey_images, check_param
 from ..outcomes import OUTCOMES, outcome_groups
@@ -140,7 +140,7 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, thres
     Parameters
     ----------
     maps : array-like of shape (n_samples, H, W)
-        One explanation map per image (or maps on disk, :class:`pneumoxai._io.NpyRows`,
+        One explanation map per image (or maps kept on disk, :class:`pneumoxai._io.Rows`,
         read a block of rows at a time).
     y_true : array-like of shape (n_samples,)
         0/1 labels, 1 = PNEUMONIA.
@@ -175,7 +175,7 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, thres
     groups = _indices_by_outcome("plot_mean_maps", y_true, y_prob, threshold)
     n = len(np.asarray(y_prob))
     # No float64 copy of every map: only each group's mean is drawn; maps on disk are read a block at a time.
-    m = maps if isinstance(maps, NpyRows) else np.asarray(maps)
+    m = maps if isinstance(maps, Rows) else np.asarray(maps)
     if m.ndim != 3 or len(m) != n or not np.issubdtype(m.dtype, np.number):
         raise DataError(f"maps must have shape (n={n}, H, W); got {m.shape}")
     gray = None if images is None else check_grey_images(images, owner="plot_mean_maps", n_samples=n)

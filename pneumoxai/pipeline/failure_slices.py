@@ -14,7 +14,7 @@ from ..run_folder import (FAILURE_SLICES_TABLE, MEMBER_FAILURE_SLICES_TABLE, SLI
                           SLICE_EXPLANATIONS_TABLE, SLICE_FEATURES_TABLE, SLICE_MAPS_FILE, TEST_MAPS_FILE,
                           TEST_MAPS_INDEX, ZONE_ATTENTION_ALL_TABLE, slice_examples_figure)
 from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, pack_masks,
-                      run_members, unpack_masks)
+                      PackedMasks, run_members)
 
 
 def slices_stage(run, config):
@@ -90,8 +90,8 @@ class ImageColumns(NamedTuple):
     lung_share: np.ndarray
 
     def masks(self):
-        """The lung masks, bool of shape (n, H, W)."""
-        return unpack_masks(self.packed_masks, self.mean_image.shape)
+        """The lung masks, bool of shape (n, H, W), unpacked by rows when indexed."""
+        return PackedMasks(self.packed_masks, self.mean_image.shape)
 
 
 def image_columns(paths, *, chunk_size=DEFAULT_CHUNK_SIZE, maps=None):

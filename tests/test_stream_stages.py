@@ -344,3 +344,26 @@ def test_test_split_maps_memory_does_not_grow_with_the_split(monkeypatch, tmp_pa
         tracemalloc.stop()
     per_image = (peaks[1] - peaks[0]) / (192 - 48)
     assert per_image < 20e3, f"{per_image / 1e3:.0f} KB more per image"
+
+
+def test_the_report_browser_shows_the_maps_on_disk_as_it_showed_them_from_the_npz(tmp_path):
+    from pneumoxai import _io
+    from pneumoxai._report_browser import _maps
+    from pneumoxai.run_folder import RunFolder
+
+    maps = np.random.default_rng(5).random((12, 40, 40)).astype(np.float16)
+    maps[10, 0, 0] = -1  # one negative value in a map not shown: every map is drawn on the signed scale
+    paths = np.array([f"img{i}.png" for i in range(12)])
+    old, new = RunFolder(tmp_path / "old"), RunFolder(tmp_path / "new")
+    _io.save_npz(old.maps("test_maps.npz"), maps=maps, paths=paths, method=np.array("LayerCAM (fused)"))
+    with _io.npy_rows_writer(new.maps("test_maps.npy"), maps.shape, np.float16, index_path=new.maps("test_maps.npz"),
+                             paths=paths, method=np.array("LayerCAM (fused)")) as write:
+        for rows in _io.iter_rows(maps, 5):
+            write(rows)
+    shown, notes = [paths[7], "elsewhere.png", paths[2]], []
+    methods, uris = _maps(new, shown, notes)
+    assert (methods, uris) == _maps(old, shown, notes)
+    assert methods == ["LayerCAM (fused)"] and uris[0][1] is None and uris[0][0] != uris[0][2] and not notes
+    maps[10, 0, 0] = 1
+    _io.save_npz(old.maps("test_maps.npz"), maps=maps, paths=paths, method=np.array("LayerCAM (fused)"))
+    assert _maps(old, shown, notes)[1] != uris  # the scale the negative value chose shows in the overlays

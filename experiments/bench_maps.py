@@ -1,6 +1,6 @@
 """Peak memory of the test-split maps (explain and slices stages) at N and 4N images, before and after streaming.
 
-    nice -n 10 python experiments/bench_maps.py [--n 500 2000] [--before COMMIT]
+    nice -n 10 python experiments/bench_maps.py [--n 500 2000] [--before COMMIT] [--codes before after]
 
 Issue 29: the explain stage kept the chosen map of every test image (float16 at 224 px,
 100 KB an image) in a list, concatenated it and saved it whole; the slices stage loaded
@@ -105,6 +105,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[500, 2000])
     parser.add_argument("--before", default="8bfc93e", help="the commit measured as 'before'")
+    parser.add_argument("--codes", nargs="+", choices=("before", "after"), default=["before", "after"])
     parser.add_argument("--data", default="/work/shared/data/chest_xray")
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--child", nargs=3, metavar=("STEP", "N", "FOLDER"), help=argparse.SUPPRESS)
@@ -115,12 +116,14 @@ def main(argv=None):
     sys.path.insert(0, str(HERE))
     from _provenance import cpu, machine, write_atomic
 
-    runs = []
+    runs = json.loads(Path(args.out).read_text())["runs"] if Path(args.out).exists() else []
     with tempfile.TemporaryDirectory(prefix="bench_maps_") as scratch:
         codes = {"before": (_commit(args.before), _package_copy(args.before, Path(scratch))),
                  "after": (_commit("HEAD") + ("+" if _dirty() else ""), str(ROOT))}
         for n in args.n:
-            for code, (commit, pythonpath) in codes.items():
+            for code in args.codes:
+                commit, pythonpath = codes[code]
+                runs = [r for r in runs if (r["code"], r["n_images"]) != (code, n)]  # a point measured again
                 with tempfile.TemporaryDirectory(prefix="bench_maps_run_") as folder:
                     for step in ("explain", "slices"):
                         env = {**os.environ, "PYTHONPATH": pythonpath}

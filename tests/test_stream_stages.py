@@ -367,3 +367,22 @@ def test_the_report_browser_shows_the_maps_on_disk_as_it_showed_them_from_the_np
     maps[10, 0, 0] = 1
     _io.save_npz(old.maps("test_maps.npz"), maps=maps, paths=paths, method=np.array("LayerCAM (fused)"))
     assert _maps(old, shown, notes)[1] != uris  # the scale the negative value chose shows in the overlays
+
+
+def test_the_slices_stage_reads_an_older_run_folders_maps_and_names_a_missing_maps_file(tmp_path):
+    from pneumoxai import _io
+    from pneumoxai.errors import RunFolderError
+    from pneumoxai.pipeline.failure_slices import _load_test_maps
+    from pneumoxai.run_folder import RunFolder
+
+    maps = np.random.default_rng(6).random((4, DISPLAY_SIZE, DISPLAY_SIZE)).astype(np.float16)
+    paths = np.array(["a.png", "b.png", "c.png", "d.png"])
+    run = RunFolder(tmp_path / "run")
+    _io.save_npz(run.maps("test_maps.npz"), maps=maps, paths=paths, method=np.array("HiResCAM (fused)"))
+    loaded, method = _load_test_maps(run, pd.Series(paths[[2, 0]]))  # maps inside the index, as before
+    np.testing.assert_array_equal(loaded, maps[[2, 0]])
+    assert method == "HiResCAM (fused)"
+    _io.save_npz(run.maps("test_maps.npz"), paths=paths, method=np.array("HiResCAM (fused)"))
+    with pytest.raises(RunFolderError, match=r"test_maps.npy does not hold the 4 maps test_maps.npz names; re-run "
+                                             r"the explain stage \(`pneumoxai explain --run .*`\)"):
+        _load_test_maps(run, pd.Series(paths))

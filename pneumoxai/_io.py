@@ -142,3 +142,132 @@ def sha256_file(path, chunk_size=1 << 20):
         for chunk in iter(lambda: fh.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- arrays written and read by rows
+
+#: Rows converted or summed at once by :func:`iter_rows` and :func:`mean_rows`: 256 maps at 224 px are 25 MB
+#: in float16.
+ROW_CHUNK = 256
+
+
+@contextlib.contextmanager
+def npy_rows_writer(path, shape, dtype, *, index_path, **index):
+    """Write the ``.npy`` file ``path`` a block of rows at a time, all or nothing, with the ``.npz`` that names its rows.
+
+    Yields ``write(rows)``, which appends rows (of ``shape[1:]``, cast to ``dtype``
+    exactly as :meth:`numpy.ndarray.astype` casts) to a temporary file beside ``path``;
+    when the block ends with all ``shape[0]`` rows written, the file is renamed onto
+    ``path`` and then ``index`` (arrays such as the rows' image paths) is saved to
+    ``index_path`` by :func:`save_npz`. ``index_path`` is deleted first, so a reader that
+    finds it finds the rows it names, and an interrupted write leaves neither file
+    (only an older ``path``, which no index names). The rows go to the file by plain
+    writes, not through a memory map, so written pages do not count in the process's
+    memory (RSS).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> with npy_rows_writer(folder / "a.npy", (3, 2), np.float16, index_path=folder / "a.npz",
+    ...                      names=np.array(["x", "y", "z"])) as write:
+    ...     write(np.ones((2, 2)))
+    ...     write(np.zeros((1, 2)))
+    >>> NpyRows(folder / "a.npy")[1:].tolist(), load_npz(folder / "a.npz")["names"].tolist()
+    ([[1.0, 1.0], [0.0, 0.0]], ['x', 'y', 'z'])
+    """
+    shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+    Path(index_path).unlink(missing_ok=True)
+    written = 0
+
+    def write(rows):
+        nonlocal written
+        rows = np.ascontiguousarray(np.asarray(rows).astype(dtype, copy=False))
+        if rows.shape[1:] != shape[1:] or written + len(rows) > shape[0]:
+            raise ValueError(f"rows of shape {rows.shape} do not fit {written} of {shape} written to {path}")
+        if rows.size:  # (a memoryview of no bytes cannot be cast)
+            fh.write(memoryview(rows).cast("B"))
+        written += len(rows)
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                  "fortran_order": False, "shape": shape})
+        yield write
+        if written != shape[0]:
+            raise ValueError(f"{written} of the {shape[0]} rows of {path} were written; nothing was saved")
+    save_npz(index_path, **index)
+
+
+class Rows:
+    """An array kept out of memory (on disk, or packed) whose rows are made when indexed, for the maps or masks
+    of a whole split: ``rows[index]`` (an int, a slice, integer or boolean indices along the first
+    axis) is an in-memory array. The functions that take such arrays read one a block of rows at a
+    time (:func:`iter_rows`, :func:`mean_rows`); ``shape``, ``dtype``, ``ndim`` and ``len`` are those
+    of the whole array."""
+
+    shape = ()
+    dtype = None
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+
+class NpyRows(Rows):
+    """A ``.npy`` file on disk whose rows are read when indexed (:class:`Rows`).
+
+    Each read goes through a memory map that is dropped at once, so the pages read do not
+    stay in the process's memory.
+
+    Raises
+    ------
+    CacheError
+        The file is not a readable ``.npy`` (e.g. truncated).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        rows = self._open()
+        self.shape, self.dtype = rows.shape, rows.dtype
+
+    def _open(self):
+        try:
+            return np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise CacheError(f"{self.path} is corrupt or truncated ({exc}); delete it to rebuild.") from exc
+
+    def __getitem__(self, index):
+        return np.array(self._open()[index])
+
+    def __repr__(self):
+        return f"NpyRows({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def iter_rows(array, chunk_size=ROW_CHUNK):
+    """``array[start:start + chunk_size]`` for start = 0, chunk_size, ...: an array or :class:`Rows` by blocks."""
+    for start in range(0, len(array), chunk_size):
+        yield array[start:start + chunk_size]
+
+
+def mean_rows(array, index, chunk_size=ROW_CHUNK):
+    """``array[index].mean(axis=0, dtype=np.float64)`` read ``chunk_size`` rows at a time (``index``: bool or int).
+
+    The rows are added one after another in float64, as NumPy's mean along the first
+    axis adds them, so the result is the same to the last bit.
+
+    Examples
+    --------
+    >>> a = np.arange(12, dtype=np.float16).reshape(4, 3)
+    >>> mean_rows(a, np.array([True, False, True, False]), chunk_size=1).tolist()
+    [3.0, 4.0, 5.0]
+    """
+    index = np.asarray(index)
+    index = np.flatnonzero(index) if index.dtype == bool else index.astype(np.intp).ravel()
+    total = np.zeros(array.shape[1:], np.float64)
+    for start in range(0, len(index), chunk_size):
+        for row in array[index[start:start + chunk_size]]:
+            total += row
+    return total / len(index)

@@ -19,9 +19,9 @@ import warnings
 import cv2
 import numpy as np
 
-from ._io import load_npz
+from ._io import NpyRows, iter_rows, load_npz
 from .errors import CacheError, DataError, SkippedFilesWarning
-from .run_folder import EXPLAIN_MAPS_FILE, SLICE_FEATURES_TABLE, TEST_MAPS_FILE, predictions_table
+from .run_folder import EXPLAIN_MAPS_FILE, SLICE_FEATURES_TABLE, TEST_MAPS_FILE, TEST_MAPS_INDEX, predictions_table
 from .slices import DEFAULT_N_BINS, slice_masks_from_labels
 
 __all__ = ["OVERLAP", "slice_members", "primary_errors", "browser_data"]
@@ -159,28 +159,30 @@ def _thumbnails(paths, notes):
 def _maps(run, paths, notes):
     """Map names and, per name, one overlay data URI (or None) per path: the test-split map, then the gallery's."""
     methods, maps = [], []
-    for file in (TEST_MAPS_FILE, EXPLAIN_MAPS_FILE):
+    for file in (TEST_MAPS_INDEX, EXPLAIN_MAPS_FILE):
         path = run.maps(file)
         if not path.is_file():
             continue
         try:
             data = load_npz(path)
-            named = _named_maps(file, data)
+            named = _named_maps(run, file, data)
             where = {str(p): i for i, p in enumerate(data["paths"])}
         except (CacheError, KeyError) as exc:
             notes.append(f"maps/{file} could not be read ({str(exc).splitlines()[0]})")
             continue
-        for name, array in named:
-            signed = bool((array < 0).any())
+        for name, array in named:  # the test-split maps stay on disk: read by blocks, then the shown rows
+            signed = any(bool((part < 0).any()) for part in iter_rows(array))
             methods.append(name if name not in methods else f"{name} (gallery)")
             maps.append([_overlay(array[where[p]], signed) if p in where else None for p in paths])
     return methods, maps
 
 
-def _named_maps(file, data):
-    """``[(method name, maps)]`` of one maps file, as the explain stage saves them."""
-    if file == TEST_MAPS_FILE:
-        return [(str(data["method"]) if "method" in data else "Grad-CAM", data["maps"])]
+def _named_maps(run, file, data):
+    """``[(method name, maps)]`` of one maps file, as the explain stage saves them (the test-split maps beside
+    their index, :class:`~pneumoxai._io.NpyRows`; in the index itself in older run folders)."""
+    if file == TEST_MAPS_INDEX:
+        maps = data["maps"] if "maps" in data else NpyRows(run.maps(TEST_MAPS_FILE))
+        return [(str(data["method"]) if "method" in data else "Grad-CAM", maps)]
     return [(str(name), data[f"map_{i}"]) for i, name in enumerate(data["methods"])]
 
 

@@ -80,11 +80,13 @@ __all__ = [
     "SLICE_EXAMPLES_FIGURE",
     "TIMINGS_TABLE",
     "TEST_MAPS_FILE",
+    "TEST_MAPS_INDEX",
     "EXPLAIN_MAPS_FILE",
     "SLICE_MAPS_FILE",
     "SHARD_STEPS",
     "SHARD_PLAN_FILE",
     "SHARD_MAPS_FILE",
+    "SHARD_MAPS_INDEX",
     "predictions_table",
     "target_predictions_table",
     "shift_table",
@@ -93,6 +95,7 @@ __all__ = [
     "prediction_cache_file",
     "embedding_cache_file",
     "shard_file",
+    "shard_maps_file",
 ]
 
 RUN_FORMAT = 1
@@ -148,13 +151,15 @@ REFERRAL_RULE_TABLE = "referral_rule.csv"
 # tables/: run
 TIMINGS_TABLE = "timings.csv"
 # maps/
-TEST_MAPS_FILE = "test_maps.npz"
+TEST_MAPS_FILE = "test_maps.npy"     # the chosen map of every test image (float16, read by rows: _io.NpyRows)
+TEST_MAPS_INDEX = "test_maps.npz"    # its rows' image paths and the map's name (in older run folders, also the maps)
 EXPLAIN_MAPS_FILE = "explain.npz"
 SLICE_MAPS_FILE = "slice_maps.npz"
 # shards/ (pneumoxai analyse --shard I/N, then pneumoxai merge): the steps' folders and the merge's records
 SHARD_STEPS = ("predict", "maps")
 SHARD_PLAN_FILE = "plan.json"        # the layer choice the maps shards apply
-SHARD_MAPS_FILE = "test_maps.npz"    # the merged test-split maps (float32) the explain stage reads
+SHARD_MAPS_FILE = "test_maps.npy"    # the merged test-split maps (float32) the explain stage reads by rows
+SHARD_MAPS_INDEX = "test_maps.npz"   # the plan's key and the merged maps' image paths
 # figures/ (stems; the plotting functions add .png / .pdf)
 SHIFT_FEATURES_FIGURE = "shift_features"
 REFERRAL_CURVE_FIGURE = "referral_curve"
@@ -221,6 +226,18 @@ def shard_file(index, count):
     '2-of-8.npz'
     """
     return f"{int(index)}-of-{int(count)}.npz"
+
+
+def shard_maps_file(index, count):
+    """The maps of one job's block of the test split, ``shards/maps/<index>-of-<count>.npy``, beside its
+    :func:`shard_file` (which names the rows).
+
+    Examples
+    --------
+    >>> shard_maps_file(2, 8)
+    '2-of-8.npy'
+    """
+    return f"{int(index)}-of-{int(count)}.npy"
 
 
 class RunFolder:

@@ -207,7 +207,7 @@ def test_test_split_maps_are_the_measured_choice_among_every_stage_alone_and_fus
         assert "random maps" in measured.index[1]
 
     # The whole test split's maps are that choice's ensemble maps of the predicted class.
-    saved = np.load(out / "maps" / "test_maps.npz")
+    saved = {**np.load(out / "maps" / "test_maps.npz"), "maps": np.load(out / "maps" / "test_maps.npy")}
     predictions = pd.read_csv(out / "tables" / "predictions_test.csv")
     record = json.loads((out / "tables" / "ensemble.json").read_text())
     predicted = predictions[f"p[{record['primary']}]"].to_numpy() >= record["thresholds"][record["primary"]]

@@ -138,9 +138,11 @@ def assert_same_results(single, other):
                 probabilities = [c for c in a.columns if c.startswith("p[")]
                 np.testing.assert_allclose(a[probabilities], b[probabilities], rtol=0, atol=1e-6)
             pd.testing.assert_frame_equal(a, b, obj=name)
-    maps_a, maps_b = _io.load_npz(single / "maps" / "test_maps.npz"), _io.load_npz(other / "maps" / "test_maps.npz")
-    assert maps_a["paths"].tolist() == maps_b["paths"].tolist() and str(maps_a["method"]) == str(maps_b["method"])
-    np.testing.assert_allclose(maps_a["maps"].astype(np.float32), maps_b["maps"].astype(np.float32), atol=1e-3)
+    index_a, index_b = _io.load_npz(single / "maps" / "test_maps.npz"), _io.load_npz(other / "maps" / "test_maps.npz")
+    assert index_a["paths"].tolist() == index_b["paths"].tolist() and str(index_a["method"]) == str(index_b["method"])
+    maps_a, maps_b = np.load(single / "maps" / "test_maps.npy"), np.load(other / "maps" / "test_maps.npy")
+    assert maps_a.shape == (len(index_a["paths"]), 224, 224) and maps_a.dtype == np.float16
+    np.testing.assert_allclose(maps_a.astype(np.float32), maps_b.astype(np.float32), atol=1e-3)
     assert not (other / "shards").exists()  # removed once the analysis finished
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from .._io import Rows, mean_rows
 from ..errors import DataError
 from ..lungs import ZONE_COLUMNS
 from ..validation import OPEN_UNIT_INTERVAL, check_param
@@ -84,9 +85,11 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
     slice_table : pandas.DataFrame
         Output of :func:`pneumoxai.slices.find_failure_slices` (with ``conditions``).
     maps : array_like, shape (n_samples, H, W)
-        One attention map per image (e.g. of the predicted class).
+        One attention map per image (e.g. of the predicted class), or maps on disk
+        (:class:`pneumoxai._io.Rows`, read ``_CHUNK`` rows at a time).
     masks : array_like, shape (n_samples, H, W)
-        Bool lung masks or zone ids, as in :func:`zone_attention`.
+        Bool lung masks or zone ids, as in :func:`zone_attention` (or masks kept packed,
+        :class:`pneumoxai._io.Rows`, unpacked ``_CHUNK`` at a time).
     y_true : array_like of {0, 1}, shape (n_samples,)
     y_prob : array_like, shape (n_samples,)
         P(PNEUMONIA); a call is PNEUMONIA when ``y_prob >= threshold``.
@@ -134,7 +137,8 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
 
     if not isinstance(slice_table, pd.DataFrame) or "conditions" not in slice_table:
         raise DataError("slice_table must be the DataFrame of find_failure_slices, with its 'conditions' column")
-    m = np.asarray(maps)  # as given (float16 maps of a large split are not copied to float64 at once)
+    # As given (float16 maps of a large split are not copied to float64 at once), maps on disk read by blocks of rows.
+    m = maps if isinstance(maps, Rows) else np.asarray(maps)
     y = np.asarray(y_true)
     p = np.asarray(y_prob, np.float64)
     n = len(frame)
@@ -144,7 +148,7 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
     faithfulness = _checked_per_image(faithfulness, region_removal, n)
     max_slices = _positive_int("slice_explanations", "max_slices", max_slices)
     check_param("slice_explanations", "alpha", alpha, OPEN_UNIT_INTERVAL)
-    masks = np.asarray(masks)
+    masks = masks if isinstance(masks, Rows) else np.asarray(masks)
     shares = pd.concat([zone_attention(m[i:i + _CHUNK].astype(np.float64), masks[i:i + _CHUNK])
                         for i in range(0, n, _CHUNK)], ignore_index=True)
     wrong = (p >= threshold).astype(int) != y
@@ -180,6 +184,6 @@ def slice_explanations(frame, slice_table, maps, masks, y_true, y_prob, *, thres
         if region_removal is not None:
             row.update(_removal_row(region_removal, errors, alpha))
         rows.append(row)
-        mean_maps.append(m[errors].mean(axis=0, dtype=np.float64) if errors.any() else np.zeros(m.shape[1:]))
+        mean_maps.append(mean_rows(m, errors, _CHUNK) if errors.any() else np.zeros(m.shape[1:]))
     table = pd.DataFrame(rows, columns=None if rows else ["slice", "n_errors", "n_reference"])
     return table, np.asarray(mean_maps, np.float32).reshape((-1,) + m.shape[1:])

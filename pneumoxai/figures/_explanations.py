@@ -9,6 +9,7 @@ imported here: the functions take maps and tables already computed.
 
 import numpy as np
 
+from .._io import Rows, iter_rows, mean_rows
 from ..errors import DataError
 from ..validation import SEED, UNIT_INTERVAL, check_grey_images, check_param
 from ..outcomes import OUTCOMES, outcome_groups
@@ -139,7 +140,8 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, thres
     Parameters
     ----------
     maps : array-like of shape (n_samples, H, W)
-        One explanation map per image.
+        One explanation map per image (or maps kept on disk, :class:`pneumoxai._io.Rows`,
+        read a block of rows at a time).
     y_true : array-like of shape (n_samples,)
         0/1 labels, 1 = PNEUMONIA.
     y_prob : array-like of shape (n_samples,)
@@ -172,11 +174,12 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, thres
     """
     groups = _indices_by_outcome("plot_mean_maps", y_true, y_prob, threshold)
     n = len(np.asarray(y_prob))
-    m = np.asarray(maps)  # no float64 copy of every map: only each group's mean is drawn
+    # No float64 copy of every map: only each group's mean is drawn; maps on disk are read a block at a time.
+    m = maps if isinstance(maps, Rows) else np.asarray(maps)
     if m.ndim != 3 or len(m) != n or not np.issubdtype(m.dtype, np.number):
         raise DataError(f"maps must have shape (n={n}, H, W); got {m.shape}")
     gray = None if images is None else check_grey_images(images, owner="plot_mean_maps", n_samples=n)
-    signed = bool(m.min() < 0)
+    signed = any(bool(part.min() < 0) for part in iter_rows(m))
     with style():
         fig = new_figure(figsize=(3.0 * len(OUTCOMES), 3.2))
         for ax, group in zip(fig.subplots(1, len(OUTCOMES)), OUTCOMES):
@@ -190,7 +193,7 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, thres
                 background, mean_map = group_means[group]
             else:
                 background = gray[idx].mean(axis=0) if gray is not None else np.zeros(m.shape[1:])
-                mean_map = m[idx].mean(axis=0, dtype=np.float64)
+                mean_map = mean_rows(m, idx)
             _show_map(ax, background, mean_map, signed)
         fig.suptitle("Mean explanation map per outcome")
         return finish_figure(fig, path, formats, "plot_mean_maps")

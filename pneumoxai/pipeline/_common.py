@@ -7,6 +7,7 @@ import shlex
 
 import numpy as np
 
+from .. import _io
 from ..errors import CacheError, RunFolderError
 from ..run_folder import DATASET_TABLE, ENSEMBLE_RECORD, RESULTS_TABLE, predictions_table
 
@@ -25,6 +26,20 @@ def pack_masks(masks):
 def unpack_masks(packed, shape):
     """The bool masks of shape (n, *shape) that :func:`pack_masks` packed."""
     return np.unpackbits(packed, axis=1, count=shape[0] * shape[1]).reshape(-1, *shape).astype(bool)
+
+
+class PackedMasks(_io.Rows):
+    """Bool masks of shape (n, *shape) kept packed (:func:`pack_masks`), unpacked by rows when indexed."""
+
+    dtype = np.dtype(bool)
+
+    def __init__(self, packed, shape):
+        self.packed, self.shape = packed, (len(packed), *shape)
+
+    def __getitem__(self, index):
+        if np.ndim(index) == 0 and not isinstance(index, slice):
+            return self[[index]][0]
+        return unpack_masks(self.packed[index], self.shape[1:])
 
 
 #: What a run folder without its dataset or members needs, on either route.

@@ -10,7 +10,7 @@ import pandas as pd
 from .. import _io
 from ..errors import ConfigError
 from ..run_folder import (EXPLAIN_MAPS_FILE, EXPLAIN_SUMMARY_TABLE, LAYER_CHOICE_RECORD, LAYER_CHOICE_TABLE,
-                          TEST_MAPS_FILE, ZONE_ATTENTION_ALL_TABLE, ZONE_ATTENTION_TABLE)
+                          TEST_MAPS_FILE, TEST_MAPS_INDEX, ZONE_ATTENTION_ALL_TABLE, ZONE_ATTENTION_TABLE)
 from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, pack_masks,
                       run_members, unpack_masks)
 
@@ -27,7 +27,8 @@ def explain_stage(run, config, *, methods=None, max_images=None):
       the reason).
     - Every test image gets the ensemble's chosen map of its predicted class (the class
       that drove the call) and its lung-zone attention shares
-      (``tables/zone_attention_all.csv``, ``maps/test_maps.npz``): the slices stage
+      (``tables/zone_attention_all.csv``; ``maps/test_maps.npy``, written a chunk at a
+      time, with ``maps/test_maps.npz`` naming its rows): the slices stage
       uses the off-lung share as a slicing column and the maps per failure slice.
     - False negatives, false positives and a class-matched sample of correct calls
       (``explain.max_images`` in all) get every configured method (ensemble maps are
@@ -182,8 +183,8 @@ def chosen_maps(member_models, images, predicted, choice):
 class SplitMaps(NamedTuple):
     """The chosen map of every test image, what is measured on it, and the sums the figures need."""
 
-    #: The maps at DISPLAY_SIZE, float16 as ``maps/test_maps.npz`` stores them, shape (n, H, W).
-    maps: np.ndarray
+    #: The maps at DISPLAY_SIZE, float16, shape (n, H, W): ``maps/test_maps.npy`` on disk, read by rows.
+    maps: _io.NpyRows
     #: :func:`pneumoxai.explain.zone_attention` of each map, with the image's path first.
     zones: pd.DataFrame
     #: Lung masks packed 8 pixels a byte (:func:`numpy.packbits`), shape (n, H * W / 8).
@@ -201,11 +202,14 @@ class SplitMaps(NamedTuple):
 def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpolation, chunk_size,
                      sharded_maps=None):
     """The chosen ensemble map of the predicted class for every test image (``sharded_maps``, float32 of shape
-    (n, DISPLAY_SIZE, DISPLAY_SIZE), when the shards of a sharded analysis computed them), and its zone attention.
+    (n, DISPLAY_SIZE, DISPLAY_SIZE) read by rows, when the shards of a sharded analysis computed them), and its
+    zone attention.
 
     The images are decoded ``chunk_size`` at a time (at each member's input side and at
-    DISPLAY_SIZE for the lung masks), so the split is never held as images; the maps equal
-    those of the whole split mapped at once (each image's map depends on that image only).
+    DISPLAY_SIZE for the lung masks) and each chunk's maps are written to ``maps/test_maps.npy``
+    (float16) before the next is read, so neither the images nor the maps of the split are held
+    at once; the maps equal those of the whole split mapped at once (each image's map depends on
+    that image only).
     """
     from ..data import load_images
     from ..explain import zone_attention
@@ -214,37 +218,39 @@ def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpo
 
     sizes = sorted({int(m.input_shape[1]) for m in member_models})
     groups = outcome_groups(y, predicted, threshold=0.5)
-    maps, zones, packed, n_fallback, n_lung = [], [], [], 0, 0
+    zones, packed, n_fallback, n_lung = [], [], 0, 0
     sums = {}
-    for start in range(0, len(paths), chunk_size):
-        chunk = paths[start:start + chunk_size]
-        display = load_images(chunk, DISPLAY_SIZE, interpolation=interpolation)
-        with warnings.catch_warnings():  # one fallback warning for all chunks, below
-            warnings.simplefilter("ignore", UserWarning)
-            masks, fallback = lung_mask(display, return_fallback=True)
-        n_fallback, n_lung = n_fallback + int(fallback.sum()), n_lung + int(masks.sum())
-        if sharded_maps is None:
-            images = {size: display if size == DISPLAY_SIZE else load_images(chunk, size, interpolation=interpolation)
-                      for size in sizes}
-            chunk_maps = chosen_maps(member_models, images, predicted[start:start + chunk_size], choice)
-        else:
-            chunk_maps = sharded_maps[start:start + chunk_size]
-        zones.append(zone_attention(chunk_maps, masks))
-        maps.append(chunk_maps.astype(np.float16))
-        packed.append(pack_masks(masks))
-        for group in np.unique(groups[start:start + chunk_size]):
-            at = groups[start:start + chunk_size] == group
-            image_sum, map_sum, n = sums.get(group, (0.0, 0.0, 0))
-            sums[group] = (image_sum + display[at].mean(axis=3, dtype=np.float64).sum(axis=0),
-                           map_sum + chunk_maps[at].sum(axis=0, dtype=np.float64), n + int(at.sum()))
+    path = run.maps(TEST_MAPS_FILE)
+    # Each chunk's maps go to disk as they are made: memory holds one chunk of maps, whatever the split's size.
+    with _io.npy_rows_writer(path, (len(paths), DISPLAY_SIZE, DISPLAY_SIZE), np.float16,
+                             index_path=run.maps(TEST_MAPS_INDEX), paths=np.array(paths, dtype=str),
+                             method=np.array(map_label(choice))) as write_maps:
+        for start in range(0, len(paths), chunk_size):
+            chunk = paths[start:start + chunk_size]
+            display = load_images(chunk, DISPLAY_SIZE, interpolation=interpolation)
+            with warnings.catch_warnings():  # one fallback warning for all chunks, below
+                warnings.simplefilter("ignore", UserWarning)
+                masks, fallback = lung_mask(display, return_fallback=True)
+            n_fallback, n_lung = n_fallback + int(fallback.sum()), n_lung + int(masks.sum())
+            if sharded_maps is None:
+                images = {size: display if size == DISPLAY_SIZE
+                          else load_images(chunk, size, interpolation=interpolation) for size in sizes}
+                chunk_maps = chosen_maps(member_models, images, predicted[start:start + chunk_size], choice)
+            else:
+                chunk_maps = sharded_maps[start:start + chunk_size]
+            zones.append(zone_attention(chunk_maps, masks))
+            write_maps(chunk_maps)
+            packed.append(pack_masks(masks))
+            for group in np.unique(groups[start:start + chunk_size]):
+                at = groups[start:start + chunk_size] == group
+                image_sum, map_sum, n = sums.get(group, (0.0, 0.0, 0))
+                sums[group] = (image_sum + display[at].mean(axis=3, dtype=np.float64).sum(axis=0),
+                               map_sum + chunk_maps[at].sum(axis=0, dtype=np.float64), n + int(at.sum()))
     warn_fallback(n_fallback, len(paths), stacklevel=3)
     zones_all = pd.concat(zones, ignore_index=True).rename_axis(zones[0].index.name)
     zones_all.insert(0, "path", paths)
     _io.write_csv(run.table(ZONE_ATTENTION_ALL_TABLE), zones_all, index=False)
-    all_maps = np.concatenate(maps)
-    _io.save_npz(run.maps(TEST_MAPS_FILE), maps=all_maps, paths=np.array(paths, dtype=str),
-                 method=np.array(map_label(choice)))
-    return SplitMaps(all_maps, zones_all, np.concatenate(packed), n_lung / (len(paths) * DISPLAY_SIZE ** 2),
+    return SplitMaps(_io.NpyRows(path), zones_all, np.concatenate(packed), n_lung / (len(paths) * DISPLAY_SIZE ** 2),
                      {group: (image_sum / n, map_sum / n) for group, (image_sum, map_sum, n) in sums.items()})
 
 

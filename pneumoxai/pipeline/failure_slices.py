@@ -9,11 +9,12 @@ import pandas as pd
 
 from .. import _io
 from ..data import DEFAULT_CHUNK_SIZE
+from ..errors import RunFolderError
 from ..run_folder import (FAILURE_SLICES_TABLE, MEMBER_FAILURE_SLICES_TABLE, SLICE_EXAMPLES_FIGURE,
                           SLICE_EXPLANATIONS_TABLE, SLICE_FEATURES_TABLE, SLICE_MAPS_FILE, TEST_MAPS_FILE,
-                          ZONE_ATTENTION_ALL_TABLE, slice_examples_figure)
+                          TEST_MAPS_INDEX, ZONE_ATTENTION_ALL_TABLE, slice_examples_figure)
 from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, pack_masks,
-                      run_members, unpack_masks)
+                      PackedMasks, run_members)
 
 
 def slices_stage(run, config):
@@ -89,8 +90,8 @@ class ImageColumns(NamedTuple):
     lung_share: np.ndarray
 
     def masks(self):
-        """The lung masks, bool of shape (n, H, W)."""
-        return unpack_masks(self.packed_masks, self.mean_image.shape)
+        """The lung masks, bool of shape (n, H, W), unpacked by rows when indexed."""
+        return PackedMasks(self.packed_masks, self.mean_image.shape)
 
 
 def image_columns(paths, *, chunk_size=DEFAULT_CHUNK_SIZE, maps=None):
@@ -109,8 +110,8 @@ def image_columns(paths, *, chunk_size=DEFAULT_CHUNK_SIZE, maps=None):
         The test images, every one readable (the prepare stage dropped the others).
     chunk_size : int, default=DEFAULT_CHUNK_SIZE
         Images decoded at once (:func:`pneumoxai.data.iter_images`).
-    maps : ndarray of shape (n, DISPLAY_SIZE, DISPLAY_SIZE), default=None
-        The explain stage's map of each image.
+    maps : ndarray or pneumoxai._io.NpyRows of shape (n, DISPLAY_SIZE, DISPLAY_SIZE), default=None
+        The explain stage's map of each image (read a chunk of rows at a time).
 
     Returns
     -------
@@ -208,7 +209,7 @@ def _explain_slices(run, config, found, frame, columns, y, p_ens, threshold, pat
                  slices=table["slice"].to_numpy(dtype=str))
     correct = (p_ens >= threshold).astype(int) == y
     plot_slice_maps(table, mean_maps, background=columns.mean_image, mask=columns.lung_share > 0.5,
-                    reference_map=maps[correct].mean(axis=0, dtype=np.float64), method=method,
+                    reference_map=_io.mean_rows(maps, correct), method=method,
                     path=run.figure_stem("slice_maps"))
 
 
@@ -306,18 +307,30 @@ def _slice_figures(run, found, frame, images, y, p_ens, threshold, maps):
 
 
 def _load_test_maps(run, paths):
-    """The explain stage's maps of the whole test split at DISPLAY_SIZE (float16, as stored: half the
-    memory of float32, and exactly the values float32 would hold) and the display name of their method,
-    or ``(None, None)`` when the stage has not run on these images."""
+    """The explain stage's maps of the whole test split at DISPLAY_SIZE in the order of ``paths`` and the display
+    name of their method, or ``(None, None)`` when the stage has not run on these images.
+
+    The maps stay on disk (float16, :class:`pneumoxai._io.NpyRows`) and are read by rows where used; in
+    a run folder from before they were stored by rows, ``maps/test_maps.npz`` holds them and they are loaded.
+    """
     from ..explain import resize_maps
 
-    path = run.maps(TEST_MAPS_FILE)
-    if not path.exists():
+    index_path = run.maps(TEST_MAPS_INDEX)
+    if not index_path.is_file():
         return None, None
-    data = _io.load_npz(path)
+    data = _io.load_npz(index_path)
     index = {p: i for i, p in enumerate(data["paths"].astype(str))}
     if not set(paths) <= set(index):
         return None, None
     method = str(data["method"]) if "method" in data else "Grad-CAM"
-    maps = data["maps"][[index[p] for p in paths]]
-    return (maps if maps.shape[1:] == (DISPLAY_SIZE, DISPLAY_SIZE) else resize_maps(maps, DISPLAY_SIZE)), method
+    rows = [index[p] for p in paths]
+    if "maps" in data:
+        maps = data["maps"][rows]
+        return (maps if maps.shape[1:] == (DISPLAY_SIZE, DISPLAY_SIZE) else resize_maps(maps, DISPLAY_SIZE)), method
+    path = run.maps(TEST_MAPS_FILE)
+    maps = _io.NpyRows(path) if path.is_file() else None
+    if maps is None or len(maps) != len(index):
+        raise RunFolderError(f"{path} does not hold the {len(index)} maps {index_path.name} names; re-run the "
+                             f"explain stage (`{run.command('explain')}`).")
+    # In another order than the explain stage's (not the case in a run), the rows are gathered in memory.
+    return (maps if rows == list(range(len(maps))) else maps[rows]), method

@@ -12,13 +12,15 @@ two rounds, one otherwise::
     pneumoxai merge --run R                  the test-split maps; shift, explain, slices and report
 
 A shard finds its step itself (the same command both rounds), computes block I of the rows
-in table order and writes one file, ``shards/<step>/I-of-N.npz``, atomically and without the
-run folder's lock, so N jobs share one folder. ``merge`` checks that all N files of the step
+in table order and writes one file, ``shards/<step>/I-of-N.npz`` (a maps shard writes its maps
+to ``I-of-N.npy`` a chunk at a time, then that file naming their rows), atomically and without
+the run folder's lock, so N jobs share one folder. ``merge`` checks that all N files of the step
 are there, that each was computed from the run's current members, images and options (the
 keys of the prediction cache; the plan of the maps) and that together they hold every row
 once, then writes what a single-process ``analyse`` computes: the prediction cache, which the
 evaluate stage reads as it would after computing it, and the test-split maps, which the
-explain stage takes instead of mapping the split again. The shards folder is removed once the
+explain stage takes instead of mapping the split again (copied a block of rows at a time: no step
+holds the maps of the split at once). The shards folder is removed once the
 analysis has finished.
 """
 
@@ -31,8 +33,8 @@ import numpy as np
 
 from .. import _io
 from ..errors import ConfigError, RunFolderError
-from ..run_folder import (ENSEMBLE_RECORD, LAYER_CHOICE_TABLE, SHARD_MAPS_FILE, SHARD_PLAN_FILE, predictions_table,
-                          shard_file)
+from ..run_folder import (ENSEMBLE_RECORD, LAYER_CHOICE_TABLE, SHARD_MAPS_FILE, SHARD_MAPS_INDEX, SHARD_PLAN_FILE,
+                          predictions_table, shard_file, shard_maps_file)
 from ..validation import Predicate, check_param
 from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, prediction_options,
                       run_members)
@@ -104,9 +106,11 @@ def analyse_shard(run, config, *, shard):
     merge = f"`pneumoxai merge --run {run.root}`"
     if step is None:
         return f"shard {index}/{count}: nothing per-image is pending in {run.root}; next: {merge}."
-    arrays = _predict_part(run, config, index, count) if step == "predict" else _maps_part(run, config, index, count)
     path = run.shards(step, shard_file(index, count))
-    _io.save_npz(path, **arrays)
+    if step == "predict":
+        _io.save_npz(path, **_predict_part(run, config, index, count))
+    else:
+        path = _maps_part(run, config, index, count)
     return f"shard {index}/{count}: {_WHAT[step]} written to {path}; once all {count} shards are done: {merge}."
 
 
@@ -165,16 +169,18 @@ def sharded_test_split(run, config, paths, chosen):
 
     Returns
     -------
-    None or tuple of (dict, pandas.DataFrame or None, numpy.ndarray of shape (n_test, DISPLAY_SIZE, DISPLAY_SIZE))
+    None or tuple of (dict, pandas.DataFrame or None, pneumoxai._io.NpyRows of shape (n_test, DISPLAY_SIZE,
+    DISPLAY_SIZE))
+        The maps stay on disk (float32) and are read by rows.
     """
     plan = _current_plan(run, config)
     if plan is None or plan["chosen_paths"] != [paths[i] for i in chosen] or not _merged_maps_current(run, plan):
         return None
-    merged = _io.load_npz(run.shards(SHARD_MAPS_FILE))
+    merged = _io.load_npz(run.shards(SHARD_MAPS_INDEX))
     if merged["paths"].tolist() != list(paths):
         return None
     table = run.read_table(LAYER_CHOICE_TABLE) if plan["choice"]["n_images"] else None
-    return plan["choice"], table, merged["maps"]
+    return plan["choice"], table, _io.NpyRows(run.shards(SHARD_MAPS_FILE))
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -285,10 +291,10 @@ def _current_plan(run, config):
 
 
 def _merged_maps_current(run, plan):
-    path = run.shards(SHARD_MAPS_FILE)
-    if not path.is_file():
+    path = run.shards(SHARD_MAPS_INDEX)  # written after the maps it names
+    if not path.is_file() or not run.shards(SHARD_MAPS_FILE).is_file():
         return False
-    with np.load(path, allow_pickle=False) as merged:  # only the key is read, not the maps
+    with np.load(path, allow_pickle=False) as merged:  # only the key is read, not the paths
         return str(merged["key"]) == plan["key"]
 
 
@@ -327,7 +333,8 @@ def _plan_maps(run, config):
 
 
 def _maps_part(run, config, index, count):
-    """The chosen ensemble map of each test image of block ``index``, decoded ``evaluate.chunk_size`` at a time."""
+    """Write the chosen ensemble map of each test image of block ``index`` (float32), a chunk of
+    ``evaluate.chunk_size`` images at a time, with the plan's key and the images' paths; returns the maps' path."""
     from ..data import load_images
     from ..explain import shared_models
     from .explanations import _check_explainable, chosen_maps
@@ -339,13 +346,15 @@ def _maps_part(run, config, index, count):
     models = _loaded(_model_members(run, config))
     _check_explainable(models)
     sides, chunk = sorted({int(model.input_shape[1]) for model in models}), config["evaluate"]["chunk_size"]
-    maps = [np.empty((0, DISPLAY_SIZE, DISPLAY_SIZE), np.float32)]
-    with shared_models():
+    path = run.shards("maps", shard_maps_file(index, count))
+    with shared_models(), _io.npy_rows_writer(path, (len(paths), DISPLAY_SIZE, DISPLAY_SIZE), np.float32,
+                                              index_path=run.shards("maps", shard_file(index, count)),
+                                              key=np.array(plan["key"]), paths=paths) as write_maps:
         for start in range(0, len(paths), chunk):
             part = paths[start:start + chunk]
             images = {side: load_images(part, side, interpolation=config["data"]["interpolation"]) for side in sides}
-            maps.append(chosen_maps(models, images, predicted[start:start + chunk], plan["choice"]))
-    return {"key": np.array(plan["key"]), "paths": paths, "maps": np.concatenate(maps)}
+            write_maps(chosen_maps(models, images, predicted[start:start + chunk], plan["choice"]))
+    return path
 
 
 def _merge_maps(run, plan):
@@ -358,8 +367,20 @@ def _merge_maps(run, plan):
                          "run's (the merge that planned the maps has been superseded)")
     paths = np.concatenate([shards[i]["paths"] for i in sorted(shards)])
     _check_rows(run, "maps", count, paths, predictions["path"], "test")
-    maps = np.concatenate([shards[i]["maps"] for i in sorted(shards)])
-    _io.save_npz(run.shards(SHARD_MAPS_FILE), key=np.array(plan["key"]), paths=paths, maps=maps)
+    parts = {}
+    for index in sorted(shards):
+        path = run.shards("maps", shard_maps_file(index, count))
+        parts[index] = _io.NpyRows(path) if path.is_file() else None
+        if parts[index] is None or len(parts[index]) != len(shards[index]["paths"]):
+            raise RunFolderError(f"{path} is missing or does not hold the {len(shards[index]['paths'])} maps "
+                                 f"{shard_file(index, count)} names; run `{_shard_command(run, index, count)}` again.")
+    # Copied a block of rows at a time: the merge never holds the maps of the split.
+    with _io.npy_rows_writer(run.shards(SHARD_MAPS_FILE), (len(paths), DISPLAY_SIZE, DISPLAY_SIZE), np.float32,
+                             index_path=run.shards(SHARD_MAPS_INDEX), key=np.array(plan["key"]),
+                             paths=paths) as write_maps:
+        for index in sorted(parts):
+            for rows in _io.iter_rows(parts[index]):
+                write_maps(rows)
     logger.info("merge: test-split maps of %d shard(s) merged", count)
 
 

@@ -479,6 +479,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     redo_case = redo_verdicts if args.redo_verdicts else redo_slices if args.redo_slices else None
     work, out = Path(args.work), Path(args.out)
+    commit = _git_commit()  # the code this pass starts on
     data = load_split(args.data, args.n_train, args.seed)
     results, ran = [], False
     for case in args.cases.split(","):
@@ -494,7 +495,7 @@ def main(argv=None):
     write_atomic(out / "cases.csv", pd.DataFrame([table_row(r) for r in results]).to_csv(index=False))
     write_atomic(out / "summary.json", json.dumps(summarise(results), indent=1))
     record = {"command": " ".join(["python", "experiments/shortcut_benchmark.py", *(argv or sys.argv[1:])]),
-              "pneumoxai": __version__, "git_commit": _git_commit(), "machine": machine(), "cpu": cpu()}
+              "pneumoxai": __version__, "git_commit": commit, "machine": machine(), "cpu": cpu()}
     if ran and redo_case is None:
         provenance = {**record, "seed": args.seed, "n_train_per_class": args.n_train, "size": SIZE}
     elif redo_case is None:  # every case was there: only the tables were written again

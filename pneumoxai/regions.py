@@ -198,7 +198,7 @@ def peak_features(maps, *, masks=None):
     Parameters
     ----------
     maps : array_like of shape (n_samples, H, W)
-        One map per image (e.g. ``maps/test_maps.npz`` of a run); the peak is its
+        One map per image (e.g. ``maps/test_maps.npy`` of a run); the peak is its
         largest value (the first in row-major order on ties).
     masks : bool ndarray of shape (n_samples, H, W), default=None
         Lung masks of the same images; with them the six lung zones get columns too.

@@ -357,20 +357,31 @@ def verdicts(model, x, maps, threshold, planted, called, marker):
             "verdict_all_marked": verdict(model, x[normals], maps[normals], threshold, marker)}
 
 
-def redo_verdicts(result, data, work, seed):
-    """Only the verdicts of a finished case again (the cached models and map choices; maps of the marked
-    NORMAL images only), for a changed verdict rule: the slices and peaks are left as they were."""
-    case = result["case"]
+def _case_parts(case):
+    """(local, model kind, marker mask or None, the case's planting name) of a case name."""
     local = case in LOCAL
-    kind = "r50" if case.endswith("_r50") else "cnn"
-    marker = draw_marker(*LOCAL[case])[1] if local else None
-    base = case.removesuffix("_r50") if local else case
-    x, planted = planted_copy(data["test"], base, TEST_SHARE, 0, seed + 1)
+    return (local, "r50" if case.endswith("_r50") else "cnn", draw_marker(*LOCAL[case])[1] if local else None,
+            case.removesuffix("_r50") if local else case)
+
+
+def _cached_roles(result, x, work):
+    """For a finished case, (role, model, threshold, p, maps_of) of its marked model and its control, from the
+    cached models and map choices."""
+    case = result["case"]
+    kind = _case_parts(case)[1]
     for role, path in (("marked", work / f"{case}.keras"), ("control", work / f"control_{kind}.keras")):
         model, cache = _load(kind, path), work / "choices" / f"{case}{'_control' if role == 'control' else ''}.json"
         threshold = result[role]["threshold"]
         p = model.predict(x, verbose=0)[:, 0]
-        _, maps_of = chosen_maps(model, x, p, threshold, None, cache)
+        yield role, model, threshold, p, chosen_maps(model, x, p, threshold, None, cache)[1]
+
+
+def redo_verdicts(result, data, work, seed):
+    """Only the verdicts of a finished case again (the cached models and map choices; maps of the marked
+    NORMAL images only), for a changed verdict rule: the slices and peaks are left as they were."""
+    _, _, marker, base = _case_parts(result["case"])
+    x, planted = planted_copy(data["test"], base, TEST_SHARE, 0, seed + 1)
+    for role, model, threshold, p, maps_of in _cached_roles(result, x, work):
         maps = np.zeros((len(x), SIZE, SIZE), np.float32)
         maps[planted] = maps_of(np.flatnonzero(planted))
         result[role].update(verdicts(model, x, maps, threshold, planted, p >= threshold, marker))
@@ -381,19 +392,11 @@ def redo_verdicts(result, data, work, seed):
 def redo_slices(result, data, work, seed):
     """Only the slices of a finished case again (the cached models and map choices, maps of every test image),
     for changed slice features: the peaks and verdicts are left as they were."""
-    case = result["case"]
-    local = case in LOCAL
-    kind = "r50" if case.endswith("_r50") else "cnn"
-    marker = draw_marker(*LOCAL[case])[1] if local else None
-    base = case.removesuffix("_r50") if local else case
+    _, _, marker, base = _case_parts(result["case"])
     frame, _, y = data["test"]
     x, planted = planted_copy(data["test"], base, TEST_SHARE, 0, seed + 1)
     masks = lung_mask(x)
-    for role, path in (("marked", work / f"{case}.keras"), ("control", work / f"control_{kind}.keras")):
-        model, cache = _load(kind, path), work / "choices" / f"{case}{'_control' if role == 'control' else ''}.json"
-        threshold = result[role]["threshold"]
-        p = model.predict(x, verbose=0)[:, 0]
-        _, maps_of = chosen_maps(model, x, p, threshold, None, cache)
+    for role, _, threshold, p, maps_of in _cached_roles(result, x, work):
         sliced, top = top_slices(frame, x, y, p, threshold, masks, maps_of(np.arange(len(x))))
         found, rank, name, named = slice_outcome(sliced, top, planted, marker, masks)
         result[role].update({"slice_found": found, "slice_rank": rank, "slice": name, "slice_named": named})
@@ -402,10 +405,7 @@ def redo_slices(result, data, work, seed):
 
 
 def run_case(case, data, work, seed):
-    local = case in LOCAL
-    kind = "r50" if case.endswith("_r50") else "cnn"
-    marker = draw_marker(*LOCAL[case])[1] if local else None
-    base = case.removesuffix("_r50") if local else case
+    local, kind, marker, base = _case_parts(case)
     x_fit, _ = planted_copy(data["fit"], base, PLANT_SHARE, 1, seed)
     x_val, _ = planted_copy(data["val"], base, PLANT_SHARE, 1, seed + 2)
     started = time.perf_counter()

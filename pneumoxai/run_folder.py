@@ -152,7 +152,7 @@ REFERRAL_RULE_TABLE = "referral_rule.csv"
 TIMINGS_TABLE = "timings.csv"
 # maps/
 TEST_MAPS_FILE = "test_maps.npy"     # the chosen map of every test image (float16, read by rows: _io.NpyRows)
-TEST_MAPS_INDEX = "test_maps.npz"    # its rows' image paths and the map's name (in older run folders, also the maps)
+TEST_MAPS_INDEX = "test_maps.npz"    # its rows' image paths, the map's name and whether it is signed (older: the maps)
 EXPLAIN_MAPS_FILE = "explain.npz"
 SLICE_MAPS_FILE = "slice_maps.npz"
 # shards/ (pneumoxai analyse --shard I/N, then pneumoxai merge): the steps' folders and the merge's records

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from conftest import write_image
-from pneumoxai import data
+from pneumoxai import _io, data
 from pneumoxai.errors import SkippedFilesWarning
 from pneumoxai.pipeline._common import DISPLAY_SIZE
+from pneumoxai.pipeline.explanations import SPLIT_MAPS_SIGNED
 from pneumoxai.pipeline.failure_slices import image_columns
 
 N_IMAGES = 13
@@ -154,7 +155,8 @@ def test_test_split_maps_read_in_chunks_equal_those_of_all_images_at_once(paths,
     # Written a chunk at a time: bit for bit the float16 of the maps of all images at once.
     np.testing.assert_array_equal(np.load(run.maps("test_maps.npy")), whole.astype(np.float16))
     saved = _io.load_npz(run.maps("test_maps.npz"))
-    assert saved["paths"].tolist() == paths and set(saved) == {"paths", "method"}
+    assert saved["paths"].tolist() == paths and set(saved) == {"paths", "method", "signed"}
+    assert bool(saved["signed"]) == bool((whole < 0).any()) == SPLIT_MAPS_SIGNED
 
 
 def _slice_case():
@@ -222,6 +224,33 @@ def test_mean_maps_from_group_sums_draw_what_the_whole_arrays_draw():
     assert len(drawn[0]) == 2 * len(means)
     for a, b in zip(*drawn):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+class _UnreadableRows(_io.Rows):
+    """Maps on disk that fail the test when any row is read: the readers told the sign must not scan them."""
+
+    def __init__(self, shape):
+        self.shape, self.dtype = shape, np.dtype(np.float16)
+
+    def __getitem__(self, index):
+        pytest.fail(f"rows {index} were read")
+
+
+@pytest.mark.parametrize("signed, cmap", [(True, "DIVERGING_CMAP"), (False, "SEQUENTIAL_CMAP")])
+def test_mean_maps_told_the_sign_read_no_map_and_draw_on_that_scale(signed, cmap):
+    from pneumoxai.figures import _style, plot_mean_maps
+    from pneumoxai.outcomes import OUTCOMES
+
+    y, p = np.array([1, 1, 0, 0]), np.array([0.2, 0.9, 0.7, 0.1])
+    means = {g: (np.zeros((6, 6)), np.full((6, 6), 0.5)) for g in OUTCOMES}
+    fig = plot_mean_maps(_UnreadableRows((4, 6, 6)), y, p, group_means=means, signed=signed)
+    assert {im.get_cmap().name for ax in fig.axes for im in ax.get_images()[1:]} == {getattr(_style, cmap)}
+
+
+def test_the_test_split_maps_are_unsigned_as_every_cam_is():
+    from pneumoxai.explain.cam import _CAM_CLASSES
+
+    assert SPLIT_MAPS_SIGNED is False and not any(cls.signed for cls in _CAM_CLASSES.values())
 
 
 def test_rows_written_in_uneven_blocks_are_the_float16_of_the_whole_array_and_read_back_by_rows(tmp_path):
@@ -346,7 +375,7 @@ def test_test_split_maps_memory_does_not_grow_with_the_split(monkeypatch, tmp_pa
     assert per_image < 20e3, f"{per_image / 1e3:.0f} KB more per image"
 
 
-def test_the_report_browser_shows_the_maps_on_disk_as_it_showed_them_from_the_npz(tmp_path):
+def test_the_report_browser_shows_the_maps_on_disk_as_it_showed_them_from_the_npz(monkeypatch, tmp_path):
     from pneumoxai import _io
     from pneumoxai._report_browser import _maps
     from pneumoxai.run_folder import RunFolder
@@ -367,6 +396,12 @@ def test_the_report_browser_shows_the_maps_on_disk_as_it_showed_them_from_the_np
     maps[10, 0, 0] = 1
     _io.save_npz(old.maps("test_maps.npz"), maps=maps, paths=paths, method=np.array("LayerCAM (fused)"))
     assert _maps(old, shown, notes)[1] != uris  # the scale the negative value chose shows in the overlays
+
+    # An index that says whether the maps are signed: only the shown rows are read, on the scale it names.
+    read = []
+    monkeypatch.setattr(_io.NpyRows, "__getitem__", lambda self, index: read.append(index) or maps[index])
+    _io.save_npz(new.maps("test_maps.npz"), paths=paths, method=np.array("LayerCAM (fused)"), signed=np.array(True))
+    assert _maps(new, shown, notes)[1] == uris and read == [7, 2]
 
 
 def test_the_slices_stage_reads_an_older_run_folders_maps_and_names_a_missing_maps_file(tmp_path):

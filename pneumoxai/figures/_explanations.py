@@ -11,7 +11,7 @@ import numpy as np
 
 from .._io import Rows, iter_rows, mean_rows
 from ..errors import DataError
-from ..validation import SEED, UNIT_INTERVAL, check_grey_images, check_param
+from ..validation import BOOLEAN, SEED, UNIT_INTERVAL, check_grey_images, check_param
 from ..outcomes import OUTCOMES, outcome_groups
 from ._style import (
     DIVERGING_CMAP, ERROR_COLORS, OUTCOME_SHORT, SEQUENTIAL_CMAP, finish_figure, new_figure, style,
@@ -133,7 +133,7 @@ def plot_explanation_gallery(images, maps, y_true, y_prob, *, threshold=0.5, n_p
         return finish_figure(fig, path, formats, "plot_explanation_gallery")
 
 
-def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, threshold=0.5, path=None,
+def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, signed=None, threshold=0.5, path=None,
                    formats=("png", "pdf")):
     """Mean map of each outcome group (FN, FP, correct), optionally over the mean image.
 
@@ -152,6 +152,10 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, thres
         ``{outcome: (mean image, mean map)}`` of each group with images, already
         averaged (as a caller that reads the images in chunks sums them); drawn instead
         of the means of ``images`` and ``maps``.
+    signed : bool, default=None
+        Whether the maps are signed attributions (drawn on a symmetric diverging scale)
+        or relevance in [0, 1]; None reads it from the values (signed if any is
+        negative), a pass over every map, which a caller that knows the method skips.
     threshold : float, default=0.5
         Decision threshold for ``y_prob``.
     path : str or path-like, default=None
@@ -179,7 +183,8 @@ def plot_mean_maps(maps, y_true, y_prob, *, images=None, group_means=None, thres
     if m.ndim != 3 or len(m) != n or not np.issubdtype(m.dtype, np.number):
         raise DataError(f"maps must have shape (n={n}, H, W); got {m.shape}")
     gray = None if images is None else check_grey_images(images, owner="plot_mean_maps", n_samples=n)
-    signed = any(bool(part.min() < 0) for part in iter_rows(m))
+    if check_param("plot_mean_maps", "signed", signed, (None, BOOLEAN)) is None:
+        signed = any(bool(part.min() < 0) for part in iter_rows(m))
     with style():
         fig = new_figure(figsize=(3.0 * len(OUTCOMES), 3.2))
         for ax, group in zip(fig.subplots(1, len(OUTCOMES)), OUTCOMES):

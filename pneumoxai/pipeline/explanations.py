@@ -180,6 +180,11 @@ def chosen_maps(member_models, images, predicted, choice):
                             target=np.asarray(predicted).astype(bool), size=DISPLAY_SIZE)[0]
 
 
+#: Whether the test-split maps are signed: they are CAMs, in [0, 1] (``MapExplainer.signed`` is False for each),
+#: so their readers need not scan every map for a negative value.
+SPLIT_MAPS_SIGNED = False
+
+
 class SplitMaps(NamedTuple):
     """The chosen map of every test image, what is measured on it, and the sums the figures need."""
 
@@ -224,7 +229,7 @@ def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpo
     # Each chunk's maps go to disk as they are made: memory holds one chunk of maps, whatever the split's size.
     with _io.npy_rows_writer(path, (len(paths), DISPLAY_SIZE, DISPLAY_SIZE), np.float16,
                              index_path=run.maps(TEST_MAPS_INDEX), paths=np.array(paths, dtype=str),
-                             method=np.array(map_label(choice))) as write_maps:
+                             method=np.array(map_label(choice)), signed=np.array(SPLIT_MAPS_SIGNED)) as write_maps:
         for start in range(0, len(paths), chunk_size):
             chunk = paths[start:start + chunk_size]
             display = load_images(chunk, DISPLAY_SIZE, interpolation=interpolation)
@@ -373,7 +378,7 @@ def _explain_figures(run, display, chosen, subset_maps, split, y, p_ens, thresho
 
     figures.plot_explanation_gallery(display, subset_maps, y[chosen], p_ens[chosen], threshold=threshold,
                                      n_per_group=3, path=run.figure_stem("gallery"))
-    figures.plot_mean_maps(split.maps, y, p_ens, group_means=split.group_means, threshold=threshold,
-                           path=run.figure_stem("mean_maps"))
+    figures.plot_mean_maps(split.maps, y, p_ens, group_means=split.group_means, signed=SPLIT_MAPS_SIGNED,
+                           threshold=threshold, path=run.figure_stem("mean_maps"))
     figures.plot_zone_attention(split.zones.drop(columns=["path"]), y, p_ens, threshold=threshold,
                                 path=run.figure_stem("zone_attention"))

@@ -33,7 +33,7 @@ from ._report_shift import CONTENTS as _SHIFT_CONTENTS, shift_sections, shift_se
 from .config import analysis_members
 from .lungs import ZONE_COLUMNS
 from .metrics import ORIGIN_ROW
-from .evidence import DEFAULT_AREAS, DEFAULT_LEVELS
+from .evidence import DEFAULT_AREAS, DEFAULT_LEVELS, DEFAULT_MIN_EFFECT
 from .regions import describe_slice
 from .errors import CacheError, RunFolderError
 from .run_folder import (CARD_FILE, COMPARISONS_TABLE, DATASET_TABLE, DIVERSITY_TABLE, ENSEMBLE_RECORD,
@@ -382,7 +382,7 @@ def _removal_verdict_words(r, alpha, target):
     # Significant, but under evidence.DEFAULT_MIN_EFFECT: a patch the model does not use nudges a few calls.
     return (f"a few calls depend on {target}, but too few to say the calls rest on it (it changes "
             f"{r['removal_changes_errors'] - r['removal_changes_control']:.0%} more of them than the same area "
-            "elsewhere; resting on it needs a quarter more)")
+            f"elsewhere; resting on it needs at least {DEFAULT_MIN_EFFECT:.0%} more)")
 
 
 def _in_words(label):

@@ -331,7 +331,7 @@ _WHERE = {"slice": "subtype == virus", "n_errors": 9, "n_reference": 5, "errors:
     # Significant, but under the quarter's excess that "rest on" needs (evidence.removal_verdict).
     (0.008, 0.2, False, "a few calls depend on the top-right corner, outside both lungs, but too few to say the "
                         "calls rest on it (it changes 20% more of them than the same area elsewhere; resting on it "
-                        "needs a quarter more)."),
+                        "needs at least 25% more)."),
 ])
 def test_a_finding_says_whether_its_calls_rest_on_the_region_its_maps_point_at(run, p_value, changed, rests, verdict):
     row = {**_WHERE, "removal_n_errors": 9, "removal_n_localised": 7, "removal_localised": True,

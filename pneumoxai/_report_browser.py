@@ -172,7 +172,8 @@ def _maps(run, paths, notes):
             continue
         for name, array in named:  # the test-split maps stay on disk: only the shown rows are read
             # The index says whether the maps are signed; older ones do not, and their maps are scanned by blocks.
-            signed = bool(data["signed"]) if "signed" in data else any(bool((part < 0).any()) for part in iter_rows(array))
+            signed = (bool(data["signed"]) if "signed" in data
+                      else any(bool((part < 0).any()) for part in iter_rows(array)))
             methods.append(name if name not in methods else f"{name} (gallery)")
             maps.append([_overlay(array[where[p]], signed) if p in where else None for p in paths])
     return methods, maps

@@ -95,7 +95,6 @@ __all__ = [
     "prediction_cache_file",
     "embedding_cache_file",
     "shard_file",
-    "shard_maps_file",
 ]
 
 RUN_FORMAT = 1
@@ -217,27 +216,16 @@ def embedding_cache_file(key):
     return f"emb-{key}.npz"
 
 
-def shard_file(index, count):
-    """One job's part of a sharded step, ``shards/<step>/<index>-of-<count>.npz`` (index from 1).
+def shard_file(index, count, *, suffix=".npz"):
+    """One job's part of a sharded step, ``shards/<step>/<index>-of-<count>.npz`` (index from 1); with
+    ``suffix=".npy"``, the maps of the job's block of the test split, beside the ``.npz`` that names their rows.
 
     Examples
     --------
-    >>> shard_file(2, 8)
-    '2-of-8.npz'
+    >>> shard_file(2, 8), shard_file(2, 8, suffix=".npy")
+    ('2-of-8.npz', '2-of-8.npy')
     """
-    return f"{int(index)}-of-{int(count)}.npz"
-
-
-def shard_maps_file(index, count):
-    """The maps of one job's block of the test split, ``shards/maps/<index>-of-<count>.npy``, beside its
-    :func:`shard_file` (which names the rows).
-
-    Examples
-    --------
-    >>> shard_maps_file(2, 8)
-    '2-of-8.npy'
-    """
-    return f"{int(index)}-of-{int(count)}.npy"
+    return f"{int(index)}-of-{int(count)}{suffix}"
 
 
 class RunFolder:

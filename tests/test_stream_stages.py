@@ -146,7 +146,7 @@ def test_test_split_maps_read_in_chunks_equal_those_of_all_images_at_once(paths,
     zones = zone_attention(whole, masks)
     pd.testing.assert_frame_equal(split.zones.drop(columns=["path"]), zones, rtol=1e-6, atol=1e-6)
     assert split.zones["path"].tolist() == paths
-    np.testing.assert_array_equal(split.masks_of(np.array([2, 7])), masks[[2, 7]])
+    np.testing.assert_array_equal(split.masks[np.array([2, 7])], masks[[2, 7]])
     assert split.lung_fraction == pytest.approx(masks.mean(), rel=1e-12)
     groups = outcome_groups(y, predicted)
     for group, (image, mean_map) in split.group_means.items():

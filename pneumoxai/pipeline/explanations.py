@@ -11,8 +11,8 @@ from .. import _io
 from ..errors import ConfigError
 from ..run_folder import (EXPLAIN_MAPS_FILE, EXPLAIN_SUMMARY_TABLE, LAYER_CHOICE_RECORD, LAYER_CHOICE_TABLE,
                           TEST_MAPS_FILE, TEST_MAPS_INDEX, ZONE_ATTENTION_ALL_TABLE, ZONE_ATTENTION_TABLE)
-from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, pack_masks,
-                      run_members, unpack_masks)
+from ._common import (DISPLAY_SIZE, PackedMasks, best_model_member, evaluation_record, load_table, logger,
+                      pack_masks, run_members)
 
 
 def explain_stage(run, config, *, methods=None, max_images=None):
@@ -82,7 +82,7 @@ def explain_stage(run, config, *, methods=None, max_images=None):
                                  sharded_maps=None if sharded is None else sharded[2])
         subset_maps = _gallery_maps(run, config, member_models, sample, predicted[chosen].astype(bool),
                                     methods or explain_cfg["methods"])
-        _write_gallery(run, paths, chosen, y, predicted, subset_maps, split.masks_of(chosen))
+        _write_gallery(run, paths, chosen, y, predicted, subset_maps, split.masks[chosen])
     _faithfulness_summary(run, best.name, split.zones, predicted != y, split.lung_fraction, len(paths), choice,
                           choice_table)
     _explain_figures(run, sample.at(DISPLAY_SIZE), chosen, subset_maps, split, y, p_ens, threshold)
@@ -192,16 +192,12 @@ class SplitMaps(NamedTuple):
     maps: _io.NpyRows
     #: :func:`pneumoxai.explain.zone_attention` of each map, with the image's path first.
     zones: pd.DataFrame
-    #: Lung masks packed 8 pixels a byte (:func:`numpy.packbits`), shape (n, H * W / 8).
-    packed_masks: np.ndarray
+    #: The lung masks, bool of shape (n, H, W), kept packed 8 pixels a byte and unpacked by rows when indexed.
+    masks: PackedMasks
     #: Mean lung-mask share of the image area over the split.
     lung_fraction: float
     #: ``{outcome group: (mean image, mean map)}``, each of shape (H, W), for the groups with images.
     group_means: dict
-
-    def masks_of(self, index):
-        """The lung masks of the images ``index``, bool of shape (len(index), H, W)."""
-        return unpack_masks(self.packed_masks[index], self.maps.shape[1:])
 
 
 def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpolation, chunk_size,
@@ -255,7 +251,8 @@ def _test_split_maps(run, member_models, paths, y, predicted, choice, *, interpo
     zones_all = pd.concat(zones, ignore_index=True).rename_axis(zones[0].index.name)
     zones_all.insert(0, "path", paths)
     _io.write_csv(run.table(ZONE_ATTENTION_ALL_TABLE), zones_all, index=False)
-    return SplitMaps(_io.NpyRows(path), zones_all, np.concatenate(packed), n_lung / (len(paths) * DISPLAY_SIZE ** 2),
+    return SplitMaps(_io.NpyRows(path), zones_all, PackedMasks(np.concatenate(packed), (DISPLAY_SIZE,) * 2),
+                     n_lung / (len(paths) * DISPLAY_SIZE ** 2),
                      {group: (image_sum / n, map_sum / n) for group, (image_sum, map_sum, n) in sums.items()})
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from .. import _io
 from ..errors import ConfigError, RunFolderError
 from ..run_folder import (ENSEMBLE_RECORD, LAYER_CHOICE_TABLE, SHARD_MAPS_FILE, SHARD_MAPS_INDEX, SHARD_PLAN_FILE,
-                          predictions_table, shard_file, shard_maps_file)
+                          predictions_table, shard_file)
 from ..validation import Predicate, check_param
 from ._common import (DISPLAY_SIZE, best_model_member, evaluation_record, load_table, logger, prediction_options,
                       run_members)
@@ -346,7 +346,7 @@ def _maps_part(run, config, index, count):
     models = _loaded(_model_members(run, config))
     _check_explainable(models)
     sides, chunk = sorted({int(model.input_shape[1]) for model in models}), config["evaluate"]["chunk_size"]
-    path = run.shards("maps", shard_maps_file(index, count))
+    path = run.shards("maps", shard_file(index, count, suffix=".npy"))
     with shared_models(), _io.npy_rows_writer(path, (len(paths), DISPLAY_SIZE, DISPLAY_SIZE), np.float32,
                                               index_path=run.shards("maps", shard_file(index, count)),
                                               key=np.array(plan["key"]), paths=paths) as write_maps:
@@ -369,7 +369,7 @@ def _merge_maps(run, plan):
     _check_rows(run, "maps", count, paths, predictions["path"], "test")
     parts = {}
     for index in sorted(shards):
-        path = run.shards("maps", shard_maps_file(index, count))
+        path = run.shards("maps", shard_file(index, count, suffix=".npy"))
         parts[index] = _io.NpyRows(path) if path.is_file() else None
         if parts[index] is None or len(parts[index]) != len(shards[index]["paths"]):
             raise RunFolderError(f"{path} is missing or does not hold the {len(shards[index]['paths'])} maps "
